@@ -1,0 +1,206 @@
+"""TensorFlow backend: ``<role>/model.keras`` is a Keras 3 native file.
+
+Saving writes the whole ``.keras`` file (config and weights). Loading into a
+model built by a registered builder (or passed with ``into=``) reads
+``model.weights.h5`` with h5py and assigns each variable, checking names and
+shapes first; without a builder the model is rebuilt by Keras with
+``safe_mode=True``. Reading tensors needs only h5py, never TensorFlow.
+
+Example:
+    >>> import polybundle, keras
+    >>> polybundle.save("m.bundle", {"net": keras.Sequential([...])})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from polybundle.archive import open_nested
+from polybundle.backend import Backend, TensorSpec
+from polybundle.errors import FormatError, TensorMismatchError, UnsafeContentError
+from polybundle.hookspecs import hookimpl
+from polybundle.layouts import OPAQUE, SCALAR, conv_tag
+
+WEIGHTS_H5 = "model.weights.h5"
+_CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
+_CONV_TRANSPOSE = {"Conv1DTranspose": 1, "Conv2DTranspose": 2, "Conv3DTranspose": 3}
+_VECTOR_LAYERS = {"BatchNormalization", "LayerNormalization", "GroupNormalization", "PReLU"}
+
+
+def _layout(layer: Any, variable_name: str, ndim: int) -> str:
+    """Return the layout tag of ``layer``'s variable ``variable_name``."""
+    kind = type(layer).__name__
+    if ndim == 0:
+        return SCALAR
+    if kind in _VECTOR_LAYERS and ndim == 1:
+        return "c"
+    if variable_name == "bias" and ndim == 1:
+        return "out"
+    if kind == "Dense" and variable_name == "kernel":
+        return "in,out"
+    if kind in _CONV and variable_name == "kernel":
+        return conv_tag(_CONV[kind], channels_first=False, transposed=False)
+    if kind in _CONV_TRANSPOSE and variable_name == "kernel":
+        return conv_tag(_CONV_TRANSPOSE[kind], channels_first=False, transposed=True)
+    if kind == "Embedding" and variable_name == "embeddings":
+        return "vocab,dim"
+    return OPAQUE
+
+
+def _variables(model: Any) -> list[tuple[str, Any, Any]]:
+    """Return ``(h5 key, variable, owning layer)`` for each of ``model.weights``.
+
+    The keys are where Keras' own saver puts each variable in
+    ``model.weights.h5``: the same walk is run with an in-memory store.
+    """
+    from keras.src.saving import saving_lib
+
+    store = saving_lib.NpzIOStore("polybundle-walk", mode="w")
+    saving_lib._save_state(
+        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
+    )
+    weights = {id(v) for v in model.weights}
+    owners: dict[int, Any] = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for variable in layer._trainable_variables + layer._non_trainable_variables:
+            owners.setdefault(id(variable), layer)
+    entries = []
+    for path, slots in store.contents.items():
+        prefix = "" if path == "__root__" else f"{path}/"
+        for index, variable in slots.items():
+            if id(variable) in weights:
+                entries.append((f"{prefix}vars/{index}", variable, owners.get(id(variable))))
+    return entries
+
+
+def _specs(model: Any) -> list[TensorSpec]:
+    specs = []
+    seen: set[str] = set()
+    for key, variable, layer in _variables(model):
+        name = variable.path if variable.path not in seen else key
+        seen.add(name)
+        shape = tuple(int(d) for d in variable.shape)
+        specs.append(
+            TensorSpec(name, key, shape, str(variable.dtype), _layout(layer, variable.name, len(shape)))
+        )
+    return specs
+
+
+def _read_h5(source: BinaryIO, keys: list[str]) -> list[np.ndarray]:
+    import h5py
+
+    stream = open_nested(source, WEIGHTS_H5)
+    try:
+        with h5py.File(stream, "r") as h5:
+            arrays = []
+            for key in keys:
+                dataset = h5.get(key)
+                if not isinstance(dataset, h5py.Dataset):
+                    raise FormatError(
+                        f"{WEIGHTS_H5} has no dataset {key!r}, which the manifest lists; "
+                        "the weights file does not match its manifest."
+                    )
+                arrays.append(dataset[()])
+            return arrays
+    except OSError as exc:
+        raise FormatError(f"{WEIGHTS_H5} is not a readable HDF5 file ({exc}).") from None
+
+
+class TensorFlowBackend(Backend):
+    """The TensorFlow/Keras 3 backend (aliases ``tf``, ``keras``).
+
+    Example:
+        >>> TensorFlowBackend().weights_member
+        'model.keras'
+    """
+
+    name = "tensorflow"
+    aliases = ("tf", "keras")
+    extra = "polybundle[tensorflow]"
+    modules = ("tensorflow", "keras")
+    distribution = "keras"
+    weights_member = "model.keras"
+
+    def framework_version(self) -> str:
+        """Return ``"tensorflow <v>, keras <v>"`` from the installed distributions."""
+        import importlib.metadata as metadata
+
+        versions = []
+        for dist in ("tensorflow-cpu", "tensorflow", "keras"):
+            try:
+                versions.append(f"{dist} {metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                continue
+        return ", ".join(versions) or "unknown"
+
+    def owns(self, model: Any) -> bool:
+        """Return True for a ``keras.Model`` (never imports keras)."""
+        keras = sys.modules.get("keras")
+        return keras is not None and isinstance(model, keras.Model)
+
+    def describe(self, model: Any) -> list[TensorSpec]:
+        """Describe every variable of ``model.weights``, keyed as Keras saves it."""
+        return _specs(model)
+
+    def write(self, model: Any, stream: BinaryIO) -> None:
+        """Write the Keras 3 native ``.keras`` file (config and weights) to ``stream``."""
+        from keras.src.saving import saving_lib
+
+        saving_lib.save_model(model, stream)
+
+    def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
+        """Assign the bundle's weights to ``model``'s variables after checking all of them."""
+        own = {key: variable for key, variable, _ in _variables(model)}
+        archived = {spec.key: spec for spec in specs}
+        own_names = {key: variable.path for key, variable in own.items()}
+        mismatched = [
+            archived[key].name
+            for key in own.keys() & archived.keys()
+            if tuple(int(d) for d in own[key].shape) != archived[key].shape
+        ]
+        if own.keys() != archived.keys() or mismatched:
+            raise TensorMismatchError(
+                missing=[own_names[k] for k in own.keys() - archived.keys()],
+                unexpected=[archived[k].name for k in archived.keys() - own.keys()],
+                mismatched=mismatched,
+                context=f"loading into {type(model).__name__} {model.name!r}",
+            )
+        keys = list(archived)
+        for key, array in zip(keys, _read_h5(source, keys)):
+            own[key].assign(array)
+
+    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        """Read every listed tensor from ``model.weights.h5`` with h5py (no TensorFlow)."""
+        arrays = _read_h5(source, [spec.key for spec in specs])
+        return {spec.name: array for spec, array in zip(specs, arrays)}
+
+    def load_standalone(self, source: BinaryIO) -> Any:
+        """Rebuild the model from the ``.keras`` file itself, with ``safe_mode=True``."""
+        from keras.src.saving import saving_lib
+
+        try:
+            return saving_lib.load_model(source, safe_mode=True, compile=False)
+        except ValueError as exc:
+            if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+                raise UnsafeContentError(
+                    f"the Keras config holds code that safe_mode refuses ({exc}). Register "
+                    "a builder for the architecture instead of loading it from the file."
+                ) from None
+            raise FormatError(
+                f"Keras could not rebuild the model from model.keras ({exc}). Register a "
+                "builder with @polybundle.architecture(name, backend='tensorflow') and "
+                "save with it, or pass into={role: model}."
+            ) from None
+
+
+@hookimpl
+def polybundle_register_backends(register):
+    """Register the built-in TensorFlow backend.
+
+    Example:
+        >>> polybundle_register_backends(registry.register_backend)  # doctest: +SKIP
+    """
+    register(TensorFlowBackend())

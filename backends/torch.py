@@ -1,0 +1,133 @@
+"""PyTorch backend: ``<role>/model.pth`` holds the model's state_dict (``torch.save``).
+
+Loading always passes ``weights_only=True`` to ``torch.load``, so no pickled
+code runs. Layout tags come from the module that owns each tensor.
+
+Example:
+    >>> import polybundle, torch
+    >>> polybundle.save("m.bundle", {"net": torch.nn.Linear(3, 2)})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from polybundle.backend import Backend, TensorSpec
+from polybundle.errors import FormatError, TensorMismatchError
+from polybundle.hookspecs import hookimpl
+from polybundle.layouts import OPAQUE, SCALAR, conv_tag
+
+_VECTOR_MODULES = {
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "PReLU",
+}
+
+
+def _layout(module: Any, attribute: str, ndim: int) -> str:
+    """Return the layout tag of ``module.<attribute>`` with ``ndim`` axes."""
+    kind = type(module).__name__
+    if ndim == 0:
+        return SCALAR
+    if kind in _VECTOR_MODULES and ndim == 1:
+        return "c"
+    if attribute == "bias" and ndim == 1:
+        return "out"
+    if kind == "Linear" and attribute == "weight":
+        return "out,in"
+    if kind in ("Conv1d", "Conv2d", "Conv3d") and attribute == "weight":
+        return conv_tag(ndim - 2, channels_first=True, transposed=False)
+    if kind in ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d") and attribute == "weight":
+        return conv_tag(ndim - 2, channels_first=True, transposed=True)
+    if kind == "Embedding" and attribute == "weight":
+        return "vocab,dim"
+    return OPAQUE
+
+
+class TorchBackend(Backend):
+    """The PyTorch backend (aliases ``pytorch``, ``pt``).
+
+    Example:
+        >>> TorchBackend().weights_member
+        'model.pth'
+    """
+
+    name = "torch"
+    aliases = ("pytorch", "pt")
+    extra = "polybundle[torch]"
+    modules = ("torch",)
+    distribution = "torch"
+    weights_member = "model.pth"
+
+    def owns(self, model: Any) -> bool:
+        """Return True for a ``torch.nn.Module`` (never imports torch)."""
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(model, torch.nn.Module)
+
+    def describe(self, model: Any) -> list[TensorSpec]:
+        """Describe every entry of ``model.state_dict()`` with its layout tag."""
+        modules = dict(model.named_modules())
+        specs = []
+        for key, tensor in model.state_dict().items():
+            owner, _, attribute = key.rpartition(".")
+            layout = _layout(modules.get(owner), attribute, tensor.dim())
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            specs.append(TensorSpec(key, key, tuple(tensor.shape), dtype, layout))
+        return specs
+
+    def write(self, model: Any, stream: BinaryIO) -> None:
+        """Write ``model.state_dict()`` with ``torch.save``."""
+        import torch
+
+        torch.save(model.state_dict(), stream)
+
+    def _load_state_dict(self, source: BinaryIO) -> dict[str, Any]:
+        import torch
+
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
+            raise FormatError(
+                f"model.pth could not be read as a weights-only state_dict ({exc}). "
+                "Expected a file written by torch.save(model.state_dict())."
+            ) from None
+        if not isinstance(state, dict):
+            raise FormatError(
+                f"model.pth holds a {type(state).__name__}; expected a state_dict (a dict "
+                "of tensors)."
+            )
+        return state
+
+    def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
+        """Load the state_dict strictly; shapes and names are checked first."""
+        state = self._load_state_dict(source)
+        own = model.state_dict()
+        mismatched = [
+            key for key in own.keys() & state.keys() if tuple(own[key].shape) != tuple(state[key].shape)
+        ]
+        if own.keys() != state.keys() or mismatched:
+            raise TensorMismatchError(
+                missing=own.keys() - state.keys(),
+                unexpected=state.keys() - own.keys(),
+                mismatched=mismatched,
+                context=f"loading into {type(model).__name__}",
+            )
+        model.load_state_dict(state, strict=True)
+
+    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        """Return the state_dict's tensors as NumPy arrays, keyed by name."""
+        state = self._load_state_dict(source)
+        by_key = {spec.key: spec.name for spec in specs}
+        return {by_key.get(key, key): tensor.detach().numpy() for key, tensor in state.items()}
+
+
+@hookimpl
+def polybundle_register_backends(register):
+    """Register the built-in PyTorch backend.
+
+    Example:
+        >>> polybundle_register_backends(registry.register_backend)  # doctest: +SKIP
+    """
+    register(TorchBackend())

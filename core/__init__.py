@@ -1,0 +1,75 @@
+"""polybundle: one archive format for trained models, any framework.
+
+Save a set of named models of PyTorch or TensorFlow/Keras with their params,
+and load any bundle back with one call, whichever framework wrote it.
+
+Quick start:
+    >>> import polybundle, torch
+    >>> net = torch.nn.Linear(3, 1)
+    >>> polybundle.save("run.bundle", {"net": net}, params={"lr": 1e-3})  # doctest: +SKIP
+    >>> bundle = polybundle.load("run.bundle", into={"net": torch.nn.Linear(3, 1)})  # doctest: +SKIP
+    >>> bundle.params
+    {'lr': 0.001}
+
+For plugin authors: hooks are specified in :mod:`polybundle.hookspecs`; a
+backend subclasses :class:`polybundle.backend.Backend` and is registered from
+a plugin module found through the ``"polybundle"`` entry-point group (see
+:mod:`polybundle.plugins` and ``docs/plugins.md``). The core never imports a
+framework at module level.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .backend import Backend, TensorSpec
+from .bundle import Bundle
+from .detection import Detection
+from .errors import (
+    BackendError,
+    BackendMismatchError,
+    BackendUnavailableError,
+    FormatError,
+    IntegrityError,
+    ParamsError,
+    PolybundleError,
+    SchemaError,
+    TensorMismatchError,
+    UnknownArchitectureError,
+    UnknownBackendError,
+    UnsafeContentError,
+    UnsupportedVersionError,
+)
+from .hookspecs import hookimpl
+from .inspection import inspect
+from .loading import load
+from .registry import architecture, build, get_backend
+from .saving import save
+
+__all__ = [
+    "__version__",
+    "save",
+    "load",
+    "inspect",
+    "architecture",
+    "build",
+    "get_backend",
+    "hookimpl",
+    "Backend",
+    "TensorSpec",
+    "Bundle",
+    "Detection",
+    "PolybundleError",
+    "FormatError",
+    "SchemaError",
+    "UnsupportedVersionError",
+    "IntegrityError",
+    "UnsafeContentError",
+    "BackendError",
+    "UnknownBackendError",
+    "BackendUnavailableError",
+    "BackendMismatchError",
+    "UnknownArchitectureError",
+    "TensorMismatchError",
+    "ParamsError",
+]

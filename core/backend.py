@@ -1,0 +1,188 @@
+"""The interface every backend (framework binding) implements.
+
+A backend turns native models of one framework into the bundle's members and
+back. Built-in backends live in :mod:`polybundle.backends`; third parties ship
+their own in a plugin package and register an instance through the
+``polybundle_register_backends`` hook.
+
+Example:
+    >>> class MyBackend(Backend):  # doctest: +SKIP
+    ...     name = "jax"
+    ...     aliases = ("flax",)
+    ...     extra = "polybundle-jax"
+    ...     modules = ("jax", "flax")
+    ...     weights_member = "model.safetensors"
+    ...     ...
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .errors import BackendUnavailableError, UnknownArchitectureError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a model as the manifest records it.
+
+    ``name`` is the neutral, stable name; ``key`` where the tensor lives in the
+    backend's native weights file; ``layout`` a tag saying what the axes mean
+    (see :mod:`polybundle.layouts`).
+
+    Example:
+        >>> TensorSpec("fc.weight", "fc.weight", (4, 3), "float32", "out,in").nbytes
+        48
+    """
+
+    name: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    layout: str
+
+    @property
+    def nbytes(self) -> int:
+        """Return the tensor's size in bytes."""
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest form of this spec."""
+        return {
+            "name": self.name,
+            "key": self.key,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "layout": self.layout,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> TensorSpec:
+        """Build a spec from its manifest form."""
+        return cls(
+            name=document["name"],
+            key=document["key"],
+            shape=tuple(document["shape"]),
+            dtype=document["dtype"],
+            layout=document["layout"],
+        )
+
+
+class Backend(ABC):
+    """Base class of backends. Subclasses set the class attributes and the methods.
+
+    Methods that need the framework import it inside the method, never at
+    module top, so registering a backend costs nothing when its framework is
+    absent.
+
+    Example:
+        >>> backend = polybundle.get_backend("pt")  # doctest: +SKIP
+        >>> backend.name, backend.weights_member
+        ('torch', 'model.pth')
+    """
+
+    name: str = ""
+    """Canonical name, written to the manifest's ``backend``."""
+    aliases: tuple[str, ...] = ()
+    """Other names users may pass (``backend="pt"``)."""
+    extra: str = ""
+    """What to ``pip install`` to get the framework, e.g. ``polybundle[torch]``."""
+    modules: tuple[str, ...] = ()
+    """Importable modules the backend needs; all must be installed."""
+    distribution: str = ""
+    """Distribution whose version is recorded as the framework version."""
+    weights_member: str = ""
+    """File name of the native weights member inside ``<role>/``."""
+
+    def is_available(self) -> bool:
+        """Return True when every module in :attr:`modules` can be imported.
+
+        Example:
+            >>> polybundle.get_backend("torch").is_available()  # doctest: +SKIP
+            True
+        """
+        return all(importlib.util.find_spec(module) is not None for module in self.modules)
+
+    def require(self) -> None:
+        """Raise :class:`BackendUnavailableError` naming the pip extra when absent.
+
+        Example:
+            >>> polybundle.get_backend("tensorflow").require()  # doctest: +SKIP
+        """
+        if not self.is_available():
+            missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
+            raise BackendUnavailableError(
+                f"the {self.name!r} backend needs {', '.join(missing)}, which is not "
+                f"installed. Install it with: pip install '{self.extra}'"
+            )
+
+    def framework_version(self) -> str:
+        """Return the installed framework's version string (without importing it).
+
+        Example:
+            >>> polybundle.get_backend("torch").framework_version()  # doctest: +SKIP
+            '2.13.0+cpu'
+        """
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    @abstractmethod
+    def owns(self, model: Any) -> bool:
+        """Return True when ``model`` is a native model of this backend.
+
+        Must not import the framework: a model of a framework that was never
+        imported cannot exist. Example: ``backend.owns(torch.nn.Linear(2, 2))``.
+        """
+
+    @abstractmethod
+    def describe(self, model: Any) -> list[TensorSpec]:
+        """Return a :class:`TensorSpec` for every tensor the weights file will hold.
+
+        Example: ``[s.name for s in backend.describe(model)] == ["0.weight", ...]``.
+        """
+
+    @abstractmethod
+    def write(self, model: Any, stream: BinaryIO) -> None:
+        """Write ``model``'s native weights file into the writable ``stream``.
+
+        Example: ``backend.write(model, stream)`` calls ``torch.save(...)``.
+        """
+
+    @abstractmethod
+    def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
+        """Load the weights file in ``source`` into ``model``, strictly.
+
+        Every tensor of the model must be in ``specs`` and the reverse, with
+        equal shapes; otherwise raise
+        :class:`polybundle.errors.TensorMismatchError` before changing the
+        model. Example: ``backend.load_into(model, stream, specs)``.
+        """
+
+    @abstractmethod
+    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        """Return ``{spec.name: numpy array}`` read from the weights file in ``source``.
+
+        Example: ``backend.read_tensors(stream, specs)["fc.weight"].shape == (4, 3)``.
+        """
+
+    def load_standalone(self, source: BinaryIO) -> Any:
+        """Rebuild a model from the weights file alone, when its format allows it.
+
+        The default refuses: only formats that carry a safe architecture
+        description (Keras' ``.keras``) can. Example:
+        ``backend.load_standalone(stream)``.
+        """
+        raise UnknownArchitectureError(
+            f"the {self.name!r} backend cannot rebuild a model from its weights file "
+            "alone, and no builder is registered for the bundle's architecture. "
+            "Register one with @polybundle.architecture(name, backend=...) or pass "
+            "into={role: model}."
+        )

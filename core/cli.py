@@ -1,0 +1,128 @@
+"""The ``polybundle`` command line.
+
+Subcommands are small functions registered in :data:`COMMANDS`; each gets the
+parsed arguments and returns the exit status.
+
+Example:
+    $ polybundle inspect run.bundle
+    $ polybundle inspect run.bundle --json
+    $ polybundle demo --out ./demo-bundles
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import PolybundleError
+
+Command = Callable[[argparse.Namespace, Console], int]
+
+
+def _human_bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"
+
+
+def run_inspect(args: argparse.Namespace, console: Console) -> int:
+    """Print a bundle's manifest summary, params and tensor table (or JSON).
+
+    Example:
+        $ polybundle inspect run.bundle --json
+    """
+    from .inspection import inspect
+
+    report = inspect(args.path)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    writer = report["manifest"]["writer"]
+    console.print(
+        f"[bold]{report['path']}[/bold]: polybundle format {report['format_version']}, "
+        f"backend [cyan]{report['backend']}[/cyan] ({writer['framework']} "
+        f"{writer['framework_version']}), written {report['manifest']['created']}"
+    )
+    for entry in report["manifest"]["models"]:
+        arch = entry["architecture"]
+        label = f"{arch['name']} {json.dumps(arch['config'])}" if arch else "not recorded"
+        console.print(f"  role [green]{entry['role']}[/green]: architecture {label}")
+    console.print(f"  params: {json.dumps(report['params'])}")
+    table = Table(title="tensors")
+    for column in ("role", "name", "shape", "dtype", "layout", "bytes"):
+        table.add_column(column, justify="right" if column == "bytes" else "left")
+    total = 0
+    for row in report["tensors"]:
+        total += row["bytes"]
+        table.add_row(
+            row["role"], row["name"], "x".join(map(str, row["shape"])) or "()",
+            row["dtype"], row["layout"], _human_bytes(row["bytes"]),
+        )
+    console.print(table)
+    console.print(f"{len(report['tensors'])} tensors, {_human_bytes(total)}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace, console: Console) -> int:
+    """Train small models in each installed framework, save, load back, compare.
+
+    Example:
+        $ polybundle demo --out ./demo-bundles --steps 5
+    """
+    from .demo import run
+
+    results = run(args.out, steps=args.steps, console=console)
+    return 0 if results and all(result.matches for result in results) else 1
+
+
+COMMANDS: dict[str, Command] = {"inspect": run_inspect, "demo": run_demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``polybundle`` command.
+
+    Example:
+        >>> build_parser().parse_args(["inspect", "run.bundle"]).command
+        'inspect'
+    """
+    parser = argparse.ArgumentParser(
+        prog="polybundle", description="One archive format for trained models, any framework."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    inspect_parser = sub.add_parser("inspect", help="describe a bundle (no framework needed)")
+    inspect_parser.add_argument("path")
+    inspect_parser.add_argument("--json", action="store_true", help="print JSON")
+    demo_parser = sub.add_parser("demo", help="train, save and load small models")
+    demo_parser.add_argument("--out", default=None, help="folder for the bundles (default: temp)")
+    demo_parser.add_argument("--steps", type=int, default=20, help="training steps per model")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``polybundle`` command; return its exit status.
+
+    Errors polybundle raises on purpose are printed as one line, exit status 2.
+
+    Example:
+        >>> main(["inspect", "run.bundle", "--json"])  # doctest: +SKIP
+        0
+    """
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return COMMANDS[args.command](args, console)
+    except PolybundleError as exc:
+        Console(stderr=True).print(f"[red]error[/red] ({type(exc).__name__}): {escape(str(exc))}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

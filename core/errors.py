@@ -1,0 +1,178 @@
+"""The one error hierarchy of polybundle.
+
+Every error polybundle raises on purpose is a :class:`PolybundleError`, so a
+caller can catch one type. Each message says what was found, what was expected
+and what to do about it.
+
+Example:
+    >>> from polybundle.errors import PolybundleError, IntegrityError
+    >>> issubclass(IntegrityError, PolybundleError)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class PolybundleError(Exception):
+    """Base class of every error polybundle raises on purpose.
+
+    Example:
+        >>> try:
+        ...     raise PolybundleError("found x, expected y; do z")
+        ... except PolybundleError as err:
+        ...     str(err)
+        'found x, expected y; do z'
+    """
+
+
+class FormatError(PolybundleError):
+    """The file is not a bundle polybundle knows, or its layout is wrong.
+
+    Example:
+        >>> raise FormatError("not a zip")  # doctest: +SKIP
+    """
+
+
+class SchemaError(FormatError):
+    """A manifest or params document fails its JSON Schema.
+
+    Example:
+        >>> raise SchemaError("manifest.json: 'format' is a required property")  # doctest: +SKIP
+    """
+
+
+class UnsupportedVersionError(FormatError):
+    """The bundle was written by a newer, incompatible format version.
+
+    Example:
+        >>> raise UnsupportedVersionError("format_version 3.0.0")  # doctest: +SKIP
+    """
+
+
+class IntegrityError(PolybundleError):
+    """A member's bytes do not match the size or sha256 the manifest records.
+
+    Example:
+        >>> raise IntegrityError("torch/model.pth: sha256 mismatch")  # doctest: +SKIP
+    """
+
+
+class UnsafeContentError(PolybundleError):
+    """The archive holds something that could run code or escape the archive.
+
+    Example:
+        >>> raise UnsafeContentError("member name '../x' escapes the archive")  # doctest: +SKIP
+    """
+
+
+class BackendError(PolybundleError):
+    """Base class of errors about backends (frameworks).
+
+    Example:
+        >>> issubclass(BackendUnavailableError, BackendError)
+        True
+    """
+
+
+class UnknownBackendError(BackendError):
+    """No registered backend has the requested name or alias.
+
+    Example:
+        >>> raise UnknownBackendError("jax")  # doctest: +SKIP
+    """
+
+
+class BackendUnavailableError(BackendError):
+    """A backend is registered but its framework is not installed.
+
+    Example:
+        >>> raise BackendUnavailableError("torch is not installed")  # doctest: +SKIP
+    """
+
+
+class BackendMismatchError(BackendError):
+    """A bundle was written by one backend and another was requested.
+
+    Example:
+        >>> raise BackendMismatchError("archived: torch, requested: tensorflow")  # doctest: +SKIP
+    """
+
+    def __init__(self, archived: str, requested: str, detail: str = "") -> None:
+        self.archived = archived
+        self.requested = requested
+        message = (
+            f"this bundle was written by the {archived!r} backend, but backend="
+            f"{requested!r} was requested. Load it with backend={archived!r} "
+            f"(or backend=None to use the archived one)."
+        )
+        super().__init__(f"{message} {detail}".strip())
+
+
+class UnknownArchitectureError(PolybundleError):
+    """No builder is registered for an architecture name and backend.
+
+    Example:
+        >>> raise UnknownArchitectureError("no builder for 'mlp' (torch)")  # doctest: +SKIP
+    """
+
+
+class TensorMismatchError(PolybundleError):
+    """Tensors are missing, unexpected or of the wrong shape when loading weights.
+
+    Example:
+        >>> err = TensorMismatchError(missing=["fc.bias"], unexpected=["fc.b"])
+        >>> "fc.bias" in str(err) and "fc.b" in str(err)
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        missing: Iterable[str] = (),
+        unexpected: Iterable[str] = (),
+        mismatched: Iterable[str] = (),
+        context: str = "",
+    ) -> None:
+        self.missing = sorted(missing)
+        self.unexpected = sorted(unexpected)
+        self.mismatched = sorted(mismatched)
+        parts = []
+        if self.missing:
+            parts.append(f"missing from the bundle: {', '.join(self.missing)}")
+        if self.unexpected:
+            parts.append(f"in the bundle but not in the model: {', '.join(self.unexpected)}")
+        if self.mismatched:
+            parts.append(f"shape or dtype differs: {', '.join(self.mismatched)}")
+        where = f"{context}: " if context else ""
+        super().__init__(
+            f"{where}the model's tensors and the bundle's do not match ("
+            + "; ".join(parts)
+            + "). Build the model with the same architecture and config that was saved."
+        )
+
+
+class ParamsError(PolybundleError):
+    """Params cannot be stored as plain JSON that round-trips exactly.
+
+    Example:
+        >>> raise ParamsError("params['shape'] is a tuple")  # doctest: +SKIP
+    """
+
+
+__all__ = [
+    "PolybundleError",
+    "FormatError",
+    "SchemaError",
+    "UnsupportedVersionError",
+    "IntegrityError",
+    "UnsafeContentError",
+    "BackendError",
+    "UnknownBackendError",
+    "BackendUnavailableError",
+    "BackendMismatchError",
+    "UnknownArchitectureError",
+    "TensorMismatchError",
+    "ParamsError",
+]

@@ -1,0 +1,146 @@
+"""``polybundle.load``: detect what wrote a bundle and bring its models back.
+
+Example:
+    >>> bundle = polybundle.load("run.bundle")  # doctest: +SKIP
+    >>> bundle.models["net"]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .archive import ArchiveReader
+from .backend import Backend, TensorSpec
+from .bundle import Bundle, model_entry
+from .detection import FORMAT_NAME, KNOWN_FORMATS, Detection
+from .errors import BackendMismatchError, FormatError, PolybundleError, UnknownBackendError
+from .manifest import PARAMS_MEMBER, read_manifest, verify_members
+from .params import decode_params
+from .plugins import get_plugin_manager
+from .registry import get_backend, get_registry, remember_architecture
+
+
+def detect(archive: ArchiveReader) -> Detection:
+    """Ask the detector plugins what wrote ``archive``; raise when none knows.
+
+    Example:
+        >>> with ArchiveReader("run.bundle") as archive:  # doctest: +SKIP
+        ...     detect(archive)
+        Detection(format='polybundle', backend='torch')
+    """
+    detection = get_plugin_manager().hook.polybundle_detect_archive(archive=archive)
+    if detection is None:
+        raise FormatError(
+            f"{str(archive.path)!r} is a zip, but no known format: members "
+            f"{archive.names()[:8]}. polybundle reads: {'; '.join(KNOWN_FORMATS)}. "
+            "A third-party format needs its plugin installed."
+        )
+    return detection
+
+
+def _archived_backend(name: str) -> Backend:
+    try:
+        return get_backend(name)
+    except UnknownBackendError:
+        raise UnknownBackendError(
+            f"this bundle was written by the {name!r} backend, which is not installed. "
+            f"Install its plugin package (for example: pip install polybundle-{name})."
+        ) from None
+
+
+def _select_roles(manifest: dict[str, Any], roles: Iterable[str] | None) -> list[str]:
+    available = [entry["role"] for entry in manifest["models"]]
+    if roles is None:
+        return available
+    wanted = list(roles)
+    unknown = [role for role in wanted if role not in available]
+    if unknown:
+        raise PolybundleError(f"roles {unknown} are not in the bundle; it holds {available}.")
+    return wanted
+
+
+def _build_model(
+    archive: ArchiveReader, backend: Backend, entry: dict[str, Any], given: Any | None
+) -> Any:
+    specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
+    architecture = entry["architecture"]
+    registry = get_registry()
+    with archive.open(entry["weights"]) as source:
+        if given is not None:
+            backend.load_into(given, source, specs)
+            return given
+        if architecture and registry.has_builder(architecture["name"], backend.name):
+            model = registry.builder(architecture["name"], backend.name)(architecture["config"])
+            backend.load_into(model, source, specs)
+            remember_architecture(model, architecture["name"], architecture["config"])
+            return model
+        model = backend.load_standalone(source)
+        if architecture:
+            remember_architecture(model, architecture["name"], architecture["config"])
+        return model
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    backend: str | None = None,
+    roles: Iterable[str] | None = None,
+    into: dict[str, Any] | None = None,
+    verify: bool = True,
+) -> Bundle:
+    """Load the bundle at ``path``, whichever registered backend wrote it.
+
+    ``backend`` (name or alias) asks for a framework; it must be the one that
+    wrote the bundle. ``roles`` limits which models are built. ``into`` gives
+    ready instances to load weights into; other roles are rebuilt with the
+    registered builder of their architecture, or (Keras) from the ``.keras``
+    file with ``safe_mode=True``. ``verify`` checks every member's sha256
+    first (on by default). Nothing is ever unpickled.
+
+    Example:
+        >>> bundle = polybundle.load("run.bundle", roles=["net"])  # doctest: +SKIP
+        >>> bundle.models["net"].eval()
+    """
+    into = dict(into or {})
+    with ArchiveReader(path) as archive:
+        detection = detect(archive)
+        if detection.format != FORMAT_NAME:
+            raise FormatError(
+                f"{str(path)!r} was detected as {detection.format!r}, which this version of "
+                f"polybundle cannot read; it reads: {'; '.join(KNOWN_FORMATS)}."
+            )
+        manifest = read_manifest(archive)
+        archived = _archived_backend(manifest["backend"])
+        if detection.backend and get_backend(detection.backend).name != archived.name:
+            raise FormatError(
+                f"a detector says {detection.backend!r} wrote {str(path)!r}, but its manifest "
+                f"says {archived.name!r}; the bundle is inconsistent."
+            )
+        if backend is not None and get_backend(backend).name != archived.name:
+            raise BackendMismatchError(
+                archived.name,
+                get_backend(backend).name,
+                "Loading across frameworks is not supported by this version.",
+            )
+        selected = _select_roles(manifest, roles)
+        stray = set(into) - set(selected)
+        if stray:
+            raise PolybundleError(
+                f"into names roles {sorted(stray)} that are not being loaded ({selected})."
+            )
+        if verify:
+            verify_members(archive, manifest)
+        params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
+        archived.require()
+        models = {
+            role: _build_model(archive, archived, model_entry(manifest, role), into.get(role))
+            for role in selected
+        }
+    bundle = Bundle(Path(path), manifest, params, archived.name, models)
+    get_plugin_manager().hook.polybundle_params_loaded(
+        params=bundle.params, manifest=manifest, path=str(path)
+    )
+    return bundle

@@ -1,0 +1,143 @@
+"""Build, read and check the manifest of a format-2 bundle.
+
+The manifest is written last (it records every other member's size and
+sha256) and read first. Reading checks, in order: valid JSON, the schema, the
+format version, that the members it lists and the members in the zip are the
+same set, and the recorded sizes.
+
+Example:
+    >>> manifest = read_manifest(archive)  # doctest: +SKIP
+    >>> manifest["backend"]
+    'torch'
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import TYPE_CHECKING, Any
+
+from .errors import FormatError, IntegrityError, UnsafeContentError, UnsupportedVersionError
+from .schemas import validate
+
+if TYPE_CHECKING:
+    from .archive import ArchiveReader
+    from .writer import MemberRecord
+
+FORMAT_VERSION = "2.0.0"
+"""The format version this polybundle writes."""
+
+MANIFEST_MEMBER = "manifest.json"
+PARAMS_MEMBER = "params.json"
+
+
+def build_manifest(
+    *,
+    backend: str,
+    framework: str,
+    framework_version: str,
+    models: list[dict[str, Any]],
+    members: list[MemberRecord],
+) -> dict[str, Any]:
+    """Return a schema-valid manifest for the given models and written members.
+
+    Example:
+        >>> build_manifest(backend="torch", framework="torch", framework_version="2.13.0",
+        ...                models=[...], members=[...])  # doctest: +SKIP
+    """
+    from . import __version__
+
+    manifest = {
+        "format": "polybundle",
+        "format_version": FORMAT_VERSION,
+        "backend": backend,
+        "writer": {
+            "polybundle": __version__,
+            "framework": framework,
+            "framework_version": framework_version,
+        },
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "models": models,
+        "members": {m.name: {"size": m.size, "sha256": m.sha256} for m in members},
+    }
+    validate("manifest", manifest, where="the manifest being written")
+    return manifest
+
+
+def _check_version(version: str) -> None:
+    major = int(version.split(".")[0])
+    supported = int(FORMAT_VERSION.split(".")[0])
+    if major > supported:
+        raise UnsupportedVersionError(
+            f"this bundle is format {version}, newer than the format {FORMAT_VERSION} this "
+            "polybundle reads. Upgrade polybundle: pip install -U polybundle"
+        )
+    if major < supported:
+        raise UnsupportedVersionError(
+            f"manifest.json says format {version}, but format-2 manifests start at 2.0.0; "
+            "expected 2.x. Older archives have no manifest.json of this kind."
+        )
+
+
+def read_manifest(archive: ArchiveReader) -> dict[str, Any]:
+    """Read, validate and cross-check ``manifest.json`` against the zip directory.
+
+    Example:
+        >>> read_manifest(archive)["format_version"]  # doctest: +SKIP
+        '2.0.0'
+    """
+    try:
+        document = json.loads(archive.read(MANIFEST_MEMBER))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(
+            f"{MANIFEST_MEMBER} is not valid JSON ({exc}); expected the manifest of a "
+            "format-2 bundle."
+        ) from None
+    if isinstance(document, dict) and isinstance(document.get("format_version"), str):
+        version = document["format_version"]
+        if version.split(".")[0].isdigit():
+            _check_version(version)
+    validate("manifest", document, where=MANIFEST_MEMBER)
+    listed = set(document["members"])
+    present = set(archive.names()) - {MANIFEST_MEMBER}
+    if listed - present:
+        raise IntegrityError(
+            f"members listed in {MANIFEST_MEMBER} are missing from the zip: "
+            f"{', '.join(sorted(listed - present))}. The bundle is incomplete; re-copy it."
+        )
+    if present - listed:
+        raise UnsafeContentError(
+            f"the zip holds members {MANIFEST_MEMBER} does not list: "
+            f"{', '.join(sorted(present - listed))}. Something was added after writing; "
+            "polybundle refuses the bundle."
+        )
+    for name, record in document["members"].items():
+        actual = archive.size(name)
+        if actual != record["size"]:
+            raise IntegrityError(
+                f"member {name!r} is {actual} bytes but {MANIFEST_MEMBER} records "
+                f"{record['size']}. The bundle was altered or damaged; re-copy it."
+            )
+    for model in document["models"]:
+        if model["weights"] not in listed:
+            raise FormatError(
+                f"role {model['role']!r} names weights member {model['weights']!r}, which "
+                f"{MANIFEST_MEMBER} does not list."
+            )
+    return document
+
+
+def verify_members(archive: ArchiveReader, manifest: dict[str, Any]) -> None:
+    """Check every member's sha256 against the manifest; raise :class:`IntegrityError`.
+
+    Example:
+        >>> verify_members(archive, manifest)  # doctest: +SKIP
+    """
+    for name, record in manifest["members"].items():
+        actual = archive.sha256(name)
+        if actual != record["sha256"]:
+            raise IntegrityError(
+                f"member {name!r} has sha256 {actual}, but {MANIFEST_MEMBER} records "
+                f"{record['sha256']}. The bundle was altered or damaged; do not use it. "
+                "Re-copy it from its source."
+            )

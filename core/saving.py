@@ -1,0 +1,144 @@
+"""``polybundle.save``: write a set of named models of one framework as a bundle.
+
+Example:
+    >>> import polybundle, torch
+    >>> manifest = polybundle.save("run.bundle", {"net": torch.nn.Linear(3, 1)},
+    ...                            params={"lr": 1e-3})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .backend import Backend
+from .errors import BackendError, PolybundleError
+from .manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
+from .params import encode_params
+from .registry import backend_for_model, remembered_architecture
+from .writer import ArchiveWriter
+
+_ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+ArchitectureSpec = tuple[str, dict[str, Any]] | dict[str, Any]
+
+
+def _check_roles(models: dict[str, Any]) -> None:
+    if not isinstance(models, dict) or not models:
+        raise PolybundleError(
+            f"models is {models!r}; expected a non-empty dict {{role: model}}, e.g. "
+            "{'autoencoder': model}."
+        )
+    for role in models:
+        if not isinstance(role, str) or not _ROLE.match(role) or len(role) > 128:
+            raise PolybundleError(
+                f"role {role!r} is not a valid role name; use letters, digits, '_', '-' and "
+                "'.', not starting with '.' or '-' (it becomes a folder in the bundle)."
+            )
+
+
+def _infer_backend(models: dict[str, Any]) -> Backend:
+    owners = {role: backend_for_model(model) for role, model in models.items()}
+    names = {backend.name for backend in owners.values()}
+    if len(names) > 1:
+        detail = ", ".join(f"{role}: {backend.name}" for role, backend in owners.items())
+        raise BackendError(
+            f"a bundle holds models of one framework, but these mix {sorted(names)} "
+            f"({detail}). Save each framework's models to its own bundle."
+        )
+    return next(iter(owners.values()))
+
+
+def _architecture(role: str, model: Any, given: ArchitectureSpec | None) -> dict[str, Any] | None:
+    if given is None:
+        remembered = remembered_architecture(model)
+        if remembered is None:
+            return None
+        given = remembered
+    if isinstance(given, tuple) and len(given) == 2:
+        name, config = given
+    elif isinstance(given, dict) and "name" in given:
+        name, config = given["name"], given.get("config", {})
+    else:
+        raise PolybundleError(
+            f"architectures[{role!r}] is {given!r}; expected (name, config) or "
+            "{'name': ..., 'config': {...}}."
+        )
+    try:
+        json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PolybundleError(
+            f"the config of architecture {name!r} for role {role!r} is not plain JSON ({exc})."
+        ) from None
+    return {"name": name, "config": config}
+
+
+def _check_target(path: Path) -> None:
+    if path.is_dir():
+        raise PolybundleError(f"{str(path)!r} is a directory; expected a file path for the bundle.")
+    if not path.parent.is_dir():
+        raise PolybundleError(
+            f"the folder {str(path.parent)!r} does not exist; create it before saving there."
+        )
+
+
+def save(
+    path: str | os.PathLike[str],
+    models: dict[str, Any],
+    *,
+    params: dict[str, Any] | None = None,
+    architectures: dict[str, ArchitectureSpec] | None = None,
+) -> dict[str, Any]:
+    """Save ``{role: native model}`` and ``params`` as a format-2 bundle at ``path``.
+
+    The backend is inferred from the models' types. ``architectures`` maps a
+    role to ``(name, config)`` so :func:`polybundle.load` can rebuild it with
+    a registered builder; models made with :func:`polybundle.build` remember
+    theirs. Every input is checked before anything is written, and the file
+    appears atomically. Returns the manifest written.
+
+    Example:
+        >>> net = polybundle.build("mlp", {"inputs": 3}, backend="torch")  # doctest: +SKIP
+        >>> polybundle.save("run.bundle", {"net": net}, params={"lr": 1e-3})["backend"]
+        'torch'
+    """
+    target = Path(path)
+    _check_roles(models)
+    backend = _infer_backend(models)
+    params_bytes = encode_params({} if params is None else params)
+    architectures = dict(architectures or {})
+    unknown = set(architectures) - set(models)
+    if unknown:
+        raise PolybundleError(
+            f"architectures names roles {sorted(unknown)} that are not in models "
+            f"({sorted(models)}); use the same role names."
+        )
+    entries = []
+    for role, model in models.items():
+        entries.append(
+            {
+                "role": role,
+                "architecture": _architecture(role, model, architectures.get(role)),
+                "weights": f"{role}/{backend.weights_member}",
+                "tensors": [spec.to_json() for spec in backend.describe(model)],
+            }
+        )
+    _check_target(target)
+    with ArchiveWriter(target) as writer:
+        writer.write_bytes(PARAMS_MEMBER, params_bytes, compress=True)
+        for entry in entries:
+            with writer.stream(entry["weights"]) as stream:
+                backend.write(models[entry["role"]], stream)
+        manifest = build_manifest(
+            backend=backend.name,
+            framework=backend.distribution,
+            framework_version=backend.framework_version(),
+            models=entries,
+            members=writer.records,
+        )
+        writer.write_bytes(MANIFEST_MEMBER, json.dumps(manifest, indent=1).encode(), compress=True)
+        writer.commit()
+    return manifest

@@ -1,0 +1,55 @@
+"""Shared fixtures and markers for polybundle's tests.
+
+Tests that need a framework use the ``needs_torch`` / ``needs_tensorflow``
+markers (skip with a reason when it is absent; CI installs both). Fixture
+archives from the shared folder are reached through ``legacy_dir``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+import polybundle.plugins
+
+REPO = Path(__file__).resolve().parents[1]
+LEGACY_DIR = Path(os.environ.get("POLYBUNDLE_LEGACY_FIXTURES", REPO.parent / "shared" / "fixtures" / "legacy"))
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_TENSORFLOW = (
+    importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("keras") is not None
+)
+
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (pip install 'polybundle[torch]')")
+needs_tensorflow = pytest.mark.skipif(
+    not HAS_TENSORFLOW, reason="TensorFlow/Keras is not installed (pip install 'polybundle[tensorflow]')"
+)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+@pytest.fixture
+def legacy_dir() -> Path:
+    """The folder of real legacy archives (``../shared/fixtures/legacy``)."""
+    if not LEGACY_DIR.is_dir():
+        pytest.skip(f"legacy fixtures not found at {LEGACY_DIR}")
+    return LEGACY_DIR
+
+
+@pytest.fixture
+def fresh_plugins():
+    """Forget discovered plugins before and after the test (for entry-point tests)."""
+    polybundle.plugins.reset()
+    yield
+    polybundle.plugins.reset()
+
+
+def snapshot_tree(folder: Path) -> dict[str, int]:
+    """Return ``{relative path: size}`` of everything under ``folder`` (to prove nothing was written)."""
+    return {
+        str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()
+    }
