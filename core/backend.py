@@ -107,7 +107,18 @@ class Backend(ABC):
             >>> polybundle.get_backend("torch").is_available()  # doctest: +SKIP
             True
         """
-        return all(importlib.util.find_spec(module) is not None for module in self.modules)
+        return not self._missing_modules()
+
+    def _missing_modules(self) -> list[str]:
+        missing = []
+        for module in self.modules:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):  # a broken or blocked installation
+                found = False
+            if not found:
+                missing.append(module)
+        return missing
 
     def require(self) -> None:
         """Raise :class:`BackendUnavailableError` naming the pip extra when absent.
@@ -115,8 +126,8 @@ class Backend(ABC):
         Example:
             >>> polybundle.get_backend("tensorflow").require()  # doctest: +SKIP
         """
-        if not self.is_available():
-            missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
+        missing = self._missing_modules()
+        if missing:
             raise BackendUnavailableError(
                 f"the {self.name!r} backend needs {', '.join(missing)}, which is not "
                 f"installed. Install it with: pip install '{self.extra}'"

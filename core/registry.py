@@ -212,7 +212,10 @@ def remember_architecture(model: Any, name: str, config: dict[str, Any]) -> None
     Example:
         >>> remember_architecture(model, "mlp", {"inputs": 3})  # doctest: +SKIP
     """
-    _built[model] = (name, config)
+    try:
+        _built[model] = (name, config)
+    except TypeError:  # not weak-referenceable: save() then needs architectures=
+        pass
 
 
 def remembered_architecture(model: Any) -> tuple[str, dict[str, Any]] | None:
@@ -224,5 +227,5 @@ def remembered_architecture(model: Any) -> tuple[str, dict[str, Any]] | None:
     """
     try:
         return _built.get(model)
-    except TypeError:  # unhashable or not weak-referenceable models are never recorded
+    except TypeError:  # not weak-referenceable, so never recorded
         return None

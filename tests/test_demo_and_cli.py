@@ -1,0 +1,62 @@
+"""The demo end to end, and the ``polybundle`` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import polybundle
+from polybundle import demo
+from polybundle.cli import main
+from tests import models
+from tests.conftest import HAS_TENSORFLOW, HAS_TORCH, needs_torch
+
+
+def test_demo_trains_saves_and_loads_back_identically(tmp_path, capsys):
+    if not (HAS_TORCH or HAS_TENSORFLOW):
+        pytest.skip("the demo needs PyTorch or TensorFlow")
+    results = demo.run(tmp_path, steps=2)
+    expected = [name for name, present in (("torch", HAS_TORCH), ("tensorflow", HAS_TENSORFLOW)) if present]
+    assert [r.backend for r in results] == expected
+    for result in results:
+        assert result.matches
+        assert result.path.exists()
+        report = polybundle.inspect(result.path)
+        assert report["backend"] == result.backend
+        assert report["params"]["steps"] == 2
+    assert "identical" in capsys.readouterr().out
+
+
+def test_demo_command_line_exit_status(tmp_path):
+    if not (HAS_TORCH or HAS_TENSORFLOW):
+        pytest.skip("the demo needs PyTorch or TensorFlow")
+    result = subprocess.run(
+        [sys.executable, "-m", "polybundle.cli", "demo", "--steps", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "loaded back" in result.stdout
+
+
+@needs_torch
+def test_inspect_command_prints_table_and_json(tmp_path, capsys):
+    path = tmp_path / "t.bundle"
+    polybundle.save(path, {"net": models.trained_torch(0)}, params={"N": 6})
+    assert main(["inspect", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "4.weight" in table and "out,in" in table and "test-convnet" in table
+    assert main(["inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params"] == {"N": 6}
+    assert {t["name"] for t in report["tensors"]} >= {"0.weight", "1.running_var"}
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "junk.bin"
+    path.write_bytes(b"\x00" * 10)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "FormatError" in err and "not a zip" in err

@@ -1,0 +1,96 @@
+"""``import polybundle`` and ``polybundle.inspect`` work where no framework can be imported."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polybundle
+from tests import models
+from tests.conftest import REPO, needs_torch
+
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = ("torch", "tensorflow", "keras", "jax", "flax")
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Blocker())
+"""
+
+FRAMEWORK_MODULES = {"torch", "tensorflow", "keras", "jax", "flax"}
+
+
+def _run_blocked(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+
+
+@needs_torch
+def test_import_and_inspect_without_any_framework(tmp_path):
+    path = tmp_path / "t.bundle"
+    polybundle.save(path, {"net": models.trained_torch(0)}, params={"N": 6})
+    code = f"""
+import json, sys
+import polybundle
+from polybundle.cli import main
+report = polybundle.inspect({str(path)!r})
+main(["inspect", {str(path)!r}])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {sorted(FRAMEWORK_MODULES)!r})
+print(json.dumps({{"loaded": loaded, "backend": report["backend"], "n": len(report["tensors"])}}))
+"""
+    result = _run_blocked(code)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary == {"loaded": [], "backend": "torch", "n": 9}
+    assert "0.weight" in result.stdout
+
+
+def test_loading_without_the_framework_names_the_extra(tmp_path):
+    source = tmp_path / "tiny.bundle"
+    code = f"""
+import polybundle
+from polybundle.errors import BackendUnavailableError
+try:
+    polybundle.get_backend("torch").require()
+except BackendUnavailableError as exc:
+    print("OK", exc)
+"""
+    result = _run_blocked(code)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'polybundle[torch]'" in result.stdout
+    assert not source.exists()
+
+
+def test_core_never_imports_a_framework_at_module_top():
+    offenders = []
+    for folder in ("core", "backends"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in tree.body:
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                for name in names:
+                    if name.split(".")[0] in FRAMEWORK_MODULES:
+                        offenders.append(f"{path.relative_to(REPO)}: import {name}")
+    assert offenders == []
+
+
+def test_every_public_function_has_a_docstring_with_an_example():
+    missing = []
+    for path in sorted(Path(polybundle.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                doc = ast.get_docstring(node) or ""
+                if "Example" not in doc and ">>>" not in doc and "$ " not in doc:
+                    missing.append(f"{path.name}:{node.name}")
+    assert missing == []
