@@ -21,11 +21,19 @@ import importlib.metadata
 import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from .errors import BackendUnavailableError, UnknownArchitectureError
+from .errors import (
+    BackendError,
+    BackendUnavailableError,
+    UnknownArchitectureError,
+    UnsupportedOptimizerError,
+)
+
+if TYPE_CHECKING:
+    from .optimizer import OptimizerState
 
 
 @dataclass(frozen=True)
@@ -196,4 +204,53 @@ class Backend(ABC):
             "alone, and no builder is registered for the bundle's architecture. "
             "Register one with @polybundle.architecture(name, backend=...) or pass "
             "into={role: model}."
+        )
+
+    def export_optimizer(
+        self, model: Any, optimizer: Any, scheduler: Any | None = None
+    ) -> OptimizerState:
+        """Return ``optimizer``'s state (and ``scheduler``'s, if given) in neutral form.
+
+        Slots are keyed by the names :meth:`describe` gives ``model``'s tensors.
+        Raise :class:`polybundle.errors.UnsupportedOptimizerError` naming the
+        class for an optimizer the backend cannot describe, and
+        :class:`polybundle.errors.OptimizerMismatchError` when the optimizer
+        updates tensors that are not ``model``'s. The default refuses.
+        Example: ``backend.export_optimizer(model, torch.optim.Adam(...)).algorithm``.
+        """
+        raise UnsupportedOptimizerError(
+            f"the {self.name!r} backend cannot export optimizer state "
+            f"({type(optimizer).__qualname__}); save without optimizers=."
+        )
+
+    def restore_optimizer(
+        self, model: Any, optimizer: Any, state: OptimizerState, scheduler: Any | None = None
+    ) -> None:
+        """Load neutral ``state`` into a fresh ``optimizer`` bound to ``model``'s parameters.
+
+        Must check first (kind, bound parameters, shapes) and change nothing on
+        a mismatch, raising :class:`polybundle.errors.OptimizerMismatchError`.
+        The default refuses. Example: ``backend.restore_optimizer(model, opt, state)``.
+        """
+        raise UnsupportedOptimizerError(
+            f"the {self.name!r} backend cannot restore optimizer state into "
+            f"{type(optimizer).__qualname__}."
+        )
+
+    def capture_rng(self) -> dict[str, Any] | None:
+        """Return the framework's global random-generator state as plain JSON data.
+
+        Called only when the framework is already imported. The default
+        (``None``) means the framework has no global generator to record.
+        Example: ``backend.capture_rng() == {"cpu": "<base64>"}``.
+        """
+        return None
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """Put back a state returned by :meth:`capture_rng`.
+
+        Example: ``backend.restore_rng(backend.capture_rng())``.
+        """
+        raise BackendError(
+            f"the {self.name!r} backend recorded no random state, so it cannot restore one."
         )

@@ -161,6 +161,41 @@ class ParamsError(PolybundleError):
     """
 
 
+class OptimizerError(PolybundleError):
+    """Base class of errors about optimizer state (export, storage, restore).
+
+    Example:
+        >>> issubclass(UnsupportedOptimizerError, OptimizerError)
+        True
+    """
+
+
+class UnsupportedOptimizerError(OptimizerError):
+    """The backend cannot describe this optimizer (or scheduler) as neutral state.
+
+    Raised at save time, naming the class, so nothing is silently dropped.
+
+    Example:
+        >>> raise UnsupportedOptimizerError("torch.optim.Adagrad")  # doctest: +SKIP
+    """
+
+
+class OptimizerMismatchError(OptimizerError):
+    """An optimizer is not bound to the model's parameters, or is of another kind.
+
+    Example:
+        >>> raise OptimizerMismatchError("saved adam, restoring into sgd")  # doctest: +SKIP
+    """
+
+
+class CheckpointError(PolybundleError):
+    """A checkpoint directory or its index is missing, damaged or asked for a step it lacks.
+
+    Example:
+        >>> raise CheckpointError("no checkpoint for step 7")  # doctest: +SKIP
+    """
+
+
 __all__ = [
     "PolybundleError",
     "FormatError",
@@ -175,4 +210,8 @@ __all__ = [
     "UnknownArchitectureError",
     "TensorMismatchError",
     "ParamsError",
+    "OptimizerError",
+    "UnsupportedOptimizerError",
+    "OptimizerMismatchError",
+    "CheckpointError",
 ]
