@@ -1,0 +1,308 @@
+"""Time polybundle against the frameworks' own save/load on the same weights.
+
+One process, one set of weights per size; every operation is run
+``--repeats`` times and its median wall time and median peak RSS above
+baseline are reported (see :mod:`measure`), with the ratio of each polybundle
+figure to its framework's own call. Files are written to one temporary
+folder, so loads read from the page cache (warm), as a training loop does.
+
+Usage:
+    python benchmarks/bench.py --sizes 10,100,400 --repeats 5 --json out.json
+
+Example:
+    >>> report = run_benchmark([1], repeats=1)  # doctest: +SKIP
+    >>> report["sizes"][0]["ratios"]["torch load"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import polybundle  # noqa: E402
+from measure import measure  # noqa: E402
+from workloads import Weights, keras_model, register_architectures, torch_model  # noqa: E402
+
+RATIOS = {
+    "torch save": ("polybundle.save (torch)", "torch.save"),
+    "torch save vs fsynced": ("polybundle.save (torch)", "torch.save + fsync"),
+    "torch load": ("polybundle.load (torch)", "torch.load"),
+    "tf save": ("polybundle.save (tensorflow)", "keras model.save"),
+    "tf save vs fsynced": ("polybundle.save (tensorflow)", "keras model.save + fsync"),
+    "tf load": ("polybundle.load (tensorflow)", "keras load_model"),
+    "torch bundle -> tf load": ("polybundle.load (torch bundle as tensorflow)", "keras load_model"),
+    "tf bundle -> torch load": ("polybundle.load (tensorflow bundle as torch)", "torch.load"),
+}
+"""Ratio name -> (polybundle operation, framework operation it is compared with)."""
+
+LOAD_OPERATIONS = (
+    "torch.load",
+    "safetensors load_file",
+    "polybundle.load (torch)",
+    "keras load_model",
+    "keras load_weights",
+    "polybundle.load (tensorflow)",
+)
+"""Loads whose peak memory is also reported as a multiple of the weights' size."""
+
+
+@dataclass
+class Operation:
+    """A named operation to time, with an optional untimed step before each run."""
+
+    name: str
+    run: Callable[[], Any]
+    before: Callable[[], Any] | None = None
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _unlink(*paths: Path) -> Callable[[], None]:
+    def drop() -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+    return drop
+
+
+def _lazy_supported() -> bool:
+    import inspect
+
+    return "lazy" in inspect.signature(polybundle.load).parameters
+
+
+def _torch_operations(weights: Weights, folder: Path) -> list[Operation]:
+    import safetensors.torch
+    import torch
+
+    model = torch_model(weights)
+    state = model.state_dict()
+    plain, safe, bundle = folder / "plain.pth", folder / "w.safetensors", folder / "torch.bundle"
+    first_key = next(iter(state))
+
+    def plain_save_fsync() -> None:
+        torch.save(state, plain)
+        _fsync(plain)
+
+    def lazy_one_tensor() -> np.ndarray:
+        lazy = polybundle.load(bundle, lazy=True)
+        return np.array(lazy.tensors("net")[first_key])
+
+    operations = [
+        Operation("torch.save", lambda: torch.save(state, plain), _unlink(plain)),
+        Operation("torch.save + fsync", plain_save_fsync, _unlink(plain)),
+        Operation("torch.load", lambda: torch.load(plain, map_location="cpu", weights_only=True)),
+        Operation("safetensors save_file", lambda: safetensors.torch.save_file(state, safe),
+                  _unlink(safe)),
+        Operation("safetensors load_file", lambda: safetensors.torch.load_file(safe)),
+        Operation("polybundle.save (torch)", lambda: polybundle.save(bundle, {"net": model})),
+        Operation("polybundle.load (torch)", lambda: polybundle.load(bundle).models),
+    ]
+    if _lazy_supported():
+        operations.append(Operation("polybundle lazy open + one tensor (torch)", lazy_one_tensor))
+    return operations
+
+
+def _keras_operations(weights: Weights, folder: Path) -> list[Operation]:
+    import keras
+
+    model = keras_model(weights)
+    native, h5 = folder / "model.keras", folder / "model.weights.h5"
+    bundle = folder / "tf.bundle"
+
+    def native_save_fsync() -> None:
+        model.save(native)
+        _fsync(native)
+
+    return [
+        Operation("keras model.save", lambda: model.save(native), _unlink(native)),
+        Operation("keras model.save + fsync", native_save_fsync, _unlink(native)),
+        Operation("keras load_model", lambda: keras.saving.load_model(native, compile=False)),
+        Operation("keras save_weights", lambda: model.save_weights(h5), _unlink(h5)),
+        Operation("keras load_weights", lambda: model.load_weights(h5)),
+        Operation("polybundle.save (tensorflow)", lambda: polybundle.save(bundle, {"net": model})),
+        Operation("polybundle.load (tensorflow)", lambda: polybundle.load(bundle).models),
+    ]
+
+
+def _cross_operations(folder: Path) -> list[Operation]:
+    """Cross-framework loads, where this polybundle supports them (probed once)."""
+    candidates = [
+        ("polybundle.load (torch bundle as tensorflow)", folder / "torch.bundle", "tensorflow"),
+        ("polybundle.load (tensorflow bundle as torch)", folder / "tf.bundle", "torch"),
+    ]
+    operations = []
+    for name, path, backend in candidates:
+        if not path.exists():
+            continue
+        try:
+            polybundle.load(path, backend=backend)
+        except polybundle.PolybundleError:
+            continue
+
+        def cross(path: Path = path, backend: str = backend) -> Any:
+            return polybundle.load(path, backend=backend).models
+
+        operations.append(Operation(name, cross))
+    return operations
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def bench_size(mib: float, *, repeats: int, folder: Path, log: Callable[[str], None]) -> dict:
+    """Measure every operation on ``mib`` MiB of weights; return the size's report.
+
+    Example:
+        >>> bench_size(1, repeats=1, folder=Path("/tmp"), log=print)["mib"]  # doctest: +SKIP
+        1
+    """
+    weights = Weights.of_size(mib)
+    flat = weights.flat()
+    operations = [Operation("numpy copy (floor)", flat.copy)]
+    if _available("torch"):
+        operations += _torch_operations(weights, folder)
+    if _available("keras") and _available("tensorflow"):
+        operations += _keras_operations(weights, folder)
+    results: dict[str, dict] = {}
+    for index, operation in enumerate(operations):
+        results[operation.name] = measure(
+            operation.run, repeats=repeats, before=operation.before
+        ).to_json()
+        log(f"  {operation.name}: {results[operation.name]['median_s']:.4f} s")
+        if index == len(operations) - 1:
+            for cross in _cross_operations(folder):
+                results[cross.name] = measure(cross.run, repeats=repeats).to_json()
+                log(f"  {cross.name}: {results[cross.name]['median_s']:.4f} s")
+    ratios = {
+        label: results[ours]["median_s"] / results[theirs]["median_s"]
+        for label, (ours, theirs) in RATIOS.items()
+        if ours in results and theirs in results
+    }
+    memory = {
+        name: results[name]["peak_rss_mib"] * 2**20 / weights.nbytes
+        for name in LOAD_OPERATIONS
+        if name in results and results[name]["peak_rss_mib"] is not None
+    }
+    return {
+        "mib": mib,
+        "weights_bytes": weights.nbytes,
+        "operations": results,
+        "ratios": ratios,
+        "load_peak_rss_over_weights": memory,
+    }
+
+
+def conditions() -> dict[str, Any]:
+    """Return what the figures depend on: machine, versions, load average.
+
+    Example:
+        >>> "cpus" in conditions()
+        True
+    """
+    versions = {}
+    for module in ("numpy", "torch", "tensorflow", "keras", "safetensors", "h5py"):
+        if module in sys.modules:
+            versions[module] = getattr(sys.modules[module], "__version__", "?")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "polybundle": polybundle.__version__,
+        "versions": versions,
+    }
+
+
+def run_benchmark(
+    sizes: list[float],
+    *,
+    repeats: int = 5,
+    folder: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Run the benchmark at each size in MiB; return the whole report as a dict.
+
+    Example:
+        >>> run_benchmark([1], repeats=1)["sizes"][0]["mib"]  # doctest: +SKIP
+        1
+    """
+    register_architectures()
+    with tempfile.TemporaryDirectory(dir=folder, prefix="polybundle-bench-") as temp:
+        reports = []
+        for mib in sizes:
+            log(f"{mib} MiB:")
+            reports.append(bench_size(mib, repeats=repeats, folder=Path(temp), log=log))
+            for path in Path(temp).iterdir():
+                path.unlink()
+    return {"repeats": repeats, "conditions": conditions(), "sizes": reports}
+
+
+def render(report: dict[str, Any]) -> str:
+    """Return the report as Markdown tables (one per size, then the ratios).
+
+    Example:
+        >>> print(render(run_benchmark([1], repeats=1)))  # doctest: +SKIP
+    """
+    lines = []
+    for size in report["sizes"]:
+        lines += [
+            f"### {size['mib']} MiB of weights ({size['weights_bytes'] / 2**20:.1f} MiB)",
+            "",
+            "| operation | median s | peak RSS above baseline, MiB |",
+            "| --- | ---: | ---: |",
+        ]
+        for name, result in size["operations"].items():
+            peak = result["peak_rss_mib"]
+            peak_text = "n/a" if peak is None else f"{peak:.0f}"
+            lines.append(f"| {name} | {result['median_s']:.4f} | {peak_text} |")
+        lines += ["", "| ratio (polybundle / framework) | value |", "| --- | ---: |"]
+        lines += [f"| {label} | {value:.2f} |" for label, value in size["ratios"].items()]
+        lines += ["", "| load: peak RSS / weights size | value |", "| --- | ---: |"]
+        memory = size["load_peak_rss_over_weights"]
+        lines += [f"| {name} | {value:.2f} |" for name, value in memory.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the benchmark, print tables, write JSON.
+
+    Example:
+        $ python benchmarks/bench.py --sizes 10,100,400 --json out.json
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10,100,400", help="MiB of weights, comma separated")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per operation (median)")
+    parser.add_argument("--json", default=None, help="write the report to this JSON file")
+    parser.add_argument("--dir", default=None, help="folder for temporary files")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sizes = [float(s) if "." in s else int(s) for s in args.sizes.split(",")]
+    report = run_benchmark(
+        sizes, repeats=args.repeats, folder=args.dir, log=lambda line: print(line, flush=True)
+    )
+    print(render(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The weights and models every benchmark operation works on.
+
+One set of float32 arrays (a stack of square dense layers) is made per size
+and put into a PyTorch ``nn.Sequential`` of ``Linear`` layers and a Keras
+``Sequential`` of ``Dense`` layers, so each framework saves exactly the same
+numbers. Both architectures are registered with polybundle as ``bench-mlp``,
+so ``polybundle.load`` rebuilds them as it would a user's model.
+
+Example:
+    >>> w = Weights.of_size(mib=1)
+    >>> round(w.nbytes / 2**20)
+    1
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polybundle
+
+ARCHITECTURE = "bench-mlp"
+LAYERS = 8
+
+
+@dataclass
+class Weights:
+    """``layers`` dense layers of ``width`` x ``width`` float32 plus biases.
+
+    Example:
+        >>> Weights.of_size(mib=10).width
+        405
+    """
+
+    width: int
+    kernels: list[np.ndarray]
+    biases: list[np.ndarray]
+
+    @classmethod
+    def of_size(cls, mib: float, *, layers: int = LAYERS, seed: int = 0) -> Weights:
+        """Return random weights of about ``mib`` MiB in ``layers`` layers."""
+        width = max(1, int(math.sqrt(mib * 2**20 / 4 / layers)))
+        rng = np.random.default_rng(seed)
+        kernels = [rng.standard_normal((width, width), dtype=np.float32) for _ in range(layers)]
+        biases = [rng.standard_normal(width, dtype=np.float32) for _ in range(layers)]
+        return cls(width, kernels, biases)
+
+    @property
+    def config(self) -> dict[str, int]:
+        """Return the architecture config shared by both frameworks."""
+        return {"width": self.width, "layers": len(self.kernels)}
+
+    @property
+    def nbytes(self) -> int:
+        """Return the total size of the weights in bytes."""
+        return sum(a.nbytes for a in self.kernels + self.biases)
+
+    def flat(self) -> np.ndarray:
+        """Return every weight concatenated in one float32 array."""
+        return np.concatenate([a.ravel() for a in self.kernels + self.biases])
+
+
+def build_torch(config: dict[str, Any]) -> Any:
+    """Build the PyTorch ``bench-mlp``: ``layers`` ``Linear(width, width)``.
+
+    Example:
+        >>> build_torch({"width": 4, "layers": 2})[0].weight.shape  # doctest: +SKIP
+        torch.Size([4, 4])
+    """
+    import torch
+
+    width = config["width"]
+    return torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(config["layers"])])
+
+
+def build_keras(config: dict[str, Any]) -> Any:
+    """Build the Keras ``bench-mlp``: ``layers`` ``Dense(width)`` on a ``width`` input.
+
+    Example:
+        >>> build_keras({"width": 4, "layers": 2}).count_params()  # doctest: +SKIP
+        40
+    """
+    import keras
+
+    width = config["width"]
+    layers = [keras.layers.Dense(width) for _ in range(config["layers"])]
+    return keras.Sequential([keras.Input((width,)), *layers])
+
+
+def register_architectures() -> None:
+    """Register ``bench-mlp`` for both backends (idempotent).
+
+    Example:
+        >>> register_architectures()  # doctest: +SKIP
+    """
+    polybundle.architecture(ARCHITECTURE, backend="torch", replace=True)(build_torch)
+    polybundle.architecture(ARCHITECTURE, backend="tensorflow", replace=True)(build_keras)
+
+
+def torch_model(weights: Weights) -> Any:
+    """Return the PyTorch model holding ``weights`` (kernels transposed to ``out,in``).
+
+    Example:
+        >>> torch_model(Weights.of_size(mib=1))  # doctest: +SKIP
+    """
+    import torch
+
+    model = polybundle.build(ARCHITECTURE, weights.config, backend="torch")
+    with torch.no_grad():
+        for layer, kernel, bias in zip(model, weights.kernels, weights.biases, strict=True):
+            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.T)))
+            layer.bias.copy_(torch.from_numpy(bias))
+    return model
+
+
+def keras_model(weights: Weights) -> Any:
+    """Return the Keras model holding ``weights``.
+
+    Example:
+        >>> keras_model(Weights.of_size(mib=1))  # doctest: +SKIP
+    """
+    model = polybundle.build(ARCHITECTURE, weights.config, backend="tensorflow")
+    for layer, kernel, bias in zip(model.layers, weights.kernels, weights.biases, strict=True):
+        layer.set_weights([kernel, bias])
+    return model
