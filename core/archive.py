@@ -172,6 +172,57 @@ class MemberRange(io.RawIOBase):
         return MemberRange(self._fd, self._start + offset, size, name)
 
 
+class NestedZip:
+    """A zip held inside a seekable file (a bundle member), opened once.
+
+    STORED members of a :class:`MemberRange` container come back as
+    sub-ranges of the outer file (no copy); anything else through
+    :mod:`zipfile`. Every member is name- and kind-checked before it is
+    opened. Used for ``model.weights.h5`` inside ``model.keras`` and for the
+    storages inside ``model.pth``.
+
+    Example:
+        >>> inner = NestedZip(archive.open("net/model.pth"))  # doctest: +SKIP
+        >>> inner.names()[:1]
+        ['archive/data.pkl']
+    """
+
+    def __init__(self, container: BinaryIO | MemberRange) -> None:
+        self.container = container
+        self.label = getattr(container, "name", "a member")
+        try:
+            self._zip = zipfile.ZipFile(container)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise FormatError(
+                f"{self.label!r} is not a zip file ({exc}); the weights file is damaged."
+            ) from None
+
+    def names(self) -> list[str]:
+        """Return the inner member names in directory order."""
+        return self._zip.namelist()
+
+    def open(self, name: str) -> BinaryIO | MemberRange:
+        """Open inner member ``name`` (a sub-range when STORED inside a range)."""
+        try:
+            info = self._zip.getinfo(name)
+        except KeyError:
+            raise FormatError(
+                f"{self.label!r} is a zip without {name!r}; the weights file is damaged."
+            ) from None
+        check_member_name(info.filename)
+        _check_member_kind(info)
+        container = self.container
+        if isinstance(container, MemberRange) and info.compress_type == zipfile.ZIP_STORED:
+            container.seek(info.header_offset)
+            header = container.read(_LOCAL_HEADER.size)
+            if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
+                raise FormatError(f"{name!r}: no local zip header where the directory points.")
+            fields = _LOCAL_HEADER.unpack(header)
+            start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+            return container.subrange(start, info.file_size, name)
+        return self._zip.open(info)
+
+
 def open_nested(container: BinaryIO | MemberRange, name: str) -> BinaryIO | MemberRange:
     """Open member ``name`` of the zip held in the seekable file ``container``.
 
@@ -182,25 +233,7 @@ def open_nested(container: BinaryIO | MemberRange, name: str) -> BinaryIO | Memb
     Example:
         >>> h5 = open_nested(archive.open("net/model.keras"), "model.weights.h5")  # doctest: +SKIP
     """
-    try:
-        inner = zipfile.ZipFile(container)
-        info = inner.getinfo(name)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise FormatError(
-            f"{getattr(container, 'name', 'a member')!r} is not a zip holding {name!r} "
-            f"({exc}); the weights file is damaged."
-        ) from None
-    check_member_name(info.filename)
-    _check_member_kind(info)
-    if isinstance(container, MemberRange) and info.compress_type == zipfile.ZIP_STORED:
-        container.seek(info.header_offset)
-        header = container.read(_LOCAL_HEADER.size)
-        if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
-            raise FormatError(f"{name!r}: no local zip header where the directory points.")
-        fields = _LOCAL_HEADER.unpack(header)
-        start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
-        return container.subrange(start, info.file_size, name)
-    return inner.open(info)
+    return NestedZip(container).open(name)
 
 
 class ArchiveReader:
