@@ -142,7 +142,8 @@ def torch_canonical(
         if kind.endswith("_transpose"):
             if groups != 1:
                 return _unknown(shape)
-            return Canonical(kind, "kernel", conv_tag(spatial, channels_first=True, transposed=True))
+            tag = conv_tag(spatial, channels_first=True, transposed=True)
+            return Canonical(kind, "kernel", tag)
         if groups > 1 and shape[1] == 1:
             space = ("d", "h", "w")[3 - spatial:]
             return Canonical(f"depthwise_{kind}", "kernel", ",".join(("c*m", "1", *space)))
@@ -198,7 +199,8 @@ def keras_canonical(
     if kind.startswith("conv") and variable == "kernel":
         spatial = ndim - 2
         if kind.endswith("_transpose"):
-            return Canonical(kind, "kernel", conv_tag(spatial, channels_first=False, transposed=True))
+            tag = conv_tag(spatial, channels_first=False, transposed=True)
+            return Canonical(kind, "kernel", tag)
         if groups > 1 and shape[-2] == 1:
             space = ("d", "h", "w")[3 - spatial:]
             return Canonical(f"depthwise_{kind}", "kernel", ",".join((*space, "1", "c*m")))
@@ -219,7 +221,7 @@ def _atom_sizes(name: str, tag: str, shape: tuple[int, ...], sizes: dict[str, in
         raise TensorMismatchError(
             mismatched=[f"{name} (layout {tag!r} has {len(tokens)} axes, shape {shape})"]
         )
-    for token, length in zip(tokens, shape):
+    for token, length in zip(tokens, shape, strict=True):
         if not token and length != 1:
             raise TensorMismatchError(mismatched=[f"{name} (axis '1' of {tag!r} is {length})"])
         known = [sizes[a] for a in token if a in sizes]
@@ -227,7 +229,8 @@ def _atom_sizes(name: str, tag: str, shape: tuple[int, ...], sizes: dict[str, in
         if len(unknown) == 1:
             rest = int(np.prod(known, dtype=np.int64)) if known else 1
             if rest == 0 or length % rest:
-                raise TensorMismatchError(mismatched=[f"{name} (axis {'*'.join(token)} = {length})"])
+                axis = "*".join(token)
+                raise TensorMismatchError(mismatched=[f"{name} (axis {axis} = {length})"])
             sizes[unknown[0]] = length // rest
 
 
@@ -263,7 +266,7 @@ def relayout(
     expected = [int(np.prod([sizes[a] for a in t], dtype=np.int64)) for t in _tokens(target)]
     if tuple(expected) != tuple(shape):
         raise TensorMismatchError(
-            mismatched=[f"{name} (converted shape {tuple(expected)}, target expects {tuple(shape)})"]
+            mismatched=[f"{name} (converted shape {tuple(expected)}, expected {tuple(shape)})"]
         )
     atoms = array.reshape([sizes[a] for a in src_atoms])
     moved = np.transpose(atoms, [src_atoms.index(a) for a in dst_atoms])

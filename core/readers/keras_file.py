@@ -118,12 +118,12 @@ def _walk(model: dict[str, Any], prefix: str, h5: Any, out: list[KerasWeight]) -
         names = _variable_names(class_name, config)
         if names is None or len(names) != len(keys):
             names = [f"vars/{k}" for k in keys]
-        shapes = {n: tuple(d.shape) for n, d in zip(names, datasets)}
+        shapes = {n: tuple(d.shape) for n, d in zip(names, datasets, strict=True)}
         groups = int(config.get("groups", 1) or 1)
         kernel = shapes.get("kernel", ())
         group_channels = kernel[-2] if len(kernel) >= 2 else 0
         layer_name = config.get("name", base)
-        for key, name, dataset in zip(keys, names, datasets):
+        for key, name, dataset in zip(keys, names, datasets, strict=True):
             out.append(
                 KerasWeight(
                     name=f"{layer_name}/{name}",

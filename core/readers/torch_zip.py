@@ -88,7 +88,8 @@ def _rebuild_tensor(
     if len(size) != len(stride) or offset < 0 or any(s < 0 for s in (*size, *stride)):
         raise FormatError(f"tensor over storage {storage.key!r} has an invalid size/stride.")
     count = int(np.prod(size, dtype=np.int64))
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if count else offset - 1
+    reach = sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    last = offset + reach if count else offset - 1
     if last >= storage.numel:
         raise FormatError(
             f"a tensor reaches element {last} of storage {storage.key!r}, which holds "
