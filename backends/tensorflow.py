@@ -195,6 +195,32 @@ class TensorFlowBackend(Backend):
                 "save with it, or pass into={role: model}."
             ) from None
 
+    def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
+        """Return the neutral optimizer state (see :mod:`polybundle.backends.tensorflow_optim`)."""
+        from polybundle.backends import tensorflow_optim
+
+        return tensorflow_optim.export_optimizer(model, optimizer, scheduler)
+
+    def restore_optimizer(
+        self, model: Any, optimizer: Any, state: Any, scheduler: Any | None = None
+    ) -> None:
+        """Load neutral optimizer state into a fresh optimizer bound to ``model``."""
+        from polybundle.backends import tensorflow_optim
+
+        tensorflow_optim.restore_optimizer(model, optimizer, state, scheduler)
+
+    def capture_rng(self) -> dict[str, Any]:
+        """Return the framework's global generator state as plain data."""
+        from polybundle.backends import tensorflow_optim
+
+        return tensorflow_optim.capture_rng()
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """Put back a state returned by :meth:`capture_rng`."""
+        from polybundle.backends import tensorflow_optim
+
+        tensorflow_optim.restore_rng(state)
+
 
 @hookimpl
 def polybundle_register_backends(register):

@@ -122,6 +122,32 @@ class TorchBackend(Backend):
         by_key = {spec.key: spec.name for spec in specs}
         return {by_key.get(key, key): tensor.detach().numpy() for key, tensor in state.items()}
 
+    def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
+        """Return the neutral optimizer state (see :mod:`polybundle.backends.torch_optim`)."""
+        from polybundle.backends import torch_optim
+
+        return torch_optim.export_optimizer(model, optimizer, scheduler)
+
+    def restore_optimizer(
+        self, model: Any, optimizer: Any, state: Any, scheduler: Any | None = None
+    ) -> None:
+        """Load neutral optimizer state into a fresh optimizer bound to ``model``."""
+        from polybundle.backends import torch_optim
+
+        torch_optim.restore_optimizer(model, optimizer, state, scheduler)
+
+    def capture_rng(self) -> dict[str, Any]:
+        """Return the framework's global generator state as plain data."""
+        from polybundle.backends import torch_optim
+
+        return torch_optim.capture_rng()
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """Put back a state returned by :meth:`capture_rng`."""
+        from polybundle.backends import torch_optim
+
+        torch_optim.restore_rng(state)
+
 
 @hookimpl
 def polybundle_register_backends(register):

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import numpy as np
 
 from .archive import ArchiveReader
 from .backend import TensorSpec
-from .errors import IntegrityError, PolybundleError
+from .errors import IntegrityError, OptimizerError, PolybundleError
 from .manifest import read_manifest
+from .optimizer import OptimizerState, decode_optimizer
 from .registry import get_backend
+from .rng import decode_rng, restore_rng
 
 
 def model_entry(manifest: dict[str, Any], role: str) -> dict[str, Any]:
@@ -84,3 +87,86 @@ class Bundle:
                 )
             with archive.open(entry["weights"]) as source:
                 return get_backend(self.backend).read_tensors(source, self.tensor_specs(role))
+
+    def _read_checked(self, names: list[str]) -> list[bytes]:
+        """Read whole members, checking the manifest and each member's sha256."""
+        with ArchiveReader(self.path) as archive:
+            if read_manifest(archive) != self.manifest:
+                raise IntegrityError(
+                    f"{str(self.path)!r} changed since it was loaded; load it again."
+                )
+            contents = []
+            for name in names:
+                data = archive.read(name, limit=archive.size(name))
+                if hashlib.sha256(data).hexdigest() != self.manifest["members"][name]["sha256"]:
+                    raise IntegrityError(
+                        f"member {name!r} of {str(self.path)!r} does not match the sha256 its "
+                        "manifest records; the bundle was altered or damaged. Re-copy it."
+                    )
+                contents.append(data)
+            return contents
+
+    def has_optimizer(self, role: str) -> bool:
+        """Return True when the bundle holds optimizer state for ``role``.
+
+        Example:
+            >>> bundle.has_optimizer("net")  # doctest: +SKIP
+            True
+        """
+        return "optimizer" in model_entry(self.manifest, role)
+
+    def optimizer_state(self, role: str) -> OptimizerState:
+        """Return the neutral optimizer state saved for ``role`` (no framework needed).
+
+        Example:
+            >>> state = bundle.optimizer_state("net")  # doctest: +SKIP
+            >>> state.algorithm, state.step, state.slots["0.weight"]["m"].shape
+            ('adam', 100, (16, 8))
+        """
+        entry = model_entry(self.manifest, role)
+        if "optimizer" not in entry:
+            with_state = [r for r in self.roles if self.has_optimizer(r)]
+            raise OptimizerError(
+                f"the bundle holds no optimizer state for role {role!r} (roles with one: "
+                f"{with_state}). Save with optimizers={{{role!r}: optimizer}} to keep it."
+            )
+        document, arrays = self._read_checked(
+            [entry["optimizer"]["state"], entry["optimizer"]["slots"]]
+        )
+        return decode_optimizer(document, arrays, where=role)
+
+    def restore_optimizer(self, role: str, optimizer: Any, scheduler: Any | None = None) -> None:
+        """Restore ``role``'s saved state into a fresh ``optimizer`` (and ``scheduler``).
+
+        ``optimizer`` must be of the saved kind and bound to the parameters of
+        ``self.models[role]`` (the model loaded from this bundle); moments,
+        step and hyperparameters are restored. On a mismatch an
+        :class:`~polybundle.errors.OptimizerMismatchError` is raised first.
+
+        Example:
+            >>> net = bundle.models["net"]  # doctest: +SKIP
+            >>> opt = torch.optim.Adam(net.parameters())
+            >>> bundle.restore_optimizer("net", opt)
+        """
+        if role not in self.models:
+            raise OptimizerError(
+                f"role {role!r} was not loaded (loaded: {sorted(self.models)}); load it first, "
+                "so the optimizer can be bound to its parameters."
+            )
+        state = self.optimizer_state(role)
+        backend = get_backend(self.backend)
+        backend.restore_optimizer(self.models[role], optimizer, state, scheduler)
+
+    def restore_rng(self) -> None:
+        """Put back the random-generator state saved with the bundle.
+
+        Example:
+            >>> bundle.restore_rng()  # doctest: +SKIP
+        """
+        if "rng" not in self.manifest:
+            raise PolybundleError(
+                f"{str(self.path)!r} holds no RNG state; save with rng=True (checkpoints do "
+                "by default) to keep it."
+            )
+        (data,) = self._read_checked([self.manifest["rng"]])
+        restore_rng(decode_rng(data))

@@ -38,8 +38,11 @@ def build_manifest(
     framework_version: str,
     models: list[dict[str, Any]],
     members: list[MemberRecord],
+    rng: str | None = None,
 ) -> dict[str, Any]:
     """Return a schema-valid manifest for the given models and written members.
+
+    ``rng`` names the member holding the random-generator state, if any.
 
     Example:
         >>> build_manifest(backend="torch", framework="torch", framework_version="2.13.0",
@@ -60,6 +63,8 @@ def build_manifest(
         "models": models,
         "members": {m.name: {"size": m.size, "sha256": m.sha256} for m in members},
     }
+    if rng is not None:
+        manifest["rng"] = rng
     validate("manifest", manifest, where="the manifest being written")
     return manifest
 
@@ -124,6 +129,17 @@ def read_manifest(archive: ArchiveReader) -> dict[str, Any]:
                 f"role {model['role']!r} names weights member {model['weights']!r}, which "
                 f"{MANIFEST_MEMBER} does not list."
             )
+        optimizer = model.get("optimizer") or {}
+        for member in (optimizer.get("state"), optimizer.get("slots")):
+            if member is not None and member not in listed:
+                raise FormatError(
+                    f"role {model['role']!r} names optimizer member {member!r}, which "
+                    f"{MANIFEST_MEMBER} does not list."
+                )
+    if "rng" in document and document["rng"] not in listed:
+        raise FormatError(
+            f"{MANIFEST_MEMBER} names RNG member {document['rng']!r}, which it does not list."
+        )
     return document
 
 

@@ -91,8 +91,7 @@ def restore_rng(state: dict[str, Any]) -> None:
             numpy["pos"],
             numpy["has_gauss"],
             numpy["cached_gaussian"],
-        ),
-        legacy=True,
+        )
     )
     for name, backend_state in state["backends"].items():
         backend = get_backend(name)

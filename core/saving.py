@@ -17,8 +17,10 @@ from typing import Any
 from .backend import Backend
 from .errors import BackendError, PolybundleError
 from .manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
+from .optimizer import SLOTS_MEMBER, STATE_MEMBER, encode_optimizer
 from .params import encode_params
 from .registry import backend_for_model, remembered_architecture
+from .rng import RNG_MEMBER, capture_rng, encode_rng
 from .writer import ArchiveWriter
 
 _ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -76,6 +78,36 @@ def _architecture(role: str, model: Any, given: ArchitectureSpec | None) -> dict
     return {"name": name, "config": config}
 
 
+def _optimizer_members(
+    backend: Backend,
+    models: dict[str, Any],
+    optimizers: dict[str, Any] | None,
+    schedulers: dict[str, Any] | None,
+) -> dict[str, tuple[bytes, bytes, dict[str, Any]]]:
+    """Export and encode each role's optimizer: ``{role: (json, safetensors, summary)}``."""
+    optimizers = dict(optimizers or {})
+    schedulers = dict(schedulers or {})
+    for label, given in (("optimizers", optimizers), ("schedulers", schedulers)):
+        unknown = set(given) - set(models)
+        if unknown:
+            raise PolybundleError(
+                f"{label} names roles {sorted(unknown)} that are not in models "
+                f"({sorted(models)}); use the same role names."
+            )
+    stray = set(schedulers) - set(optimizers)
+    if stray:
+        raise PolybundleError(
+            f"schedulers are given for roles {sorted(stray)} without an optimizer; pass "
+            "optimizers={role: optimizer} for them too."
+        )
+    encoded = {}
+    for role, optimizer in optimizers.items():
+        state = backend.export_optimizer(models[role], optimizer, schedulers.get(role))
+        document, arrays = encode_optimizer(state)
+        encoded[role] = (document, arrays, {"algorithm": state.algorithm, "step": state.step})
+    return encoded
+
+
 def _check_target(path: Path) -> None:
     if path.is_dir():
         raise PolybundleError(f"{str(path)!r} is a directory; expected a file path for the bundle.")
@@ -91,14 +123,22 @@ def save(
     *,
     params: dict[str, Any] | None = None,
     architectures: dict[str, ArchitectureSpec] | None = None,
+    optimizers: dict[str, Any] | None = None,
+    schedulers: dict[str, Any] | None = None,
+    rng: bool = False,
 ) -> dict[str, Any]:
     """Save ``{role: native model}`` and ``params`` as a format-2 bundle at ``path``.
 
     The backend is inferred from the models' types. ``architectures`` maps a
     role to ``(name, config)`` so :func:`polybundle.load` can rebuild it with
     a registered builder; models made with :func:`polybundle.build` remember
-    theirs. Every input is checked before anything is written, and the file
-    appears atomically. Returns the manifest written.
+    theirs. ``optimizers`` maps a role to the native optimizer training it
+    (stored as neutral state in ``<role>/optimizer.json`` and
+    ``<role>/optimizer.safetensors``); ``schedulers`` maps a role to its
+    PyTorch ``lr_scheduler`` (Keras keeps its schedule in the optimizer).
+    ``rng=True`` records the global random generators (``rng.json``). Every
+    input is checked before anything is written, and the file appears
+    atomically. Returns the manifest written.
 
     Example:
         >>> net = polybundle.build("mlp", {"inputs": 3}, backend="torch")  # doctest: +SKIP
@@ -126,18 +166,35 @@ def save(
                 "tensors": [spec.to_json() for spec in backend.describe(model)],
             }
         )
+    optimizer_members = _optimizer_members(backend, models, optimizers, schedulers)
+    rng_bytes = encode_rng(capture_rng()) if rng else None
+    for entry in entries:
+        if entry["role"] in optimizer_members:
+            summary = optimizer_members[entry["role"]][2]
+            entry["optimizer"] = {
+                "state": f"{entry['role']}/{STATE_MEMBER}",
+                "slots": f"{entry['role']}/{SLOTS_MEMBER}",
+                **summary,
+            }
     _check_target(target)
     with ArchiveWriter(target) as writer:
         writer.write_bytes(PARAMS_MEMBER, params_bytes, compress=True)
         for entry in entries:
             with writer.stream(entry["weights"]) as stream:
                 backend.write(models[entry["role"]], stream)
+            if "optimizer" in entry:
+                document, arrays, _ = optimizer_members[entry["role"]]
+                writer.write_bytes(entry["optimizer"]["state"], document, compress=True)
+                writer.write_bytes(entry["optimizer"]["slots"], arrays)
+        if rng_bytes is not None:
+            writer.write_bytes(RNG_MEMBER, rng_bytes, compress=True)
         manifest = build_manifest(
             backend=backend.name,
             framework=backend.distribution,
             framework_version=backend.framework_version(),
             models=entries,
             members=writer.records,
+            rng=RNG_MEMBER if rng_bytes is not None else None,
         )
         writer.write_bytes(MANIFEST_MEMBER, json.dumps(manifest, indent=1).encode(), compress=True)
         writer.commit()

@@ -1,0 +1,291 @@
+"""Keras 3 optimizer and TensorFlow RNG state to and from the neutral form.
+
+Supported: ``keras.optimizers.Adam``, ``AdamW``, ``SGD`` and ``RMSprop``
+(exact classes), with a float learning rate or a serializable
+``LearningRateSchedule`` (its config is stored; its position is the
+optimizer's ``iterations``). ``use_ema``, gradient accumulation and loss
+scaling add state the neutral form does not describe, so they are refused.
+
+Slots are keyed by the model variables' neutral names (``variable.path``, as
+in the manifest) and have the variable's shape, so their layout is the
+weight's (``in,out`` for ``Dense``...). Neutral slot names: Adam's
+``_momentums`` -> ``m``, ``_velocities`` -> ``v``, ``_velocity_hats`` ->
+``v_max``; SGD's ``momentums`` -> ``momentum``; RMSprop's ``_velocities`` ->
+``square_avg``, ``_momentums`` -> ``momentum``, ``_average_gradients`` ->
+``grad_avg``.
+
+Example:
+    >>> state = export_optimizer(model, model.optimizer)  # doctest: +SKIP
+    >>> restore_optimizer(model, keras.optimizers.Adam(), state)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
+from polybundle.optimizer import OptimizerState, to_plain
+
+_ALGORITHMS = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd", "RMSprop": "rmsprop"}
+_SLOT_LISTS = {
+    "adam": {"m": "_momentums", "v": "_velocities", "v_max": "_velocity_hats"},
+    "adamw": {"m": "_momentums", "v": "_velocities", "v_max": "_velocity_hats"},
+    "sgd": {"momentum": "momentums"},
+    "rmsprop": {
+        "square_avg": "_velocities", "momentum": "_momentums", "grad_avg": "_average_gradients"
+    },
+}
+_NEUTRAL = {
+    "weight_decay": "weight_decay", "beta_1": "beta_1", "beta_2": "beta_2",
+    "epsilon": "epsilon", "amsgrad": "amsgrad", "momentum": "momentum",
+    "nesterov": "nesterov", "rho": "rho", "centered": "centered",
+}
+_UNTOUCHED = {"name", "learning_rate"}
+"""Config keys that are not set as attributes when restoring."""
+
+
+def _qualified(obj: Any) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _algorithm(optimizer: Any) -> str:
+    import keras
+
+    kind = type(optimizer)
+    name = kind.__name__
+    if name in _ALGORITHMS and getattr(keras.optimizers, name, None) is kind:
+        unsupported = [
+            setting
+            for setting in ("use_ema", "gradient_accumulation_steps", "loss_scale_factor")
+            if getattr(optimizer, setting, None)
+        ]
+        if unsupported:
+            raise UnsupportedOptimizerError(
+                f"{_qualified(optimizer)} uses {', '.join(unsupported)}, whose extra state "
+                "the neutral optimizer state does not describe; turn it off to save state."
+            )
+        return _ALGORITHMS[name]
+    raise UnsupportedOptimizerError(
+        f"the Keras optimizer {_qualified(optimizer)} is not supported for neutral state; "
+        f"supported: {', '.join(f'keras.optimizers.{n}' for n in _ALGORITHMS)}. Save the "
+        "weights without optimizers=, or use a supported optimizer."
+    )
+
+
+def _named_variables(model: Any) -> dict[int, tuple[str, Any]]:
+    """Return ``{id(variable): (neutral name, variable)}`` with the manifest's names."""
+    from polybundle.backends.tensorflow import _specs, _variables
+
+    return {
+        id(variable): (spec.name, variable)
+        for (_, variable, _), spec in zip(_variables(model), _specs(model), strict=True)
+    }
+
+
+def _slot_lists(optimizer: Any, algorithm: str) -> dict[str, list[Any]]:
+    lists = {}
+    for slot, attribute in _SLOT_LISTS[algorithm].items():
+        variables = getattr(optimizer, attribute, None) or []
+        if variables:
+            lists[slot] = variables
+    return lists
+
+
+def _learning_rate(optimizer: Any) -> tuple[float, dict[str, Any] | None]:
+    from keras.optimizers import schedules
+
+    current = optimizer._learning_rate
+    if isinstance(current, schedules.LearningRateSchedule):
+        config = to_plain(schedules.serialize(current), f"{_qualified(current)} config")
+        schedule = {"class": _qualified(current), "config": config}
+        return float(current(optimizer._iterations)), schedule
+    if callable(current) and not hasattr(current, "assign"):
+        raise UnsupportedOptimizerError(
+            f"{_qualified(optimizer)} has a plain callable learning rate ({current!r}), which "
+            "is code, not data; use a float or a keras.optimizers.schedules schedule."
+        )
+    return float(np.asarray(current)), None
+
+
+def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -> OptimizerState:
+    """Return the neutral state of a Keras optimizer that updates ``model``'s variables.
+
+    An optimizer that was never built is built on ``model.trainable_variables``
+    first (its slots are then zeros, as Keras would make them). Keras keeps its
+    schedule inside the optimizer, so ``scheduler`` must be ``None``.
+
+    Example:
+        >>> export_optimizer(model, keras.optimizers.SGD(momentum=0.9)).algorithm  # doctest: +SKIP
+        'sgd'
+    """
+    algorithm = _algorithm(optimizer)
+    if scheduler is not None:
+        raise UnsupportedOptimizerError(
+            f"Keras keeps the learning-rate schedule inside the optimizer; got a separate "
+            f"{_qualified(scheduler)}. Pass the schedule as the optimizer's learning_rate."
+        )
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    names = _named_variables(model)
+    unbound = [v.path for v in optimizer._trainable_variables if id(v) not in names]
+    if unbound:
+        raise OptimizerMismatchError(
+            f"{_qualified(optimizer)} updates variables that are not the model's: "
+            f"{unbound[:5]}; expected an optimizer built on this model's trainable variables "
+            "(the one compiled with it or used in its training loop)."
+        )
+    parameters = [names[id(v)][0] for v in optimizer._trainable_variables]
+    lists = _slot_lists(optimizer, algorithm)
+    known = {id(optimizer._iterations), id(optimizer._learning_rate)}
+    known.update(id(v) for variables in lists.values() for v in variables)
+    unknown = [v.path for v in optimizer.variables if id(v) not in known]
+    if unknown:
+        raise UnsupportedOptimizerError(
+            f"{_qualified(optimizer)} holds variables polybundle does not describe: "
+            f"{unknown[:5]}; its state cannot be saved without losing them."
+        )
+    slots: dict[str, dict[str, np.ndarray]] = {}
+    for slot, variables in lists.items():
+        for name, variable in zip(parameters, variables, strict=True):
+            slots.setdefault(name, {})[slot] = np.asarray(variable.numpy())
+    config = to_plain(optimizer.get_config(), f"{_qualified(optimizer)}.get_config()")
+    learning_rate, schedule = _learning_rate(optimizer)
+    hyperparameters = {"learning_rate": learning_rate}
+    hyperparameters.update({_NEUTRAL[k]: config[k] for k in _NEUTRAL if k in config})
+    return OptimizerState(
+        algorithm=algorithm,
+        backend="tensorflow",
+        native_class=_qualified(optimizer),
+        step=int(optimizer._iterations.numpy()),
+        groups=[{"parameters": parameters, "hyperparameters": hyperparameters}],
+        slots=slots,
+        schedule=schedule,
+        native={"config": config},
+    )
+
+
+def _check(model: Any, optimizer: Any, state: OptimizerState, scheduler: Any | None) -> None:
+    if state.backend != "tensorflow" or state.native_class != _qualified(optimizer):
+        raise OptimizerMismatchError(
+            f"the bundle holds state of {state.native_class} ({state.backend}, "
+            f"{state.algorithm}), but the optimizer given is {_qualified(optimizer)}; restore "
+            f"into a freshly made {state.native_class.rpartition('.')[2]} of the same framework."
+        )
+    if scheduler is not None:
+        raise UnsupportedOptimizerError(
+            "Keras keeps the learning-rate schedule inside the optimizer; pass scheduler=None."
+        )
+    _algorithm(optimizer)
+    by_name = {name: variable for name, variable in _named_variables(model).values()}
+    missing = [name for name in state.parameters if name not in by_name]
+    if missing:
+        raise OptimizerMismatchError(
+            f"the saved optimizer updates {missing[:5]}, which {model.name!r} does not have; "
+            "restore into the model loaded from the same bundle."
+        )
+    for name, slots in state.slots.items():
+        for slot, array in slots.items():
+            if tuple(array.shape) != tuple(int(d) for d in by_name[name].shape):
+                raise OptimizerMismatchError(
+                    f"slot {slot!r} of {name!r} has shape {array.shape}, but the variable has "
+                    f"{tuple(by_name[name].shape)}; the model differs from the one saved."
+                )
+    if optimizer.built:
+        names = _named_variables(model)
+        bound = [names.get(id(v), (None,))[0] for v in optimizer._trainable_variables]
+        if bound != state.parameters:
+            raise OptimizerMismatchError(
+                f"{_qualified(optimizer)} is already built on other variables ({len(bound)}, "
+                f"{sum(b is None for b in bound)} not the model's) than the saved one "
+                f"({len(state.parameters)}); pass a fresh, unbuilt optimizer."
+            )
+
+
+def _set_hyperparameters(optimizer: Any, state: OptimizerState) -> None:
+    from polybundle.optimizer import from_plain
+
+    config = from_plain(state.native["config"])
+    for key, value in config.items():
+        if key not in _UNTOUCHED and hasattr(optimizer, key):
+            setattr(optimizer, key, value)
+    if state.schedule is not None:
+        from keras.optimizers import schedules
+
+        optimizer.learning_rate = schedules.deserialize(from_plain(state.schedule["config"]))
+    elif not hasattr(optimizer._learning_rate, "assign"):
+        raise OptimizerMismatchError(
+            f"the saved optimizer has a float learning rate, but {_qualified(optimizer)} has a "
+            f"schedule ({_qualified(optimizer._learning_rate)}); make it with a float one."
+        )
+    else:
+        optimizer._learning_rate.assign(config["learning_rate"])
+
+
+def restore_optimizer(
+    model: Any, optimizer: Any, state: OptimizerState, scheduler: Any | None = None
+) -> None:
+    """Load neutral ``state`` into a Keras optimizer for ``model`` (built here if fresh).
+
+    Example:
+        >>> restore_optimizer(model, keras.optimizers.Adam(), state)  # doctest: +SKIP
+    """
+    _check(model, optimizer, state, scheduler)
+    by_name = {name: variable for name, variable in _named_variables(model).values()}
+    built = optimizer.built
+    _set_hyperparameters(optimizer, state)
+    if not built:
+        optimizer.build([by_name[name] for name in state.parameters])
+    lists = _slot_lists(optimizer, state.algorithm)
+    saved = set(state.slot_names())
+    if set(lists) != saved:
+        raise OptimizerMismatchError(
+            f"{_qualified(optimizer)} keeps slots {sorted(lists)} but the bundle holds "
+            f"{sorted(saved)}; an optimizer built before restoring keeps its own settings "
+            "(amsgrad, momentum, centered): pass a fresh, unbuilt one."
+        )
+    optimizer._iterations.assign(state.step or 0)
+    for name, slots in state.slots.items():
+        index = optimizer._get_variable_index(by_name[name])
+        for slot, array in slots.items():
+            lists[slot][index].assign(array)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Return TensorFlow's global generator state (and Keras' global seed generator, if made).
+
+    Example:
+        >>> sorted(capture_rng())  # doctest: +SKIP
+        ['algorithm', 'keras_seed', 'state']
+    """
+    import tensorflow as tf
+    from keras.src.backend.common import global_state
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+
+    generator = tf.random.get_global_generator()
+    keras_seed = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    return {
+        "algorithm": int(generator.algorithm),
+        "state": [int(x) for x in generator.state.numpy()],
+        "keras_seed": None if keras_seed is None else [int(x) for x in keras_seed.state.numpy()],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the state from :func:`capture_rng`.
+
+    Example:
+        >>> restore_rng(capture_rng())  # doctest: +SKIP
+    """
+    import tensorflow as tf
+    from keras.src.random.seed_generator import global_seed_generator
+
+    tf.random.set_global_generator(
+        tf.random.Generator.from_state(
+            np.asarray(state["state"], dtype=np.int64), alg=state["algorithm"]
+        )
+    )
+    if state.get("keras_seed") is not None:
+        generator = global_seed_generator()
+        generator.state.assign(np.asarray(state["keras_seed"], dtype=generator.state.dtype))
