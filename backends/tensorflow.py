@@ -202,12 +202,12 @@ class TensorFlowBackend(Backend):
         return tensorflow_optim.export_optimizer(model, optimizer, scheduler)
 
     def restore_optimizer(
-        self, model: Any, optimizer: Any, state: Any, scheduler: Any | None = None
+        self, model: Any, optimizer: Any, state: Any, specs: list[TensorSpec], scheduler: Any = None
     ) -> None:
         """Load neutral optimizer state into a fresh optimizer bound to ``model``."""
         from polybundle.backends import tensorflow_optim
 
-        tensorflow_optim.restore_optimizer(model, optimizer, state, scheduler)
+        tensorflow_optim.restore_optimizer(model, optimizer, state, specs, scheduler)
 
     def capture_rng(self) -> dict[str, Any]:
         """Return the framework's global generator state as plain data."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from polybundle.backend import TensorSpec
 from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
 from polybundle.optimizer import OptimizerState, to_plain
 
@@ -166,7 +167,17 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
     )
 
 
-def _check(model: Any, optimizer: Any, state: OptimizerState, scheduler: Any | None) -> None:
+def _saved_variables(model: Any, specs: list[TensorSpec]) -> dict[str, Any]:
+    """Return ``{saved neutral name: model variable}``, matched by the weights-file key."""
+    from polybundle.backends.tensorflow import _variables
+
+    own = {key: variable for key, variable, _ in _variables(model)}
+    return {spec.name: own[spec.key] for spec in specs if spec.key in own}
+
+
+def _check(
+    optimizer: Any, state: OptimizerState, by_name: dict[str, Any], scheduler: Any | None
+) -> None:
     if state.backend != "tensorflow" or state.native_class != _qualified(optimizer):
         raise OptimizerMismatchError(
             f"the bundle holds state of {state.native_class} ({state.backend}, "
@@ -178,11 +189,15 @@ def _check(model: Any, optimizer: Any, state: OptimizerState, scheduler: Any | N
             "Keras keeps the learning-rate schedule inside the optimizer; pass scheduler=None."
         )
     _algorithm(optimizer)
-    by_name = {name: variable for name, variable in _named_variables(model).values()}
+    if state.schedule is None and not hasattr(optimizer._learning_rate, "assign"):
+        raise OptimizerMismatchError(
+            f"the saved optimizer has a float learning rate, but {_qualified(optimizer)} has a "
+            f"schedule ({_qualified(optimizer._learning_rate)}); make it with a float one."
+        )
     missing = [name for name in state.parameters if name not in by_name]
     if missing:
         raise OptimizerMismatchError(
-            f"the saved optimizer updates {missing[:5]}, which {model.name!r} does not have; "
+            f"the saved optimizer updates {missing[:5]}, which the model does not have; "
             "restore into the model loaded from the same bundle."
         )
     for name, slots in state.slots.items():
@@ -193,13 +208,12 @@ def _check(model: Any, optimizer: Any, state: OptimizerState, scheduler: Any | N
                     f"{tuple(by_name[name].shape)}; the model differs from the one saved."
                 )
     if optimizer.built:
-        names = _named_variables(model)
-        bound = [names.get(id(v), (None,))[0] for v in optimizer._trainable_variables]
-        if bound != state.parameters:
+        bound = [id(v) for v in optimizer._trainable_variables]
+        if bound != [id(by_name[name]) for name in state.parameters]:
             raise OptimizerMismatchError(
-                f"{_qualified(optimizer)} is already built on other variables ({len(bound)}, "
-                f"{sum(b is None for b in bound)} not the model's) than the saved one "
-                f"({len(state.parameters)}); pass a fresh, unbuilt optimizer."
+                f"{_qualified(optimizer)} is already built on {len(bound)} variables that are "
+                f"not the loaded model's {len(state.parameters)} saved ones, in order; pass a "
+                "fresh, unbuilt optimizer (it is built on the model's variables here)."
             )
 
 
@@ -214,25 +228,28 @@ def _set_hyperparameters(optimizer: Any, state: OptimizerState) -> None:
         from keras.optimizers import schedules
 
         optimizer.learning_rate = schedules.deserialize(from_plain(state.schedule["config"]))
-    elif not hasattr(optimizer._learning_rate, "assign"):
-        raise OptimizerMismatchError(
-            f"the saved optimizer has a float learning rate, but {_qualified(optimizer)} has a "
-            f"schedule ({_qualified(optimizer._learning_rate)}); make it with a float one."
-        )
     else:
         optimizer._learning_rate.assign(config["learning_rate"])
 
 
 def restore_optimizer(
-    model: Any, optimizer: Any, state: OptimizerState, scheduler: Any | None = None
+    model: Any,
+    optimizer: Any,
+    state: OptimizerState,
+    specs: list[TensorSpec],
+    scheduler: Any | None = None,
 ) -> None:
     """Load neutral ``state`` into a Keras optimizer for ``model`` (built here if fresh).
 
+    ``specs`` (the saved model's tensors) map the state's names to ``model``'s
+    variables through their weights-file keys, so auto-generated layer names
+    (``dense_1`` vs ``dense``) do not matter.
+
     Example:
-        >>> restore_optimizer(model, keras.optimizers.Adam(), state)  # doctest: +SKIP
+        >>> restore_optimizer(model, keras.optimizers.Adam(), state, specs)  # doctest: +SKIP
     """
-    _check(model, optimizer, state, scheduler)
-    by_name = {name: variable for name, variable in _named_variables(model).values()}
+    by_name = _saved_variables(model, specs)
+    _check(optimizer, state, by_name, scheduler)
     built = optimizer.built
     _set_hyperparameters(optimizer, state)
     if not built:

@@ -129,7 +129,7 @@ class TorchBackend(Backend):
         return torch_optim.export_optimizer(model, optimizer, scheduler)
 
     def restore_optimizer(
-        self, model: Any, optimizer: Any, state: Any, scheduler: Any | None = None
+        self, model: Any, optimizer: Any, state: Any, specs: list[TensorSpec], scheduler: Any = None
     ) -> None:
         """Load neutral optimizer state into a fresh optimizer bound to ``model``."""
         from polybundle.backends import torch_optim

@@ -21,6 +21,7 @@ import base64
 from typing import Any
 
 import numpy as np
+from polybundle.backend import TensorSpec
 from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
 from polybundle.optimizer import OptimizerState, from_plain, to_plain
 
@@ -190,12 +191,19 @@ def _check_groups(model: Any, optimizer: Any, state: OptimizerState) -> list[str
 
 
 def restore_optimizer(
-    model: Any, optimizer: Any, state: OptimizerState, scheduler: Any | None = None
+    model: Any,
+    optimizer: Any,
+    state: OptimizerState,
+    specs: list[TensorSpec],
+    scheduler: Any | None = None,
 ) -> None:
     """Load neutral ``state`` into a fresh PyTorch optimizer bound to ``model``.
 
+    ``specs`` are unused: PyTorch's neutral names are its ``state_dict`` keys.
+
     Example:
-        >>> restore_optimizer(model, torch.optim.Adam(model.parameters()), state)  # doctest: +SKIP
+        >>> opt = torch.optim.Adam(model.parameters())  # doctest: +SKIP
+        >>> restore_optimizer(model, opt, state, bundle.tensor_specs("net"))
     """
     import torch
 

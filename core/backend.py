@@ -224,13 +224,20 @@ class Backend(ABC):
         )
 
     def restore_optimizer(
-        self, model: Any, optimizer: Any, state: OptimizerState, scheduler: Any | None = None
+        self,
+        model: Any,
+        optimizer: Any,
+        state: OptimizerState,
+        specs: list[TensorSpec],
+        scheduler: Any | None = None,
     ) -> None:
         """Load neutral ``state`` into a fresh ``optimizer`` bound to ``model``'s parameters.
 
-        Must check first (kind, bound parameters, shapes) and change nothing on
-        a mismatch, raising :class:`polybundle.errors.OptimizerMismatchError`.
-        The default refuses. Example: ``backend.restore_optimizer(model, opt, state)``.
+        ``specs`` are the saved model's tensor specs: they map the neutral
+        names of ``state`` to native keys (as :meth:`load_into` does). Must
+        check first (kind, bound parameters, shapes) and change nothing on a
+        mismatch, raising :class:`polybundle.errors.OptimizerMismatchError`.
+        The default refuses. Example: ``backend.restore_optimizer(model, opt, state, specs)``.
         """
         raise UnsupportedOptimizerError(
             f"the {self.name!r} backend cannot restore optimizer state into "

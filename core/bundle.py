@@ -155,7 +155,8 @@ class Bundle:
             )
         state = self.optimizer_state(role)
         backend = get_backend(self.backend)
-        backend.restore_optimizer(self.models[role], optimizer, state, scheduler)
+        specs = self.tensor_specs(role)
+        backend.restore_optimizer(self.models[role], optimizer, state, specs, scheduler)
 
     def restore_rng(self) -> None:
         """Put back the random-generator state saved with the bundle.
