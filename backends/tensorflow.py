@@ -146,10 +146,18 @@ class TensorFlowBackend(Backend):
         return _specs(model)
 
     def write(self, model: Any, stream: BinaryIO) -> None:
-        """Write the Keras 3 native ``.keras`` file (config and weights) to ``stream``."""
+        """Write the Keras 3 native ``.keras`` file (config and weights) to ``stream``.
+
+        A compiled model's optimizer variables are left out: optimizer state
+        lives only in the neutral ``optimizer.*`` members (see
+        ``docs/training-state.md``).
+        """
         from keras.src.saving import saving_lib
 
-        saving_lib.save_model(model, stream)
+        from polybundle.backends.tensorflow_optim import without_optimizer
+
+        with without_optimizer(model):
+            saving_lib.save_model(model, stream)
 
     def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
         """Assign the bundle's weights to ``model``'s variables after checking all of them."""

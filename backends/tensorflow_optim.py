@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -267,6 +269,29 @@ def restore_optimizer(
         index = optimizer._get_variable_index(by_name[name])
         for slot, array in slots.items():
             lists[slot][index].assign(array)
+
+
+@contextmanager
+def without_optimizer(model: Any) -> Iterator[None]:
+    """Hide ``model.optimizer`` while the body runs (so ``.keras`` omits its variables).
+
+    Keras writes a compiled model's optimizer variables into
+    ``model.weights.h5`` as positional, undocumented slots; polybundle keeps
+    optimizer state only in its neutral members, so it is not duplicated.
+
+    Example:
+        >>> with without_optimizer(model):  # doctest: +SKIP
+        ...     saving_lib.save_model(model, stream)
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        yield
+        return
+    model.optimizer = None
+    try:
+        yield
+    finally:
+        model.optimizer = optimizer
 
 
 def capture_rng() -> dict[str, Any]:

@@ -114,7 +114,7 @@ class TorchBackend(Backend):
                 mismatched=mismatched,
                 context=f"loading into {type(model).__name__}",
             )
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         """Return the state_dict's tensors as NumPy arrays, keyed by name."""
@@ -126,7 +126,39 @@ class TorchBackend(Backend):
         """Return the neutral optimizer state (see :mod:`polybundle.backends.torch_optim`)."""
         from polybundle.backends import torch_optim
 
+        self._load_state(model, self._load_state_dict(source))
+
+    def build_and_load(
+        self, builder: Any, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec]
+    ) -> Any:
+        """Build on the ``meta`` device and adopt the loaded tensors (no init, no copy).
+
+        Falls back to an ordinary build and copy when the meta-built model
+        would not be whole: tensors outside the state_dict (non-persistent
+        buffers), tied parameters, or dtypes that differ from the file's.
+        """
+        import torch
+
         return torch_optim.export_optimizer(model, optimizer, scheduler)
+        with torch.device("meta"):
+            model = builder(config)
+        own = model.state_dict()
+        named = list(model.named_parameters(remove_duplicate=False))
+        adoptable = (
+            own.keys() == state.keys()
+            and len({id(p) for _, p in named}) == len(named)
+            and all(own[key].dtype == state[key].dtype for key in own)
+        )
+        if adoptable:
+            self._load_state(model, state, assign=True)
+            tensors = [*model.parameters(), *model.buffers()]
+            if not any(t.is_meta for t in tensors):
+                return model
+        model = builder(config)
+        self._load_state(model, state)
+        return model
+
+    def _load_state(self, model: Any, state: dict[str, Any], *, assign: bool = False) -> None:
 
     def restore_optimizer(
         self, model: Any, optimizer: Any, state: Any, specs: list[TensorSpec], scheduler: Any = None

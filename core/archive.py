@@ -244,6 +244,11 @@ class ArchiveReader:
 
     Example:
         >>> with ArchiveReader("model.bundle") as archive:  # doctest: +SKIP
+    @property
+    def offset(self) -> int:
+        """Return where the range starts in the outer file (for memory-mapping it)."""
+        return self._start
+
         ...     manifest = archive.read_json("manifest.json")
     """
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -197,6 +198,24 @@ class Backend(ABC):
 
         The default refuses: only formats that carry a safe architecture
         description (Keras' ``.keras``) can. Example:
+    def build_and_load(
+        self,
+        builder: Callable[[dict[str, Any]], Any],
+        config: dict[str, Any],
+        source: BinaryIO,
+        specs: list[TensorSpec],
+    ) -> Any:
+        """Build a model with ``builder(config)`` and load the weights in ``source``.
+
+        The default builds, then calls :meth:`load_into`. A backend may build
+        without initialising weights that are about to be overwritten (PyTorch
+        builds on the ``meta`` device and adopts the loaded tensors).
+        Example: ``model = backend.build_and_load(build_mlp, {"width": 8}, stream, specs)``.
+        """
+        model = builder(config)
+        self.load_into(model, source, specs)
+        return model
+
         ``backend.load_standalone(stream)``.
         """
         raise UnknownArchitectureError(

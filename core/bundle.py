@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 from .archive import ArchiveReader
 from .backend import TensorSpec
 from .errors import IntegrityError, OptimizerError, PolybundleError
+from .lazy import lazy_tensors
 from .manifest import read_manifest
 from .optimizer import OptimizerState, decode_optimizer
 from .registry import get_backend
@@ -54,6 +56,8 @@ class Bundle:
     params: dict[str, Any]
     backend: str
     models: dict[str, Any] = field(default_factory=dict)
+    lazy: bool = False
+    """True when opened with ``load(..., lazy=True)``: no models, mapped tensors."""
 
     @property
     def roles(self) -> list[str]:
@@ -69,11 +73,13 @@ class Bundle:
         """
         return [TensorSpec.from_json(t) for t in model_entry(self.manifest, role)["tensors"]]
 
-    def tensors(self, role: str) -> dict[str, np.ndarray]:
+    def tensors(self, role: str) -> Mapping[str, np.ndarray]:
         """Read the tensors of ``role`` from the file as ``{name: numpy array}``.
 
         The file is re-opened; it must still hold the manifest this bundle was
-        loaded with.
+        loaded with. A lazy bundle returns a :class:`~polybundle.lazy.LazyTensors`
+        of read-only arrays memory-mapped from the file: only what is touched
+        is read.
 
         Example:
             >>> bundle.tensors("net")["weight"].shape  # doctest: +SKIP
@@ -85,6 +91,8 @@ class Bundle:
                 raise IntegrityError(
                     f"{str(self.path)!r} changed since it was loaded; load it again."
                 )
+            if self.lazy:
+                return lazy_tensors(archive, entry["weights"], self.tensor_specs(role))
             with archive.open(entry["weights"]) as source:
                 return get_backend(self.backend).read_tensors(source, self.tensor_specs(role))
 

@@ -17,7 +17,7 @@ from .backend import Backend, TensorSpec
 from .bundle import Bundle, model_entry
 from .detection import FORMAT_NAME, KNOWN_FORMATS, Detection
 from .errors import BackendMismatchError, FormatError, PolybundleError, UnknownBackendError
-from .manifest import PARAMS_MEMBER, read_manifest, verify_members
+from .manifest import PARAMS_MEMBER, read_manifest, verify_members, verifying_members
 from .params import decode_params
 from .plugins import get_plugin_manager
 from .registry import get_backend, get_registry, remember_architecture
@@ -73,8 +73,8 @@ def _build_model(
             backend.load_into(given, source, specs)
             return given
         if architecture and registry.has_builder(architecture["name"], backend.name):
-            model = registry.builder(architecture["name"], backend.name)(architecture["config"])
-            backend.load_into(model, source, specs)
+            builder = registry.builder(architecture["name"], backend.name)
+            model = backend.build_and_load(builder, architecture["config"], source, specs)
             remember_architecture(model, architecture["name"], architecture["config"])
             return model
         model = backend.load_standalone(source)
@@ -89,7 +89,8 @@ def load(
     backend: str | None = None,
     roles: Iterable[str] | None = None,
     into: dict[str, Any] | None = None,
-    verify: bool = True,
+    verify: bool | None = None,
+    lazy: bool = False,
 ) -> Bundle:
     """Load the bundle at ``path``, whichever registered backend wrote it.
 
@@ -98,13 +99,23 @@ def load(
     ready instances to load weights into; other roles are rebuilt with the
     registered builder of their architecture, or (Keras) from the ``.keras``
     file with ``safe_mode=True``. ``verify`` checks every member's sha256
-    first (on by default). Nothing is ever unpickled.
+    (on by default): beside the framework's read in a background thread for
+    models built here (they are discarded on a mismatch), before anything is
+    loaded when ``into`` gives models the caller owns. Nothing is ever unpickled.
+
+    ``lazy=True`` builds no models and imports no framework: ``tensors(role)``
+    then memory-maps the weights, reading only what is touched. A lazy load
+    does not hash the members unless ``verify=True`` is passed (which reads
+    every byte up front); ``verify`` defaults to ``not lazy``.
 
     Example:
         >>> bundle = polybundle.load("run.bundle", roles=["net"])  # doctest: +SKIP
         >>> bundle.models["net"].eval()
     """
     into = dict(into or {})
+    if lazy and into:
+        raise PolybundleError("lazy=True builds no models, so into= cannot be given with it.")
+    check = not lazy if verify is None else verify
     with ArchiveReader(path) as archive:
         detection = detect(archive)
         if detection.format != FORMAT_NAME:
@@ -131,15 +142,17 @@ def load(
             raise PolybundleError(
                 f"into names roles {sorted(stray)} that are not being loaded ({selected})."
             )
-        if verify:
+        if check and (into or lazy):  # models the caller owns change only after the check
             verify_members(archive, manifest)
-        params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
-        archived.require()
-        models = {
-            role: _build_model(archive, archived, model_entry(manifest, role), into.get(role))
-            for role in selected
-        }
-    bundle = Bundle(Path(path), manifest, params, archived.name, models)
+        with verifying_members(archive, manifest, enabled=check and not into and not lazy):
+            params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
+            if not lazy:
+                archived.require()
+            models = {
+                role: _build_model(archive, archived, model_entry(manifest, role), into.get(role))
+                for role in ([] if lazy else selected)
+            }
+    bundle = Bundle(Path(path), manifest, params, archived.name, models, lazy=lazy)
     get_plugin_manager().hook.polybundle_params_loaded(
         params=bundle.params, manifest=manifest, path=str(path)
     )

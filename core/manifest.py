@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .errors import FormatError, IntegrityError, UnsafeContentError, UnsupportedVersionError
@@ -157,3 +160,45 @@ def verify_members(archive: ArchiveReader, manifest: dict[str, Any]) -> None:
                 f"{record['sha256']}. The bundle was altered or damaged; do not use it. "
                 "Re-copy it from its source."
             )
+
+
+@contextmanager
+def verifying_members(
+    archive: ArchiveReader, manifest: dict[str, Any], *, enabled: bool = True
+) -> Iterator[None]:
+    """Check every member's sha256 in a background thread while the body runs.
+
+    SHA-256 runs at about 1.5-2 GB/s on one core and releases the GIL, so
+    hashing beside the framework's own read (both from the page cache) costs
+    wall time only where it is slower than that read. On leaving, the thread
+    is joined: a mismatch raises :class:`IntegrityError`, and takes priority
+    over an error the body raised (a damaged member is the likelier cause).
+    Nothing loaded inside the block should be handed out before it exits.
+
+    Example:
+        >>> with verifying_members(archive, manifest):  # doctest: +SKIP
+        ...     model = backend.load_standalone(archive.open("net/model.keras"))
+    """
+    if not enabled:
+        yield
+        return
+    failures: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            verify_members(archive, manifest)
+        except BaseException as exc:  # handed to the caller's thread below
+            failures.append(exc)
+
+    worker = threading.Thread(target=check, name="polybundle-verify", daemon=True)
+    worker.start()
+    try:
+        yield
+    except BaseException as exc:
+        worker.join()
+        if failures:
+            raise failures[0] from exc
+        raise
+    worker.join()
+    if failures:
+        raise failures[0]

@@ -1,0 +1,166 @@
+"""Lazy tensors: read-only NumPy arrays memory-mapped straight from a bundle.
+
+The weights members are STORED, so each tensor's bytes lie at a fixed offset
+of the bundle file: inside ``model.pth`` every storage is its own STORED
+member ``<prefix>/data/<key>``, and inside ``model.keras`` the datasets of
+``model.weights.h5`` are contiguous at offsets h5py reports. One read-only
+``mmap`` of the bundle backs every array, so opening a role reads only the
+small index (``data.pkl`` or the HDF5 metadata), and a tensor's pages are
+read when it is first touched. Neither torch nor TensorFlow is imported.
+
+Example:
+    >>> bundle = polybundle.load("big.bundle", lazy=True)  # doctest: +SKIP
+    >>> weight = bundle.tensors("net")["0.weight"]  # nothing read yet
+    >>> float(weight[0, 0])  # reads one page
+    0.0123
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .archive import ArchiveReader, MemberRange, NestedZip
+from .backend import TensorSpec
+from .errors import FormatError
+
+Loader = Callable[[], np.ndarray]
+
+
+class LazyTensors(Mapping[str, np.ndarray]):
+    """``{name: read-only array}`` of one role, each built when first looked up.
+
+    Arrays view a shared read-only memory map of the bundle file; copy one
+    (``np.array(t)``) to get a writable array in memory.
+
+    Example:
+        >>> tensors = LazyTensors({"w": lambda: np.zeros(2)})
+        >>> list(tensors), tensors["w"].shape
+        (['w'], (2,))
+    """
+
+    def __init__(self, loaders: dict[str, Loader]) -> None:
+        self._loaders = loaders
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            if name not in self._loaders:
+                raise KeyError(
+                    f"no tensor {name!r}; the role holds {sorted(self._loaders)[:10]} "
+                    f"({len(self._loaders)} in all)"
+                )
+            self._cache[name] = self._loaders[name]()
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
+def _map_file(archive: ArchiveReader) -> mmap.mmap:
+    with open(archive.path, "rb") as handle:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _window(mapped: mmap.mmap, dtype: np.dtype, start: int, count: int) -> np.ndarray:
+    if start < 0 or start + count * dtype.itemsize > len(mapped):
+        raise FormatError(
+            f"a tensor claims bytes {start}..{start + count * dtype.itemsize} of a "
+            f"{len(mapped)}-byte bundle; the file is truncated or damaged."
+        )
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=start)
+
+
+def _torch_loaders(
+    source: MemberRange, mapped: mmap.mmap, specs: list[TensorSpec]
+) -> dict[str, Loader]:
+    from .readers import torch_zip
+
+    inner = NestedZip(source)
+    prefix = torch_zip._prefix(inner)
+    if torch_zip._byteorder(inner, prefix) != ("little" if np.little_endian else "big"):
+        raise FormatError("model.pth is big-endian; lazy access maps bytes as they are stored.")
+    storages: dict[str, Any] = {}
+
+    def load_storage(key: str, kind: Any, numel: int) -> Any:
+        if key not in storages:
+            dtype = torch_zip._numpy_dtype(kind.dtype)
+            member = inner.open(f"{prefix}/data/{key}")
+            if not isinstance(member, MemberRange) or member.size() < numel * dtype.itemsize:
+                raise FormatError(
+                    f"storage {key!r} of model.pth is compressed or short; lazy access needs "
+                    "STORED storages (as torch.save writes them)."
+                )
+            array = _window(mapped, dtype, member.offset, numel)
+            storages[key] = torch_zip._Storage(key, dtype, numel, array)
+        return storages[key]
+
+    with inner.open(f"{prefix}/data.pkl") as stream:
+        state = torch_zip._RestrictedUnpickler(stream, load_storage).load()
+    arrays: dict[str, np.ndarray] = {}
+    torch_zip._flatten(state, "", arrays)
+    by_key = {spec.key: spec.name for spec in specs}
+    return {by_key.get(key, key): (lambda array=array: array) for key, array in arrays.items()}
+
+
+def _keras_loaders(
+    source: MemberRange, mapped: mmap.mmap, specs: list[TensorSpec]
+) -> dict[str, Loader]:
+    import h5py
+
+    h5_range = NestedZip(source).open("model.weights.h5")
+    loaders: dict[str, Loader] = {}
+    with h5py.File(h5_range, "r") as h5:
+        for spec in specs:
+            dataset = h5.get(spec.key)
+            if not isinstance(dataset, h5py.Dataset):
+                raise FormatError(
+                    f"model.weights.h5 has no dataset {spec.key!r}, which the manifest lists."
+                )
+            offset = dataset.id.get_offset()
+            plain = dataset.chunks is None and dataset.compression is None
+            if isinstance(h5_range, MemberRange) and plain and offset is not None:
+                count = int(np.prod(dataset.shape, dtype=np.int64))
+                window = _window(mapped, dataset.dtype, h5_range.offset + offset, count)
+                array = window.reshape(dataset.shape)
+            else:  # chunked or compressed: read now (HDF5 must decode it)
+                array = dataset[()]
+                array.flags.writeable = False
+            loaders[spec.name] = lambda array=array: array
+    return loaders
+
+
+_INDEXERS = {"model.pth": _torch_loaders, "model.keras": _keras_loaders}
+
+
+def lazy_tensors(archive: ArchiveReader, weights: str, specs: list[TensorSpec]) -> LazyTensors:
+    """Index the weights member ``weights`` of ``archive``; map its tensors lazily.
+
+    Only the index is read now. Raises :class:`FormatError` for a member that
+    is not STORED or a weights format without a lazy reader.
+
+    Example:
+        >>> with ArchiveReader("big.bundle") as archive:  # doctest: +SKIP
+        ...     t = lazy_tensors(archive, "net/model.pth", specs)
+    """
+    kind = os.path.basename(weights)
+    if kind not in _INDEXERS:
+        raise FormatError(
+            f"no lazy reader for {weights!r}; lazy access reads model.pth and model.keras. "
+            "Load it with lazy=False."
+        )
+    source = archive.open(weights)
+    if not isinstance(source, MemberRange):
+        raise FormatError(
+            f"{weights!r} is compressed; lazy access needs STORED members (polybundle writes "
+            "them so). Load it with lazy=False."
+        )
+    mapped = _map_file(archive)
+    return LazyTensors(_INDEXERS[kind](source, mapped, specs))
