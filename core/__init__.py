@@ -24,13 +24,17 @@ __version__ = "0.1.0"
 
 from .backend import Backend, TensorSpec
 from .bundle import Bundle
+from .checkpoints import Checkpoint, CheckpointManager
 from .detection import Detection
 from .errors import (
     BackendError,
     BackendMismatchError,
     BackendUnavailableError,
+    CheckpointError,
     FormatError,
     IntegrityError,
+    OptimizerError,
+    OptimizerMismatchError,
     ParamsError,
     PolybundleError,
     SchemaError,
@@ -38,11 +42,13 @@ from .errors import (
     UnknownArchitectureError,
     UnknownBackendError,
     UnsafeContentError,
+    UnsupportedOptimizerError,
     UnsupportedVersionError,
 )
 from .hookspecs import hookimpl
 from .inspection import inspect
 from .loading import load
+from .optimizer import OptimizerState
 from .registry import architecture, build, get_backend
 from .saving import save
 
@@ -58,6 +64,9 @@ __all__ = [
     "Backend",
     "TensorSpec",
     "Bundle",
+    "CheckpointManager",
+    "Checkpoint",
+    "OptimizerState",
     "Detection",
     "PolybundleError",
     "FormatError",
@@ -72,4 +81,8 @@ __all__ = [
     "UnknownArchitectureError",
     "TensorMismatchError",
     "ParamsError",
+    "OptimizerError",
+    "UnsupportedOptimizerError",
+    "OptimizerMismatchError",
+    "CheckpointError",
 ]
