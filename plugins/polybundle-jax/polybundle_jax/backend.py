@@ -1,0 +1,225 @@
+"""The JAX backend: Flax NNX modules stored as ``<role>/model.safetensors``.
+
+Every variable of the module except random-number streams (``nnx.RngState``)
+and captured intermediates is stored: parameters (``nnx.Param``) and
+statistics (``nnx.BatchStat``) alike. A tensor's name and its safetensors key
+are its NNX state path joined by ``.`` (``encoder.layers.0.kernel``); its
+layout tag comes from the owning module's class (:mod:`polybundle_jax.layouts`).
+Reading the file needs only ``safetensors`` and NumPy, never JAX.
+
+Example:
+    >>> from flax import nnx
+    >>> [s.name for s in JaxBackend().describe(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))]
+    ['bias', 'kernel']
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from polybundle import Backend, FormatError, TensorMismatchError, TensorSpec
+
+from .layouts import flax_canonical
+
+WEIGHTS_MEMBER = "model.safetensors"
+"""File name of the native weights member inside ``<role>/``."""
+
+FILE_FORMAT = "polybundle-jax"
+"""The ``format`` entry of the safetensors metadata this backend writes."""
+
+
+def _name(path: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _variables(model: Any) -> dict[str, tuple[Any, Any, str]]:
+    """Return ``{name: (variable, owning module, attribute)}`` for every stored variable."""
+    from flax import nnx
+
+    owners = {path: node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)}
+    stored = nnx.All(nnx.Variable, nnx.Not(nnx.RngState), nnx.Not(nnx.Intermediate))
+    found = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, stored)):
+        found[_name(path)] = (variable, owners.get(tuple(path[:-1])), str(path[-1]))
+    return found
+
+
+def _layout(owner: Any, attribute: str, shape: tuple[int, ...]) -> str:
+    kernel_size = getattr(owner, "kernel_size", ())
+    groups = int(getattr(owner, "feature_group_count", 1) or 1)
+    return flax_canonical(
+        type(owner).__name__,
+        attribute,
+        shape,
+        spatial=len(kernel_size) if isinstance(kernel_size, (tuple, list)) else 0,
+        groups=groups,
+        group_channels=int(getattr(owner, "in_features", 0) or 0) // groups,
+        transpose_kernel=bool(getattr(owner, "transpose_kernel", False)),
+    )[2]
+
+
+def read_safetensors(source: BinaryIO) -> dict[str, np.ndarray]:
+    """Return every tensor of the safetensors file in ``source`` as NumPy arrays.
+
+    Raises :class:`polybundle.FormatError` when the bytes are not safetensors.
+
+    Example:
+        >>> import io, safetensors.numpy
+        >>> read_safetensors(io.BytesIO(safetensors.numpy.save({"w": np.ones(2)})))["w"]
+        array([1., 1.])
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        return load(source.read())
+    except (SafetensorError, ValueError) as exc:
+        raise FormatError(
+            f"{WEIGHTS_MEMBER} is not a readable safetensors file ({exc}); expected the "
+            "file polybundle-jax writes."
+        ) from None
+
+
+class JaxBackend(Backend):
+    """The JAX backend (alias ``flax``): Flax NNX modules, optax optimizers.
+
+    Example:
+        >>> JaxBackend().weights_member
+        'model.safetensors'
+    """
+
+    name = "jax"
+    aliases = ("flax", "nnx")
+    extra = "polybundle-jax"
+    modules = ("jax", "flax", "optax")
+    distribution = "jax"
+    weights_member = WEIGHTS_MEMBER
+
+    def framework_version(self) -> str:
+        """Return ``"jax <v>, flax <v>, optax <v>"`` from the installed distributions.
+
+        Example:
+            >>> JaxBackend().framework_version()  # doctest: +SKIP
+            'jax 0.10.2, flax 0.12.8, optax 0.2.8'
+        """
+        versions = []
+        for dist in ("jax", "flax", "optax"):
+            try:
+                versions.append(f"{dist} {importlib.metadata.version(dist)}")
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return ", ".join(versions) or "unknown"
+
+    def owns(self, model: Any) -> bool:
+        """Return True for a ``flax.nnx.Module`` (never imports flax).
+
+        Example:
+            >>> JaxBackend().owns(object())
+            False
+        """
+        nnx = sys.modules.get("flax.nnx")
+        return nnx is not None and isinstance(model, nnx.Module)
+
+    def describe(self, model: Any) -> list[TensorSpec]:
+        """Describe every stored variable of ``model`` with its layout tag.
+
+        Example:
+            >>> JaxBackend().describe(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))[1].layout  # doctest: +SKIP
+            'in,out'
+        """
+        specs = []
+        for name, (variable, owner, attribute) in _variables(model).items():
+            value = variable[...]
+            shape = tuple(int(d) for d in value.shape)
+            specs.append(
+                TensorSpec(name, name, shape, str(value.dtype), _layout(owner, attribute, shape))
+            )
+        return specs
+
+    def write(self, model: Any, stream: BinaryIO) -> None:
+        """Write every stored variable of ``model`` as one safetensors file.
+
+        Example:
+            >>> JaxBackend().write(model, stream)  # doctest: +SKIP
+        """
+        from safetensors.numpy import save
+
+        arrays = {
+            name: np.ascontiguousarray(np.asarray(variable[...]))
+            for name, (variable, _, _) in _variables(model).items()
+        }
+        stream.write(save(arrays, metadata={"format": FILE_FORMAT}))
+
+    def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
+        """Assign the file's tensors to ``model``'s variables after checking all of them.
+
+        Names, shapes and dtypes are compared first; on any difference
+        :class:`polybundle.TensorMismatchError` is raised and ``model`` is
+        unchanged.
+
+        Example:
+            >>> JaxBackend().load_into(model, stream, specs)  # doctest: +SKIP
+        """
+        import jax.numpy as jnp
+
+        own = _variables(model)
+        arrays = self.read_tensors(source, specs)
+        mismatched = []
+        for name in own.keys() & arrays.keys():
+            value = own[name][0][...]
+            if tuple(value.shape) != arrays[name].shape or str(value.dtype) != str(
+                arrays[name].dtype
+            ):
+                mismatched.append(name)
+        if own.keys() != arrays.keys() or mismatched:
+            raise TensorMismatchError(
+                missing=own.keys() - arrays.keys(),
+                unexpected=arrays.keys() - own.keys(),
+                mismatched=sorted(mismatched),
+                context=f"loading into {type(model).__name__}",
+            )
+        for name, (variable, _, _) in own.items():
+            variable[...] = jnp.asarray(arrays[name])
+
+    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        """Return ``{spec.name: array}`` from the safetensors file (no JAX needed).
+
+        Example:
+            >>> JaxBackend().read_tensors(stream, specs)["kernel"].shape  # doctest: +SKIP
+            (3, 2)
+        """
+        arrays = read_safetensors(source)
+        missing = [spec.key for spec in specs if spec.key not in arrays]
+        if missing:
+            raise FormatError(
+                f"{WEIGHTS_MEMBER} lacks tensors {missing[:8]} that the manifest lists; the "
+                "weights file does not match its manifest."
+            )
+        return {spec.name: arrays[spec.key] for spec in specs}
+
+    def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
+        """Return the neutral state of an ``nnx.Optimizer`` (see :mod:`polybundle_jax.optim`).
+
+        Example:
+            >>> JaxBackend().export_optimizer(model, optimizer).algorithm  # doctest: +SKIP
+            'adam'
+        """
+        from . import optim
+
+        return optim.export_optimizer(model, optimizer, scheduler)
+
+    def restore_optimizer(
+        self, model: Any, optimizer: Any, state: Any, scheduler: Any | None = None
+    ) -> None:
+        """Load neutral ``state`` into a fresh ``nnx.Optimizer`` for ``model``.
+
+        Example:
+            >>> JaxBackend().restore_optimizer(model, optimizer, state)  # doctest: +SKIP
+        """
+        from . import optim
+
+        optim.restore_optimizer(model, optimizer, state, scheduler)

@@ -1,0 +1,73 @@
+"""The hook implementations polybundle finds through the ``polybundle`` entry point.
+
+``pyproject.toml`` declares ``[project.entry-points.polybundle] jax =
+"polybundle_jax.plugin"``; polybundle registers this module like its
+built-in backends. It registers :class:`~polybundle_jax.backend.JaxBackend`
+and claims JAX bundles before the built-in detector does.
+
+Example:
+    >>> import polybundle
+    >>> polybundle.get_backend("flax").weights_member  # doctest: +SKIP
+    'model.safetensors'
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import polybundle
+from polybundle import Backend, Detection
+
+from .backend import WEIGHTS_MEMBER, JaxBackend
+
+
+def _is_safetensors(archive: Any, member: str) -> bool:
+    """Return True when ``member`` starts like a safetensors file (length, then ``{``)."""
+    if not archive.has(member):
+        return False
+    head = archive.head(member, 9)
+    if len(head) < 9:
+        return False
+    (header_length,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 8 + header_length <= archive.size(member)
+
+
+@polybundle.hookimpl
+def polybundle_register_backends(register: Callable[[Backend], None]) -> None:
+    """Register the JAX backend.
+
+    Example:
+        >>> polybundle_register_backends(registry.register_backend)  # doctest: +SKIP
+    """
+    register(JaxBackend())
+
+
+@polybundle.hookimpl
+def polybundle_detect_archive(archive: Any) -> Detection | None:
+    """Claim format-2 bundles whose manifest says ``jax`` and whose weights are safetensors.
+
+    Example:
+        >>> polybundle_detect_archive(archive)  # doctest: +SKIP
+        Detection(format='polybundle', backend='jax')
+    """
+    if not archive.has("manifest.json"):
+        return None
+    try:
+        document = json.loads(archive.read("manifest.json"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(document, dict) or document.get("format") != "polybundle":
+        return None
+    if document.get("backend") != JaxBackend.name:
+        return None
+    models = document.get("models")
+    weights = [m.get("weights") for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+    if weights and all(
+        isinstance(w, str) and w.endswith(f"/{WEIGHTS_MEMBER}") and _is_safetensors(archive, w)
+        for w in weights
+    ):
+        return Detection("polybundle", JaxBackend.name)
+    return None
