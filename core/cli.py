@@ -68,6 +68,48 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
         )
     console.print(table)
     console.print(f"{len(report['tensors'])} tensors, {_human_bytes(total)}")
+    for role, summary in report.get("optimizers", {}).items():
+        slots = ", ".join(f"{slot} x{count}" for slot, count in summary["slots"].items())
+        console.print(
+            f"  optimizer of [green]{role}[/green]: {summary['algorithm']} "
+            f"({summary['class']}), step {summary['step']}, slots {slots or 'none'} "
+            f"({_human_bytes(summary['slot_bytes'])}), schedule {summary['schedule']}"
+        )
+        console.print(f"    hyperparameters: {json.dumps(summary['hyperparameters'])}")
+    return 0
+
+
+def run_checkpoints(args: argparse.Namespace, console: Console) -> int:
+    """List the checkpoints of a directory with their metrics (or JSON).
+
+    Example:
+        $ polybundle checkpoints ./ckpt
+    """
+    from .checkpoints import CheckpointManager
+
+    manager = CheckpointManager(args.directory, keep_last=None)
+    retained = {checkpoint.step: checkpoint for checkpoint in manager.checkpoints()}
+    history = manager.history()
+    if args.json:
+        rows = []
+        for entry in history:
+            kept = retained.get(entry["step"])
+            rows.append({**entry, "file": kept.path.name if kept else None})
+        print(json.dumps(rows, indent=2))
+        return 0
+    latest = manager.latest()
+    table = Table(title=f"checkpoints in {args.directory}")
+    for column in ("step", "saved", "metrics", "file"):
+        table.add_column(column)
+    for entry in history:
+        kept = retained.get(entry["step"])
+        marker = " (latest)" if kept is not None and kept == latest else ""
+        table.add_row(
+            str(entry["step"]), entry["created"], json.dumps(entry["metrics"]),
+            (kept.path.name + marker) if kept else "[dim]pruned[/dim]",
+        )
+    console.print(table)
+    console.print(f"{len(retained)} retained of {len(history)} saved")
     return 0
 
 
@@ -83,7 +125,9 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     return 0 if results and all(result.matches for result in results) else 1
 
 
-COMMANDS: dict[str, Command] = {"inspect": run_inspect, "demo": run_demo}
+COMMANDS: dict[str, Command] = {
+    "inspect": run_inspect, "demo": run_demo, "checkpoints": run_checkpoints,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_parser = sub.add_parser("inspect", help="describe a bundle (no framework needed)")
     inspect_parser.add_argument("path")
     inspect_parser.add_argument("--json", action="store_true", help="print JSON")
+    checkpoints_parser = sub.add_parser("checkpoints", help="list checkpoints and metrics")
+    checkpoints_parser.add_argument("directory")
+    checkpoints_parser.add_argument("--json", action="store_true", help="print JSON")
     demo_parser = sub.add_parser("demo", help="train, save and load small models")
     demo_parser.add_argument("--out", default=None, help="folder for the bundles (default: temp)")
     demo_parser.add_argument("--steps", type=int, default=20, help="training steps per model")

@@ -17,6 +17,7 @@ from .detection import FORMAT_NAME
 from .errors import FormatError
 from .loading import detect
 from .manifest import PARAMS_MEMBER, read_manifest
+from .optimizer import summarize_document
 from .params import decode_params
 
 
@@ -27,6 +28,8 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     tensorflow is imported, and sizes are checked against the manifest (run
     :func:`polybundle.load` to check sha256 too). Each tensor row has
     ``role``, ``name``, ``shape``, ``dtype``, ``layout`` and ``bytes``.
+    ``optimizers`` maps each role saved with optimizer state to its summary
+    (algorithm, class, step, hyperparameters, slot counts, slot bytes).
 
     Example:
         >>> polybundle.inspect("run.bundle")["tensors"][0]  # doctest: +SKIP
@@ -40,6 +43,16 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
             )
         manifest = read_manifest(archive)
         params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
+        optimizers = {
+            entry["role"]: {
+                **summarize_document(
+                    archive.read(entry["optimizer"]["state"]), where=entry["role"]
+                ),
+                "slot_bytes": archive.size(entry["optimizer"]["slots"]),
+            }
+            for entry in manifest["models"]
+            if "optimizer" in entry
+        }
     tensors = []
     for entry in manifest["models"]:
         for document in entry["tensors"]:
@@ -62,4 +75,5 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
         "manifest": manifest,
         "params": params,
         "tensors": tensors,
+        "optimizers": optimizers,
     }

@@ -246,6 +246,35 @@ def _check_document(document: Any, where: str) -> None:
             )
 
 
+def summarize_document(document_bytes: bytes, *, where: str) -> dict[str, Any]:
+    """Summarize ``optimizer.json`` alone (no arrays read): algorithm, step, slots.
+
+    Example:
+        >>> summarize_document(encode_optimizer(state)[0], where="net")["slots"]  # doctest: +SKIP
+        {'m': 4, 'v': 4}
+    """
+    try:
+        document = json.loads(document_bytes)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{where}/{STATE_MEMBER} is not valid JSON ({exc}).") from None
+    _check_document(document, where)
+    counts: dict[str, int] = {}
+    for names in document["slots"].values():
+        for slot in names:
+            counts[slot] = counts.get(slot, 0) + 1
+    groups = document["groups"]
+    schedule = document.get("schedule")
+    return {
+        "algorithm": document["algorithm"],
+        "class": document["class"],
+        "step": document.get("step"),
+        "hyperparameters": groups[0]["hyperparameters"] if groups else {},
+        "parameters": sum(len(group["parameters"]) for group in groups),
+        "slots": dict(sorted(counts.items())),
+        "schedule": schedule.get("class") if isinstance(schedule, dict) else None,
+    }
+
+
 def decode_optimizer(document_bytes: bytes, arrays_bytes: bytes, *, where: str) -> OptimizerState:
     """Parse the two members written by :func:`encode_optimizer` and cross-check them.
 
