@@ -11,21 +11,26 @@ import importlib.util
 import os
 from pathlib import Path
 
+import polybundle.plugins
 import pytest
 
-import polybundle.plugins
-
 REPO = Path(__file__).resolve().parents[1]
-LEGACY_DIR = Path(os.environ.get("POLYBUNDLE_LEGACY_FIXTURES", REPO.parent / "shared" / "fixtures" / "legacy"))
+LEGACY_DIR = Path(
+    os.environ.get("POLYBUNDLE_LEGACY_FIXTURES", REPO.parent / "shared" / "fixtures" / "legacy")
+)
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_TENSORFLOW = (
-    importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("keras") is not None
+    importlib.util.find_spec("tensorflow") is not None
+    and importlib.util.find_spec("keras") is not None
 )
 
-needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (pip install 'polybundle[torch]')")
+needs_torch = pytest.mark.skipif(
+    not HAS_TORCH, reason="PyTorch is not installed (pip install 'polybundle[torch]')"
+)
 needs_tensorflow = pytest.mark.skipif(
-    not HAS_TENSORFLOW, reason="TensorFlow/Keras is not installed (pip install 'polybundle[tensorflow]')"
+    not HAS_TENSORFLOW,
+    reason="TensorFlow/Keras is not installed (pip install 'polybundle[tensorflow]')",
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,7 +54,9 @@ def fresh_plugins():
 
 
 def snapshot_tree(folder: Path) -> dict[str, int]:
-    """Return ``{relative path: size}`` of everything under ``folder`` (to prove nothing was written)."""
+    """Return ``{relative path: size}`` under ``folder`` (proves nothing was written)."""
     return {
-        str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 import polybundle
 
 ARCH = "test-convnet"
@@ -70,8 +69,10 @@ def trained_keras(seed: int) -> Any:
     keras.utils.set_random_seed(seed)
     model = polybundle.build(ARCH, CONFIG, backend="tensorflow")
     for _ in range(3):
-        model(np.random.default_rng(seed).standard_normal((8, 6, 6, 1)).astype("float32") * 2 + 1,
-              training=True)
+        model(
+            np.random.default_rng(seed).standard_normal((8, 6, 6, 1)).astype("float32") * 2 + 1,
+            training=True,
+        )
     return model
 
 

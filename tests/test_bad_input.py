@@ -6,10 +6,10 @@ import json
 import os
 import zipfile
 
-import pytest
-
 import polybundle
+import pytest
 from polybundle.archive import ArchiveReader
+
 from tests import models
 from tests.conftest import needs_tensorflow, needs_torch, snapshot_tree
 
@@ -46,7 +46,9 @@ def test_flipped_byte_in_weights_is_an_integrity_error(torch_bundle, tmp_path):
     data[offset] ^= 0xFF
     torch_bundle.write_bytes(bytes(data))
     _assert_raises_and_writes_nothing(
-        tmp_path, polybundle.IntegrityError, lambda: polybundle.load(torch_bundle),
+        tmp_path,
+        polybundle.IntegrityError,
+        lambda: polybundle.load(torch_bundle),
         match="net/model.pth",
     )
 
@@ -137,8 +139,10 @@ def test_mixing_frameworks_in_one_bundle_is_refused_and_writes_nothing(tmp_path)
 
     mixed = {"a": torch.nn.Linear(2, 2), "b": models.keras_convnet(models.CONFIG)}
     _assert_raises_and_writes_nothing(
-        tmp_path, polybundle.BackendError,
-        lambda: polybundle.save(tmp_path / "mixed.bundle", mixed), match="mix",
+        tmp_path,
+        polybundle.BackendError,
+        lambda: polybundle.save(tmp_path / "mixed.bundle", mixed),
+        match="mix",
     )
 
 
@@ -156,7 +160,8 @@ def test_bad_save_arguments_write_nothing(tmp_path, kwargs, error, match):
     import torch
 
     _assert_raises_and_writes_nothing(
-        tmp_path, error,
+        tmp_path,
+        error,
         lambda: polybundle.save(tmp_path / "x.bundle", {"net": torch.nn.Linear(2, 2)}, **kwargs),
         match=match,
     )

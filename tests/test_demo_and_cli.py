@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 import polybundle
+import pytest
 from polybundle import demo
 from polybundle.cli import main
+
 from tests import models
 from tests.conftest import HAS_TENSORFLOW, HAS_TORCH, needs_torch
 
@@ -19,7 +19,9 @@ def test_demo_trains_saves_and_loads_back_identically(tmp_path, capsys):
     if not (HAS_TORCH or HAS_TENSORFLOW):
         pytest.skip("the demo needs PyTorch or TensorFlow")
     results = demo.run(tmp_path, steps=2)
-    expected = [name for name, present in (("torch", HAS_TORCH), ("tensorflow", HAS_TENSORFLOW)) if present]
+    expected = [
+        name for name, present in (("torch", HAS_TORCH), ("tensorflow", HAS_TENSORFLOW)) if present
+    ]
     assert [r.backend for r in results] == expected
     for result in results:
         assert result.matches
@@ -35,7 +37,9 @@ def test_demo_command_line_exit_status(tmp_path):
         pytest.skip("the demo needs PyTorch or TensorFlow")
     result = subprocess.run(
         [sys.executable, "-m", "polybundle.cli", "demo", "--steps", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "loaded back" in result.stdout

@@ -5,12 +5,12 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
-import pytest
-
 import polybundle
+import pytest
 from polybundle.archive import ArchiveReader, check_member_name
 from polybundle.layouts import conv_tag, permutation
 from polybundle.writer import ArchiveWriter
+
 from tests.conftest import snapshot_tree
 
 
@@ -20,15 +20,19 @@ def test_permutations_follow_the_tags():
     assert keras_kernel.shape == (4, 5, 3, 2)
     back = np.transpose(keras_kernel, permutation("h,w,in,out", "out,in,h,w"))
     assert np.array_equal(back, torch_kernel)
-    assert permutation(conv_tag(1, channels_first=True, transposed=True),
-                       conv_tag(1, channels_first=False, transposed=True)) == (2, 1, 0)
+    assert permutation(
+        conv_tag(1, channels_first=True, transposed=True),
+        conv_tag(1, channels_first=False, transposed=True),
+    ) == (2, 1, 0)
     with pytest.raises(polybundle.PolybundleError, match="same axes"):
         permutation("out,in", "h,w,in,out")
     with pytest.raises(polybundle.PolybundleError):
         permutation("opaque", "opaque")
 
 
-@pytest.mark.parametrize("name", ["../x", "/abs", "C:/x", "a\\b", "a/../b", "a//b", "nul\x00", "./a"])
+@pytest.mark.parametrize(
+    "name", ["../x", "/abs", "C:/x", "a\\b", "a/../b", "a//b", "nul\x00", "./a"]
+)
 def test_member_names_that_escape_are_refused(name):
     with pytest.raises(polybundle.UnsafeContentError):
         check_member_name(name)

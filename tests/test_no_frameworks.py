@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import polybundle
+
 from tests import models
 from tests.conftest import REPO, needs_torch
 
@@ -27,7 +28,11 @@ FRAMEWORK_MODULES = {"torch", "tensorflow", "keras", "jax", "flax"}
 
 def _run_blocked(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", BLOCKER + code], capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-c", BLOCKER + code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
 
 
@@ -53,7 +58,7 @@ print(json.dumps({{"loaded": loaded, "backend": report["backend"], "n": len(repo
 
 def test_loading_without_the_framework_names_the_extra(tmp_path):
     source = tmp_path / "tiny.bundle"
-    code = f"""
+    code = """
 import polybundle
 from polybundle.errors import BackendUnavailableError
 try:

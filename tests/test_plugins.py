@@ -5,12 +5,12 @@ from __future__ import annotations
 import textwrap
 
 import numpy as np
-import pytest
-
 import polybundle
+import pytest
 from polybundle.backend import Backend
 from polybundle.plugins import get_plugin_manager
 from polybundle.registry import Registry, get_registry
+
 from tests.conftest import needs_torch
 
 FAKE_PLUGIN = textwrap.dedent(
@@ -46,7 +46,8 @@ FAKE_PLUGIN = textwrap.dedent(
             return isinstance(model, ArrayModel)
 
         def describe(self, model):
-            return [TensorSpec(k, k, v.shape, str(v.dtype), "opaque") for k, v in model.arrays.items()]
+            arrays = model.arrays.items()
+            return [TensorSpec(k, k, v.shape, str(v.dtype), "opaque") for k, v in arrays]
 
         def write(self, model, stream):
             buffer = io.BytesIO()
@@ -219,8 +220,12 @@ def test_missing_framework_error_names_the_extra(monkeypatch):
     backend = polybundle.get_backend("tensorflow")
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorflow" else real(name, *a),
     )
     assert not backend.is_available()
-    with pytest.raises(polybundle.BackendUnavailableError, match=r"pip install 'polybundle\[tensorflow\]'"):
+    with pytest.raises(
+        polybundle.BackendUnavailableError, match=r"pip install 'polybundle\[tensorflow\]'"
+    ):
         backend.require()

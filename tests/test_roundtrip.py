@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import polybundle
 import pytest
 
-import polybundle
 from tests import models
 from tests.conftest import needs_tensorflow, needs_torch
 
@@ -24,7 +24,10 @@ PARAMS = {
 
 @needs_torch
 def test_torch_two_roles_round_trip_bit_for_bit(tmp_path):
-    trained = {"autoencoder": models.trained_torch(1), "diffraction_to_obj": models.trained_torch(2)}
+    trained = {
+        "autoencoder": models.trained_torch(1),
+        "diffraction_to_obj": models.trained_torch(2),
+    }
     x = models.inputs("torch")
     path = tmp_path / "wts.h5.zip"
     manifest = polybundle.save(path, trained, params=PARAMS)
@@ -53,8 +56,9 @@ def test_torch_load_into_given_instances(tmp_path):
     bundle = polybundle.load(path, into={"net": target})
     assert bundle.models["net"] is target
     x = models.inputs("torch")
-    assert torch.equal(torch.from_numpy(models.predict(model, x)),
-                       torch.from_numpy(models.predict(target, x)))
+    assert torch.equal(
+        torch.from_numpy(models.predict(model, x)), torch.from_numpy(models.predict(target, x))
+    )
 
 
 @needs_torch
@@ -71,7 +75,10 @@ def test_torch_without_architecture_needs_builder_or_into(tmp_path):
 
 @needs_tensorflow
 def test_keras_two_roles_round_trip_bit_for_bit(tmp_path):
-    trained = {"autoencoder": models.trained_keras(1), "diffraction_to_obj": models.trained_keras(2)}
+    trained = {
+        "autoencoder": models.trained_keras(1),
+        "diffraction_to_obj": models.trained_keras(2),
+    }
     x = models.inputs("tensorflow")
     path = tmp_path / "wts.h5.zip"
     polybundle.save(path, trained, params=PARAMS)
@@ -110,7 +117,7 @@ def test_keras_into_with_wrong_shapes_is_refused_untouched(tmp_path):
     before = [np.asarray(v).copy() for v in wrong.weights]
     with pytest.raises(polybundle.TensorMismatchError, match="head/kernel"):
         polybundle.load(path, into={"net": wrong})
-    assert all(np.array_equal(b, np.asarray(v)) for b, v in zip(before, wrong.weights))
+    assert all(np.array_equal(b, np.asarray(v)) for b, v in zip(before, wrong.weights, strict=True))
     assert isinstance(wrong, keras.Model)
 
 
