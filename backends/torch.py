@@ -166,7 +166,7 @@ class TorchBackend(Backend):
         """Load neutral optimizer state into a fresh optimizer bound to ``model``."""
         from polybundle.backends import torch_optim
 
-        torch_optim.restore_optimizer(model, optimizer, state, scheduler)
+        torch_optim.restore_optimizer(model, optimizer, state, specs, scheduler)
 
     def capture_rng(self) -> dict[str, Any]:
         """Return the framework's global generator state as plain data."""
