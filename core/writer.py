@@ -6,6 +6,14 @@
 bundle or the new one. Leaving the ``with`` block on an error removes the
 temporary file and leaves the target untouched.
 
+Large members are written for reading without copies: STORED, with their
+data starting at a multiple of :data:`ALIGNMENT` in the file (the local
+header's extra field is padded, as Android's zipalign does), so a reader can
+memory-map them and every tensor stays aligned. Their sha256 is computed by a
+background thread that reads the bytes back from the page cache just behind
+the framework writing them, so on a machine with a free core hashing costs
+little wall time; small or deflated members are hashed inline.
+
 Example:
     >>> with ArchiveWriter("out.bundle") as writer:  # doctest: +SKIP
     ...     writer.write_bytes("params.json", b"{}")
@@ -17,12 +25,26 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 import tempfile
+import threading
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+ALIGNMENT = 64
+"""Byte boundary at which every STORED member's data starts."""
+
+PADDING_FIELD = 0xD935
+"""Extra-field id of the alignment padding (the id Android's zipalign uses)."""
+
+_ZIP64_EXTRA = 20  # the zip64 extra field zipfile appends to a forced-zip64 local header
+_LOCAL_HEADER = 30
+_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,10 +76,20 @@ class HashingWriter(io.RawIOBase):
         (3, 'ba7816bf')
     """
 
-    def __init__(self, sink: io.RawIOBase | io.BufferedIOBase) -> None:
+    def __init__(
+        self,
+        sink: io.RawIOBase | io.BufferedIOBase,
+        *,
+        readback: tuple[BinaryIO, int] | None = None,
+    ) -> None:
         super().__init__()
         self._sink = sink
         self._digest = hashlib.sha256()
+        self._trailing: _TrailingHasher | None = None
+        self._file: BinaryIO | None = None
+        if readback is not None:
+            self._file, start = readback
+            self._trailing = _TrailingHasher(self._file.fileno(), start)
         self.size = 0
 
     def writable(self) -> bool:
@@ -67,9 +99,13 @@ class HashingWriter(io.RawIOBase):
     def write(self, data) -> int:  # type: ignore[override]
         """Hash ``data``, forward it to the sink and return its length."""
         view = memoryview(data).cast("B")
-        self._digest.update(view)
         self._sink.write(view)
         self.size += len(view)
+        if self._trailing is not None and self._file is not None:
+            self._file.flush()  # the trailing hasher reads what the OS holds
+            self._trailing.advance(self.size)
+        else:
+            self._digest.update(view)
         return len(view)
 
     def tell(self) -> int:
@@ -77,8 +113,77 @@ class HashingWriter(io.RawIOBase):
         return self.size
 
     def hexdigest(self) -> str:
-        """Return the hex sha256 of everything written."""
+        """Return the hex sha256 of everything written (waits for a trailing hasher)."""
+        if self._trailing is not None:
+            return self._trailing.finish()
         return self._digest.hexdigest()
+
+    @property
+    def crc32(self) -> int | None:
+        """Return the CRC-32 a trailing hasher computed (after :meth:`hexdigest`), else None."""
+        return None if self._trailing is None else self._trailing.crc
+
+
+class _TrailingHasher:
+    """Hash (sha256, CRC-32) bytes ``[start, start + n)`` of a file as ``n`` grows."""
+
+    def __init__(self, fd: int, start: int) -> None:
+        self._fd = fd
+        self._start = start
+        self._written = 0
+        self._closed = False
+        self._result: str | None = None
+        self._error: BaseException | None = None
+        self._digest = hashlib.sha256()
+        self.crc = 0
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="polybundle-hash", daemon=True)
+        self._thread.start()
+
+    def advance(self, written: int) -> None:
+        with self._ready:
+            self._written = written
+            self._ready.notify()
+
+    def finish(self) -> str:
+        if self._result is None:
+            with self._ready:
+                self._closed = True
+                self._ready.notify()
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            self._result = self._digest.hexdigest()
+        return self._result
+
+    def _run(self) -> None:
+        view = memoryview(bytearray(_CHUNK))
+        hashed = 0
+        try:
+            while True:
+                with self._ready:
+                    while hashed >= self._written and not self._closed:
+                        self._ready.wait()
+                    target = self._written
+                if hashed >= target:
+                    return
+                while hashed < target:
+                    want = min(_CHUNK, target - hashed)
+                    count = os.preadv(self._fd, [view[:want]], self._start + hashed)
+                    if count <= 0:
+                        raise OSError(f"could not read back bytes at {self._start + hashed}")
+                    self._digest.update(view[:count])
+                    self.crc = zlib.crc32(view[:count], self.crc)
+                    hashed += count
+        except BaseException as exc:  # handed to finish() in the writing thread
+            self._error = exc
+
+
+def _padding(offset: int, name: str) -> bytes:
+    """Return the extra field that makes a member's data start on :data:`ALIGNMENT`."""
+    header = _LOCAL_HEADER + len(name.encode("utf-8")) + 4 + _ZIP64_EXTRA
+    pad = -(offset + header) % ALIGNMENT
+    return struct.pack("<HH", PADDING_FIELD, pad) + bytes(pad)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -132,11 +237,31 @@ class ArchiveWriter:
 
     @contextmanager
     def stream(self, name: str, *, compress: bool = False) -> Iterator[HashingWriter]:
-        """Open member ``name`` for writing; yields a :class:`HashingWriter`."""
-        with self._zip.open(self._info(name, compress), "w", force_zip64=True) as member:
-            writer = HashingWriter(member)
-            yield writer
-        self.records.append(MemberRecord(name, writer.size, writer.hexdigest()))
+        """Open member ``name`` for writing; yields a :class:`HashingWriter`.
+
+        A STORED member starts on :data:`ALIGNMENT`; its bytes go straight to
+        the file and a trailing thread computes its sha256 and the CRC-32 the
+        zip header needs (zipfile's own writer would compute the CRC inline).
+        A deflated member goes through zipfile and is hashed inline.
+        """
+        info = self._info(name, compress)
+        if compress:
+            with self._zip.open(info, "w", force_zip64=True) as member:
+                writer = HashingWriter(member)
+                yield writer
+            self.records.append(MemberRecord(name, writer.size, writer.hexdigest()))
+            return
+        info.extra = _padding(self._file.tell(), name)
+        with self._zip.open(info, "w", force_zip64=True) as member:
+            writer = HashingWriter(self._file, readback=(self._file, self._file.tell()))
+            try:
+                yield writer
+            finally:
+                digest = writer.hexdigest()
+            # zipfile takes the sizes and CRC of the member from these on close
+            member._file_size = member._compress_size = writer.size
+            member._crc = writer.crc32
+        self.records.append(MemberRecord(name, writer.size, digest))
 
     def write_bytes(self, name: str, data: bytes, *, compress: bool = False) -> MemberRecord:
         """Write a whole member from memory and return its record."""
