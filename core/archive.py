@@ -19,6 +19,7 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +30,14 @@ MAX_MEMBERS = 10_000
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 """Largest JSON member (manifest, params) read into memory."""
+
+MAX_RATIO = 200
+"""Largest uncompressed/compressed ratio accepted for a deflated member over
+:data:`RATIO_FLOOR` bytes; real weights deflate far less, bombs far more."""
+
+RATIO_FLOOR = 1024 * 1024
+"""Deflated members up to this declared size are exempt from :data:`MAX_RATIO`."""
+
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _LOCAL_MAGIC = b"PK\x03\x04"
@@ -67,7 +76,12 @@ def check_member_name(name: str) -> None:
         )
 
 
-def _check_member_kind(info: zipfile.ZipInfo) -> None:
+def check_member_kind(info: zipfile.ZipInfo) -> None:
+    """Refuse encrypted, non-regular, oddly compressed or bomb-sized members.
+
+    Example:
+        >>> check_member_kind(zipfile.ZipInfo("net/model.pth"))
+    """
     if info.flag_bits & 0x1:
         raise UnsafeContentError(
             f"member {info.filename!r} is encrypted; polybundle reads only plain "
@@ -85,6 +99,75 @@ def _check_member_kind(info: zipfile.ZipInfo) -> None:
             f"member {info.filename!r} is not a regular file (unix mode "
             f"{oct(unix_mode)}: a symlink or device); polybundle refuses such members."
         )
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise UnsafeContentError(
+            f"member {info.filename!r} is stored (not compressed) yet declares "
+            f"{info.file_size} bytes uncompressed and {info.compress_size} compressed; the "
+            "archive lies about sizes. Do not open it."
+        )
+    if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise UnsafeContentError(
+            f"member {info.filename!r} declares {info.file_size} bytes from "
+            f"{info.compress_size} compressed (over {MAX_RATIO}:1); that is a decompression "
+            "bomb, not model weights. Do not open it."
+        )
+
+
+class DeflatedMember(io.RawIOBase):
+    """A deflated member's stream whose read errors are :class:`FormatError`.
+
+    :mod:`zipfile` reports damage while reading (a bad CRC, a broken deflate
+    stream, data shorter than declared) with its own exceptions; frameworks
+    reading the member would pass them on. This wrapper makes them typed.
+
+    Example:
+        >>> stream = DeflatedMember(zipfile.ZipFile("x.zip").open("a"), "a")  # doctest: +SKIP
+    """
+
+    def __init__(self, stream: BinaryIO, name: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self.name = name
+
+    def _damaged(self, exc: BaseException) -> FormatError:
+        return FormatError(
+            f"member {self.name!r} is damaged ({type(exc).__name__}: {exc}); its bytes do not "
+            "match what the zip directory declares. Re-copy the archive."
+        )
+
+    def readable(self) -> bool:
+        """Return True: the stream reads."""
+        return True
+
+    def seekable(self) -> bool:
+        """Return True: :mod:`zipfile` members seek (by re-reading)."""
+        return True
+
+    def tell(self) -> int:
+        """Return the position in the uncompressed member."""
+        return self._stream.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move in the uncompressed member, like :meth:`io.IOBase.seek`."""
+        try:
+            return self._stream.seek(offset, whence)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise self._damaged(exc) from None
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        """Fill ``buffer`` with the next uncompressed bytes; return the count."""
+        view = memoryview(buffer).cast("B")
+        try:
+            data = self._stream.read(len(view))
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise self._damaged(exc) from None
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        """Close the member stream."""
+        self._stream.close()
+        super().close()
 
 
 class MemberRange(io.RawIOBase):
@@ -210,7 +293,7 @@ class NestedZip:
                 f"{self.label!r} is a zip without {name!r}; the weights file is damaged."
             ) from None
         check_member_name(info.filename)
-        _check_member_kind(info)
+        check_member_kind(info)
         container = self.container
         if isinstance(container, MemberRange) and info.compress_type == zipfile.ZIP_STORED:
             container.seek(info.header_offset)
@@ -274,6 +357,7 @@ class ArchiveReader:
             ) from None
         try:
             self._infos = self._checked_infos()
+            self._check_layout()
         except Exception:
             self.close()
             raise
@@ -288,7 +372,7 @@ class ArchiveReader:
         checked: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             check_member_name(info.filename)
-            _check_member_kind(info)
+            check_member_kind(info)
             if info.filename in checked:
                 raise UnsafeContentError(
                     f"member {info.filename!r} appears twice; readers could disagree on "
@@ -296,6 +380,52 @@ class ArchiveReader:
                 )
             checked[info.filename] = info
         return checked
+
+    def _check_layout(self) -> None:
+        """Refuse prepended data, local headers that disagree, and overlapping members."""
+        fd = self._file.fileno()
+        end_of_file = os.fstat(fd).st_size
+        if self._infos and os.pread(fd, 4, 0) != _LOCAL_MAGIC:
+            raise UnsafeContentError(
+                f"{str(self.path)!r} does not start with a zip member: data was prepended "
+                "(a self-extractor or a polyglot file). Expected a plain zip; polybundle "
+                "refuses it."
+            )
+        spans = []
+        for info in self._infos.values():
+            start = self._local_data_start(info)
+            spans.append((info.header_offset, start + info.compress_size, info.filename))
+        spans.sort()
+        limit = min(end_of_file, getattr(self._zip, "start_dir", end_of_file))
+        for (_, end, name), following in zip(spans, [*spans[1:], (limit, limit, "")], strict=True):
+            if end > following[0]:
+                what = f"overlaps member {following[2]!r}" if following[2] else "runs past its end"
+                raise UnsafeContentError(
+                    f"member {name!r} of {str(self.path)!r} {what}; members of a real zip "
+                    "never share bytes. The archive lies about sizes or is a zip bomb."
+                )
+
+    def _local_data_start(self, info: zipfile.ZipInfo) -> int:
+        header = os.pread(self._file.fileno(), _LOCAL_HEADER.size, info.header_offset)
+        if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
+            raise FormatError(
+                f"member {info.filename!r}: no local header at offset {info.header_offset}; "
+                "the zip is damaged. Re-copy the bundle."
+            )
+        fields = _LOCAL_HEADER.unpack(header)
+        name_length, extra_length = fields[9], fields[10]
+        raw_name = os.pread(
+            self._file.fileno(), name_length, info.header_offset + _LOCAL_HEADER.size
+        )
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        expected = info.orig_filename.encode(encoding, "replace")
+        if raw_name != expected or fields[3] != info.compress_type:
+            raise UnsafeContentError(
+                f"member {info.filename!r}: its local header names {raw_name[:80]!r} with "
+                f"method {fields[3]}, which disagrees with the zip directory. Readers would "
+                "see different files; polybundle refuses the archive."
+            )
+        return info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -331,16 +461,7 @@ class ArchiveReader:
 
     def data_offset(self, name: str) -> int:
         """Return the offset in the outer file where a STORED member's bytes begin."""
-        info = self.info(name)
-        header = os.pread(self._file.fileno(), _LOCAL_HEADER.size, info.header_offset)
-        if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
-            raise FormatError(
-                f"member {name!r}: no local header at offset {info.header_offset}; "
-                "the zip is damaged. Re-copy the bundle."
-            )
-        fields = _LOCAL_HEADER.unpack(header)
-        name_length, extra_length = fields[9], fields[10]
-        return info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+        return self._local_data_start(self.info(name))
 
     def open(self, name: str) -> io.RawIOBase | BinaryIO:
         """Open a member for reading as a seekable binary file object.
@@ -357,7 +478,13 @@ class ArchiveReader:
                     f"{str(self.path)!r}; the file is truncated or lies about sizes."
                 )
             return MemberRange(self._file.fileno(), offset, info.file_size, name)
-        return self._zip.open(info)
+        try:
+            return DeflatedMember(self._zip.open(info), name)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as exc:
+            raise FormatError(
+                f"member {name!r} cannot be opened ({exc}); the zip is damaged. Re-copy it."
+            ) from None
+
 
     def read(self, name: str, *, limit: int = MAX_JSON_BYTES) -> bytes:
         """Read a whole member into memory, refusing members larger than ``limit``."""

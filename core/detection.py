@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 FORMAT_NAME = "polybundle"
 """The ``format`` value of a format-2 manifest."""
 
-KNOWN_FORMATS = ("polybundle format 2 (a zip with manifest.json whose 'format' is 'polybundle')",)
+KNOWN_FORMATS = (
+    "polybundle format 2 (a zip with manifest.json whose 'format' is 'polybundle')",
+    "TensorFlow dill era (manifest.dill, version 1.0, model.keras per role)",
+    "PyTorch dill era (manifest.dill, version 2.0-pytorch)",
+    "PyTorch JSON era (manifest.json, manifest_version torch-manifest-v1)",
+)
 """Human-readable list of the formats polybundle reads, for error messages."""
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .archive import ArchiveReader
     from .backend import Backend
     from .detection import Detection
+    from .legacy.era import EraReader
 
 PROJECT_NAME = "polybundle"
 
@@ -100,4 +101,28 @@ def polybundle_params_loaded(params: dict[str, Any], manifest: dict[str, Any], p
         >>> @hookimpl
         ... def polybundle_params_loaded(params, manifest, path):
         ...     GLOBAL_CONFIG.update(params)  # doctest: +SKIP
+    """
+
+
+@hookspec
+def polybundle_register_eras(register: Callable[[EraReader], None]) -> None:
+    """Register readers of older archive layouts by calling ``register(reader)``.
+
+    ``reader`` is an instance of :class:`polybundle.legacy.EraReader` with a
+    unique ``format`` name, the ``backend`` that wrote the weights and a
+    one-line ``description``. Its ``claims(archive)`` is asked (after the
+    format-2 detector passes) whether an archive is of its era; when it is,
+    :func:`polybundle.load`, :func:`polybundle.migrate` and
+    :func:`polybundle.verify` use its ``read``, ``read_tensors`` and
+    ``load_standalone`` instead of the format-2 path. Readers must never
+    execute archive content (use :func:`polybundle.unpickle.safe_loads` for
+    pickles). Called on each lookup; registering one format twice raises
+    :class:`polybundle.errors.PolybundleError`. Not firstresult; return
+    nothing. The built-in TensorFlow dill, PyTorch dill and PyTorch JSON eras
+    are registered through this hook by :mod:`polybundle.legacy.plugin`.
+
+    Example:
+        >>> @hookimpl
+        ... def polybundle_register_eras(register):
+        ...     register(MyOldWriterEra())  # doctest: +SKIP
     """

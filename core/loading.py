@@ -17,6 +17,8 @@ from .backend import Backend, TensorSpec
 from .bundle import Bundle, model_entry
 from .detection import FORMAT_NAME, KNOWN_FORMATS, Detection
 from .errors import BackendMismatchError, FormatError, PolybundleError, UnknownBackendError
+from .legacy.loading import load_legacy
+from .legacy.plugin import era_reader
 from .manifest import PARAMS_MEMBER, read_manifest, verify_members, verifying_members
 from .params import decode_params
 from .plugins import get_plugin_manager
@@ -91,6 +93,7 @@ def load(
     into: dict[str, Any] | None = None,
     verify: bool | None = None,
     lazy: bool = False,
+    trust_code: bool = False,
 ) -> Bundle:
     """Load the bundle at ``path``, whichever registered backend wrote it.
 
@@ -108,6 +111,13 @@ def load(
     does not hash the members unless ``verify=True`` is passed (which reads
     every byte up front); ``verify`` defaults to ``not lazy``.
 
+    Legacy archives (TensorFlow dill, PyTorch dill, PyTorch JSON eras) go to
+    their registered era reader (:mod:`polybundle.legacy`): params and
+    tensors always load, with no pickled code run; a role's model is built
+    from ``into``, from a builder registered under the role's name, or (Keras)
+    from the file. ``trust_code=True`` allows unpickling a TensorFlow-era
+    ``custom_objects.dill``, which imports and can run the code it names.
+
     Example:
         >>> bundle = polybundle.load("run.bundle", roles=["net"])  # doctest: +SKIP
         >>> bundle.models["net"].eval()
@@ -119,10 +129,14 @@ def load(
     with ArchiveReader(path) as archive:
         detection = detect(archive)
         if detection.format != FORMAT_NAME:
-            raise FormatError(
-                f"{str(path)!r} was detected as {detection.format!r}, which this version of "
-                f"polybundle cannot read; it reads: {'; '.join(KNOWN_FORMATS)}."
+            legacy = load_legacy(
+                archive, era_reader(detection.format), backend=backend, roles=[] if lazy else roles,
+                into=into, trust_code=trust_code,
             )
+            get_plugin_manager().hook.polybundle_params_loaded(
+                params=legacy.params, manifest=legacy.manifest, path=str(path)
+            )
+            return legacy
         manifest = read_manifest(archive)
         archived = _archived_backend(manifest["backend"])
         if detection.backend and get_backend(detection.backend).name != archived.name:

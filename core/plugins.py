@@ -37,6 +37,7 @@ DEFAULT_PLUGINS = (
     "polybundle.backends.torch",
     "polybundle.backends.tensorflow",
     "polybundle.detection",
+    "polybundle.legacy.plugin",
 )
 """Built-in plugin modules, registered like any third-party plugin."""
 
