@@ -14,11 +14,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .backend import Backend
+from .backend import Backend, TensorSpec
 from .errors import BackendError, PolybundleError
 from .manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
 from .optimizer import SLOTS_MEMBER, STATE_MEMBER, encode_optimizer
 from .params import encode_params
+from .progress import progress_bar
 from .registry import backend_for_model, remembered_architecture
 from .rng import RNG_MEMBER, capture_rng, encode_rng
 from .writer import ArchiveWriter
@@ -126,6 +127,7 @@ def save(
     optimizers: dict[str, Any] | None = None,
     schedulers: dict[str, Any] | None = None,
     rng: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Save ``{role: native model}`` and ``params`` as a format-2 bundle at ``path``.
 
@@ -138,7 +140,8 @@ def save(
     PyTorch ``lr_scheduler`` (Keras keeps its schedule in the optimizer).
     ``rng=True`` records the global random generators (``rng.json``). Every
     input is checked before anything is written, and the file appears
-    atomically. Returns the manifest written.
+    atomically. ``progress=True`` shows a progress bar for weights of 64 MiB
+    and more (:mod:`polybundle.progress`). Returns the manifest written.
 
     Example:
         >>> net = polybundle.build("mlp", {"inputs": 3}, backend="torch")  # doctest: +SKIP
@@ -177,10 +180,13 @@ def save(
                 **summary,
             }
     _check_target(target)
-    with ArchiveWriter(target) as writer:
+    weights_bytes = sum(TensorSpec.from_json(t).nbytes for e in entries for t in e["tensors"])
+    bar = progress_bar(f"saving {target.name}", weights_bytes, enabled=progress)
+    with ArchiveWriter(target) as writer, bar as advance:
         writer.write_bytes(PARAMS_MEMBER, params_bytes, compress=True)
         for entry in entries:
             with writer.stream(entry["weights"]) as stream:
+                stream.on_write = advance
                 backend.write(models[entry["role"]], stream)
             if "optimizer" in entry:
                 document, arrays, _ = optimizer_members[entry["role"]]

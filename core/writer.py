@@ -30,7 +30,7 @@ import tempfile
 import threading
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +87,8 @@ class HashingWriter(io.RawIOBase):
         self._digest = hashlib.sha256()
         self._trailing: _TrailingHasher | None = None
         self._file: BinaryIO | None = None
+        self.on_write: Callable[[int], None] | None = None
+        """Called with each write's byte count (e.g. to advance a progress bar)."""
         if readback is not None:
             self._file, start = readback
             self._trailing = _TrailingHasher(self._file.fileno(), start)
@@ -106,6 +108,8 @@ class HashingWriter(io.RawIOBase):
             self._trailing.advance(self.size)
         else:
             self._digest.update(view)
+        if self.on_write is not None:
+            self.on_write(len(view))
         return len(view)
 
     def tell(self) -> int:
