@@ -20,6 +20,7 @@ import numpy as np
 
 from polybundle.archive import open_nested
 from polybundle.backend import Backend, TensorSpec
+from polybundle.canonical import keras_canonical
 from polybundle.errors import FormatError, TensorMismatchError, UnsafeContentError
 from polybundle.hookspecs import hookimpl
 from polybundle.layouts import OPAQUE, SCALAR, conv_tag
@@ -83,8 +84,17 @@ def _specs(model: Any) -> list[TensorSpec]:
         name = variable.path if variable.path not in seen else key
         seen.add(name)
         shape = tuple(int(d) for d in variable.shape)
+        kernel = tuple(getattr(getattr(layer, "kernel", None), "shape", ()) or ())
+        canonical = keras_canonical(
+            type(layer).__name__, variable.name, shape,
+            groups=int(getattr(layer, "groups", 1) or 1),
+            group_channels=int(kernel[-2]) if len(kernel) >= 2 else 0,
+        )
+        layout = canonical.layout if canonical.kind else _layout(layer, variable.name, len(shape))
+        owner = variable.path.rpartition("/")[0] if canonical.kind else ""
         specs.append(
-            TensorSpec(name, key, shape, str(variable.dtype), _layout(layer, variable.name, len(shape)))
+            TensorSpec(name, key, shape, str(variable.dtype), layout, canonical.kind, owner,
+                       canonical.slot)
         )
     return specs
 
@@ -184,6 +194,38 @@ class TensorFlowBackend(Backend):
         """Read every listed tensor from ``model.weights.h5`` with h5py (no TensorFlow)."""
         arrays = _read_h5(source, [spec.key for spec in specs])
         return {spec.name: array for spec, array in zip(specs, arrays)}
+
+    def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Assign ``{variable path: array}`` to ``model``'s variables, all checked first."""
+        own = {
+            spec.name: (spec, variable)
+            for spec, (_, variable, _) in zip(_specs(model), _variables(model), strict=True)
+        }
+        mismatched = [
+            name for name in own.keys() & arrays.keys()
+            if tuple(np.shape(arrays[name])) != own[name][0].shape
+        ]
+        if own.keys() != arrays.keys() or mismatched:
+            raise TensorMismatchError(
+                missing=own.keys() - arrays.keys(),
+                unexpected=arrays.keys() - own.keys(),
+                mismatched=mismatched,
+                context=f"loading into {type(model).__name__} {model.name!r}",
+            )
+        for name, (spec, variable) in own.items():
+            variable.assign(np.asarray(arrays[name], dtype=spec.dtype))
+
+    def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call ``model(..., training=False)`` on ``inputs``; outputs as arrays."""
+        from polybundle.parity import input_names
+
+        args = [inputs[name] for name in input_names(inputs)]
+        outputs = model(args[0] if len(args) == 1 else args, training=False)
+        if isinstance(outputs, (list, tuple)):
+            return {f"output.{i}": np.asarray(o) for i, o in enumerate(outputs)}
+        if isinstance(outputs, dict):
+            return {f"output.{k}": np.asarray(o) for k, o in outputs.items()}
+        return {"output": np.asarray(outputs)}
 
     def load_standalone(self, source: BinaryIO) -> Any:
         """Rebuild the model from the ``.keras`` file itself, with ``safe_mode=True``."""

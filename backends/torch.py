@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from polybundle.backend import Backend, TensorSpec
+from polybundle.canonical import Canonical, torch_canonical
 from polybundle.errors import FormatError, TensorMismatchError
 from polybundle.hookspecs import hookimpl
 from polybundle.layouts import OPAQUE, SCALAR, conv_tag
@@ -46,6 +47,27 @@ def _layout(module: Any, attribute: str, ndim: int) -> str:
     return OPAQUE
 
 
+def _canonical(module: Any, attribute: str, shape: tuple[int, ...]) -> Canonical:
+    """Return the canonical kind, slot and layout of ``module.<attribute>``."""
+    groups = int(getattr(module, "groups", 1) or 1)
+    in_channels = int(getattr(module, "in_channels", 0) or 0)
+    return torch_canonical(
+        type(module).__name__, attribute, shape, groups=groups, group_channels=in_channels // groups
+    )
+
+
+def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:
+    """Return a model's outputs (a tensor, or tuples/lists/dicts of them) as named arrays."""
+    if isinstance(value, (tuple, list)):
+        value = {str(i): item for i, item in enumerate(value)}
+    if isinstance(value, dict):
+        out: dict[str, np.ndarray] = {}
+        for key, item in value.items():
+            out.update(_flat_outputs(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: value.detach().cpu().numpy()}
+
+
 class TorchBackend(Backend):
     """The PyTorch backend (aliases ``pytorch``, ``pt``).
 
@@ -72,9 +94,15 @@ class TorchBackend(Backend):
         specs = []
         for key, tensor in model.state_dict().items():
             owner, _, attribute = key.rpartition(".")
-            layout = _layout(modules.get(owner), attribute, tensor.dim())
+            shape = tuple(tensor.shape)
+            canonical = _canonical(modules.get(owner), attribute, shape)
+            layout = _layout(modules.get(owner), attribute, len(shape))
+            layout = canonical.layout if canonical.kind else layout
             dtype = str(tensor.dtype).removeprefix("torch.")
-            specs.append(TensorSpec(key, key, tuple(tensor.shape), dtype, layout))
+            specs.append(
+                TensorSpec(key, key, shape, dtype, layout, canonical.kind,
+                           owner if canonical.kind else "", canonical.slot)
+            )
         return specs
 
     def write(self, model: Any, stream: BinaryIO) -> None:
@@ -102,30 +130,6 @@ class TorchBackend(Backend):
 
     def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
         """Load the state_dict strictly; shapes and names are checked first."""
-        state = self._load_state_dict(source)
-        own = model.state_dict()
-        mismatched = [
-            key for key in own.keys() & state.keys() if tuple(own[key].shape) != tuple(state[key].shape)
-        ]
-        if own.keys() != state.keys() or mismatched:
-            raise TensorMismatchError(
-                missing=own.keys() - state.keys(),
-                unexpected=state.keys() - own.keys(),
-                mismatched=mismatched,
-                context=f"loading into {type(model).__name__}",
-            )
-        model.load_state_dict(state, strict=True, assign=assign)
-
-    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-        """Return the state_dict's tensors as NumPy arrays, keyed by name."""
-        state = self._load_state_dict(source)
-        by_key = {spec.key: spec.name for spec in specs}
-        return {by_key.get(key, key): tensor.detach().numpy() for key, tensor in state.items()}
-
-    def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
-        """Return the neutral optimizer state (see :mod:`polybundle.backends.torch_optim`)."""
-        from polybundle.backends import torch_optim
-
         self._load_state(model, self._load_state_dict(source))
 
     def build_and_load(
@@ -139,7 +143,7 @@ class TorchBackend(Backend):
         """
         import torch
 
-        return torch_optim.export_optimizer(model, optimizer, scheduler)
+        state = self._load_state_dict(source)
         with torch.device("meta"):
             model = builder(config)
         own = model.state_dict()
@@ -159,6 +163,55 @@ class TorchBackend(Backend):
         return model
 
     def _load_state(self, model: Any, state: dict[str, Any], *, assign: bool = False) -> None:
+        own = model.state_dict()
+        mismatched = [
+            key for key in own.keys() & state.keys() if tuple(own[key].shape) != tuple(state[key].shape)
+        ]
+        if own.keys() != state.keys() or mismatched:
+            raise TensorMismatchError(
+                missing=own.keys() - state.keys(),
+                unexpected=state.keys() - own.keys(),
+                mismatched=mismatched,
+                context=f"loading into {type(model).__name__}",
+            )
+        model.load_state_dict(state, strict=True, assign=assign)
+
+    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        """Return the state_dict's tensors as NumPy arrays, keyed by name (torch not imported)."""
+        from polybundle.readers import read_pth
+
+        state = read_pth(source)
+        by_key = {spec.key: spec.name for spec in specs}
+        return {by_key.get(key, key): array for key, array in state.items()}
+
+    def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Load ``{state_dict key: array}`` strictly, cast to each tensor's dtype."""
+        import torch
+
+        own = model.state_dict()
+        state = {
+            key: torch.from_numpy(np.asarray(array, order="C")).to(own[key].dtype)
+            if key in own else torch.from_numpy(np.asarray(array, order="C"))
+            for key, array in arrays.items()
+        }
+        self._load_state(model, state)
+
+    def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``model.eval()`` under ``torch.no_grad()`` on ``inputs``; outputs as arrays."""
+        import torch
+
+        from polybundle.parity import input_names
+
+        model.eval()
+        args = [torch.from_numpy(np.asarray(inputs[k], order="C")) for k in input_names(inputs)]
+        with torch.no_grad():
+            return _flat_outputs(model(*args))
+
+    def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
+        """Return the neutral optimizer state (see :mod:`polybundle.backends.torch_optim`)."""
+        from polybundle.backends import torch_optim
+
+        return torch_optim.export_optimizer(model, optimizer, scheduler)
 
     def restore_optimizer(
         self, model: Any, optimizer: Any, state: Any, specs: list[TensorSpec], scheduler: Any = None

@@ -43,7 +43,10 @@ class TensorSpec:
 
     ``name`` is the neutral, stable name; ``key`` where the tensor lives in the
     backend's native weights file; ``layout`` a tag saying what the axes mean
-    (see :mod:`polybundle.layouts`).
+    (see :mod:`polybundle.layouts`). ``kind``, ``layer`` and ``slot`` place it
+    in a canonical layer (see :mod:`polybundle.canonical`): the layer's kind
+    (``"dense"``; ``""`` when unknown), the layer's path in the model, and the
+    tensor's role in it (``"kernel"``). Conversion between backends uses them.
 
     Example:
         >>> TensorSpec("fc.weight", "fc.weight", (4, 3), "float32", "out,in").nbytes
@@ -55,6 +58,9 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: str
     layout: str
+    kind: str = ""
+    layer: str = ""
+    slot: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -62,14 +68,17 @@ class TensorSpec:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
     def to_json(self) -> dict[str, Any]:
-        """Return the manifest form of this spec."""
-        return {
+        """Return the manifest form of this spec (canonical fields only when known)."""
+        document = {
             "name": self.name,
             "key": self.key,
             "shape": list(self.shape),
             "dtype": self.dtype,
             "layout": self.layout,
         }
+        if self.kind:
+            document.update(kind=self.kind, layer=self.layer, slot=self.slot)
+        return document
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> TensorSpec:
@@ -80,6 +89,9 @@ class TensorSpec:
             shape=tuple(document["shape"]),
             dtype=document["dtype"],
             layout=document["layout"],
+            kind=document.get("kind", ""),
+            layer=document.get("layer", ""),
+            slot=document.get("slot", ""),
         )
 
 
@@ -186,18 +198,6 @@ class Backend(ABC):
         model. Example: ``backend.load_into(model, stream, specs)``.
         """
 
-    @abstractmethod
-    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-        """Return ``{spec.name: numpy array}`` read from the weights file in ``source``.
-
-        Example: ``backend.read_tensors(stream, specs)["fc.weight"].shape == (4, 3)``.
-        """
-
-    def load_standalone(self, source: BinaryIO) -> Any:
-        """Rebuild a model from the weights file alone, when its format allows it.
-
-        The default refuses: only formats that carry a safe architecture
-        description (Keras' ``.keras``) can. Example:
     def build_and_load(
         self,
         builder: Callable[[dict[str, Any]], Any],
@@ -216,6 +216,42 @@ class Backend(ABC):
         self.load_into(model, source, specs)
         return model
 
+    @abstractmethod
+    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        """Return ``{spec.name: numpy array}`` read from the weights file in ``source``.
+
+        Example: ``backend.read_tensors(stream, specs)["fc.weight"].shape == (4, 3)``.
+        """
+
+    def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Set ``model``'s tensors from ``{spec name: array}``, strictly.
+
+        Names are those :meth:`describe` gives; every tensor of the model must
+        be given exactly once with its shape, else raise
+        :class:`polybundle.errors.TensorMismatchError` before changing anything.
+        Used to load weights converted from another backend. The default refuses.
+        Example: ``backend.assign(model, {"fc.weight": w, "fc.bias": b})``.
+        """
+        raise BackendError(
+            f"the {self.name!r} backend cannot load named tensors into a model, so "
+            "bundles of other backends cannot be converted into it."
+        )
+
+    def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``model`` in inference mode on ``inputs``; return its outputs by name.
+
+        ``inputs`` holds ``"input"`` (one input) or ``"input.0"``, ``"input.1"``,
+        ... (several, in call order). Outputs come back as ``"output"`` (one)
+        or ``"output.0"``, ... Used by the parity harness. The default refuses.
+        Example: ``backend.predict(model, {"input": x})["output"].shape``.
+        """
+        raise BackendError(f"the {self.name!r} backend cannot run models for parity checks.")
+
+    def load_standalone(self, source: BinaryIO) -> Any:
+        """Rebuild a model from the weights file alone, when its format allows it.
+
+        The default refuses: only formats that carry a safe architecture
+        description (Keras' ``.keras``) can. Example:
         ``backend.load_standalone(stream)``.
         """
         raise UnknownArchitectureError(

@@ -94,7 +94,8 @@ class Bundle:
             if self.lazy:
                 return lazy_tensors(archive, entry["weights"], self.tensor_specs(role))
             with archive.open(entry["weights"]) as source:
-                return get_backend(self.backend).read_tensors(source, self.tensor_specs(role))
+                writer = get_backend(self.manifest["backend"])
+                return writer.read_tensors(source, self.tensor_specs(role))
 
     def _read_checked(self, names: list[str]) -> list[bytes]:
         """Read whole members, checking the manifest and each member's sha256."""

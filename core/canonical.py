@@ -234,6 +234,44 @@ def _atom_sizes(name: str, tag: str, shape: tuple[int, ...], sizes: dict[str, in
             sizes[unknown[0]] = length // rest
 
 
+def check_relayout(
+    source: str, target: str, source_shape: tuple[int, ...], shape: tuple[int, ...],
+    *, name: str = "tensor",
+) -> tuple[list[int], list[int]]:
+    """Check that a ``source``-tagged tensor of ``source_shape`` fits ``target`` with ``shape``.
+
+    Returns the atom shape to reshape the source to and the axis order to
+    transpose it by. Raises :class:`TensorMismatchError` when the tags do not
+    name the same axes or a size disagrees. Reads no data.
+
+    Example:
+        >>> check_relayout("out,in", "in,out", (4, 3), (3, 4))
+        ([4, 3], [1, 0])
+    """
+    src_atoms = [a for token in _tokens(source) for a in token]
+    dst_atoms = [a for token in _tokens(target) for a in token]
+    if OPAQUE in (source, target) or sorted(src_atoms) != sorted(dst_atoms) or len(
+        set(src_atoms)
+    ) != len(src_atoms):
+        raise TensorMismatchError(
+            mismatched=[f"{name} (layouts {source!r} and {target!r} name different axes)"]
+        )
+    sizes: dict[str, int] = {}
+    for _ in range(2):  # a merged axis may need the other side's sizes first
+        _atom_sizes(name, source, tuple(source_shape), sizes)
+        _atom_sizes(name, target, tuple(shape), sizes)
+    if set(sizes) != set(src_atoms):
+        raise TensorMismatchError(mismatched=[f"{name} (cannot size axes of {source!r})"])
+    for tag, dims in ((source, source_shape), (target, shape)):
+        expected = [int(np.prod([sizes[a] for a in t], dtype=np.int64)) for t in _tokens(tag)]
+        if tuple(expected) != tuple(dims):
+            raise TensorMismatchError(
+                mismatched=[f"{name} (shape {tuple(source_shape)} as {source!r} does not fit "
+                            f"{tuple(shape)} as {target!r})"]
+            )
+    return [sizes[a] for a in src_atoms], [src_atoms.index(a) for a in dst_atoms]
+
+
 def relayout(
     array: np.ndarray, source: str, target: str, shape: tuple[int, ...], *, name: str = "tensor"
 ) -> np.ndarray:
@@ -249,27 +287,8 @@ def relayout(
         >>> relayout(np.zeros((3, 3, 4, 2)), "h,w,c,m", "c*m,1,h,w", (8, 1, 3, 3)).shape
         (8, 1, 3, 3)
     """
-    src_atoms = [a for token in _tokens(source) for a in token]
-    dst_atoms = [a for token in _tokens(target) for a in token]
-    if OPAQUE in (source, target) or sorted(src_atoms) != sorted(dst_atoms) or len(
-        set(src_atoms)
-    ) != len(src_atoms):
-        raise TensorMismatchError(
-            mismatched=[f"{name} (layouts {source!r} and {target!r} name different axes)"]
-        )
-    sizes: dict[str, int] = {}
-    for _ in range(2):  # a merged axis may need the other side's sizes first
-        _atom_sizes(name, source, tuple(array.shape), sizes)
-        _atom_sizes(name, target, tuple(shape), sizes)
-    if set(sizes) != set(src_atoms):
-        raise TensorMismatchError(mismatched=[f"{name} (cannot size axes of {source!r})"])
-    expected = [int(np.prod([sizes[a] for a in t], dtype=np.int64)) for t in _tokens(target)]
-    if tuple(expected) != tuple(shape):
-        raise TensorMismatchError(
-            mismatched=[f"{name} (converted shape {tuple(expected)}, expected {tuple(shape)})"]
-        )
-    atoms = array.reshape([sizes[a] for a in src_atoms])
-    moved = np.transpose(atoms, [src_atoms.index(a) for a in dst_atoms])
+    atoms, order = check_relayout(source, target, tuple(array.shape), tuple(shape), name=name)
+    moved = np.transpose(array.reshape(atoms), order)
     return np.ascontiguousarray(moved).reshape(shape)
 
 
@@ -293,3 +312,62 @@ def describe_relayout(source: str, target: str) -> str:
     if simple:
         return "identity" if order == tuple(range(len(order))) else f"transpose {order}"
     return f"reshape {source} -> {target}"
+
+
+def native_layout(framework: str, kind: str, slot: str, source_layout: str = "") -> str | None:
+    """Return the layout tag ``framework``'s standard layer of ``kind`` gives ``slot``.
+
+    ``framework`` is ``"torch"`` or ``"keras"``. Returns None when that
+    framework's layer has no such slot (Keras batch norm has no ``count``).
+    Used to plan a conversion without building the target model.
+
+    Example:
+        >>> native_layout("keras", "conv2d_transpose", "kernel")
+        'h,w,out,in'
+        >>> native_layout("keras", "batchnorm", "count") is None
+        True
+    """
+    torch = framework == "torch"
+    if slot == "count":
+        return SCALAR if torch and kind == "batchnorm" else None
+    if slot in _KERAS_NORM_SLOTS:
+        return "c"
+    if slot == "bias":
+        return "out"
+    if slot == "embeddings":
+        return "vocab,dim"
+    if slot == "alpha":
+        return "1" if source_layout and set(source_layout.split(",")) == {"1"} else "c"
+    if kind == "dense":
+        return "out,in" if torch else "in,out"
+    spatial = int(kind[-2]) if kind.endswith("d") else int(kind.split("_")[0][-2])
+    space = ("d", "h", "w")[3 - spatial:]
+    if kind.startswith("depthwise"):
+        return ",".join(("c*m", "1", *space) if torch else (*space, "c", "m"))
+    return conv_tag(spatial, channels_first=torch, transposed=kind.endswith("_transpose"))
+
+
+def infer_shape(source: str, target: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Return the shape a ``source``-tagged tensor takes as ``target``, or None if undetermined.
+
+    A merged source axis (``c*m``) cannot be split without the target's sizes.
+
+    Example:
+        >>> infer_shape("out,in,h,w", "h,w,in,out", (8, 4, 3, 3))
+        (3, 3, 4, 8)
+        >>> infer_shape("c*m,1,h,w", "h,w,c,m", (8, 1, 3, 3)) is None
+        True
+    """
+    sizes: dict[str, int] = {}
+    tokens = _tokens(source)
+    if len(tokens) != len(shape):
+        return None
+    for token, length in zip(tokens, shape, strict=True):
+        if len(token) == 1:
+            sizes[token[0]] = length
+    out = []
+    for token in _tokens(target):
+        if any(a not in sizes for a in token):
+            return None
+        out.append(int(np.prod([sizes[a] for a in token], dtype=np.int64)))
+    return tuple(out)

@@ -153,6 +153,25 @@ class TensorMismatchError(PolybundleError):
         )
 
 
+class ConversionError(PolybundleError):
+    """Weights cannot be converted between backends: a layer has no canonical kind
+    or explicit map, or the two models' layers do not line up.
+
+    Example:
+        >>> raise ConversionError("layer 'attn' (MultiHeadAttention) is unmapped")  # doctest: +SKIP
+    """
+
+
+class ConversionUnavailableError(BackendMismatchError):
+    """A bundle cannot be loaded into the requested backend: no builder exists there.
+
+    Example:
+        >>> err = ConversionUnavailableError("tensorflow", "torch", "no builder for 'mlp'")
+        >>> err.archived, err.requested
+        ('tensorflow', 'torch')
+    """
+
+
 class ParamsError(PolybundleError):
     """Params cannot be stored as plain JSON that round-trips exactly.
 
@@ -209,6 +228,8 @@ __all__ = [
     "BackendMismatchError",
     "UnknownArchitectureError",
     "TensorMismatchError",
+    "ConversionError",
+    "ConversionUnavailableError",
     "ParamsError",
     "OptimizerError",
     "UnsupportedOptimizerError",

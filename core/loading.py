@@ -23,6 +23,7 @@ from .manifest import PARAMS_MEMBER, read_manifest, verify_members, verifying_me
 from .params import decode_params
 from .plugins import get_plugin_manager
 from .registry import get_backend, get_registry, remember_architecture
+from .transfer import converted_model
 
 
 def detect(archive: ArchiveReader) -> Detection:
@@ -97,8 +98,13 @@ def load(
 ) -> Bundle:
     """Load the bundle at ``path``, whichever registered backend wrote it.
 
-    ``backend`` (name or alias) asks for a framework; it must be the one that
-    wrote the bundle. ``roles`` limits which models are built. ``into`` gives
+    ``backend`` (name or alias) asks for a framework. When it is not the one
+    that wrote the bundle, each model is built with ``backend``'s builder for
+    the same architecture and config and loaded with the converted weights
+    (see :mod:`polybundle.transfer`); without such a builder
+    :class:`~polybundle.errors.ConversionUnavailableError` (a
+    :class:`~polybundle.errors.BackendMismatchError`) names both backends.
+    ``roles`` limits which models are built. ``into`` gives
     ready instances to load weights into; other roles are rebuilt with the
     registered builder of their architecture, or (Keras) from the ``.keras``
     file with ``safe_mode=True``. ``verify`` checks every member's sha256
@@ -144,11 +150,11 @@ def load(
                 f"a detector says {detection.backend!r} wrote {str(path)!r}, but its manifest "
                 f"says {archived.name!r}; the bundle is inconsistent."
             )
-        if backend is not None and get_backend(backend).name != archived.name:
+        requested = archived if backend is None else get_backend(backend)
+        if requested.name != archived.name and lazy:
             raise BackendMismatchError(
-                archived.name,
-                get_backend(backend).name,
-                "Loading across frameworks is not supported by this version.",
+                archived.name, requested.name,
+                "lazy=True gives the tensors as stored; load without lazy to convert them.",
             )
         selected = _select_roles(manifest, roles)
         stray = set(into) - set(selected)
@@ -161,12 +167,16 @@ def load(
         with verifying_members(archive, manifest, enabled=check and not into and not lazy):
             params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
             if not lazy:
-                archived.require()
+                requested.require()
             models = {
                 role: _build_model(archive, archived, model_entry(manifest, role), into.get(role))
+                if requested is archived
+                else converted_model(
+                    archive, model_entry(manifest, role), archived, requested, into.get(role)
+                )[0]
                 for role in ([] if lazy else selected)
             }
-    bundle = Bundle(Path(path), manifest, params, archived.name, models, lazy=lazy)
+    bundle = Bundle(Path(path), manifest, params, requested.name, models, lazy=lazy)
     get_plugin_manager().hook.polybundle_params_loaded(
         params=bundle.params, manifest=manifest, path=str(path)
     )
