@@ -48,15 +48,19 @@ from .errors import (
 from .hookspecs import hookimpl
 from .inspection import inspect
 from .loading import load
+from .migrate import migrate
 from .optimizer import OptimizerState
 from .registry import architecture, build, get_backend
 from .saving import save
+from .verify import verify
 
 __all__ = [
     "__version__",
     "save",
     "load",
     "inspect",
+    "migrate",
+    "verify",
     "architecture",
     "build",
     "get_backend",

@@ -125,8 +125,45 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     return 0 if results and all(result.matches for result in results) else 1
 
 
+def run_verify(args: argparse.Namespace, console: Console) -> int:
+    """Check an archive's integrity and safety without loading a model; 1 if anything is wrong.
+
+    Example:
+        $ polybundle verify wts.h5.zip
+    """
+    from .verify import verify
+
+    report = verify(args.path)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0 if report.ok else 1
+    verdict = "[green]OK[/green]" if report.ok else "[red]PROBLEMS FOUND[/red]"
+    console.print(f"[bold]{escape(report.path)}[/bold] ({report.format}): {verdict}")
+    for line in report.checked:
+        console.print(f"  checked: {escape(line)}", soft_wrap=True)
+    for line in report.notes:
+        console.print(f"  [yellow]note[/yellow]: {escape(line)}", soft_wrap=True)
+    for line in report.problems:
+        console.print(f"  [red]problem[/red]: {escape(line)}", soft_wrap=True)
+    return 0 if report.ok else 1
+
+
+def run_migrate(args: argparse.Namespace, console: Console) -> int:
+    """Rewrite a legacy archive as a format-2 bundle and print what was converted and dropped.
+
+    Example:
+        $ polybundle migrate wts.h5.zip wts.bundle
+    """
+    from .migrate import migrate
+
+    for line in migrate(args.src, args.dst).lines():
+        console.print(escape(line), highlight=False, soft_wrap=True)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "inspect": run_inspect, "demo": run_demo, "checkpoints": run_checkpoints,
+    "verify": run_verify, "migrate": run_migrate,
 }
 
 
@@ -150,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser = sub.add_parser("demo", help="train, save and load small models")
     demo_parser.add_argument("--out", default=None, help="folder for the bundles (default: temp)")
     demo_parser.add_argument("--steps", type=int, default=20, help="training steps per model")
+    verify_parser = sub.add_parser("verify", help="integrity and safety report (loads no model)")
+    verify_parser.add_argument("path")
+    verify_parser.add_argument("--json", action="store_true", help="print JSON")
+    migrate_parser = sub.add_parser("migrate", help="rewrite a legacy archive as format 2")
+    migrate_parser.add_argument("src")
+    migrate_parser.add_argument("dst")
     return parser
 
 

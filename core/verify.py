@@ -1,0 +1,163 @@
+"""``polybundle.verify``: an integrity and safety report, without loading any model.
+
+Checks, for a format-2 bundle: the zip's structure (names, kinds, sizes,
+bombs), the manifest's schema and member list, every member's sha256, the
+params, each weights file's tensors against the manifest (read without a
+framework) and each Keras config for code. For a legacy archive: the same
+zip checks, the CRC-32 of every member read, the restricted unpickling of
+its manifest and params, the weights, and the names in any
+``custom_objects.dill`` (listed, never unpickled).
+
+Example:
+    >>> report = polybundle.verify("run.bundle")  # doctest: +SKIP
+    >>> report.ok, report.problems
+    (True, [])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .archive import ArchiveReader
+from .detection import FORMAT_NAME
+from .errors import PolybundleError
+from .legacy.era import read_member
+from .legacy.kerasfile import config_problems, open_keras, read_weights
+from .legacy.plugin import era_reader
+from .legacy.torchfile import read_torch_file
+from .loading import detect
+from .manifest import PARAMS_MEMBER, read_manifest, verify_members
+from .params import decode_params
+
+
+@dataclass
+class VerifyReport:
+    """The result of :func:`verify`: what was checked, what is wrong, what to note.
+
+    ``ok`` is True when ``problems`` is empty; ``notes`` never make it false.
+
+    Example:
+        >>> VerifyReport("x.bundle").ok
+        True
+    """
+
+    path: str
+    format: str = "unknown"
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Return True when nothing is wrong."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the report as a JSON-ready dict.
+
+        Example:
+            >>> VerifyReport("x").to_json()["ok"]
+            True
+        """
+        return {
+            "path": self.path,
+            "format": self.format,
+            "ok": self.ok,
+            "checked": self.checked,
+            "problems": self.problems,
+            "notes": self.notes,
+        }
+
+
+def _check_tensors(found: dict[str, Any], listed: list[dict[str, Any]], role: str) -> list[str]:
+    problems = []
+    by_key = {t["key"]: t for t in listed}
+    if set(found) != set(by_key):
+        missing = sorted(set(by_key) - set(found))
+        extra = sorted(set(found) - set(by_key))
+        problems.append(
+            f"{role}: tensors differ from the manifest (missing {missing}, extra {extra})"
+        )
+    for key in set(found) & set(by_key):
+        if list(found[key].shape) != list(by_key[key]["shape"]):
+            problems.append(
+                f"{role}: tensor {key!r} has shape {list(found[key].shape)}, "
+                f"manifest says {by_key[key]['shape']}"
+            )
+    return problems
+
+
+def _verify_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
+    manifest = read_manifest(archive)
+    report.checked.append("manifest schema, member list and sizes")
+    verify_members(archive, manifest)
+    report.checked.append(f"sha256 of {len(manifest['members'])} members")
+    decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
+    report.checked.append("params.json")
+    for entry in manifest["models"]:
+        weights = entry["weights"]
+        data = archive.read(weights, limit=archive.size(weights))
+        if weights.endswith(".pth"):
+            found = read_torch_file(data, where=weights)
+        elif weights.endswith(".keras"):
+            keras_file = open_keras(data, where=weights)
+            declared = manifest.get("legacy", {}).get("custom_objects", {}).get(entry["role"], [])
+            problems = config_problems(keras_file.config, declared)
+            report.problems += [f"{weights}: {problem}" for problem in problems]
+            if declared:
+                report.notes.append(
+                    f"{weights} uses custom objects migrated by name only ({', '.join(declared)}); "
+                    "load it with a registered builder."
+                )
+            found = read_weights(keras_file)
+            found = {k: v for k, v in found.items() if k in {t["key"] for t in entry["tensors"]}}
+        else:
+            report.notes.append(f"{weights}: no framework-free reader for this file type")
+            continue
+        report.problems += _check_tensors(found, entry["tensors"], entry["role"])
+        report.checked.append(f"{weights}: {len(found)} tensors read without a framework")
+
+
+def _verify_legacy(archive: ArchiveReader, format_name: str, report: VerifyReport) -> None:
+    reader = era_reader(format_name)
+    content = reader.read(archive)
+    report.checked.append(f"{reader.description}: manifest and params read as plain data")
+    for role in content.roles:
+        tensors = reader.read_tensors(archive, role)
+        report.checked.append(f"{role.weights}: {len(tensors)} tensors read without a framework")
+        if role.custom_objects:
+            report.notes.append(
+                f"{role.custom_member} holds code objects ({', '.join(role.custom_objects)}); "
+                "not unpickled. Loading the model needs a registered builder or trust_code=True."
+            )
+    for name in archive.names():
+        read_member(archive, name)
+    report.checked.append(f"CRC-32 of {len(archive.names())} members")
+
+
+def verify(path: str | os.PathLike[str]) -> VerifyReport:
+    """Check the archive at ``path`` for integrity and safety; load no model, run nothing.
+
+    Every problem found is in ``report.problems`` (a typed
+    :class:`~polybundle.errors.PolybundleError` raised by a check is recorded,
+    not raised); ``report.ok`` is False when there is any.
+
+    Example:
+        >>> polybundle.verify("wts.h5.zip").format  # doctest: +SKIP
+        'legacy-tf-dill'
+    """
+    report = VerifyReport(str(path))
+    try:
+        with ArchiveReader(path) as archive:
+            report.checked.append(f"zip structure of {len(archive.names())} members")
+            detection = detect(archive)
+            report.format = detection.format
+            if detection.format == FORMAT_NAME:
+                _verify_format_two(archive, report)
+            else:
+                _verify_legacy(archive, detection.format, report)
+    except PolybundleError as exc:
+        report.problems.append(f"{type(exc).__name__}: {exc}")
+    return report
