@@ -22,6 +22,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import parity
 from .backend import Backend, TensorSpec
 from .bundle import Bundle
 from .checkpoints import Checkpoint, CheckpointManager
@@ -31,6 +32,8 @@ from .errors import (
     BackendMismatchError,
     BackendUnavailableError,
     CheckpointError,
+    ConversionError,
+    ConversionUnavailableError,
     FormatError,
     IntegrityError,
     OptimizerError,
@@ -48,19 +51,18 @@ from .errors import (
 from .hookspecs import hookimpl
 from .inspection import inspect
 from .loading import load
-from .migrate import migrate
 from .optimizer import OptimizerState
 from .registry import architecture, build, get_backend
 from .saving import save
-from .verify import verify
+from .transfer import convert
 
 __all__ = [
     "__version__",
     "save",
     "load",
+    "convert",
+    "parity",
     "inspect",
-    "migrate",
-    "verify",
     "architecture",
     "build",
     "get_backend",
@@ -82,6 +84,8 @@ __all__ = [
     "UnknownBackendError",
     "BackendUnavailableError",
     "BackendMismatchError",
+    "ConversionError",
+    "ConversionUnavailableError",
     "UnknownArchitectureError",
     "TensorMismatchError",
     "ParamsError",

@@ -1,0 +1,35 @@
+"""Progress bars: shown only when asked for and above the threshold."""
+
+from __future__ import annotations
+
+import polybundle
+import pytest
+from polybundle import progress
+from polybundle.progress import progress_bar
+
+from tests.conftest import needs_torch
+
+
+def test_a_bar_is_shown_above_the_threshold():
+    with progress_bar("moving", 100, enabled=True, threshold=10) as advance:
+        assert advance is not progress._ignore
+        advance(60)
+        advance(40)
+
+
+@pytest.mark.parametrize(("enabled", "total"), [(False, 10**9), (True, 10)])
+def test_no_bar_when_disabled_or_small(capsys, enabled, total):
+    with progress_bar("quiet", total, enabled=enabled) as advance:
+        assert advance is progress._ignore
+        advance(5)
+    assert capsys.readouterr().err == ""
+
+
+@needs_torch
+def test_save_with_progress_writes_the_same_bundle(tmp_path):
+    import torch
+
+    net = torch.nn.Linear(8, 8)
+    polybundle.save(tmp_path / "a.bundle", {"net": net}, progress=True)
+    loaded = polybundle.load(tmp_path / "a.bundle", roles=[]).tensors("net")
+    assert loaded["weight"].shape == (8, 8)
