@@ -134,9 +134,12 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
     from .verify import verify
 
     report = verify(args.path)
+    parity_ok = True
+    if getattr(args, "parity", False) and report.ok:
+        parity_ok = run_parity(args, console) == 0
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
-        return 0 if report.ok else 1
+        return 0 if report.ok and parity_ok else 1
     verdict = "[green]OK[/green]" if report.ok else "[red]PROBLEMS FOUND[/red]"
     console.print(f"[bold]{escape(report.path)}[/bold] ({report.format}): {verdict}")
     for line in report.checked:
@@ -145,7 +148,67 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
         console.print(f"  [yellow]note[/yellow]: {escape(line)}", soft_wrap=True)
     for line in report.problems:
         console.print(f"  [red]problem[/red]: {escape(line)}", soft_wrap=True)
-    return 0 if report.ok else 1
+    return 0 if report.ok and parity_ok else 1
+
+
+def run_parity(args: argparse.Namespace, console: Console) -> int:
+    """Re-run the bundle's stored parity inputs on every installed backend; 1 on a failure.
+
+    Example:
+        $ polybundle parity run.bundle --rtol 1e-5
+    """
+    from .parity import DEFAULT_ATOL, DEFAULT_RTOL, compare
+
+    rtol = getattr(args, "rtol", None) or DEFAULT_RTOL
+    atol = getattr(args, "atol", None) or DEFAULT_ATOL
+    report = compare(args.path, rtol=rtol, atol=atol)
+    table = Table(title=f"parity ({report.reference})")
+    for column in ("role", "output", "backend", "max abs error", "max rel error", "result"):
+        table.add_column(column)
+    for row in report.rows:
+        verdict = "[green]pass[/green]" if row.passed else "[red]FAIL[/red]"
+        table.add_row(row.role, row.output, row.backend, f"{row.max_abs:.3e}",
+                      f"{row.max_rel:.3e}", verdict)
+    if not getattr(args, "json", False):
+        console.print(table)
+        console.print(f"pass when max abs error <= {atol:g} + {rtol:g} * max|reference|")
+        for name, why in report.skipped.items():
+            console.print(f"  [yellow]skipped[/yellow] {name}: {escape(why)}", soft_wrap=True)
+    return 0 if report.passed else 1
+
+
+def run_plan(args: argparse.Namespace, console: Console) -> int:
+    """Print how each tensor would convert to another backend; 1 if it cannot. Builds no model.
+
+    Example:
+        $ polybundle plan tf.bundle --to torch
+    """
+    from .transfer import plan_bundle
+
+    plan = plan_bundle(args.path, args.to)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    problems = 0
+    for role in plan["roles"]:
+        issues = [(label, role[label]) for label in
+                  ("missing", "unexpected", "unmapped", "misaligned", "mismatched") if role[label]]
+        if not role["builder"]:
+            missing = f"no {plan['target']} builder for {role['architecture']!r}"
+            issues.append(("builder", [missing]))
+        problems += len(issues)
+        if args.json:
+            continue
+        table = Table(title=f"role {role['role']}: {plan['source']} -> {plan['target']}")
+        for column in ("source", "target", "kind.slot", "layout", "shape", "action"):
+            table.add_column(column)
+        for row in role["rows"]:
+            shape = "x".join(map(str, row["shape"])) if row["shape"] is not None else "-"
+            table.add_row(row["source"], row["target"], f"{row['kind']}.{row['slot']}",
+                          row["layout"], shape or "()", row["detail"])
+        console.print(table)
+        for label, items in issues:
+            console.print(f"  [red]{label}[/red]: {escape(', '.join(items))}", soft_wrap=True)
+    return 1 if problems else 0
 
 
 def run_migrate(args: argparse.Namespace, console: Console) -> int:
@@ -163,7 +226,7 @@ def run_migrate(args: argparse.Namespace, console: Console) -> int:
 
 COMMANDS: dict[str, Command] = {
     "inspect": run_inspect, "demo": run_demo, "checkpoints": run_checkpoints,
-    "verify": run_verify, "migrate": run_migrate,
+    "verify": run_verify, "migrate": run_migrate, "plan": run_plan, "parity": run_parity,
 }
 
 
@@ -190,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify_parser = sub.add_parser("verify", help="integrity and safety report (loads no model)")
     verify_parser.add_argument("path")
     verify_parser.add_argument("--json", action="store_true", help="print JSON")
+    verify_parser.add_argument(
+        "--parity", action="store_true", help="also re-run stored parity inputs on every backend"
+    )
+    plan_parser = sub.add_parser("plan", help="show how tensors convert to another backend")
+    plan_parser.add_argument("path")
+    plan_parser.add_argument("--to", required=True, help="target backend (torch, tensorflow)")
+    plan_parser.add_argument("--json", action="store_true", help="print JSON")
+    parity_parser = sub.add_parser("parity", help="compare stored outputs on every backend")
+    parity_parser.add_argument("path")
+    parity_parser.add_argument("--rtol", type=float, default=None)
+    parity_parser.add_argument("--atol", type=float, default=None)
     migrate_parser = sub.add_parser("migrate", help="rewrite a legacy archive as format 2")
     migrate_parser.add_argument("src")
     migrate_parser.add_argument("dst")

@@ -73,7 +73,13 @@ def as_inputs(value: Any) -> dict[str, np.ndarray]:
     return named
 
 
-def _per_role(inputs: Any, roles: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
+def per_role_inputs(inputs: Any, roles: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Return ``{role: named inputs}``: ``inputs`` is ``{role: ...}`` or one value for all roles.
+
+    Example:
+        >>> sorted(per_role_inputs(np.zeros(2), ["a", "b"]))
+        ['a', 'b']
+    """
     roles = list(roles)
     if isinstance(inputs, dict) and inputs and set(inputs) <= set(roles):
         return {role: as_inputs(value) for role, value in inputs.items()}
@@ -230,7 +236,7 @@ def compare(
             references[role] = stored
         reference = f"outputs stored by the {writer!r} writer"
     else:
-        per_role = _per_role(inputs, selected)
+        per_role = per_role_inputs(inputs, selected)
         native = load(path, roles=selected)
         backend = get_backend(writer)
         for role in selected:

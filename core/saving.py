@@ -118,6 +118,23 @@ def _check_target(path: Path) -> None:
         )
 
 
+def _parity_members(
+    backend: Backend, models: dict[str, Any], inputs: Any
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """Run each model on its parity inputs; return ``{role: (member bytes, manifest record)}``."""
+    if inputs is None:
+        return {}
+    from .parity import PARITY_MEMBER, encode_parity, per_role_inputs
+
+    members = {}
+    for role, named in per_role_inputs(inputs, models).items():
+        outputs = backend.predict(models[role], named)
+        record = {"member": f"{role}/{PARITY_MEMBER}", "inputs": sorted(named),
+                  "outputs": sorted(outputs), "backend": backend.name}
+        members[role] = (encode_parity(named, outputs), record)
+    return members
+
+
 def save(
     path: str | os.PathLike[str],
     models: dict[str, Any],
@@ -128,6 +145,7 @@ def save(
     schedulers: dict[str, Any] | None = None,
     rng: bool = False,
     progress: bool = False,
+    parity_inputs: Any = None,
 ) -> dict[str, Any]:
     """Save ``{role: native model}`` and ``params`` as a format-2 bundle at ``path``.
 
@@ -141,7 +159,11 @@ def save(
     ``rng=True`` records the global random generators (``rng.json``). Every
     input is checked before anything is written, and the file appears
     atomically. ``progress=True`` shows a progress bar for weights of 64 MiB
-    and more (:mod:`polybundle.progress`). Returns the manifest written.
+    and more (:mod:`polybundle.progress`). ``parity_inputs`` (an array, a
+    list of arrays, or ``{role: ...}``) runs each model on them in inference
+    mode and stores inputs and outputs in ``<role>/parity.safetensors`` as the
+    reference for :func:`polybundle.parity.compare` and ``polybundle verify
+    --parity``. Returns the manifest written.
 
     Example:
         >>> net = polybundle.build("mlp", {"inputs": 3}, backend="torch")  # doctest: +SKIP
@@ -171,7 +193,10 @@ def save(
         )
     optimizer_members = _optimizer_members(backend, models, optimizers, schedulers)
     rng_bytes = encode_rng(capture_rng()) if rng else None
+    parity = _parity_members(backend, models, parity_inputs)
     for entry in entries:
+        if entry["role"] in parity:
+            entry["parity"] = parity[entry["role"]][1]
         if entry["role"] in optimizer_members:
             summary = optimizer_members[entry["role"]][2]
             entry["optimizer"] = {
@@ -192,6 +217,8 @@ def save(
                 document, arrays, _ = optimizer_members[entry["role"]]
                 writer.write_bytes(entry["optimizer"]["state"], document, compress=True)
                 writer.write_bytes(entry["optimizer"]["slots"], arrays)
+            if "parity" in entry:
+                writer.write_bytes(entry["parity"]["member"], parity[entry["role"]][0])
         if rng_bytes is not None:
             writer.write_bytes(RNG_MEMBER, rng_bytes, compress=True)
         manifest = build_manifest(
