@@ -12,7 +12,8 @@ Example:
     >>> from flax import nnx
     >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
     >>> optimizer = nnx.Optimizer(model, polybundle_jax.adam(1e-3), wrt=nnx.Param)
-    >>> polybundle.save("run.bundle", {"net": model}, optimizers={"net": optimizer})  # doctest: +SKIP
+    >>> polybundle.save("run.bundle", {"net": model},
+    ...                 optimizers={"net": optimizer})  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Reading the file needs only ``safetensors`` and NumPy, never JAX.
 Example:
     >>> from flax import nnx
     >>> [s.name for s in JaxBackend().describe(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))]
-    ['bias', 'kernel']
+    ['kernel', 'bias']
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import sys
 from typing import Any, BinaryIO
 
 import numpy as np
-
 from polybundle import Backend, FormatError, TensorMismatchError, TensorSpec
+from polybundle.canonical import Canonical
 
 from .layouts import flax_canonical
 
@@ -36,8 +36,37 @@ def _name(path: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in path)
 
 
+def _definition_order(model: Any) -> dict[str, int]:
+    """Return ``{variable name: rank}`` in the order the modules assigned their attributes.
+
+    NNX state is sorted by name; conversion pairs layers in model order, so
+    the order the model was written in (``vars()`` order) is recovered here.
+    """
+    from flax import nnx
+
+    node_types = (getattr(nnx, "Pytree", nnx.Module), nnx.Module)
+    order: dict[str, int] = {}
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, nnx.Variable):
+            order.setdefault(name, len(order))
+        elif isinstance(value, node_types):
+            for key, child in vars(value).items():
+                if not key.startswith("_"):
+                    walk(child, f"{name}.{key}" if name else key)
+        elif isinstance(value, (list, tuple)):
+            for index, child in enumerate(value):
+                walk(child, f"{name}.{index}")
+        elif isinstance(value, dict):
+            for key, child in value.items():
+                walk(child, f"{name}.{key}")
+
+    walk(model, "")
+    return order
+
+
 def _variables(model: Any) -> dict[str, tuple[Any, Any, str]]:
-    """Return ``{name: (variable, owning module, attribute)}`` for every stored variable."""
+    """Return ``{name: (variable, owning module, attribute)}`` in model order."""
     from flax import nnx
 
     owners = {path: node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)}
@@ -45,10 +74,12 @@ def _variables(model: Any) -> dict[str, tuple[Any, Any, str]]:
     found = {}
     for path, variable in nnx.to_flat_state(nnx.state(model, stored)):
         found[_name(path)] = (variable, owners.get(tuple(path[:-1])), str(path[-1]))
-    return found
+    order = _definition_order(model)
+    ranked = sorted(found, key=lambda name: (order.get(name, len(order)), name))
+    return {name: found[name] for name in ranked}
 
 
-def _layout(owner: Any, attribute: str, shape: tuple[int, ...]) -> str:
+def _canonical(owner: Any, attribute: str, shape: tuple[int, ...]) -> Canonical:
     kernel_size = getattr(owner, "kernel_size", ())
     groups = int(getattr(owner, "feature_group_count", 1) or 1)
     return flax_canonical(
@@ -59,7 +90,18 @@ def _layout(owner: Any, attribute: str, shape: tuple[int, ...]) -> str:
         groups=groups,
         group_channels=int(getattr(owner, "in_features", 0) or 0) // groups,
         transpose_kernel=bool(getattr(owner, "transpose_kernel", False)),
-    )[2]
+    )
+
+
+def _inference(model: Any) -> Any:
+    """Return ``model`` switched to inference mode (running averages, no dropout)."""
+    from flax import nnx
+
+    view = getattr(nnx, "view", None)
+    if view is not None:
+        return view(model, use_running_average=True, deterministic=True, raise_if_not_found=False)
+    model.eval()
+    return model
 
 
 def read_safetensors(source: BinaryIO) -> dict[str, np.ndarray]:
@@ -128,15 +170,19 @@ class JaxBackend(Backend):
         """Describe every stored variable of ``model`` with its layout tag.
 
         Example:
-            >>> JaxBackend().describe(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))[1].layout  # doctest: +SKIP
+            >>> from flax import nnx
+            >>> JaxBackend().describe(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))[0].layout
             'in,out'
         """
         specs = []
         for name, (variable, owner, attribute) in _variables(model).items():
             value = variable[...]
             shape = tuple(int(d) for d in value.shape)
+            canonical = _canonical(owner, attribute, shape)
+            layer = name.rpartition(".")[0] if canonical.kind else ""
             specs.append(
-                TensorSpec(name, name, shape, str(value.dtype), _layout(owner, attribute, shape))
+                TensorSpec(name, name, shape, str(value.dtype), canonical.layout,
+                           canonical.kind, layer, canonical.slot)
             )
         return specs
 
@@ -164,26 +210,53 @@ class JaxBackend(Backend):
         Example:
             >>> JaxBackend().load_into(model, stream, specs)  # doctest: +SKIP
         """
+        self.assign(model, self.read_tensors(source, specs))
+
+    def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Set ``model``'s variables from ``{name: array}``, strictly, checking all first.
+
+        Every stored variable must be given once with its shape; arrays are
+        cast to the variable's dtype. Otherwise
+        :class:`polybundle.TensorMismatchError` is raised and nothing changes.
+
+        Example:
+            >>> JaxBackend().assign(model, {"kernel": w, "bias": b})  # doctest: +SKIP
+        """
         import jax.numpy as jnp
 
         own = _variables(model)
-        arrays = self.read_tensors(source, specs)
-        mismatched = []
-        for name in own.keys() & arrays.keys():
-            value = own[name][0][...]
-            if tuple(value.shape) != arrays[name].shape or str(value.dtype) != str(
-                arrays[name].dtype
-            ):
-                mismatched.append(name)
+        mismatched = sorted(
+            name for name in own.keys() & arrays.keys()
+            if tuple(own[name][0][...].shape) != tuple(np.shape(arrays[name]))
+        )
         if own.keys() != arrays.keys() or mismatched:
             raise TensorMismatchError(
                 missing=own.keys() - arrays.keys(),
                 unexpected=arrays.keys() - own.keys(),
-                mismatched=sorted(mismatched),
+                mismatched=mismatched,
                 context=f"loading into {type(model).__name__}",
             )
         for name, (variable, _, _) in own.items():
-            variable[...] = jnp.asarray(arrays[name])
+            variable[...] = jnp.asarray(arrays[name], dtype=variable[...].dtype)
+
+    def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``model`` in inference mode (``nnx.view`` of it) on ``inputs``.
+
+        ``inputs`` holds ``"input"`` or ``"input.0"``, ``"input.1"``, ...;
+        outputs come back as ``"output"`` or ``"output.0"``, ... (see
+        :meth:`polybundle.Backend.predict`).
+
+        Example:
+            >>> JaxBackend().predict(model, {"input": x})["output"].shape  # doctest: +SKIP
+            (4, 2)
+        """
+        import jax.numpy as jnp
+
+        names = sorted(inputs, key=lambda k: int(k.rpartition(".")[2]) if "." in k else 0)
+        outputs = _inference(model)(*(jnp.asarray(inputs[name]) for name in names))
+        if isinstance(outputs, (tuple, list)):
+            return {f"output.{i}": np.asarray(out) for i, out in enumerate(outputs)}
+        return {"output": np.asarray(outputs)}
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         """Return ``{spec.name: array}`` from the safetensors file (no JAX needed).
@@ -213,12 +286,20 @@ class JaxBackend(Backend):
         return optim.export_optimizer(model, optimizer, scheduler)
 
     def restore_optimizer(
-        self, model: Any, optimizer: Any, state: Any, scheduler: Any | None = None
+        self,
+        model: Any,
+        optimizer: Any,
+        state: Any,
+        specs: list[TensorSpec],
+        scheduler: Any | None = None,
     ) -> None:
         """Load neutral ``state`` into a fresh ``nnx.Optimizer`` for ``model``.
 
+        Tensor names and native keys are the same in this backend, so
+        ``specs`` needs no mapping.
+
         Example:
-            >>> JaxBackend().restore_optimizer(model, optimizer, state)  # doctest: +SKIP
+            >>> JaxBackend().restore_optimizer(model, optimizer, state, specs)  # doctest: +SKIP
         """
         from . import optim
 

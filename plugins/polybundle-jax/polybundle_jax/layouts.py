@@ -9,27 +9,28 @@ kernel is tagged ``opaque`` (it round-trips in JAX but does not convert).
 
 Example:
     >>> flax_canonical("Linear", "kernel", (3, 4))
-    ('dense', 'kernel', 'in,out')
+    Canonical(kind='dense', slot='kernel', layout='in,out')
     >>> flax_canonical("Conv", "kernel", (3, 3, 2, 8), spatial=2)
-    ('conv2d', 'kernel', 'h,w,in,out')
+    Canonical(kind='conv2d', slot='kernel', layout='h,w,in,out')
 """
 
 from __future__ import annotations
 
+from polybundle.canonical import Canonical
 from polybundle.layouts import OPAQUE, SCALAR, conv_tag
 
 _NORMS = {"BatchNorm": "batchnorm", "LayerNorm": "layernorm", "GroupNorm": "groupnorm"}
 _NORM_SLOTS = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
 
 
-def _unknown(shape: tuple[int, ...]) -> tuple[str, str, str]:
-    return ("", "", SCALAR if not shape else OPAQUE)
+def _unknown(shape: tuple[int, ...]) -> Canonical:
+    return Canonical("", "", SCALAR if not shape else OPAQUE)
 
 
 def _conv(
     attribute: str, shape: tuple[int, ...], spatial: int, groups: int, group_channels: int,
     transposed: bool, flipped: bool,
-) -> tuple[str, str, str]:
+) -> Canonical:
     """Canonical form of a ``Conv``/``ConvTranspose`` tensor with ``spatial`` spatial axes."""
     if transposed and (groups != 1 or not flipped):
         return _unknown(shape)
@@ -37,13 +38,13 @@ def _conv(
     kind = f"conv{spatial}d" + ("_transpose" if transposed else "")
     kind = f"depthwise_{kind}" if depthwise else kind
     if attribute == "bias" and len(shape) == 1:
-        return (kind, "bias", "out")
+        return Canonical(kind, "bias", "out")
     if attribute != "kernel" or len(shape) != spatial + 2 or not 1 <= spatial <= 3:
         return _unknown(shape)
     if depthwise:
         space = ("d", "h", "w")[3 - spatial :]
-        return (kind, "kernel", ",".join((*space, "1", "c*m")))
-    return (kind, "kernel", conv_tag(spatial, channels_first=False, transposed=transposed))
+        return Canonical(kind, "kernel", ",".join((*space, "1", "c*m")))
+    return Canonical(kind, "kernel", conv_tag(spatial, channels_first=False, transposed=transposed))
 
 
 def flax_canonical(
@@ -55,8 +56,8 @@ def flax_canonical(
     groups: int = 1,
     group_channels: int = 0,
     transpose_kernel: bool = False,
-) -> tuple[str, str, str]:
-    """Return ``(kind, slot, layout)`` of ``<module of class_name>.<attribute>``.
+) -> Canonical:
+    """Return the canonical kind, slot and layout of ``<module of class_name>.<attribute>``.
 
     For convolutions, ``spatial`` is the number of spatial axes, ``groups``
     the ``feature_group_count`` and ``group_channels`` the input channels per
@@ -68,22 +69,22 @@ def flax_canonical(
     Example:
         >>> flax_canonical("ConvTranspose", "kernel", (3, 3, 2, 4), spatial=2,
         ...                transpose_kernel=True)
-        ('conv2d_transpose', 'kernel', 'h,w,out,in')
+        Canonical(kind='conv2d_transpose', slot='kernel', layout='h,w,out,in')
         >>> flax_canonical("BatchNorm", "var", (4,))
-        ('batchnorm', 'moving_variance', 'c')
+        Canonical(kind='batchnorm', slot='moving_variance', layout='c')
     """
     ndim = len(shape)
     if class_name in _NORMS:
         slot = _NORM_SLOTS.get(attribute)
         if slot is None or ndim != 1 or (class_name != "BatchNorm" and slot.startswith("moving")):
             return _unknown(shape)
-        return (_NORMS[class_name], slot, "c")
+        return Canonical(_NORMS[class_name], slot, "c")
     if class_name == "Linear" and attribute == "kernel" and ndim == 2:
-        return ("dense", "kernel", "in,out")
+        return Canonical("dense", "kernel", "in,out")
     if class_name == "Linear" and attribute == "bias" and ndim == 1:
-        return ("dense", "bias", "out")
+        return Canonical("dense", "bias", "out")
     if class_name == "Embed" and attribute == "embedding" and ndim == 2:
-        return ("embedding", "embeddings", "vocab,dim")
+        return Canonical("embedding", "embeddings", "vocab,dim")
     if class_name in ("Conv", "ConvTranspose"):
         transposed = class_name == "ConvTranspose"
         return _conv(

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
 from polybundle.optimizer import OptimizerState
 
@@ -74,7 +73,8 @@ def adam(
     """Return ``optax.adam(...)`` with its hyperparameters recorded for polybundle.
 
     Example:
-        >>> optimizer = nnx.Optimizer(model, adam(1e-3), wrt=nnx.Param)  # doctest: +SKIP
+        >>> recipe(adam(1e-3)).algorithm
+        'adam'
     """
     import optax
 
@@ -92,7 +92,9 @@ def adamw(
     """Return ``optax.adamw(...)`` with its hyperparameters recorded for polybundle.
 
     Example:
-        >>> optimizer = nnx.Optimizer(model, adamw(1e-3, weight_decay=0.01), wrt=nnx.Param)  # doctest: +SKIP
+        >>> transformation = adamw(1e-3, weight_decay=0.01)
+        >>> recipe(transformation).hyperparameters["weight_decay"]
+        0.01
     """
     import optax
 
@@ -109,7 +111,8 @@ def sgd(learning_rate: float, momentum: float | None = None, nesterov: bool = Fa
     """Return ``optax.sgd(...)`` with its hyperparameters recorded for polybundle.
 
     Example:
-        >>> optimizer = nnx.Optimizer(model, sgd(0.1, momentum=0.9), wrt=nnx.Param)  # doctest: +SKIP
+        >>> recipe(sgd(0.1, momentum=0.9)).hyperparameters["momentum"]
+        0.9
     """
     import optax
 
@@ -141,11 +144,16 @@ def recipe(transformation: Any) -> Recipe:
 def _params(model: Any, optimizer: Any) -> dict[str, tuple[int, ...]]:
     from flax import nnx
 
+    from .backend import _definition_order
+
     state = nnx.state(model, optimizer.wrt)
-    return {
+    shapes = {
         ".".join(str(p) for p in path): tuple(variable[...].shape)
         for path, variable in nnx.to_flat_state(state)
     }
+    order = _definition_order(model)
+    ranked = sorted(shapes, key=lambda n: (order.get(n, len(order)), n))
+    return {name: shapes[name] for name in ranked}
 
 
 def _optimizer_variables(optimizer: Any) -> tuple[Any, list[Any], dict[tuple[str, str], Any]]:
@@ -170,7 +178,9 @@ def _optimizer_variables(optimizer: Any) -> tuple[Any, list[Any], dict[tuple[str
     return step, counts, slots
 
 
-def _check_bound(model: Any, optimizer: Any, slots: dict[tuple[str, str], Any], action: str) -> list[str]:
+def _check_bound(
+    model: Any, optimizer: Any, slots: dict[tuple[str, str], Any], action: str
+) -> list[str]:
     params = _params(model, optimizer)
     stray = sorted({name for name, _ in slots} - params.keys())
     wrong = sorted(
@@ -192,6 +202,8 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
     """Return the neutral state of ``optimizer`` (an ``nnx.Optimizer`` bound to ``model``).
 
     Example:
+        >>> from flax import nnx
+        >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
         >>> export_optimizer(model, nnx.Optimizer(model, sgd(0.1), wrt=nnx.Param)).step
         0
     """
@@ -247,7 +259,8 @@ def restore_optimizer(
     names and shapes) before anything changes.
 
     Example:
-        >>> restore_optimizer(model, nnx.Optimizer(model, adam(1e-3), wrt=nnx.Param), state)  # doctest: +SKIP
+        >>> fresh = nnx.Optimizer(model, adam(1e-3), wrt=nnx.Param)  # doctest: +SKIP
+        >>> restore_optimizer(model, fresh, state)  # doctest: +SKIP
     """
     import jax.numpy as jnp
 

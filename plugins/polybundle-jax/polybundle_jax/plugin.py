@@ -64,7 +64,9 @@ def polybundle_detect_archive(archive: Any) -> Detection | None:
     if document.get("backend") != JaxBackend.name:
         return None
     models = document.get("models")
-    weights = [m.get("weights") for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+    if not isinstance(models, list):
+        return None
+    weights = [m.get("weights") for m in models if isinstance(m, dict)]
     if weights and all(
         isinstance(w, str) and w.endswith(f"/{WEIGHTS_MEMBER}") and _is_safetensors(archive, w)
         for w in weights
