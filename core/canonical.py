@@ -247,7 +247,15 @@ def check_relayout(
     Example:
         >>> check_relayout("out,in", "in,out", (4, 3), (3, 4))
         ([4, 3], [1, 0])
+        >>> check_relayout("h,w,1,c*m", "c*m,1,h,w", (3, 3, 1, 8), (8, 1, 3, 3))
+        ([3, 3, 8], [2, 0, 1])
     """
+    merged = {t for t in source.split(",") if "*" in t} & {t for t in target.split(",") if "*" in t}
+    for token in merged:  # merged the same way on both sides: moved whole, never split
+        source, target = (
+            ",".join(t.replace("*", "__") if t == token else t for t in tag.split(","))
+            for tag in (source, target)
+        )
     src_atoms = [a for token in _tokens(source) for a in token]
     dst_atoms = [a for token in _tokens(target) for a in token]
     if OPAQUE in (source, target) or sorted(src_atoms) != sorted(dst_atoms) or len(
