@@ -82,6 +82,11 @@ def check_member_kind(info: zipfile.ZipInfo) -> None:
     Example:
         >>> check_member_kind(zipfile.ZipInfo("net/model.pth"))
     """
+    if "\x00" in info.orig_filename:
+        raise UnsafeContentError(
+            f"member name {info.orig_filename!r} contains a NUL byte; readers would cut it "
+            "there and see another name. polybundle refuses the archive."
+        )
     if info.flag_bits & 0x1:
         raise UnsafeContentError(
             f"member {info.filename!r} is encrypted; polybundle reads only plain "

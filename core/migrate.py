@@ -34,6 +34,7 @@ from .manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest, read_manif
 from .params import encode_params
 from .registry import get_backend, get_registry
 from .schemas import validate
+from .verify import VerifyReport, check_format_two
 from .writer import ArchiveWriter
 
 
@@ -192,7 +193,7 @@ def migrate(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Migrati
     with ArchiveReader(source) as archive:
         detection = detect(archive)
         if detection.format == FORMAT_NAME:
-            verify_members(archive, read_manifest(archive))
+            check_format_two(archive, VerifyReport(str(source)))
             return MigrationReport(str(source), str(target), FORMAT_NAME)
         reader = era_reader(detection.format)
         content = reader.read(archive)

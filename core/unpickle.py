@@ -42,7 +42,7 @@ MAX_OPS = 5_000_000
 MAX_DEPTH = 64
 """Deepest nesting of containers accepted in a result."""
 
-MAX_NODES = 2_000_000
+MAX_NODES = 200_000
 """Most values (containers and leaves) one result may hold."""
 
 MAX_DIMS = 32

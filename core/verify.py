@@ -24,7 +24,7 @@ from .archive import ArchiveReader
 from .detection import FORMAT_NAME
 from .errors import PolybundleError
 from .legacy.era import read_member
-from .legacy.kerasfile import config_problems, open_keras, read_weights
+from .legacy.kerasfile import check_config, open_keras, read_weights
 from .legacy.plugin import era_reader
 from .legacy.torchfile import read_torch_file
 from .loading import detect
@@ -89,7 +89,12 @@ def _check_tensors(found: dict[str, Any], listed: list[dict[str, Any]], role: st
     return problems
 
 
-def _verify_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
+def check_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
+    """Run every check of a format-2 bundle; raise the first typed error found.
+
+    Example:
+        >>> check_format_two(archive, VerifyReport("run.bundle"))  # doctest: +SKIP
+    """
     manifest = read_manifest(archive)
     report.checked.append("manifest schema, member list and sizes")
     verify_members(archive, manifest)
@@ -104,8 +109,7 @@ def _verify_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
         elif weights.endswith(".keras"):
             keras_file = open_keras(data, where=weights)
             declared = manifest.get("legacy", {}).get("custom_objects", {}).get(entry["role"], [])
-            problems = config_problems(keras_file.config, declared)
-            report.problems += [f"{weights}: {problem}" for problem in problems]
+            check_config(keras_file.config, where=weights, declared=declared)
             if declared:
                 report.notes.append(
                     f"{weights} uses custom objects migrated by name only ({', '.join(declared)}); "
@@ -155,7 +159,7 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
             detection = detect(archive)
             report.format = detection.format
             if detection.format == FORMAT_NAME:
-                _verify_format_two(archive, report)
+                check_format_two(archive, report)
             else:
                 _verify_legacy(archive, detection.format, report)
     except PolybundleError as exc:

@@ -36,20 +36,20 @@ class LegacyModels(dict):
     """``{role: model}`` that explains, for a role it lacks, why and what to do.
 
     Example:
-        >>> models = LegacyModels({"net": "why not"})
+        >>> models = LegacyModels({"net": PolybundleError("why not")})
         >>> models["net"]
         Traceback (most recent call last):
         ...
         polybundle.errors.PolybundleError: why not
     """
 
-    def __init__(self, reasons: dict[str, str]) -> None:
+    def __init__(self, reasons: dict[str, PolybundleError]) -> None:
         super().__init__()
         self.reasons = reasons
 
     def __missing__(self, role: str) -> Any:
         if role in self.reasons:
-            raise PolybundleError(self.reasons[role])
+            raise self.reasons[role]
         raise KeyError(role)
 
 
@@ -171,7 +171,7 @@ def load_legacy(
         raise PolybundleError(
             f"into names roles {sorted(stray)} that are not being loaded ({selected})."
         )
-    reasons: dict[str, str] = {}
+    reasons: dict[str, PolybundleError] = {}
     models = LegacyModels(reasons)
     for name in selected:
         try:
@@ -181,7 +181,7 @@ def load_legacy(
         except PolybundleError as exc:
             if name in into or get_registry().has_builder(name, archived.name):
                 raise
-            reasons[name] = f"role {name!r} was not built: {exc}"
+            reasons[name] = exc
     return LegacyBundle(
         Path(archive.path), describe(content), content.params, archived.name, models
     )
