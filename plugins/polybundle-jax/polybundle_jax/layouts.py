@@ -83,6 +83,8 @@ def flax_canonical(
         return Canonical("dense", "kernel", "in,out")
     if class_name == "Linear" and attribute == "bias" and ndim == 1:
         return Canonical("dense", "bias", "out")
+    if class_name == "PReLU" and attribute == "negative_slope" and ndim == 1:
+        return Canonical("prelu", "alpha", "1" if shape == (1,) else "c")
     if class_name == "Embed" and attribute == "embedding" and ndim == 2:
         return Canonical("embedding", "embeddings", "vocab,dim")
     if class_name in ("Conv", "ConvTranspose"):
