@@ -411,6 +411,11 @@ class ArchiveReader:
                 )
 
     def _local_data_start(self, info: zipfile.ZipInfo) -> int:
+        if info.header_offset < 0:
+            raise FormatError(
+                f"member {info.filename!r}: the zip directory points before the start of the "
+                "file; the zip is damaged or truncated at its start. Re-copy it."
+            )
         header = os.pread(self._file.fileno(), _LOCAL_HEADER.size, info.header_offset)
         if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
             raise FormatError(
