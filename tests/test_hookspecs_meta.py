@@ -84,3 +84,9 @@ def test_register_eras_hook_lists_the_builtin_eras():
     assert readers and all(isinstance(r, EraReader) and r.format for r in readers)
     assert len({r.format for r in readers}) == len(readers)
     assert {polybundle.get_backend(r.backend).name for r in readers} <= {"torch", "tensorflow"}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_plugin_guide_documents_the_hook(name):
+    guide = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    assert f"### `{name}(" in guide, f"docs/plugins.md's hook reference lacks {name}"
