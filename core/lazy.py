@@ -20,13 +20,13 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 import numpy as np
 
 from .archive import ArchiveReader, MemberRange, NestedZip
 from .backend import TensorSpec
 from .errors import FormatError
+from .readers.torch_zip import read_pth
 
 Loader = Callable[[], np.ndarray]
 
@@ -81,31 +81,7 @@ def _window(mapped: mmap.mmap, dtype: np.dtype, start: int, count: int) -> np.nd
 def _torch_loaders(
     source: MemberRange, mapped: mmap.mmap, specs: list[TensorSpec]
 ) -> dict[str, Loader]:
-    from .readers import torch_zip
-
-    inner = NestedZip(source)
-    prefix = torch_zip._prefix(inner)
-    if torch_zip._byteorder(inner, prefix) != ("little" if np.little_endian else "big"):
-        raise FormatError("model.pth is big-endian; lazy access maps bytes as they are stored.")
-    storages: dict[str, Any] = {}
-
-    def load_storage(key: str, kind: Any, numel: int) -> Any:
-        if key not in storages:
-            dtype = torch_zip._numpy_dtype(kind.dtype)
-            member = inner.open(f"{prefix}/data/{key}")
-            if not isinstance(member, MemberRange) or member.size() < numel * dtype.itemsize:
-                raise FormatError(
-                    f"storage {key!r} of model.pth is compressed or short; lazy access needs "
-                    "STORED storages (as torch.save writes them)."
-                )
-            array = _window(mapped, dtype, member.offset, numel)
-            storages[key] = torch_zip._Storage(key, dtype, numel, array)
-        return storages[key]
-
-    with inner.open(f"{prefix}/data.pkl") as stream:
-        state = torch_zip._RestrictedUnpickler(stream, load_storage).load()
-    arrays: dict[str, np.ndarray] = {}
-    torch_zip._flatten(state, "", arrays)
+    arrays = read_pth(source, where=source.name or "model.pth", mapped=mapped)
     by_key = {spec.key: spec.name for spec in specs}
     return {by_key.get(key, key): (lambda array=array: array) for key, array in arrays.items()}
 

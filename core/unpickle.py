@@ -1,7 +1,8 @@
-"""A restricted unpickler for legacy archives: plain data in, nothing executed.
+"""The one restricted unpickler: plain data and tensors in, nothing executed.
 
 Legacy archives store ``manifest.dill`` and ``params.dill`` as pickles, and
-PyTorch weights files hold a pickle too. :func:`safe_loads` reads them with
+every PyTorch weights file (:mod:`polybundle.readers.torch_zip`) holds a
+pickle too. :func:`safe_loads` reads them with
 an exact allow-list of ``(module, name)`` pairs. Every allowed name maps to a
 function of *this* module, never to the real one: NumPy arrays, NumPy scalars
 and framework tensors (a PyTorch tensor, a TensorFlow ``EagerTensor``) come
@@ -176,70 +177,90 @@ class _ArrayBuilder:
 
 
 class TorchStorage(_Refuses):
-    """A PyTorch storage seen through a pickle: element dtype, count, and its bytes.
+    """A PyTorch storage named in a pickle, and where its elements lie in the file.
 
-    ``data`` is filled by whoever knows where the bytes are (the weights
-    file's ``data/<key>`` member, or the bytes after a legacy pickle).
+    The pickle gives ``key``, ``dtype`` and ``numel``. The reader of the
+    weights file sets ``member`` (the zip member holding the bytes, or ``""``
+    when they follow the pickles in the file itself), ``start`` (their first
+    byte there), ``byteorder`` and, once read or mapped, ``array``: the
+    elements as a flat NumPy array in native byte order.
 
     Example:
         >>> TorchStorage("0", "float32", 6).dtype
         'float32'
     """
 
-    __slots__ = ("key", "dtype", "numel", "data")
+    __slots__ = ("key", "dtype", "numel", "member", "start", "byteorder", "array")
 
     def __init__(self, key: str, dtype: str, numel: int) -> None:
         self.key = key
         self.dtype = dtype
         self.numel = numel
-        self.data: bytes | None = None
-
-    def array(self) -> np.ndarray:
-        """Return the storage as a flat NumPy array (bfloat16 widened to float32)."""
-        if self.data is None:
-            raise FormatError(f"torch storage {self.key!r} has no data in the file.")
-        if self.dtype == "bfloat16":
-            halves = np.frombuffer(self.data, dtype="<u2").astype(np.uint32) << 16
-            flat = halves.view(np.float32)
-        else:
-            flat = np.frombuffer(self.data, dtype=np.dtype(self.dtype).newbyteorder("<"))
-        if flat.size != self.numel:
-            raise FormatError(
-                f"torch storage {self.key!r} declares {self.numel} elements but holds "
-                f"{flat.size}; the weights file is damaged."
-            )
-        return flat
+        self.member = ""
+        self.start = 0
+        self.byteorder = "little"
+        self.array: np.ndarray | None = None
 
 
-class _TensorBuilder(_Refuses):
-    """What ``torch._utils._rebuild_tensor_v2`` becomes; a strided view of a storage."""
+class TorchTensor(_Refuses):
+    """What ``torch._utils._rebuild_tensor(_v2)`` becomes: a strided window of a storage.
+
+    ``offset``, ``shape`` and ``strides`` count elements. The window is
+    checked against the storage's element count when the pickle builds it,
+    so :meth:`view` never reaches outside the storage.
+
+    Example:
+        >>> tensor = TorchTensor(TorchStorage("0", "float32", 6), 0, (2, 3), (3, 1))
+        >>> tensor.view(np.arange(6, dtype=np.float32))[1].tolist()
+        [3.0, 4.0, 5.0]
+    """
+
+    __slots__ = ("storage", "offset", "shape", "strides")
 
     def __init__(self, storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> None:
         if not isinstance(storage, TorchStorage):
             raise UnsafeContentError("a pickled torch tensor does not point at a storage.")
         self.storage = storage
         self.offset = _check_int(offset, "storage offset")
-        self.size = _check_shape(size)
-        self.stride = _check_shape(stride)
-        if len(self.size) != len(self.stride):
+        self.shape = _check_shape(size)
+        self.strides = _check_shape(stride)
+        if len(self.shape) != len(self.strides):
             raise FormatError("a pickled torch tensor has sizes and strides of different lengths.")
-
-    def array(self) -> np.ndarray:
-        """Return the tensor's values as a new NumPy array, bounds checked."""
-        flat = self.storage.array()
-        if any(n == 0 for n in self.size):
-            return np.zeros(self.size, dtype=flat.dtype)
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
-        if last >= flat.size:
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True))
+        if 0 not in self.shape and last >= storage.numel:
             raise FormatError(
-                f"a torch tensor of shape {self.size} reaches element {last} of a storage "
-                f"of {flat.size}; the weights file is damaged or hostile."
+                f"a torch tensor of shape {self.shape} reaches element {last} of storage "
+                f"{storage.key!r}, which holds {storage.numel}; the weights file is damaged "
+                "or hostile."
             )
-        item = flat.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat[self.offset :], shape=self.size, strides=[s * item for s in self.stride]
+
+    def view(self, flat: np.ndarray, *, copy: bool = True) -> np.ndarray:
+        """Return the tensor's values from ``flat``, its storage's elements.
+
+        A tensor that is its whole storage, in order, is ``flat`` reshaped;
+        any other is a read-only strided view of ``flat``, copied when
+        ``copy`` is true.
+
+        Example:
+            >>> tensor = TorchTensor(TorchStorage("0", "int64", 4), 1, (2,), (2,))
+            >>> tensor.view(np.arange(4)).tolist()
+            [1, 3]
+        """
+        if flat.shape != (self.storage.numel,):
+            raise FormatError(
+                f"torch storage {self.storage.key!r} declares {self.storage.numel} elements "
+                f"but holds {flat.size}; the weights file is damaged."
+            )
+        item = flat.itemsize
+        window = np.lib.stride_tricks.as_strided(
+            flat[self.offset :],
+            shape=self.shape,
+            strides=tuple(s * item for s in self.strides),
+            writeable=False,
         )
-        return np.array(view, copy=True)
+        if self.offset == 0 and window.size == flat.size and window.flags.c_contiguous:
+            return flat.reshape(self.shape)
+        return np.array(window) if copy else window
 
 
 class _Scalar(_Refuses):
@@ -278,13 +299,13 @@ def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = False, hooks: Any = None) -> Any:
-    if not isinstance(data, _TensorBuilder):
+    if not isinstance(data, TorchTensor):
         raise UnsafeContentError("a pickled torch Parameter does not hold a tensor.")
     return data
 
 
 def _load_storage_bytes(data: Any) -> TorchStorage:
-    from .legacy.torchfile import read_pickled_storage
+    from .readers.torch_zip import read_pickled_storage  # it unpickles with this module
 
     if not isinstance(data, bytes):
         raise UnsafeContentError("torch.storage._load_from_bytes got something other than bytes.")
@@ -314,7 +335,7 @@ PLAIN_DATA: Mapping[tuple[str, str], Any] = {
     ("numpy", "dtype"): _Allowed(_DtypeBuilder),
     **_numpy_names("numpy.core"),
     **_numpy_names("numpy._core"),
-    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(_TensorBuilder),
+    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(TorchTensor),
     ("torch._utils", "_rebuild_parameter"): _Allowed(_rebuild_parameter),
     ("torch.storage", "_load_from_bytes"): _Allowed(_load_storage_bytes),
     ("tensorflow.python.framework.ops", "convert_to_tensor"): _Allowed(_tf_tensor),
@@ -323,7 +344,8 @@ PLAIN_DATA: Mapping[tuple[str, str], Any] = {
 
 TORCH_WEIGHTS: Mapping[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): _Allowed(OrderedDict),
-    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(_TensorBuilder),
+    ("torch._utils", "_rebuild_tensor"): _Allowed(TorchTensor),
+    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(TorchTensor),
     ("torch._utils", "_rebuild_parameter"): _Allowed(_rebuild_parameter),
     **{
         ("torch", name): _Marker(f"torch.{name}", dtype)
@@ -451,18 +473,24 @@ def list_globals(data: bytes, *, where: str) -> list[str]:
     return sorted(set(found))
 
 
-def finalize(value: Any, *, where: str) -> Any:
+def finalize(value: Any, *, where: str, tensors: bool = True) -> Any:
     """Turn builder objects into NumPy values; refuse cycles, depth and size bombs.
+
+    Torch tensors become arrays of their storages' ``array``; with
+    ``tensors=False`` they stay :class:`TorchTensor` records (for indexing a
+    weights file without reading its storages).
 
     Example:
         >>> finalize({"a": [1, (2, 3)]}, where="x")
         {'a': [1, (2, 3)]}
     """
     budget = [MAX_NODES]
-    return _finalize(value, where, 0, set(), budget)
+    return _finalize(value, where, 0, set(), budget, tensors)
 
 
-def _finalize(value: Any, where: str, depth: int, active: set[int], budget: list[int]) -> Any:
+def _finalize(
+    value: Any, where: str, depth: int, active: set[int], budget: list[int], tensors: bool
+) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
         raise UnsafeContentError(f"{where} holds more than {MAX_NODES} values; refused.")
@@ -481,8 +509,12 @@ def _finalize(value: Any, where: str, depth: int, active: set[int], budget: list
         return value.array
     if isinstance(value, _Scalar):
         return value.value
-    if isinstance(value, _TensorBuilder):
-        return value.array()
+    if isinstance(value, TorchTensor):
+        if not tensors:
+            return value
+        if value.storage.array is None:
+            raise FormatError(f"{where}: torch storage {value.storage.key!r} has no data.")
+        return value.view(value.storage.array)
     if not isinstance(value, (dict, list, tuple, set, frozenset)):
         raise UnsafeContentError(
             f"{where} produced a {type(value).__name__} value, which is not plain data."
@@ -495,13 +527,13 @@ def _finalize(value: Any, where: str, depth: int, active: set[int], budget: list
         if isinstance(value, dict):
             items = [
                 (
-                    _finalize(k, where, step, active, budget),
-                    _finalize(v, where, step, active, budget),
+                    _finalize(k, where, step, active, budget, tensors),
+                    _finalize(v, where, step, active, budget, tensors),
                 )
                 for k, v in value.items()
             ]
             return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
-        items = [_finalize(item, where, step, active, budget) for item in value]
+        items = [_finalize(item, where, step, active, budget, tensors) for item in value]
         return type(value)(items) if not isinstance(value, list) else items
     except TypeError:  # an unhashable key, e.g. an array used as a dict key
         raise FormatError(f"{where} uses an unhashable value as a key or set member.") from None

@@ -26,10 +26,10 @@ from .errors import PolybundleError
 from .legacy.era import read_member
 from .legacy.kerasfile import check_config, open_keras, read_weights
 from .legacy.plugin import era_reader
-from .legacy.torchfile import read_torch_file
 from .loading import detect
 from .manifest import PARAMS_MEMBER, read_manifest, verify_members
 from .params import decode_params
+from .readers.torch_zip import read_pth
 
 
 @dataclass
@@ -105,7 +105,7 @@ def check_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
         weights = entry["weights"]
         data = archive.read(weights, limit=archive.size(weights))
         if weights.endswith(".pth"):
-            found = read_torch_file(data, where=weights)
+            found = read_pth(data, where=weights)
         elif weights.endswith(".keras"):
             keras_file = open_keras(data, where=weights)
             declared = manifest.get("legacy", {}).get("custom_objects", {}).get(entry["role"], [])

@@ -26,10 +26,10 @@ from ..archive import MAX_JSON_BYTES
 from ..backend import TensorSpec
 from ..errors import FormatError, UnsafeContentError
 from ..layouts import OPAQUE, SCALAR
+from ..readers.torch_zip import read_pth
 from ..unpickle import list_globals, safe_loads
 from .era import EraReader, LegacyContent, LegacyRole, check_roles, read_member
 from .kerasfile import check_config, open_keras, read_weights, weight_specs
-from .torchfile import read_torch_file
 
 if TYPE_CHECKING:
     from ..archive import ArchiveReader
@@ -85,7 +85,7 @@ class _TorchEra(EraReader):
         roles = []
         for role in check_roles(models, where=where):
             weights = f"{role}/model.pth"
-            state = read_torch_file(read_member(archive, weights), where=weights)
+            state = read_pth(read_member(archive, weights), where=weights)
             params = _params(archive, f"{role}/{self.params_file}")
             roles.append(LegacyRole(role, weights, _torch_specs(state), params))
         return roles
@@ -97,7 +97,7 @@ class _TorchEra(EraReader):
             >>> TorchDillEra().read_tensors(archive, role)["0.weight"].shape  # doctest: +SKIP
             (8, 1, 3, 3)
         """
-        return read_torch_file(read_member(archive, role.weights), where=role.weights)
+        return read_pth(read_member(archive, role.weights), where=role.weights)
 
 
 class TorchDillEra(_TorchEra):

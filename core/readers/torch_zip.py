@@ -1,14 +1,21 @@
-"""Read a ``torch.save`` state_dict (``model.pth``) into NumPy arrays without torch.
+"""Read PyTorch weights files (``model.pth``) into NumPy arrays without torch.
 
-A ``torch.save`` file is a zip: ``<prefix>/data.pkl`` is a pickle that
-describes the tensors, ``<prefix>/data/<key>`` holds each storage's raw
-bytes, ``<prefix>/byteorder`` says their byte order. The pickle is read by a
-restricted unpickler whose only globals are the tensor-rebuilding functions,
-the storage types and ``collections.OrderedDict``, all implemented here
-without torch; any other global, and any persistent id that is not a storage,
-raises :class:`UnsafeContentError`. Storages are read straight into NumPy
-buffers; a STORED member of a bundle is reached through a sub-range of the
-outer file, so nothing is copied on the way.
+Both layouts torch has written are read. ``torch.save`` (torch 1.6 on)
+writes a zip: ``<prefix>/data.pkl`` is a pickle that describes the tensors,
+``<prefix>/data/<key>`` holds each storage's raw bytes and
+``<prefix>/byteorder`` their byte order. Older files, found in legacy
+archives and inside a tensor pickled into ``params.dill``, are one stream: a
+magic number, the protocol, system info, the object's pickle, the storage
+keys, then each storage as an element count and its bytes.
+
+Every pickle goes through :func:`polybundle.unpickle.safe_loads` with the
+exact allow-list :data:`polybundle.unpickle.TORCH_WEIGHTS`: a static scan
+first, then only tensor-rebuilding globals, storage types and storage
+persistent ids; anything else is refused before it is called.
+:func:`index_pth` reads only the pickle and says where each tensor's
+elements lie; :func:`read_pth` reads them into arrays, or views them in a
+read-only memory map of the file. A STORED member of a bundle is reached
+through a sub-range of the outer file, so nothing is copied on the way.
 
 Example:
     >>> with open("model.pth", "rb") as f:  # doctest: +SKIP
@@ -18,51 +25,43 @@ Example:
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import io
+import mmap
 import os
-import pickle
-from collections.abc import Callable
-from dataclasses import dataclass
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..archive import MemberRange, NestedZip
-from ..errors import FormatError, UnsafeContentError
+from ..archive import MemberRange, NestedZip, check_member_name
+from ..errors import FormatError, PolybundleError, UnsafeContentError
+from ..unpickle import (
+    TORCH_WEIGHTS,
+    TorchStorage,
+    TorchTensor,
+    finalize,
+    safe_loads,
+    scan,
+    storage_dtype,
+)
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
 """Largest ``data.pkl`` read; a state_dict's pickle is a few bytes per tensor."""
 
-_STORAGE_DTYPES = {
-    "FloatStorage": "float32",
-    "DoubleStorage": "float64",
-    "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64",
-    "IntStorage": "int32",
-    "ShortStorage": "int16",
-    "CharStorage": "int8",
-    "ByteStorage": "uint8",
-    "BoolStorage": "bool",
-    "ComplexFloatStorage": "complex64",
-    "ComplexDoubleStorage": "complex128",
-}
+MAX_WEIGHTS_MEMBERS = 100_000
+"""Most members accepted inside a PyTorch zip weights file."""
 
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+"""The first value pickled in PyTorch's pre-zip file layout."""
 
-@dataclass(frozen=True)
-class _StorageType:
-    """Stands in for ``torch.<X>Storage``: only its element dtype matters."""
+Source = bytes | BinaryIO | MemberRange
+"""A weights file: its bytes, or a seekable binary file or bundle member."""
 
-    dtype: str
-
-
-@dataclass
-class _Storage:
-    key: str
-    dtype: np.dtype
-    numel: int
-    array: np.ndarray | None = None
+_NATIVE = "little" if np.little_endian else "big"
 
 
 def _numpy_dtype(name: str) -> np.dtype:
@@ -78,81 +77,15 @@ def _numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-def _rebuild_tensor(
-    storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: Any
-) -> np.ndarray:
-    """Build the NumPy view of a tensor, refusing one that reaches outside its storage."""
-    if not isinstance(storage, _Storage):
-        raise UnsafeContentError("data.pkl rebuilds a tensor from something that is not a storage.")
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if len(size) != len(stride) or offset < 0 or any(s < 0 for s in (*size, *stride)):
-        raise FormatError(f"tensor over storage {storage.key!r} has an invalid size/stride.")
-    count = int(np.prod(size, dtype=np.int64))
-    reach = sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-    last = offset + reach if count else offset - 1
-    if last >= storage.numel:
-        raise FormatError(
-            f"a tensor reaches element {last} of storage {storage.key!r}, which holds "
-            f"{storage.numel}; model.pth is damaged."
-        )
-    assert storage.array is not None
-    item = storage.array.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        storage.array[offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False
-    )
-    whole = offset == 0 and count == storage.numel and view.flags.c_contiguous
-    return storage.array.reshape(size) if whole else np.array(view)
+def _itemsize(name: str) -> int:
+    return 2 if name == "bfloat16" else np.dtype(name).itemsize
 
 
-def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
-    return data
-
-
-_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickle ``data.pkl`` with only tensor-rebuilding globals available."""
-
-    def __init__(self, file: BinaryIO, load_storage: Callable[[str, _StorageType, int], _Storage]):
-        super().__init__(file)
-        self._load_storage = load_storage
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafeContentError(
-                f"model.pth refers to {module}.{name}, which is not a tensor-rebuilding "
-                "global; polybundle refuses it (it could run code). Expected a plain "
-                "state_dict saved with torch.save(model.state_dict())."
-            ) from None
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if (
-            not isinstance(pid, tuple)
-            or len(pid) != 5
-            or pid[0] != "storage"
-            or not isinstance(pid[1], _StorageType)
-            or not isinstance(pid[2], str)
-            or not isinstance(pid[4], int)
-        ):
-            raise UnsafeContentError(
-                f"model.pth has persistent id {pid!r}; only storages "
-                "('storage', <type>, key, location, numel) are accepted."
-            )
-        return self._load_storage(pid[2], pid[1], pid[4])
-
-
-def _container(source: BinaryIO | MemberRange) -> BinaryIO | MemberRange:
-    """Return ``source`` as a range over its file when it is a plain file (zero copy)."""
-    if isinstance(source, MemberRange) or isinstance(source, io.BytesIO):
+def _container(source: Source) -> BinaryIO | MemberRange:
+    """Return ``source`` as a seekable file; a plain file becomes a range over it (zero copy)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source)
+    if isinstance(source, (MemberRange, io.BytesIO)):
         return source
     try:
         fd = source.fileno()
@@ -162,92 +95,279 @@ def _container(source: BinaryIO | MemberRange) -> BinaryIO | MemberRange:
     return MemberRange(fd, 0, size, getattr(source, "name", "model.pth"))
 
 
-def _prefix(inner: NestedZip) -> str:
-    pickles = [name for name in inner.names() if name.endswith("data.pkl") and name.count("/") == 1]
+@contextlib.contextmanager
+def _reading(where: str) -> Iterator[None]:
+    """Turn what a damaged zip or stream raises into :class:`FormatError`."""
+    try:
+        yield
+    except PolybundleError:
+        raise
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        struct.error,
+        EOFError,
+        NotImplementedError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
+        raise FormatError(
+            f"{where} could not be read ({type(exc).__name__}: {str(exc)[:120]}); the "
+            "weights file is damaged."
+        ) from None
+
+
+def _storage_resolver(storages: dict[str, TorchStorage], where: str):
+    """Return the ``persistent_load`` that accepts only storage ids, one storage per key."""
+
+    def resolve(pid: Any) -> TorchStorage:
+        # the pre-zip layout appends view metadata, None unless a storage view was saved
+        if (
+            not isinstance(pid, tuple)
+            or len(pid) not in (5, 6)
+            or pid[0] != "storage"
+            or pid[5:] not in ((), (None,))
+        ):
+            raise UnsafeContentError(
+                f"{where} holds a persistent id {pid!r:.80}; only storages "
+                "('storage', <type>, key, location, numel) are accepted."
+            )
+        _, kind, key, _location, numel = pid[:5]
+        if not isinstance(key, str) or type(numel) is not int or numel < 0:
+            raise FormatError(f"{where} holds a malformed storage id {pid!r:.80}.")
+        dtype = storage_dtype(kind)
+        known = storages.get(key)
+        if known is None:
+            known = storages[key] = TorchStorage(key, dtype, numel)
+        elif known.dtype != dtype or known.numel != numel:
+            raise FormatError(f"{where} describes storage {key!r} twice, differently.")
+        return known
+
+    return resolve
+
+
+def _zip_state(inner: NestedZip, where: str) -> Any:
+    """Unpickle ``<prefix>/data.pkl``; locate each storage at ``<prefix>/data/<key>``."""
+    names = inner.names()
+    if len(names) > MAX_WEIGHTS_MEMBERS:
+        raise UnsafeContentError(f"{where} holds {len(names)} members; refused.")
+    if len(set(names)) != len(names):
+        raise UnsafeContentError(f"{where} holds a member name twice; refused.")
+    pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
     if len(pickles) != 1:
         raise FormatError(
-            f"model.pth holds {len(pickles)} '<prefix>/data.pkl' members; expected exactly one "
-            "(a file written by torch.save). Legacy (pre-1.6, non-zip) files are not read."
+            f"{where} holds {len(pickles)} '<prefix>/data.pkl' members; expected exactly one "
+            "(a file written by torch.save)."
         )
-    return pickles[0].rpartition("/")[0]
+    prefix = pickles[0][: -len("data.pkl")]
+    byteorder = "little"
+    if f"{prefix}byteorder" in names:
+        with inner.open(f"{prefix}byteorder") as stream:
+            byteorder = stream.read(16).decode("ascii", "replace")
+    if byteorder not in ("little", "big"):
+        raise FormatError(f"{where} says byteorder {byteorder!r}; expected 'little' or 'big'.")
+    with inner.open(pickles[0]) as stream:
+        payload = stream.read(MAX_PICKLE_BYTES + 1)
+    if len(payload) > MAX_PICKLE_BYTES:
+        raise UnsafeContentError(f"{where}: data.pkl is over {MAX_PICKLE_BYTES} bytes; refused.")
+    storages: dict[str, TorchStorage] = {}
+    state = safe_loads(
+        payload,
+        where=where,
+        allowed=TORCH_WEIGHTS,
+        persistent=_storage_resolver(storages, where),
+        raw=True,
+    )
+    for key, storage in storages.items():
+        storage.member = f"{prefix}data/{key}"
+        check_member_name(storage.member)
+        storage.byteorder = byteorder
+    return state
 
 
-def _byteorder(inner: NestedZip, prefix: str) -> str:
-    if f"{prefix}/byteorder" not in inner.names():
-        return "little"
-    with inner.open(f"{prefix}/byteorder") as stream:
-        order = stream.read(16).decode("ascii", "replace")
-    if order not in ("little", "big"):
-        raise FormatError(f"model.pth says byteorder {order!r}; expected 'little' or 'big'.")
-    return order
+def _next_pickle(data: bytes, offset: int, where: str, **options: Any) -> tuple[Any, int]:
+    end = scan(data, where=where, start=offset, persistent="persistent" in options)
+    return safe_loads(data[offset:end], where=where, raw=True, **options), end
 
 
-def _flatten(value: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
-    if isinstance(value, np.ndarray):
+def _stream_state(data: bytes, where: str) -> Any:
+    """Unpickle the pre-zip layout; locate each storage's bytes after the pickles."""
+    magic, offset = _next_pickle(data, 0, where)
+    protocol, offset = _next_pickle(data, offset, where)
+    system, offset = _next_pickle(data, offset, where)
+    if magic != LEGACY_MAGIC or protocol != 1001 or not isinstance(system, dict):
+        raise FormatError(f"{where} is not a PyTorch file: its header is not torch's.")
+    if system.get("little_endian") is not True:
+        raise FormatError(f"{where} was written on a big-endian machine; not supported.")
+    storages: dict[str, TorchStorage] = {}
+    main, offset = _next_pickle(
+        data, offset, where, allowed=TORCH_WEIGHTS, persistent=_storage_resolver(storages, where)
+    )
+    keys, offset = _next_pickle(data, offset, where)
+    if not isinstance(keys, list) or len(keys) != len(storages) or set(keys) != set(storages):
+        raise FormatError(f"{where} lists storages that its pickle does not use, or the reverse.")
+    for key in keys:
+        storage = storages[key]
+        count = int.from_bytes(data[offset : offset + 8], "little")
+        size = count * _itemsize(storage.dtype)
+        if count != storage.numel or offset + 8 + size > len(data):
+            raise FormatError(f"{where}: storage {key!r} is truncated or lies about its size.")
+        storage.start = offset + 8
+        offset += 8 + size
+    if offset != len(data):
+        raise FormatError(f"{where} has {len(data) - offset} unexpected bytes at its end.")
+    return main
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, TorchTensor], where: str) -> None:
+    if isinstance(value, TorchTensor):
+        if prefix in out:
+            raise FormatError(f"{where} names tensor {prefix!r} twice.")
         out[prefix] = value
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise FormatError(f"model.pth has a non-string key {key!r}; expected a state_dict.")
-            _flatten(item, f"{prefix}.{key}" if prefix else key, out)
+                raise FormatError(
+                    f"{where} has a non-string key {key!r:.60}; expected a state_dict."
+                )
+            _flatten(item, f"{prefix}.{key}" if prefix else key, out, where)
     else:
         raise FormatError(
-            f"model.pth holds a {type(value).__name__} at {prefix or 'the top'}; expected a "
-            "state_dict (a dict of tensors)."
+            f"{where} holds a {type(value).__name__} at {prefix or 'the top'}; expected a "
+            "state_dict (a dict of tensors), as torch.save(model.state_dict()) writes."
         )
 
 
-def read_pth(source: BinaryIO | MemberRange) -> dict[str, np.ndarray]:
-    """Return the tensors of the ``torch.save`` state_dict in ``source`` by name.
+class _PthFile:
+    """One opened weights file: its unpickled state and the way to its storages."""
 
-    ``source`` is a seekable binary file: an open ``model.pth``, a bundle
-    member, or bytes in a :class:`io.BytesIO`. torch is never imported, and the
-    pickle can only rebuild tensors. Nested dicts are flattened with ``.``.
+    def __init__(self, source: Source, where: str) -> None:
+        self.where = where
+        self.container = _container(source)
+        self.container.seek(0)
+        self.inner: NestedZip | None = None
+        if self.container.read(4) == b"PK\x03\x04":
+            self.inner = NestedZip(self.container)
+            self.state = _zip_state(self.inner, where)
+        else:
+            self.container.seek(0)
+            self.state = _stream_state(self.container.read(), where)
 
-    Example:
-        >>> import io, torch
-        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2)}, buffer)
-        >>> read_pth(buffer)["w"]
-        array([1., 1.], dtype=float32)
-    """
-    inner = NestedZip(_container(source))
-    prefix = _prefix(inner)
-    swap = _byteorder(inner, prefix) != ("little" if np.little_endian else "big")
-    storages: dict[str, _Storage] = {}
+    def tensors(self) -> dict[str, TorchTensor]:
+        """Return the state_dict's tensors by (``.``-joined) name, storages unread."""
+        tensors: dict[str, TorchTensor] = {}
+        _flatten(finalize(self.state, where=self.where, tensors=False), "", tensors, self.where)
+        return tensors
 
-    def load_storage(key: str, kind: _StorageType, numel: int) -> _Storage:
-        dtype = _numpy_dtype(kind.dtype)
-        if key in storages:
-            if storages[key].dtype != dtype:
-                raise FormatError(f"storage {key!r} is used with two dtypes; model.pth is damaged.")
-            return storages[key]
-        array = np.empty(numel, dtype=dtype)
-        with inner.open(f"{prefix}/data/{key}") as stream:
-            view = memoryview(array.view(np.uint8))
-            done = 0
+    @contextlib.contextmanager
+    def _open(self, storage: TorchStorage) -> Iterator[BinaryIO | MemberRange]:
+        """Yield a stream positioned at the storage's first byte."""
+        if self.inner is None:
+            self.container.seek(storage.start)
+            yield self.container
+        else:
+            with self.inner.open(storage.member) as stream:
+                yield stream
+
+    def read(self, storage: TorchStorage) -> np.ndarray:
+        """Read the storage's elements into a new array in native byte order."""
+        array = np.empty(storage.numel, dtype=_numpy_dtype(storage.dtype))
+        view = memoryview(array.view(np.uint8))
+        done = 0
+        with self._open(storage) as stream:
             while done < array.nbytes:
                 count = stream.readinto(view[done:])
                 if not count:
                     raise FormatError(
-                        f"storage {key!r} holds {done} bytes; expected {array.nbytes} "
-                        f"({numel} x {dtype}). model.pth is damaged."
+                        f"{self.where}: storage {storage.key!r} holds {done} bytes; expected "
+                        f"{array.nbytes} ({storage.numel} x {storage.dtype}). The file is damaged."
                     )
                 done += count
-        if swap:
-            array = array.byteswap()
-        storages[key] = _Storage(key, dtype, numel, array)
-        return storages[key]
+        return array.byteswap() if storage.byteorder != _NATIVE else array
 
-    with inner.open(f"{prefix}/data.pkl") as stream:
-        payload = stream.read(MAX_PICKLE_BYTES + 1)
-    if len(payload) > MAX_PICKLE_BYTES:
-        raise UnsafeContentError(f"data.pkl is over {MAX_PICKLE_BYTES} bytes; not a state_dict.")
-    try:
-        state = _RestrictedUnpickler(io.BytesIO(payload), load_storage).load()
-    except (UnsafeContentError, FormatError):
-        raise
-    except Exception as exc:  # a malformed pickle raises anything pickle can raise
-        raise FormatError(f"data.pkl in model.pth is not a readable pickle ({exc}).") from None
-    tensors: dict[str, np.ndarray] = {}
-    _flatten(state, "", tensors)
-    return tensors
+    def map(self, storage: TorchStorage, mapped: mmap.mmap) -> np.ndarray:
+        """Return the storage's elements as a read-only window of ``mapped``."""
+        dtype = _numpy_dtype(storage.dtype)
+        if storage.byteorder != _NATIVE:
+            raise FormatError(
+                f"{self.where} is {storage.byteorder}-endian; memory mapping views bytes as "
+                "they are stored."
+            )
+        with self._open(storage) as stream:
+            if not isinstance(stream, MemberRange) or stream.size() < (
+                storage.start + storage.numel * dtype.itemsize
+            ):
+                raise FormatError(
+                    f"storage {storage.key!r} of {self.where} is compressed or short; memory "
+                    "mapping needs STORED storages (as torch.save writes them)."
+                )
+            start = stream.offset + stream.tell()
+        return np.frombuffer(mapped, dtype=dtype, count=storage.numel, offset=start)
+
+
+def index_pth(source: Source, *, where: str = "model.pth") -> dict[str, TorchTensor]:
+    """Return where each tensor of a weights file lies, reading no tensor bytes.
+
+    Each :class:`~polybundle.unpickle.TorchTensor` gives ``offset``,
+    ``shape`` and ``strides`` (in elements) and its ``storage``: ``member``
+    (the zip member with the bytes; ``""`` in the pre-zip layout, where they
+    lie at byte ``start`` of the file), ``dtype``, ``numel`` and
+    ``byteorder``. Tensors sharing a storage share one object.
+
+    Example:
+        >>> import io, torch  # doctest: +SKIP
+        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2, 3)}, buffer)
+        >>> entry = index_pth(buffer)["w"]
+        >>> entry.storage.member, entry.storage.dtype, entry.shape, entry.strides
+        ('archive/data/0', 'float32', (2, 3), (3, 1))
+    """
+    with _reading(where):
+        return _PthFile(source, where).tensors()
+
+
+def read_pth(
+    source: Source, *, where: str = "model.pth", mapped: mmap.mmap | None = None
+) -> dict[str, np.ndarray]:
+    """Return the tensors of the state_dict in the weights file ``source`` by name.
+
+    ``source`` is the file's bytes or a seekable binary file: an open
+    ``model.pth``, a bundle member, or a :class:`io.BytesIO`. Both torch
+    layouts are read; torch is never imported, and the pickle can only
+    rebuild tensors. Nested dicts are flattened with ``.``. ``where`` names
+    the file in errors. Given ``mapped``, a read-only memory map of the file
+    ``source`` lies in, tensors are read-only views of it and no bytes are
+    read now. Raises only :class:`~polybundle.errors.PolybundleError`
+    subclasses.
+
+    Example:
+        >>> import io, torch  # doctest: +SKIP
+        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2)}, buffer)
+        >>> read_pth(buffer)["w"]
+        array([1., 1.], dtype=float32)
+    """
+    with _reading(where):
+        pth = _PthFile(source, where)
+        tensors = pth.tensors()
+        for storage in {id(t.storage): t.storage for t in tensors.values()}.values():
+            storage.array = pth.read(storage) if mapped is None else pth.map(storage, mapped)
+        return {name: t.view(t.storage.array, copy=mapped is None) for name, t in tensors.items()}
+
+
+def read_pickled_storage(data: bytes) -> TorchStorage:
+    """Read the bytes given to ``torch.storage._load_from_bytes`` (a pickled storage).
+
+    Used by :mod:`polybundle.unpickle` for tensors pickled into params files.
+
+    Example:
+        >>> read_pickled_storage(blob).array  # doctest: +SKIP
+        array([1., 2.], dtype=float32)
+    """
+    where = "a pickled torch storage"
+    with _reading(where):
+        pth = _PthFile(data, where)
+        if not isinstance(pth.state, TorchStorage):
+            raise UnsafeContentError("torch.storage._load_from_bytes did not hold a storage.")
+        pth.state.array = pth.read(pth.state)
+        return pth.state
