@@ -7,7 +7,9 @@ Quick start:
     >>> import polybundle, torch
     >>> net = torch.nn.Linear(3, 1)
     >>> polybundle.save("run.bundle", {"net": net}, params={"lr": 1e-3})  # doctest: +SKIP
-    >>> bundle = polybundle.load("run.bundle", into={"net": torch.nn.Linear(3, 1)})  # doctest: +SKIP
+    >>> bundle = polybundle.load(  # doctest: +SKIP
+    ...     "run.bundle", into={"net": torch.nn.Linear(3, 1)}
+    ... )
     >>> bundle.params
     {'lr': 0.001}
 

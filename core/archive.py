@@ -345,7 +345,9 @@ class ArchiveReader:
         try:
             self._file: BinaryIO = open(self.path, "rb")
         except FileNotFoundError:
-            raise FormatError(f"no file at {str(self.path)!r}; expected a bundle (a zip).") from None
+            raise FormatError(
+                f"no file at {str(self.path)!r}; expected a bundle (a zip)."
+            ) from None
         except IsADirectoryError:
             raise FormatError(
                 f"{str(self.path)!r} is a directory; expected a bundle file (a zip)."

@@ -185,12 +185,13 @@ def run(
                 time.perf_counter() - started,
             )
             results.append(result)
+            verdict = "[green]identical[/green]" if result.matches else "[red]DIFFERENT[/red]"
             console.print(
                 f"[bold]{name}[/bold]: trained {len(ROLES)} roles x {steps} steps "
                 f"(loss {result.first_loss:.4f} -> {result.last_loss:.4f}); saved "
                 f"{path.name} ({result.size_bytes} bytes); loaded back with polybundle.load "
                 f"(backend detected: {bundle.backend}); max |difference| of predictions "
-                f"= {difference} -> {'[green]identical[/green]' if result.matches else '[red]DIFFERENT[/red]'}"
+                f"= {difference} -> {verdict}"
             )
         if directory is None:
             console.print(f"bundles were written to a temporary folder ({scratch}), now removed")
