@@ -18,6 +18,7 @@ import numpy as np
 
 from .archive import ArchiveReader
 from .backend import TensorSpec
+from .conversion import ConversionPlan
 from .errors import IntegrityError, OptimizerError, PolybundleError
 from .lazy import lazy_tensors
 from .manifest import read_manifest
@@ -58,6 +59,8 @@ class Bundle:
     models: dict[str, Any] = field(default_factory=dict)
     lazy: bool = False
     """True when opened with ``load(..., lazy=True)``: no models, mapped tensors."""
+    conversions: dict[str, ConversionPlan] = field(default_factory=dict)
+    """The weights' conversion plan of each role loaded in a framework other than the writer's."""
 
     @property
     def roles(self) -> list[str]:
@@ -151,6 +154,10 @@ class Bundle:
         ``self.models[role]`` (the model loaded from this bundle); moments,
         step and hyperparameters are restored. On a mismatch an
         :class:`~polybundle.errors.OptimizerMismatchError` is raised first.
+        When the bundle was loaded in the other framework
+        (``load(path, backend=...)``), ``optimizer`` is of that framework and
+        the state is converted with the weights' plan
+        (:mod:`polybundle.optimizer_conversion`).
 
         Example:
             >>> net = bundle.models["net"]  # doctest: +SKIP
@@ -162,9 +169,15 @@ class Bundle:
                 f"role {role!r} was not loaded (loaded: {sorted(self.models)}); load it first, "
                 "so the optimizer can be bound to its parameters."
             )
-        state = self.optimizer_state(role)
         backend = get_backend(self.backend)
-        specs = self.tensor_specs(role)
+        if role in self.conversions:  # loaded across frameworks: convert with the weights' plan
+            from .optimizer_conversion import optimizer_state_for
+
+            state = optimizer_state_for(self, role)
+            specs = backend.describe(self.models[role])
+        else:
+            state = self.optimizer_state(role)
+            specs = self.tensor_specs(role)
         backend.restore_optimizer(self.models[role], optimizer, state, specs, scheduler)
 
     def restore_rng(self) -> None:

@@ -172,15 +172,17 @@ def load(
             params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
             if not lazy:
                 requested.require()
-            models = {
-                role: _build_model(archive, archived, model_entry(manifest, role), into.get(role))
-                if requested is archived
-                else converted_model(
-                    archive, model_entry(manifest, role), archived, requested, into.get(role)
-                )[0]
-                for role in ([] if lazy else selected)
-            }
-    bundle = Bundle(Path(path), manifest, params, requested.name, models, lazy=lazy)
+            models, plans = {}, {}
+            for role in [] if lazy else selected:
+                entry = model_entry(manifest, role)
+                if requested is archived:
+                    models[role] = _build_model(archive, archived, entry, into.get(role))
+                else:
+                    models[role], plans[role] = converted_model(
+                        archive, entry, archived, requested, into.get(role)
+                    )
+    bundle = Bundle(Path(path), manifest, params, requested.name, models, lazy=lazy,
+                    conversions=plans)
     get_plugin_manager().hook.polybundle_params_loaded(
         params=bundle.params, manifest=manifest, path=str(path)
     )

@@ -17,7 +17,7 @@ from typing import Any
 from .backend import Backend, TensorSpec
 from .errors import BackendError, PolybundleError
 from .manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
-from .optimizer import SLOTS_MEMBER, STATE_MEMBER, encode_optimizer
+from .optimizer import SLOTS_MEMBER, STATE_MEMBER, OptimizerState, encode_optimizer
 from .params import encode_params
 from .progress import progress_bar
 from .registry import backend_for_model, remembered_architecture
@@ -103,7 +103,18 @@ def _optimizer_members(
         )
     encoded = {}
     for role, optimizer in optimizers.items():
-        state = backend.export_optimizer(models[role], optimizer, schedulers.get(role))
+        if isinstance(optimizer, OptimizerState):  # neutral already (e.g. converted)
+            if role in schedulers:
+                raise PolybundleError(
+                    f"optimizers[{role!r}] is a neutral OptimizerState, which carries its own "
+                    "schedule; pass no scheduler for it."
+                )
+            from .optimizer_conversion import check_state_fits
+
+            check_state_fits(optimizer, backend.name, backend.describe(models[role]))
+            state = optimizer
+        else:
+            state = backend.export_optimizer(models[role], optimizer, schedulers.get(role))
         document, arrays = encode_optimizer(state)
         encoded[role] = (document, arrays, {"algorithm": state.algorithm, "step": state.step})
     return encoded
@@ -154,7 +165,9 @@ def save(
     a registered builder; models made with :func:`polybundle.build` remember
     theirs. ``optimizers`` maps a role to the native optimizer training it
     (stored as neutral state in ``<role>/optimizer.json`` and
-    ``<role>/optimizer.safetensors``); ``schedulers`` maps a role to its
+    ``<role>/optimizer.safetensors``; a neutral
+    :class:`~polybundle.optimizer.OptimizerState` of this backend is stored
+    as given); ``schedulers`` maps a role to its
     PyTorch ``lr_scheduler`` (Keras keeps its schedule in the optimizer).
     ``rng=True`` records the global random generators (``rng.json``). Every
     input is checked before anything is written, and the file appears

@@ -170,4 +170,11 @@ def convert(
         entry["role"]: (entry["architecture"]["name"], entry["architecture"]["config"])
         for entry in bundle.manifest["models"] if entry["architecture"]
     }
-    return save(destination, bundle.models, params=bundle.params, architectures=architectures)
+    from .optimizer_conversion import optimizer_state_for
+
+    optimizers = {
+        role: optimizer_state_for(bundle, role) for role in bundle.roles
+        if bundle.has_optimizer(role)
+    }
+    return save(destination, bundle.models, params=bundle.params, architectures=architectures,
+                optimizers=optimizers)
