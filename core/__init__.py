@@ -53,10 +53,12 @@ from .errors import (
 from .hookspecs import hookimpl
 from .inspection import inspect
 from .loading import load
+from .migrate import migrate
 from .optimizer import OptimizerState
 from .registry import architecture, build, get_backend
 from .saving import save
 from .transfer import convert
+from .verify import verify
 
 __all__ = [
     "__version__",
@@ -65,6 +67,8 @@ __all__ = [
     "convert",
     "parity",
     "inspect",
+    "migrate",
+    "verify",
     "architecture",
     "build",
     "get_backend",

@@ -38,7 +38,6 @@ MAX_RATIO = 200
 RATIO_FLOOR = 1024 * 1024
 """Deflated members up to this declared size are exempt from :data:`MAX_RATIO`."""
 
-
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _LOCAL_MAGIC = b"PK\x03\x04"
 _ALLOWED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
@@ -250,6 +249,11 @@ class MemberRange(io.RawIOBase):
         """Return the range's length in bytes."""
         return self._size
 
+    @property
+    def offset(self) -> int:
+        """Return where the range starts in the outer file (for memory-mapping it)."""
+        return self._start
+
     def subrange(self, offset: int, size: int, name: str) -> MemberRange:
         """Return the window ``[offset, offset + size)`` of this range as a new range."""
         if offset < 0 or offset + size > self._size:
@@ -332,11 +336,6 @@ class ArchiveReader:
 
     Example:
         >>> with ArchiveReader("model.bundle") as archive:  # doctest: +SKIP
-    @property
-    def offset(self) -> int:
-        """Return where the range starts in the outer file (for memory-mapping it)."""
-        return self._start
-
         ...     manifest = archive.read_json("manifest.json")
     """
 
@@ -496,7 +495,6 @@ class ArchiveReader:
             raise FormatError(
                 f"member {name!r} cannot be opened ({exc}); the zip is damaged. Re-copy it."
             ) from None
-
 
     def read(self, name: str, *, limit: int = MAX_JSON_BYTES) -> bytes:
         """Read a whole member into memory, refusing members larger than ``limit``."""
