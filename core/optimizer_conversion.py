@@ -104,6 +104,10 @@ def _source_hyperparameters(state: OptimizerState) -> tuple[dict[str, Any], bool
             "Use AdamW (or Adam with decoupled_weight_decay=True), or no weight decay.",
         )
     hyper["weight_decay"] = float(weight_decay)
+    if state.backend == "tensorflow" and isinstance(hyper.get("learning_rate"), float):
+        # Keras reports its float32 variable (0.009999999776...); keep the same float32 value,
+        # written as the shortest decimal that gives it back (0.01).
+        hyper["learning_rate"] = float(str(np.float32(hyper["learning_rate"])))
     if state.schedule is not None:
         raise _refuse(state, f"it has a learning-rate schedule ({state.schedule.get('class')}), "
                       "whose state differs between frameworks", "Convert a state saved with a "
@@ -251,7 +255,8 @@ def convert_optimizer(
     parameters = sorted((moves[name].target for name in state.parameters),
                         key=lambda name: order.get(name, len(order)))
     if target == "tensorflow":
-        _fill_keras_slots(state, neutral, parameters, slots, target_specs)
+        sources = {moves[name].target: name for name in state.parameters}
+        _fill_keras_slots(state, neutral, sources, slots, target_specs)
     step = state.step or 0
     return OptimizerState(
         algorithm=state.algorithm,
@@ -266,18 +271,22 @@ def convert_optimizer(
 
 
 def _fill_keras_slots(
-    state: OptimizerState, hyper: dict[str, Any], parameters: list[str],
+    state: OptimizerState, hyper: dict[str, Any], sources: dict[str, str],
     slots: dict[str, dict[str, np.ndarray]], target_specs: list[TensorSpec],
 ) -> None:
-    """Give every variable every slot Keras keeps; zeros are exact where PyTorch had none yet."""
+    """Give every variable every slot Keras keeps; zeros are exact where PyTorch had none yet.
+
+    ``sources`` maps each target parameter name to its source name (for messages).
+    """
     required = _required_slots(state.algorithm, hyper)
     specs = {spec.name: spec for spec in target_specs}
-    for name in parameters:
+    for name, source in sources.items():
         have = slots.setdefault(name, {})
         missing = [slot for slot in required if slot not in have]
         if missing and have or missing and state.algorithm in ("adam", "adamw") and state.step:
             raise ConversionError(
-                f"{state.native_class} holds no {missing} for {name!r} at step {state.step}; "
+                f"{state.native_class} holds no {missing} for {source!r} (Keras {name!r}) at "
+                f"step {state.step}; "
                 "Keras keeps one step count for all variables, so a PyTorch parameter that has "
                 "not been updated yet cannot be converted exactly. Convert after every "
                 "parameter has had a step, or before the first."

@@ -43,18 +43,24 @@ def _data() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+_TORCH_NAMES = {"learning_rate": "lr", "epsilon": "eps", "rho": "alpha"}
+
+
 def _optimizer(backend: str, algorithm: str, model: Any, settings: dict[str, Any]) -> Any:
-    """A native optimizer; ``settings`` are neutral (learning_rate, epsilon, momentum, ...)."""
+    """A native optimizer; ``settings`` use Keras' names (learning_rate, epsilon, rho ...)."""
     if backend == "torch":
         import torch
 
-        names = {"learning_rate": "lr", "epsilon": "eps", "momentum": "momentum"}
-        kwargs = {names[k]: v for k, v in settings.items()}
-        kind = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[algorithm]
+        kwargs = {_TORCH_NAMES.get(k, k): v for k, v in settings.items() if "beta" not in k}
+        if "beta_1" in settings:
+            kwargs["betas"] = (settings["beta_1"], settings["beta_2"])
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+                "rmsprop": torch.optim.RMSprop}[algorithm]
         return kind(model.parameters(), **kwargs)
     import keras
 
-    kind = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[algorithm]
+    kind = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+            "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}[algorithm]
     return kind(**settings)
 
 
