@@ -74,8 +74,8 @@ def _refuse(state: OptimizerState, what: str, advice: str) -> UnsupportedOptimiz
     )
 
 
-def _source_hyperparameters(state: OptimizerState) -> tuple[dict[str, Any], bool]:
-    """Return the single group's neutral hyperparameters and whether weight decay is decoupled."""
+def _source_hyperparameters(state: OptimizerState) -> dict[str, Any]:
+    """Return the single group's neutral hyperparameters; refuse what the target cannot do."""
     distinct = [g["hyperparameters"] for g in state.groups]
     if any(h != distinct[0] for h in distinct[1:]):
         raise _refuse(state, f"its {len(distinct)} parameter groups have different settings",
@@ -88,6 +88,10 @@ def _source_hyperparameters(state: OptimizerState) -> tuple[dict[str, Any], bool
             if hyper.get(key, allowed) != allowed:
                 raise _refuse(state, f"{key}={hyper[key]!r} has no Keras counterpart",
                               f"Train with {key}={allowed!r} to convert its state.")
+        if state.native.get("steps"):
+            raise _refuse(state, "its parameters have taken different numbers of steps",
+                          "Keras keeps one step count for all variables; convert a state "
+                          "where every parameter was updated at every step.")
     else:
         config = state.native.get("config", {})
         clipping = [key for key in _KERAS_CLIPPING if config.get(key) is not None]
@@ -97,7 +101,7 @@ def _source_hyperparameters(state: OptimizerState) -> tuple[dict[str, Any], bool
                           "and save the Keras optimizer without clipping to convert it.")
         decoupled = True
     weight_decay = hyper.get("weight_decay") or 0.0
-    if weight_decay and not decoupled or weight_decay and state.algorithm in ("sgd", "rmsprop"):
+    if weight_decay and (not decoupled or state.algorithm in ("sgd", "rmsprop")):
         raise _refuse(
             state, f"weight_decay={weight_decay} is added to the gradient (L2) in PyTorch's "
             f"{state.algorithm} but applied to the weights (decoupled) in Keras'",
@@ -115,7 +119,7 @@ def _source_hyperparameters(state: OptimizerState) -> tuple[dict[str, Any], bool
     if not isinstance(hyper.get("learning_rate"), (int, float)) or hyper["learning_rate"] <= 0:
         raise _refuse(state, f"learning rate {hyper.get('learning_rate')!r} is not a positive "
                       "number", "Save it with a positive float learning rate.")
-    return hyper, decoupled
+    return hyper
 
 
 def _neutral_target(algorithm: str, hyper: dict[str, Any]) -> dict[str, Any]:
@@ -235,7 +239,7 @@ def convert_optimizer(
         raise _refuse(state, f"algorithm {state.algorithm!r} is not one of {sorted(SLOTS)}",
                       "Use a supported optimizer.")
     plan.check(context=f"optimizer state from {state.backend} to {target}")
-    hyper, _ = _source_hyperparameters(state)
+    hyper = _source_hyperparameters(state)
     neutral = _neutral_target(state.algorithm, hyper)
     moves = _moves_by_source(state, plan)
     held = {slot for slots in state.slots.values() for slot in slots}

@@ -214,6 +214,12 @@ def test_a_torch_parameter_not_yet_stepped_cannot_join_kerass_single_step_count(
     bundle = polybundle.load(tmp_path / "p.bundle", backend="tensorflow")
     with pytest.raises(ConversionError, match="4.bias"):
         bundle.restore_optimizer("net", _optimizer("tensorflow", "adam", None, {}))
+    model(torch.ones(2, 6)).sum().backward()
+    optimizer.step()  # now 4.bias has taken 1 step, the others 2
+    polybundle.save(tmp_path / "p.bundle", {"net": model}, optimizers={"net": optimizer})
+    bundle = polybundle.load(tmp_path / "p.bundle", backend="tensorflow")
+    with pytest.raises(UnsupportedOptimizerError, match="different numbers of steps"):
+        bundle.restore_optimizer("net", _optimizer("tensorflow", "adam", None, {}))
 
 
 def test_every_slot_must_map_exactly_once(tmp_path):
