@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from polybundle.archive import open_nested
+from polybundle.archive import MemberRange, open_nested
 from polybundle.backend import Backend, TensorSpec
 from polybundle.canonical import keras_canonical
 from polybundle.errors import FormatError, TensorMismatchError, UnsafeContentError
@@ -99,6 +99,33 @@ def _specs(model: Any) -> list[TensorSpec]:
     return specs
 
 
+def _read_dataset(stream: BinaryIO, dataset: Any) -> np.ndarray:
+    """Read one dataset; a plain contiguous one straight from the file into its array.
+
+    h5py reading through a Python file object copies every block through
+    Python bytes; a contiguous, uncompressed dataset of a STORED member is one
+    ``preadv`` into the final array instead.
+    """
+    offset = dataset.id.get_offset()
+    direct = (
+        isinstance(stream, MemberRange)
+        and dataset.chunks is None
+        and dataset.compression is None
+        and offset is not None
+        and dataset.dtype.isnative
+    )
+    if not direct:
+        return dataset[()]
+    array = np.empty(dataset.shape, dtype=dataset.dtype)
+    stream.seek(offset)
+    if stream.readinto(array) != array.nbytes:
+        raise FormatError(
+            f"{WEIGHTS_H5}: dataset {dataset.name!r} runs past the end of the file; "
+            "the weights file is truncated."
+        )
+    return array
+
+
 def _read_h5(source: BinaryIO, keys: list[str]) -> list[np.ndarray]:
     import h5py
 
@@ -113,7 +140,7 @@ def _read_h5(source: BinaryIO, keys: list[str]) -> list[np.ndarray]:
                         f"{WEIGHTS_H5} has no dataset {key!r}, which the manifest lists; "
                         "the weights file does not match its manifest."
                     )
-                arrays.append(dataset[()])
+                arrays.append(_read_dataset(stream, dataset))
             return arrays
     except OSError as exc:
         raise FormatError(f"{WEIGHTS_H5} is not a readable HDF5 file ({exc}).") from None
@@ -169,8 +196,47 @@ class TensorFlowBackend(Backend):
         with without_optimizer(model):
             saving_lib.save_model(model, stream)
 
-    def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
-        """Assign the bundle's weights to ``model``'s variables after checking all of them."""
+    def build_and_load(
+        self, builder: Any, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec]
+    ) -> Any:
+        """Build with variable initialisation deferred, then create each variable from the file.
+
+        Inside Keras' ``StatelessScope`` a builder creates its variables without
+        running their initialisers (random kernels of hundreds of MB cost more
+        than reading them); each is then created holding the loaded array.
+        Variables the bundle does not hold (none, for a strict match) get their
+        own initialiser. Falls back to an ordinary build when the builder cannot
+        run in that scope.
+        """
+        from keras.src.backend.common import global_state
+        from keras.src.backend.common.stateless_scope import StatelessScope
+        from keras.src.backend.common.variables import initialize_all_variables
+
+        try:
+            with StatelessScope(initialize_variables=False):
+                model = builder(config)
+        except Exception:  # e.g. a builder that calls the model on data; build normally
+            global_state.set_global_attribute("uninitialized_variables", [])
+            return super().build_and_load(builder, config, source, specs)
+        try:
+            own = self._checked_variables(model, specs)
+            keys = [spec.key for spec in specs]
+            for key, array in zip(keys, _read_h5(source, keys), strict=True):
+                variable = own[key]
+                if variable._value is None:
+                    variable._initialize(array)
+                else:
+                    variable.assign(array)
+        finally:  # whatever happened, leave no variable of this build pending
+            pending = global_state.get_global_attribute("uninitialized_variables") or []
+            global_state.set_global_attribute(
+                "uninitialized_variables", [v for v in pending if v._value is None]
+            )
+        initialize_all_variables()
+        return model
+
+    def _checked_variables(self, model: Any, specs: list[TensorSpec]) -> dict[str, Any]:
+        """Return ``{h5 key: variable}`` of ``model`` after checking it matches ``specs``."""
         own = {key: variable for key, variable, _ in _variables(model)}
         archived = {spec.key: spec for spec in specs}
         own_names = {key: variable.path for key, variable in own.items()}
@@ -186,14 +252,19 @@ class TensorFlowBackend(Backend):
                 mismatched=mismatched,
                 context=f"loading into {type(model).__name__} {model.name!r}",
             )
-        keys = list(archived)
-        for key, array in zip(keys, _read_h5(source, keys)):
+        return own
+
+    def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
+        """Assign the bundle's weights to ``model``'s variables after checking all of them."""
+        own = self._checked_variables(model, specs)
+        keys = [spec.key for spec in specs]
+        for key, array in zip(keys, _read_h5(source, keys), strict=True):
             own[key].assign(array)
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         """Read every listed tensor from ``model.weights.h5`` with h5py (no TensorFlow)."""
         arrays = _read_h5(source, [spec.key for spec in specs])
-        return {spec.name: array for spec, array in zip(specs, arrays)}
+        return {spec.name: array for spec, array in zip(specs, arrays, strict=True)}
 
     def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
         """Assign ``{variable path: array}`` to ``model``'s variables, all checked first."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import polybundle
 import pytest
 
+import polybundle
 from tests import models
 from tests.conftest import needs_tensorflow, needs_torch
 
@@ -162,3 +162,30 @@ def test_manifest_records_layouts_sizes_and_hashes(tmp_path):
     with zipfile.ZipFile(path) as zf:
         assert zf.getinfo("net/model.pth").compress_type == zipfile.ZIP_STORED
         assert zf.namelist()[-1] == "manifest.json"
+
+
+@needs_tensorflow
+def test_keras_builder_that_runs_the_model_still_loads_exactly(tmp_path):
+    """A builder that calls its model on data cannot defer initialisation; it still loads."""
+    import keras
+
+    class Doubler(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2, name="dense")
+
+        def call(self, x):
+            return self.dense(x) * 2.0
+
+    @polybundle.architecture("test-doubler", backend="tensorflow", replace=True)
+    def build_doubler(config):
+        model = Doubler()
+        model(np.zeros((1, config["inputs"]), dtype="float32"))
+        return model
+
+    trained = polybundle.build("test-doubler", {"inputs": 3}, backend="tensorflow")
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    path = tmp_path / "doubler.bundle"
+    polybundle.save(path, {"net": trained})
+    loaded = polybundle.load(path).models["net"]
+    assert np.array_equal(np.asarray(loaded(x)), np.asarray(trained(x)))
