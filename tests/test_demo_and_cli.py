@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
-import polybundle
 import pytest
+
+import polybundle
 from polybundle import demo
 from polybundle.cli import main
-
 from tests import models
 from tests.conftest import HAS_TENSORFLOW, HAS_TORCH, needs_torch
 
@@ -25,6 +25,10 @@ def test_demo_trains_saves_and_loads_back_identically(tmp_path, capsys):
     assert [r.backend for r in results] == expected
     for result in results:
         assert result.matches
+        assert result.max_abs_difference == 0.0
+        if HAS_TORCH and HAS_TENSORFLOW:
+            assert result.cross_backend == ({"torch", "tensorflow"} - {result.backend}).pop()
+            assert result.cross_relative_error <= demo.CROSS_TOLERANCE
         assert result.path.exists()
         report = polybundle.inspect(result.path)
         assert report["backend"] == result.backend
