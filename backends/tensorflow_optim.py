@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+
 from polybundle.backend import TensorSpec
 from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
 from polybundle.optimizer import OptimizerState, to_plain

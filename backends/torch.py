@@ -164,9 +164,8 @@ class TorchBackend(Backend):
 
     def _load_state(self, model: Any, state: dict[str, Any], *, assign: bool = False) -> None:
         own = model.state_dict()
-        mismatched = [
-            key for key in own.keys() & state.keys() if tuple(own[key].shape) != tuple(state[key].shape)
-        ]
+        shared = own.keys() & state.keys()
+        mismatched = [key for key in shared if tuple(own[key].shape) != tuple(state[key].shape)]
         if own.keys() != state.keys() or mismatched:
             raise TensorMismatchError(
                 missing=own.keys() - state.keys(),

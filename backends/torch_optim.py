@@ -21,6 +21,7 @@ import base64
 from typing import Any
 
 import numpy as np
+
 from polybundle.backend import TensorSpec
 from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
 from polybundle.optimizer import OptimizerState, from_plain, to_plain

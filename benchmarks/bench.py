@@ -31,9 +31,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import polybundle  # noqa: E402
 from measure import measure  # noqa: E402
 from workloads import Weights, keras_model, register_architectures, torch_model  # noqa: E402
+
+import polybundle  # noqa: E402
 
 RATIOS = {
     "torch save": ("polybundle.save (torch)", "torch.save"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 import polybundle
 
 ARCHITECTURE = "bench-mlp"

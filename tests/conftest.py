@@ -11,8 +11,9 @@ import importlib.util
 import os
 from pathlib import Path
 
-import polybundle.plugins
 import pytest
+
+import polybundle.plugins
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY_DIR = Path(

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 import polybundle
 
 CONFIGS: dict[str, dict[str, Any]] = {

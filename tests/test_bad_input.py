@@ -6,10 +6,10 @@ import json
 import os
 import zipfile
 
-import polybundle
 import pytest
-from polybundle.archive import ArchiveReader
 
+import polybundle
+from polybundle.archive import ArchiveReader
 from tests import models
 from tests.conftest import needs_tensorflow, needs_torch, snapshot_tree
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import polybundle
 import pytest
-from polybundle.cli import main as cli_main
 
+import polybundle
+from polybundle.cli import main as cli_main
 from tests.conftest import needs_torch, snapshot_tree
 
 CRASH_SUPERVISOR = """

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from polybundle.testing import Adapter, BackendConformance
 
+from polybundle.testing import Adapter, BackendConformance
 from tests import models
 from tests.conftest import needs_tensorflow, needs_torch
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.cli import main
 from polybundle.errors import (
     BackendMismatchError,
@@ -15,7 +16,6 @@ from polybundle.errors import (
     TensorMismatchError,
 )
 from polybundle.parity import errors
-
 from tests import reference_architectures as ref
 from tests.conftest import needs_tensorflow, needs_torch
 

@@ -13,10 +13,11 @@ import json
 import time
 import zipfile
 
-import polybundle
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import polybundle
 from polybundle.errors import PolybundleError
 from polybundle.unpickle import safe_loads
 

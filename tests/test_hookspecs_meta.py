@@ -11,8 +11,9 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-import polybundle
 import pytest
+
+import polybundle
 from polybundle import hookspecs
 from polybundle.plugins import get_plugin_manager
 

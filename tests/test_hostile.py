@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.errors import PolybundleError, UnsafeContentError
 
 from .conftest import HAS_TENSORFLOW, LEGACY_DIR, snapshot_tree

@@ -5,12 +5,12 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.archive import ArchiveReader, check_member_name
 from polybundle.layouts import conv_tag, permutation
 from polybundle.writer import ArchiveWriter
-
 from tests.conftest import snapshot_tree
 
 

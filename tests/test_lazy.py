@@ -5,11 +5,11 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.archive import ArchiveReader
 from polybundle.writer import ALIGNMENT
-
 from tests.conftest import needs_tensorflow, needs_torch
 
 

@@ -15,8 +15,9 @@ import sys
 import zipfile
 
 import numpy as np
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.cli import main
 from polybundle.errors import UnsafeContentError
 from polybundle.unpickle import safe_loads

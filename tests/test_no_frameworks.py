@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import polybundle
-
 from tests import models
 from tests.conftest import REPO, needs_torch
 

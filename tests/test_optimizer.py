@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.optimizer import (
     OptimizerState,
     decode_optimizer,
@@ -12,7 +13,6 @@ from polybundle.optimizer import (
     from_plain,
     to_plain,
 )
-
 from tests.conftest import needs_tensorflow, needs_torch, snapshot_tree
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.errors import ConversionError, OptimizerMismatchError, UnsupportedOptimizerError
 from polybundle.optimizer_conversion import NATIVE_CLASSES, convert_optimizer, optimizer_state_for
-
 from tests import reference_architectures as ref
 from tests.conftest import needs_tensorflow, needs_torch
 from tests.test_training_continuation import (

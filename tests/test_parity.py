@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.cli import main
 from polybundle.inspection import inspect
 from polybundle.parity import compare, read_parity
-
 from tests import reference_architectures as ref
 from tests.conftest import needs_tensorflow, needs_torch
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import textwrap
 
 import numpy as np
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.backend import Backend
 from polybundle.plugins import get_plugin_manager
 from polybundle.registry import Registry, get_registry
-
 from tests.conftest import needs_torch
 
 FAKE_PLUGIN = textwrap.dedent(

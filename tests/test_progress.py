@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import polybundle
 import pytest
+
+import polybundle
 from polybundle import progress
 from polybundle.progress import progress_bar
-
 from tests.conftest import needs_torch
 
 

@@ -11,10 +11,10 @@ import zipfile
 
 import numpy as np
 import pytest
+
 from polybundle.archive import ArchiveReader
 from polybundle.errors import FormatError, UnsafeContentError
 from polybundle.readers import read_keras, read_keras_weights, read_pth
-
 from tests.conftest import REPO, needs_tensorflow, needs_torch
 
 
@@ -67,8 +67,9 @@ def test_read_pth_matches_torch_load_for_every_dtype_and_views():
 
 @needs_torch
 def test_bundle_tensors_read_without_torch_equal_state_dict(tmp_path):
-    import polybundle
     import torch
+
+    import polybundle
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
     net(torch.randn(2, 1, 5, 5))  # updates running stats

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import polybundle
 
+import polybundle
 from tests.conftest import needs_tensorflow, needs_torch
 
 WORKER = Path(__file__).with_name("resume_worker.py")

@@ -6,8 +6,8 @@ import json
 import random
 
 import numpy as np
-from polybundle.rng import capture_rng, decode_rng, encode_rng, restore_rng
 
+from polybundle.rng import capture_rng, decode_rng, encode_rng, restore_rng
 from tests.conftest import needs_tensorflow, needs_torch
 
 

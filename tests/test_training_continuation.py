@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import polybundle
 import pytest
 
+import polybundle
 from tests import reference_architectures as ref
 from tests.conftest import needs_tensorflow, needs_torch
 

@@ -20,6 +20,7 @@ import sys
 from typing import Any, BinaryIO
 
 import numpy as np
+
 from polybundle import Backend, FormatError, TensorMismatchError, TensorSpec
 from polybundle.canonical import Canonical
 

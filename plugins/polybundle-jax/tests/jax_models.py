@@ -10,8 +10,9 @@ import importlib.util
 from typing import Any
 
 import numpy as np
-import polybundle
 import pytest
+
+import polybundle
 
 HAS_JAX = all(importlib.util.find_spec(m) is not None for m in ("jax", "flax", "optax"))
 needs_jax = pytest.mark.skipif(

@@ -11,9 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax_models  # noqa: E402
+from flax import nnx  # noqa: E402
+
 import polybundle  # noqa: E402
 import polybundle_jax  # noqa: E402
-from flax import nnx  # noqa: E402
 
 
 def main(bundle_path: str, out: str, start: int, steps: int, fresh: bool) -> None:

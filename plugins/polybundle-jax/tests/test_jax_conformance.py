@@ -6,6 +6,7 @@ from typing import Any
 
 import jax_models
 import numpy as np
+
 from polybundle.testing import Adapter, BackendConformance
 
 pytestmark = jax_models.needs_jax
@@ -30,8 +31,9 @@ class JaxAdapter(Adapter):
         return jax_models.predict(model, x)
 
     def make_optimizer(self, model: Any) -> Any:
-        import polybundle_jax
         from flax import nnx
+
+        import polybundle_jax
 
         return nnx.Optimizer(model, polybundle_jax.adam(1e-2), wrt=nnx.Param)
 
@@ -45,8 +47,9 @@ class SgdMomentumAdapter(JaxAdapter):
     algorithm = "sgd"
 
     def make_optimizer(self, model: Any) -> Any:
-        import polybundle_jax
         from flax import nnx
+
+        import polybundle_jax
 
         return nnx.Optimizer(model, polybundle_jax.sgd(0.05, momentum=0.9, nesterov=True),
                              wrt=nnx.Param)

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import jax_models
+
 import polybundle
 
 pytestmark = jax_models.needs_jax

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import jax_models
 import jax_reference
-import polybundle
 import pytest
+
+import polybundle
 from polybundle.parity import errors
 
 REPO = Path(__file__).resolve().parents[3]

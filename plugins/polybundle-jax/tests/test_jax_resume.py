@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax_models
 import numpy as np
+
 import polybundle
 
 pytestmark = jax_models.needs_jax
@@ -17,8 +18,9 @@ WORKER = Path(__file__).with_name("jax_resume_worker.py")
 
 
 def _train(steps: int):
-    import polybundle_jax
     from flax import nnx
+
+    import polybundle_jax
 
     model = jax_models.convnet(jax_models.CONFIG, seed=0)
     optimizer = nnx.Optimizer(model, polybundle_jax.adam(1e-2), wrt=nnx.Param)
