@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .hookspecs import hookimpl
 
@@ -48,13 +48,15 @@ class Detection:
     backend: str | None = None
 
 
-@hookimpl(trylast=True)
-def polybundle_detect_archive(archive: ArchiveReader) -> Detection | None:
-    """Claim format-2 bundles: a ``manifest.json`` whose ``format`` is ``"polybundle"``.
+def peek_format2_manifest(archive: ArchiveReader) -> dict[str, Any] | None:
+    """Return the parsed ``manifest.json`` when it looks like format 2, else None.
+
+    For detectors: no schema check and no error (the loader checks fully
+    later), only "is there a JSON object whose ``format`` is ``polybundle``".
 
     Example:
-        >>> polybundle_detect_archive(archive)  # doctest: +SKIP
-        Detection(format='polybundle', backend='torch')
+        >>> peek_format2_manifest(archive)["backend"]  # doctest: +SKIP
+        'jax'
     """
     if not archive.has("manifest.json"):
         return None
@@ -63,6 +65,20 @@ def polybundle_detect_archive(archive: ArchiveReader) -> Detection | None:
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+        return None
+    return document
+
+
+@hookimpl(trylast=True)
+def polybundle_detect_archive(archive: ArchiveReader) -> Detection | None:
+    """Claim format-2 bundles: a ``manifest.json`` whose ``format`` is ``"polybundle"``.
+
+    Example:
+        >>> polybundle_detect_archive(archive)  # doctest: +SKIP
+        Detection(format='polybundle', backend='torch')
+    """
+    document = peek_format2_manifest(archive)
+    if document is None:
         return None
     backend = document.get("backend")
     return Detection(FORMAT_NAME, backend if isinstance(backend, str) else None)

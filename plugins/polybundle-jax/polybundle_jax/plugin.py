@@ -13,13 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Callable
 from typing import Any
 
 import polybundle
 from polybundle import Backend, Detection
+from polybundle.detection import peek_format2_manifest
 
 from .backend import WEIGHTS_MEMBER, JaxBackend
 
@@ -53,15 +53,8 @@ def polybundle_detect_archive(archive: Any) -> Detection | None:
         >>> polybundle_detect_archive(archive)  # doctest: +SKIP
         Detection(format='polybundle', backend='jax')
     """
-    if not archive.has("manifest.json"):
-        return None
-    try:
-        document = json.loads(archive.read("manifest.json"))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(document, dict) or document.get("format") != "polybundle":
-        return None
-    if document.get("backend") != JaxBackend.name:
+    document = peek_format2_manifest(archive)
+    if document is None or document.get("backend") != JaxBackend.name:
         return None
     models = document.get("models")
     if not isinstance(models, list):
