@@ -20,6 +20,7 @@ import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -194,6 +195,8 @@ class MemberRange(io.RawIOBase):
         self._size = size
         self._pos = 0
         self.name = name
+        self.on_read: Callable[[int], None] | None = None
+        """Called with each read's byte count (a progress bar); sub-ranges inherit it."""
 
     def readable(self) -> bool:
         """Return True: a range is always readable."""
@@ -236,6 +239,8 @@ class MemberRange(io.RawIOBase):
                 )
             done += chunk
         self._pos += done
+        if self.on_read is not None:
+            self.on_read(done)
         return done
 
     def readall(self) -> bytes:
@@ -261,7 +266,9 @@ class MemberRange(io.RawIOBase):
                 f"member {name!r} claims bytes {offset}..{offset + size} of {self.name!r}, "
                 f"which holds {self._size}; the nested archive is damaged or lies."
             )
-        return MemberRange(self._fd, self._start + offset, size, name)
+        inner = MemberRange(self._fd, self._start + offset, size, name)
+        inner.on_read = self.on_read
+        return inner
 
 
 class NestedZip:
@@ -341,6 +348,8 @@ class ArchiveReader:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.on_read: Callable[[int], None] | None = None
+        """Given to every STORED member opened from now on (see :class:`MemberRange`)."""
         try:
             self._file: BinaryIO = open(self.path, "rb")
         except FileNotFoundError:
@@ -488,7 +497,9 @@ class ArchiveReader:
                     f"member {name!r} claims {info.file_size} bytes past the end of "
                     f"{str(self.path)!r}; the file is truncated or lies about sizes."
                 )
-            return MemberRange(self._file.fileno(), offset, info.file_size, name)
+            member = MemberRange(self._file.fileno(), offset, info.file_size, name)
+            member.on_read = self.on_read
+            return member
         try:
             return DeflatedMember(self._zip.open(info), name)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as exc:

@@ -133,7 +133,7 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
     """
     from .verify import verify
 
-    report = verify(args.path)
+    report = verify(args.path, progress=True)
     parity_ok = True
     if getattr(args, "parity", False) and report.ok:
         parity_ok = run_parity(args, console) == 0

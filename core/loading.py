@@ -23,6 +23,7 @@ from .legacy.plugin import era_reader
 from .manifest import PARAMS_MEMBER, read_manifest, verify_members, verifying_members
 from .params import decode_params
 from .plugins import get_plugin_manager
+from .progress import progress_bar
 from .registry import get_backend, get_registry, remember_architecture
 from .transfer import converted_model
 
@@ -99,6 +100,7 @@ def load(
     verify: bool | None = None,
     lazy: bool = False,
     trust_code: bool = False,
+    progress: bool = False,
 ) -> Bundle:
     """Load the bundle at ``path``, whichever registered backend wrote it.
 
@@ -115,6 +117,9 @@ def load(
     (on by default): beside the framework's read in a background thread for
     models built here (they are discarded on a mismatch), before anything is
     loaded when ``into`` gives models the caller owns. Nothing is ever unpickled.
+
+    ``progress=True`` shows a progress bar of the bytes read (hashing and
+    loading) for bundles of 64 MiB and more (:mod:`polybundle.progress`).
 
     ``lazy=True`` builds no models and imports no framework: ``tensors(role)``
     then memory-maps the weights, reading only what is touched. A lazy load
@@ -166,24 +171,49 @@ def load(
             raise PolybundleError(
                 f"into names roles {sorted(stray)} that are not being loaded ({selected})."
             )
-        if check and (into or lazy):  # models the caller owns change only after the check
-            verify_members(archive, manifest)
-        with verifying_members(archive, manifest, enabled=check and not into and not lazy):
-            params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
-            if not lazy:
-                requested.require()
-            models, plans = {}, {}
-            for role in [] if lazy else selected:
-                entry = model_entry(manifest, role)
-                if requested is archived:
-                    models[role] = _build_model(archive, archived, entry, into.get(role))
-                else:
-                    models[role], plans[role] = converted_model(
-                        archive, entry, archived, requested, into.get(role)
-                    )
+        to_read = sum(archive.size(model_entry(manifest, r)["weights"]) for r in selected)
+        if check:
+            to_read += sum(record["size"] for record in manifest["members"].values())
+        bar = progress_bar(f"loading {Path(path).name}", 0 if lazy else to_read, enabled=progress)
+        with bar as advance:
+            archive.on_read = advance
+            if check and (into or lazy):  # models the caller owns change only after the check
+                verify_members(archive, manifest)
+            models, plans, params = _load_models(
+                archive, manifest, archived, requested, selected, into,
+                verify=check and not into and not lazy, lazy=lazy,
+            )
     bundle = Bundle(Path(path), manifest, params, requested.name, models, lazy=lazy,
                     conversions=plans)
     get_plugin_manager().hook.polybundle_params_loaded(
         params=bundle.params, manifest=manifest, path=str(path)
     )
     return bundle
+
+
+def _load_models(
+    archive: ArchiveReader,
+    manifest: dict[str, Any],
+    archived: Backend,
+    requested: Backend,
+    selected: list[str],
+    into: dict[str, Any],
+    *,
+    verify: bool,
+    lazy: bool,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Read params and build the selected roles' models, hashing alongside when asked."""
+    with verifying_members(archive, manifest, enabled=verify):
+        params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
+        if not lazy:
+            requested.require()
+        models, plans = {}, {}
+        for role in [] if lazy else selected:
+            entry = model_entry(manifest, role)
+            if requested is archived:
+                models[role] = _build_model(archive, archived, entry, into.get(role))
+            else:
+                models[role], plans[role] = converted_model(
+                    archive, entry, archived, requested, into.get(role)
+                )
+    return models, plans, params

@@ -29,6 +29,7 @@ from .legacy.plugin import era_reader
 from .loading import detect
 from .manifest import PARAMS_MEMBER, read_manifest, verify_members
 from .params import decode_params
+from .progress import progress_bar
 from .readers.torch_zip import read_pth
 
 
@@ -141,12 +142,13 @@ def _verify_legacy(archive: ArchiveReader, format_name: str, report: VerifyRepor
     report.checked.append(f"CRC-32 of {len(archive.names())} members")
 
 
-def verify(path: str | os.PathLike[str]) -> VerifyReport:
+def verify(path: str | os.PathLike[str], *, progress: bool = False) -> VerifyReport:
     """Check the archive at ``path`` for integrity and safety; load no model, run nothing.
 
     Every problem found is in ``report.problems`` (a typed
     :class:`~polybundle.errors.PolybundleError` raised by a check is recorded,
-    not raised); ``report.ok`` is False when there is any.
+    not raised); ``report.ok`` is False when there is any. ``progress=True``
+    shows a bar of the bytes read for archives of 64 MiB and more.
 
     Example:
         >>> polybundle.verify("wts.h5.zip").format  # doctest: +SKIP
@@ -154,7 +156,12 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     """
     report = VerifyReport(str(path))
     try:
-        with ArchiveReader(path) as archive:
+        with ArchiveReader(path) as archive, progress_bar(
+            f"verifying {archive.path.name}",
+            sum(archive.size(name) for name in archive.names()),
+            enabled=progress,
+        ) as advance:
+            archive.on_read = advance
             report.checked.append(f"zip structure of {len(archive.names())} members")
             detection = detect(archive)
             report.format = detection.format

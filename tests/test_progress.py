@@ -33,3 +33,34 @@ def test_save_with_progress_writes_the_same_bundle(tmp_path):
     polybundle.save(tmp_path / "a.bundle", {"net": net}, progress=True)
     loaded = polybundle.load(tmp_path / "a.bundle", roles=[]).tensors("net")
     assert loaded["weight"].shape == (8, 8)
+
+
+@needs_torch
+def test_load_with_progress_reports_every_byte_read(tmp_path, monkeypatch):
+    import contextlib
+
+    import torch
+
+    from polybundle import loading
+
+    path = tmp_path / "p.bundle"
+    polybundle.save(path, {"a": torch.nn.Linear(64, 64), "b": torch.nn.Linear(32, 8)})
+    seen = {}
+
+    @contextlib.contextmanager
+    def recording_bar(description, total, *, enabled):
+        seen.update(description=description, total=total, enabled=enabled, read=0)
+
+        def advance(count):
+            seen["read"] += count
+
+        yield advance
+
+    monkeypatch.setattr(loading, "progress_bar", recording_bar)
+    bundle = polybundle.load(path, into={"a": torch.nn.Linear(64, 64), "b": torch.nn.Linear(32, 8)},
+                             progress=True)
+    members = bundle.manifest["members"]
+    weights = members["a/model.pth"]["size"] + members["b/model.pth"]["size"]
+    assert seen["enabled"] and seen["description"] == "loading p.bundle"
+    assert seen["total"] == weights + sum(m["size"] for m in members.values())
+    assert seen["read"] >= weights  # torch.load re-reads a few header bytes
