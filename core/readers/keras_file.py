@@ -9,6 +9,12 @@ walks ``config.json`` the same way to give every dataset its variable path
 (``<layer name>/<variable>``, as ``keras.Variable.path`` says) and its
 canonical kind (:mod:`polybundle.canonical`).
 
+It is also the one place that opens ``model.weights.h5`` and reads its
+datasets, for the TensorFlow backend, lazy loading and legacy archives:
+:func:`read_dataset` reads a contiguous, uncompressed dataset of a bundle
+member with one ``preadv`` into its array (or, given ``mapped``, views it in
+a memory map of the bundle) and leaves anything else to h5py.
+
 Example:
     >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
     ...     sorted(read_keras(f))[:2]
@@ -17,14 +23,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import mmap
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..archive import MemberRange, NestedZip
+from ..archive import MemberRange, NestedZip, open_nested
 from ..canonical import Canonical, keras_canonical
 from ..errors import FormatError
 
@@ -33,6 +43,10 @@ CONFIG_JSON = "config.json"
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 
 _MODELS = {"Functional", "Sequential", "Model"}
+_H5_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
+
+Source = bytes | BinaryIO | MemberRange
+"""A ``.keras`` file: its bytes, or a seekable binary file or bundle member."""
 
 
 def _snake_case(name: str) -> str:
@@ -141,8 +155,16 @@ def _walk(model: dict[str, Any], prefix: str, h5: Any, out: list[KerasWeight]) -
             )
 
 
-def _open(source: BinaryIO | MemberRange) -> tuple[dict[str, Any], Any]:
-    inner = NestedZip(source)
+def _container(source: Source) -> BinaryIO | MemberRange:
+    """Return ``source`` as a seekable file (bytes become a :class:`io.BytesIO`)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source)
+    return source
+
+
+def _open(source: Source) -> tuple[dict[str, Any], BinaryIO | MemberRange]:
+    """Return the ``.keras`` file's config and its opened ``model.weights.h5``."""
+    inner = NestedZip(_container(source))
     with inner.open(CONFIG_JSON) as stream:
         raw = stream.read(MAX_CONFIG_BYTES + 1)
     if len(raw) > MAX_CONFIG_BYTES:
@@ -156,8 +178,126 @@ def _open(source: BinaryIO | MemberRange) -> tuple[dict[str, Any], Any]:
     return config, inner.open(WEIGHTS_H5)
 
 
+@contextlib.contextmanager
+def weights_file(stream: BinaryIO | MemberRange, *, where: str = "") -> Iterator[Any]:
+    """Open the ``model.weights.h5`` in ``stream`` with h5py, read-only.
+
+    What h5py raises for a damaged file, inside the ``with`` block too,
+    becomes :class:`FormatError` (prefixed with ``where`` when given).
+
+    Example:
+        >>> with weights_file(io.BytesIO(b"not hdf5")) as h5:  # doctest: +ELLIPSIS
+        ...     pass
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: model.weights.h5 is not a readable HDF5 file (...
+    """
+    import h5py
+
+    prefix = f"{where}: " if where else ""
+    try:
+        with h5py.File(stream, "r") as h5:
+            yield h5
+    except _H5_ERRORS as exc:
+        raise FormatError(
+            f"{prefix}{WEIGHTS_H5} is not a readable HDF5 file ({str(exc)[:120]})."
+        ) from None
+
+
+def _contiguous_offset(stream: BinaryIO | MemberRange, dataset: Any) -> int | None:
+    """Return where a plain dataset's bytes start in ``stream``, or None if h5py must read it.
+
+    Plain: contiguous, uncompressed, in native byte order, in a bundle member.
+    """
+    offset = dataset.id.get_offset()
+    plain = (
+        isinstance(stream, MemberRange)
+        and dataset.chunks is None
+        and dataset.compression is None
+        and offset is not None
+        and dataset.dtype.isnative
+    )
+    return offset if plain else None
+
+
+def _window(mapped: mmap.mmap, dataset: Any, start: int) -> np.ndarray:
+    """Return ``dataset`` as a read-only view of ``mapped`` from byte ``start``."""
+    dtype = np.dtype(dataset.dtype)
+    count = int(np.prod(dataset.shape, dtype=np.int64))
+    if start < 0 or start + count * dtype.itemsize > len(mapped):
+        raise FormatError(
+            f"a tensor claims bytes {start}..{start + count * dtype.itemsize} of a "
+            f"{len(mapped)}-byte bundle; the file is truncated or damaged."
+        )
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=start).reshape(dataset.shape)
+
+
+def read_dataset(
+    stream: BinaryIO | MemberRange, dataset: Any, *, mapped: mmap.mmap | None = None
+) -> np.ndarray:
+    """Return the h5py ``dataset`` of the ``model.weights.h5`` open in ``stream`` as an array.
+
+    A contiguous, uncompressed dataset of a bundle member (a
+    :class:`MemberRange`) is read with one ``preadv`` straight into its
+    array, or, given ``mapped`` (a read-only memory map of the bundle file),
+    is a read-only view of it and nothing is read now. Anything else is
+    decoded by h5py (read-only too when ``mapped`` is given).
+
+    Example:
+        >>> with weights_file(stream) as h5:  # doctest: +SKIP
+        ...     read_dataset(stream, h5["layers/dense/vars/0"]).shape
+        (3, 4)
+    """
+    offset = _contiguous_offset(stream, dataset)
+    if offset is None:  # chunked, compressed or held in memory: HDF5 decodes it
+        array = np.asarray(dataset[()])
+        if mapped is not None:
+            array.flags.writeable = False
+        return array
+    if mapped is not None:
+        return _window(mapped, dataset, stream.offset + offset)
+    array = np.empty(dataset.shape, dtype=dataset.dtype)
+    stream.seek(offset)
+    if stream.readinto(array) != array.nbytes:
+        raise FormatError(
+            f"{WEIGHTS_H5}: dataset {dataset.name!r} runs past the end of the file; "
+            "the weights file is truncated."
+        )
+    return array
+
+
+def read_datasets(
+    source: Source, keys: list[str], *, mapped: mmap.mmap | None = None
+) -> list[np.ndarray]:
+    """Return the datasets ``keys`` of the ``.keras`` file in ``source``, in that order.
+
+    Each is read as :func:`read_dataset` says (views of ``mapped`` when
+    given). A missing key raises :class:`FormatError`. Neither TensorFlow nor
+    Keras is imported.
+
+    Example:
+        >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
+        ...     read_datasets(f, ["layers/dense/vars/0"])[0].shape
+        (3, 4)
+    """
+    import h5py
+
+    stream = open_nested(_container(source), WEIGHTS_H5)
+    with weights_file(stream) as h5:
+        arrays = []
+        for key in keys:
+            dataset = h5.get(key)
+            if not isinstance(dataset, h5py.Dataset):
+                raise FormatError(
+                    f"{WEIGHTS_H5} has no dataset {key!r}, which the manifest lists; "
+                    "the weights file does not match its manifest."
+                )
+            arrays.append(read_dataset(stream, dataset, mapped=mapped))
+        return arrays
+
+
 def read_keras_weights(
-    source: BinaryIO | MemberRange, *, with_arrays: bool = True
+    source: Source, *, with_arrays: bool = True
 ) -> list[tuple[KerasWeight, np.ndarray | None]]:
     """Return every stored layer variable of the ``.keras`` file in ``source``, in model order.
 
@@ -170,19 +310,14 @@ def read_keras_weights(
         ...     [(w.name, w.canonical.kind) for w, _ in read_keras_weights(f)][:1]
         [('enc_conv1/kernel', 'conv2d')]
     """
-    import h5py
-
     config, stream = _open(source)
-    try:
-        with h5py.File(stream, "r") as h5:
-            weights: list[KerasWeight] = []
-            _walk(config, "", h5, weights)
-            return [(w, h5[w.key][()] if with_arrays else None) for w in weights]
-    except OSError as exc:
-        raise FormatError(f"{WEIGHTS_H5} is not a readable HDF5 file ({exc}).") from None
+    with weights_file(stream) as h5:
+        weights: list[KerasWeight] = []
+        _walk(config, "", h5, weights)
+        return [(w, read_dataset(stream, h5[w.key]) if with_arrays else None) for w in weights]
 
 
-def read_keras(source: BinaryIO | MemberRange) -> dict[str, np.ndarray]:
+def read_keras(source: Source) -> dict[str, np.ndarray]:
     """Return ``{variable path: array}`` for the weights of the ``.keras`` file in ``source``.
 
     Example:
