@@ -18,14 +18,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from polybundle.archive import MemberRange, open_nested
 from polybundle.backend import Backend, TensorSpec
 from polybundle.canonical import keras_canonical
 from polybundle.errors import FormatError, TensorMismatchError, UnsafeContentError
 from polybundle.hookspecs import hookimpl
 from polybundle.layouts import OPAQUE, SCALAR, conv_tag
+from polybundle.readers.keras_file import read_datasets
 
-WEIGHTS_H5 = "model.weights.h5"
 _CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
 _CONV_TRANSPOSE = {"Conv1DTranspose": 1, "Conv2DTranspose": 2, "Conv3DTranspose": 3}
 _VECTOR_LAYERS = {"BatchNormalization", "LayerNormalization", "GroupNormalization", "PReLU"}
@@ -97,53 +96,6 @@ def _specs(model: Any) -> list[TensorSpec]:
                        canonical.slot)
         )
     return specs
-
-
-def _read_dataset(stream: BinaryIO, dataset: Any) -> np.ndarray:
-    """Read one dataset; a plain contiguous one straight from the file into its array.
-
-    h5py reading through a Python file object copies every block through
-    Python bytes; a contiguous, uncompressed dataset of a STORED member is one
-    ``preadv`` into the final array instead.
-    """
-    offset = dataset.id.get_offset()
-    direct = (
-        isinstance(stream, MemberRange)
-        and dataset.chunks is None
-        and dataset.compression is None
-        and offset is not None
-        and dataset.dtype.isnative
-    )
-    if not direct:
-        return dataset[()]
-    array = np.empty(dataset.shape, dtype=dataset.dtype)
-    stream.seek(offset)
-    if stream.readinto(array) != array.nbytes:
-        raise FormatError(
-            f"{WEIGHTS_H5}: dataset {dataset.name!r} runs past the end of the file; "
-            "the weights file is truncated."
-        )
-    return array
-
-
-def _read_h5(source: BinaryIO, keys: list[str]) -> list[np.ndarray]:
-    import h5py
-
-    stream = open_nested(source, WEIGHTS_H5)
-    try:
-        with h5py.File(stream, "r") as h5:
-            arrays = []
-            for key in keys:
-                dataset = h5.get(key)
-                if not isinstance(dataset, h5py.Dataset):
-                    raise FormatError(
-                        f"{WEIGHTS_H5} has no dataset {key!r}, which the manifest lists; "
-                        "the weights file does not match its manifest."
-                    )
-                arrays.append(_read_dataset(stream, dataset))
-            return arrays
-    except OSError as exc:
-        raise FormatError(f"{WEIGHTS_H5} is not a readable HDF5 file ({exc}).") from None
 
 
 class TensorFlowBackend(Backend):
@@ -221,7 +173,7 @@ class TensorFlowBackend(Backend):
         try:
             own = self._checked_variables(model, specs)
             keys = [spec.key for spec in specs]
-            for key, array in zip(keys, _read_h5(source, keys), strict=True):
+            for key, array in zip(keys, read_datasets(source, keys), strict=True):
                 variable = own[key]
                 if variable._value is None:
                     variable._initialize(array)
@@ -258,12 +210,12 @@ class TensorFlowBackend(Backend):
         """Assign the bundle's weights to ``model``'s variables after checking all of them."""
         own = self._checked_variables(model, specs)
         keys = [spec.key for spec in specs]
-        for key, array in zip(keys, _read_h5(source, keys), strict=True):
+        for key, array in zip(keys, read_datasets(source, keys), strict=True):
             own[key].assign(array)
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         """Read every listed tensor from ``model.weights.h5`` with h5py (no TensorFlow)."""
-        arrays = _read_h5(source, [spec.key for spec in specs])
+        arrays = read_datasets(source, [spec.key for spec in specs])
         return {spec.name: array for spec, array in zip(specs, arrays, strict=True)}
 
     def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
