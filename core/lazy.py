@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-from .archive import ArchiveReader, MemberRange, NestedZip
+from .archive import ArchiveReader, MemberRange
 from .backend import TensorSpec
 from .errors import FormatError
+from .readers.keras_file import read_datasets
 from .readers.torch_zip import read_pth
 
 Loader = Callable[[], np.ndarray]
@@ -69,15 +70,6 @@ def _map_file(archive: ArchiveReader) -> mmap.mmap:
         return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def _window(mapped: mmap.mmap, dtype: np.dtype, start: int, count: int) -> np.ndarray:
-    if start < 0 or start + count * dtype.itemsize > len(mapped):
-        raise FormatError(
-            f"a tensor claims bytes {start}..{start + count * dtype.itemsize} of a "
-            f"{len(mapped)}-byte bundle; the file is truncated or damaged."
-        )
-    return np.frombuffer(mapped, dtype=dtype, count=count, offset=start)
-
-
 def _torch_loaders(
     source: MemberRange, mapped: mmap.mmap, specs: list[TensorSpec]
 ) -> dict[str, Loader]:
@@ -89,28 +81,11 @@ def _torch_loaders(
 def _keras_loaders(
     source: MemberRange, mapped: mmap.mmap, specs: list[TensorSpec]
 ) -> dict[str, Loader]:
-    import h5py
-
-    h5_range = NestedZip(source).open("model.weights.h5")
-    loaders: dict[str, Loader] = {}
-    with h5py.File(h5_range, "r") as h5:
-        for spec in specs:
-            dataset = h5.get(spec.key)
-            if not isinstance(dataset, h5py.Dataset):
-                raise FormatError(
-                    f"model.weights.h5 has no dataset {spec.key!r}, which the manifest lists."
-                )
-            offset = dataset.id.get_offset()
-            plain = dataset.chunks is None and dataset.compression is None
-            if isinstance(h5_range, MemberRange) and plain and offset is not None:
-                count = int(np.prod(dataset.shape, dtype=np.int64))
-                window = _window(mapped, dataset.dtype, h5_range.offset + offset, count)
-                array = window.reshape(dataset.shape)
-            else:  # chunked or compressed: read now (HDF5 must decode it)
-                array = dataset[()]
-                array.flags.writeable = False
-            loaders[spec.name] = lambda array=array: array
-    return loaders
+    arrays = read_datasets(source, [spec.key for spec in specs], mapped=mapped)
+    return {
+        spec.name: (lambda array=array: array)
+        for spec, array in zip(specs, arrays, strict=True)
+    }
 
 
 _INDEXERS = {"model.pth": _torch_loaders, "model.keras": _keras_loaders}
