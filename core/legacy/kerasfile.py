@@ -29,9 +29,8 @@ from ..archive import MAX_JSON_BYTES, MAX_RATIO, RATIO_FLOOR, check_member_kind,
 from ..backend import TensorSpec
 from ..errors import FormatError, PolybundleError, UnsafeContentError
 from ..layouts import OPAQUE, SCALAR
+from ..readers.keras_file import CONFIG_JSON, WEIGHTS_H5, read_dataset, weights_file
 
-CONFIG_JSON = "config.json"
-WEIGHTS_H5 = "model.weights.h5"
 MAX_KERAS_MEMBERS = 64
 """A ``.keras`` file holds three members (four with assets); more is refused."""
 
@@ -214,31 +213,27 @@ def _datasets(
 
     budget = MAX_RATIO * len(keras_file.weights) + RATIO_FLOOR
     found: list[tuple[str, tuple[int, ...], str, Any]] = []
-    try:
-        with h5py.File(io.BytesIO(keras_file.weights), "r") as h5:
-            layers = h5.get("layers")
-            if layers is None:
-                return found
-            if not isinstance(layers, h5py.Group):
-                raise FormatError(f"{keras_file.where}: 'layers' in {WEIGHTS_H5} is not a group.")
+    stream = io.BytesIO(keras_file.weights)
+    with weights_file(stream, where=keras_file.where) as h5:
+        layers = h5.get("layers")
+        if layers is None:
+            return found
+        if not isinstance(layers, h5py.Group):
+            raise FormatError(f"{keras_file.where}: 'layers' in {WEIGHTS_H5} is not a group.")
 
-            def visit(name: str, item: Any) -> None:
-                if not isinstance(item, h5py.Dataset):
-                    return
-                dtype = np.dtype(item.dtype)
-                if dtype.kind not in "biufc" or item.shape is None:
-                    raise FormatError(f"{keras_file.where}: weight {name!r} is not numeric.")
-                if int(np.prod(item.shape, dtype=np.float64)) * dtype.itemsize > budget:
-                    raise UnsafeContentError(
-                        f"{keras_file.where}: weight {name!r} declares shape {item.shape}, "
-                        "far larger than the file; refused."
-                    )
-                value = np.asarray(item[()]) if with_arrays else None
-                found.append((f"layers/{name}", tuple(item.shape), str(dtype), value))
+        def visit(name: str, item: Any) -> None:
+            if not isinstance(item, h5py.Dataset):
+                return
+            dtype = np.dtype(item.dtype)
+            if dtype.kind not in "biufc" or item.shape is None:
+                raise FormatError(f"{keras_file.where}: weight {name!r} is not numeric.")
+            if int(np.prod(item.shape, dtype=np.float64)) * dtype.itemsize > budget:
+                raise UnsafeContentError(
+                    f"{keras_file.where}: weight {name!r} declares shape {item.shape}, "
+                    "far larger than the file; refused."
+                )
+            value = read_dataset(stream, item) if with_arrays else None
+            found.append((f"layers/{name}", tuple(item.shape), str(dtype), value))
 
-            layers.visititems(visit)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise FormatError(
-            f"{keras_file.where}: {WEIGHTS_H5} is not a readable HDF5 file ({str(exc)[:120]})."
-        ) from None
+        layers.visititems(visit)
     return found
