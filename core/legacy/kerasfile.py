@@ -21,13 +21,13 @@ import json
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from ..archive import MAX_JSON_BYTES, MAX_RATIO, RATIO_FLOOR, check_member_kind, check_member_name
 from ..backend import TensorSpec
-from ..errors import FormatError, PolybundleError, UnsafeContentError
+from ..errors import FormatError, UnsafeContentError
 from ..layouts import OPAQUE, SCALAR
 from ..readers.keras_file import CONFIG_JSON, WEIGHTS_H5, read_dataset, weights_file
 
@@ -97,34 +97,6 @@ def open_keras(data: bytes, *, where: str) -> KerasFile:
     if not isinstance(config, dict):
         raise FormatError(f"{where}: {CONFIG_JSON} is not a JSON object.")
     return KerasFile(config, member(WEIGHTS_H5, MAX_WEIGHTS_BYTES), where)
-
-
-def read_config(source: BinaryIO) -> dict[str, Any]:
-    """Read only ``config.json`` of the ``.keras`` zip in the seekable ``source``.
-
-    Example:
-        >>> read_config(archive.open("net/model.keras"))["class_name"]  # doctest: +SKIP
-        'Sequential'
-    """
-    where = getattr(source, "name", "model.keras")
-    try:
-        inner = zipfile.ZipFile(source)
-        info = inner.getinfo(CONFIG_JSON)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise FormatError(f"{where} is not a Keras file with {CONFIG_JSON} ({exc}).") from None
-    check_member_name(info.filename)
-    check_member_kind(info)
-    if info.file_size > MAX_JSON_BYTES:
-        raise UnsafeContentError(f"{where}: {CONFIG_JSON} declares {info.file_size} bytes.")
-    try:
-        config = json.loads(inner.read(info))
-    except PolybundleError:
-        raise
-    except Exception as exc:  # BadZipFile (CRC), zlib.error, JSON and recursion errors
-        raise FormatError(f"{where}: {CONFIG_JSON} is damaged ({str(exc)[:80]}).") from None
-    if not isinstance(config, dict):
-        raise FormatError(f"{where}: {CONFIG_JSON} is not a JSON object.")
-    return config
 
 
 def _objects(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:

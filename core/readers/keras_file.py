@@ -28,19 +28,26 @@ import io
 import json
 import mmap
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..archive import MemberRange, NestedZip, open_nested
+from ..archive import (
+    MAX_JSON_BYTES,
+    MemberRange,
+    NestedZip,
+    check_member_kind,
+    check_member_name,
+    open_nested,
+)
 from ..canonical import Canonical, keras_canonical
-from ..errors import FormatError
+from ..errors import FormatError, PolybundleError, UnsafeContentError
 
 WEIGHTS_H5 = "model.weights.h5"
 CONFIG_JSON = "config.json"
-MAX_CONFIG_BYTES = 64 * 1024 * 1024
 
 _MODELS = {"Functional", "Sequential", "Model"}
 _H5_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
@@ -162,20 +169,39 @@ def _container(source: Source) -> BinaryIO | MemberRange:
     return source
 
 
+def read_config(source: BinaryIO) -> dict[str, Any]:
+    """Read only ``config.json`` of the ``.keras`` zip in the seekable ``source``.
+
+    Example:
+        >>> read_config(archive.open("net/model.keras"))["class_name"]  # doctest: +SKIP
+        'Sequential'
+    """
+    where = getattr(source, "name", "model.keras")
+    try:
+        inner = zipfile.ZipFile(source)
+        info = inner.getinfo(CONFIG_JSON)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
+        raise FormatError(f"{where} is not a Keras file with {CONFIG_JSON} ({exc}).") from None
+    check_member_name(info.filename)
+    check_member_kind(info)
+    if info.file_size > MAX_JSON_BYTES:
+        raise UnsafeContentError(f"{where}: {CONFIG_JSON} declares {info.file_size} bytes.")
+    try:
+        config = json.loads(inner.read(info))
+    except PolybundleError:
+        raise
+    except Exception as exc:  # BadZipFile (CRC), zlib.error, JSON and recursion errors
+        raise FormatError(f"{where}: {CONFIG_JSON} is damaged ({str(exc)[:80]}).") from None
+    if not isinstance(config, dict):
+        raise FormatError(f"{where}: {CONFIG_JSON} is not a JSON object.")
+    return config
+
+
 def _open(source: Source) -> tuple[dict[str, Any], BinaryIO | MemberRange]:
     """Return the ``.keras`` file's config and its opened ``model.weights.h5``."""
-    inner = NestedZip(_container(source))
-    with inner.open(CONFIG_JSON) as stream:
-        raw = stream.read(MAX_CONFIG_BYTES + 1)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise FormatError(f"{CONFIG_JSON} of model.keras is over {MAX_CONFIG_BYTES} bytes.")
-    try:
-        config = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{CONFIG_JSON} of model.keras is not JSON ({exc}).") from None
-    if not isinstance(config, dict):
-        raise FormatError(f"{CONFIG_JSON} of model.keras is not a JSON object.")
-    return config, inner.open(WEIGHTS_H5)
+    container = _container(source)
+    config = read_config(container)
+    return config, NestedZip(container).open(WEIGHTS_H5)
 
 
 @contextlib.contextmanager
