@@ -23,7 +23,8 @@ from polybundle.canonical import keras_canonical
 from polybundle.errors import FormatError, TensorMismatchError, UnsafeContentError
 from polybundle.hookspecs import hookimpl
 from polybundle.layouts import OPAQUE, SCALAR, conv_tag
-from polybundle.readers.keras_file import read_datasets
+from polybundle.legacy.kerasfile import check_config
+from polybundle.readers.keras_file import read_config, read_datasets
 
 _CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
 _CONV_TRANSPOSE = {"Conv1DTranspose": 1, "Conv2DTranspose": 2, "Conv3DTranspose": 3}
@@ -251,9 +252,15 @@ class TensorFlowBackend(Backend):
         return {"output": np.asarray(outputs)}
 
     def load_standalone(self, source: BinaryIO) -> Any:
-        """Rebuild the model from the ``.keras`` file itself, with ``safe_mode=True``."""
+        """Rebuild the model from the ``.keras`` file itself, with ``safe_mode=True``.
+
+        The config is checked first without Keras (no ``Lambda`` layers, no
+        classes from non-Keras modules), so Keras never sees a hostile config.
+        """
         from keras.src.saving import saving_lib
 
+        check_config(read_config(source), where=getattr(source, "name", "model.keras"))
+        source.seek(0)
         try:
             return saving_lib.load_model(source, safe_mode=True, compile=False)
         except ValueError as exc:

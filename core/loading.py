@@ -17,14 +17,12 @@ from .backend import Backend, TensorSpec
 from .bundle import Bundle, model_entry
 from .detection import FORMAT_NAME, KNOWN_FORMATS, Detection
 from .errors import BackendMismatchError, FormatError, PolybundleError, UnknownBackendError
-from .legacy.kerasfile import check_config
 from .legacy.loading import load_legacy
 from .legacy.plugin import era_reader
 from .manifest import PARAMS_MEMBER, read_manifest, verify_members, verifying_members
 from .params import decode_params
 from .plugins import get_plugin_manager
 from .progress import progress_bar
-from .readers.keras_file import read_config
 from .registry import get_backend, get_registry, remember_architecture
 from .transfer import converted_model
 
@@ -83,9 +81,6 @@ def _build_model(
             model = backend.build_and_load(builder, architecture["config"], source, specs)
             remember_architecture(model, architecture["name"], architecture["config"])
             return model
-        if entry["weights"].endswith(".keras"):
-            check_config(read_config(source), where=entry["weights"])
-            source.seek(0)
         model = backend.load_standalone(source)
         if architecture:
             remember_architecture(model, architecture["name"], architecture["config"])
