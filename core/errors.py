@@ -67,6 +67,18 @@ class UnsafeContentError(PolybundleError):
     """
 
 
+class BudgetExceededError(UnsafeContentError):
+    """Reading the archive would allocate more memory than the budget allows.
+
+    Raised before the allocation, from the sizes the archive declares (see
+    :mod:`polybundle.budget`). Pass a larger ``max_bytes=`` to read a bigger model.
+
+    Example:
+        >>> issubclass(BudgetExceededError, UnsafeContentError)
+        True
+    """
+
+
 class BackendError(PolybundleError):
     """Base class of errors about backends (frameworks).
 
@@ -222,6 +234,7 @@ __all__ = [
     "UnsupportedVersionError",
     "IntegrityError",
     "UnsafeContentError",
+    "BudgetExceededError",
     "BackendError",
     "UnknownBackendError",
     "BackendUnavailableError",

@@ -2,7 +2,9 @@
 
 Tests that need a framework use the ``needs_torch`` / ``needs_tensorflow``
 markers (skip with a reason when it is absent; CI installs both). Fixture
-archives from the shared folder are reached through ``legacy_dir``.
+archives made by the original writers live in ``tests/fixtures/legacy`` (copied from
+the project's shared fixtures, so a fresh clone runs every test) and are reached
+through ``legacy_dir``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ import pytest
 import polybundle.plugins
 
 REPO = Path(__file__).resolve().parents[1]
-LEGACY_DIR = Path(
-    os.environ.get("POLYBUNDLE_LEGACY_FIXTURES", REPO.parent / "shared" / "fixtures" / "legacy")
-)
+LEGACY_DIR = REPO / "tests" / "fixtures" / "legacy"
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_TENSORFLOW = (
@@ -40,9 +40,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 @pytest.fixture
 def legacy_dir() -> Path:
-    """The folder of real legacy archives (``../shared/fixtures/legacy``)."""
-    if not LEGACY_DIR.is_dir():
-        pytest.skip(f"legacy fixtures not found at {LEGACY_DIR}")
+    """The folder of real legacy archives (``tests/fixtures/legacy``)."""
     return LEGACY_DIR
 
 
