@@ -49,6 +49,10 @@ def check_stored(
 
     ``shape`` and ``dtype`` are what the weights file itself records for the
     tensor; ``where`` names the member in the error.
+
+    Example:
+        >>> spec = TensorSpec("b", "b", (2,), "float16", "out")
+        >>> check_stored(spec, [2], np.dtype("<f2"), where="net/model.keras")
     """
     stored_shape = tuple(int(axis) for axis in shape)
     stored_dtype = dtype_name(dtype)
