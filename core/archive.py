@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,6 +42,18 @@ RATIO_FLOOR = 1024 * 1024
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _LOCAL_MAGIC = b"PK\x03\x04"
+_END = struct.Struct("<4s4H2LH")  # magic, disks, entries, directory size, offset, comment
+_END_MAGIC = b"PK\x05\x06"
+_ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
+_ZIP64_LOCATOR_SIZE = 20
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")  # magic, size, versions, disks, entries, size, offset
+_ZIP64_END_MAGIC = b"PK\x06\x06"
+_DESCRIPTOR_MAGIC = b"PK\x07\x08"
+_DIRECTORY_MODE = 0o040000
+_REGULAR_MODE = 0o100000
+
+ENDS_EARLY = "the file ends early: truncated or still being copied?"
+"""What every error about a cut or incomplete zip says."""
 _ALLOWED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 _HASH_CHUNK = 8 * 1024 * 1024
 
@@ -99,7 +112,14 @@ def check_member_kind(info: zipfile.ZipInfo) -> None:
         )
     unix_mode = info.external_attr >> 16
     file_type = unix_mode & 0o170000
-    if file_type not in (0, 0o100000) and not info.is_dir():
+    if info.is_dir():
+        if file_type not in (0, _DIRECTORY_MODE) or info.file_size or info.compress_size:
+            raise UnsafeContentError(
+                f"member {info.filename!r} is named as a directory but has unix mode "
+                f"{oct(unix_mode)} and {info.file_size} bytes; a directory entry holds nothing "
+                "and has directory mode. It hides a symlink or data; polybundle refuses it."
+            )
+    elif file_type not in (0, _REGULAR_MODE):
         raise UnsafeContentError(
             f"member {info.filename!r} is not a regular file (unix mode "
             f"{oct(unix_mode)}: a symlink or device); polybundle refuses such members."
@@ -116,6 +136,306 @@ def check_member_kind(info: zipfile.ZipInfo) -> None:
             f"{info.compress_size} compressed (over {MAX_RATIO}:1); that is a decompression "
             "bomb, not model weights. Do not open it."
         )
+
+
+Pread = Callable[[int, int], bytes]
+"""``pread(offset, count)``: up to ``count`` bytes of a file from ``offset``."""
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` for reading only when it is a regular file; never block.
+
+    ``/dev/zero`` would be read until memory runs out and a FIFO would block
+    forever, so anything but a regular file is refused: the type is checked
+    on the path, then again on the descriptor (opened non-blocking, so a FIFO
+    swapped in meanwhile cannot hang).
+
+    Example:
+        >>> open_regular("/dev/zero")
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: '/dev/zero' is a character device, not a regular file; ...
+    """
+    label = str(path)
+    try:
+        _require_regular(os.stat(path).st_mode, label)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise FormatError(f"no file at {label!r}; expected a bundle (a zip).") from None
+    except IsADirectoryError:
+        raise FormatError(f"{label!r} is a directory; expected a bundle file (a zip).") from None
+    except OSError as exc:
+        raise FormatError(
+            f"{label!r} cannot be opened ({exc.strerror}); expected a readable bundle file. "
+            "Check the path and its permissions."
+        ) from None
+    try:
+        _require_regular(os.fstat(fd).st_mode, label)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _require_regular(mode: int, label: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISSOCK: "a socket",
+    }
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a file")
+    raise FormatError(
+        f"{label!r} is {kind}, not a regular file; expected a bundle file (a zip). "
+        "polybundle reads regular files only, so it never blocks on a pipe or reads a "
+        "device without end. Copy the bundle to a file first."
+    )
+
+
+def _ends_early(label: str, detail: str) -> FormatError:
+    return FormatError(
+        f"{label}: {ENDS_EARLY} {detail} Wait for the copy to finish or re-copy the file."
+    )
+
+
+def _end_record(pread: Pread, size: int, label: str) -> tuple[int, int, int]:
+    """Return ``(directory offset, directory size, end)`` from the end record at the file's end.
+
+    ``end`` is where the zip64 end record, or else the end record, begins: the
+    directory must stop exactly there. Only an end record whose comment ends
+    exactly at the end of the file counts.
+    """
+    tail_start = max(0, size - (_END.size + 0xFFFF))
+    tail = pread(tail_start, size - tail_start)
+    position = len(tail)
+    while True:
+        position = tail.rfind(_END_MAGIC, 0, position)
+        if position < 0:
+            raise _ends_early(
+                label, "No zip end record ends where the file ends (the last bytes of a zip)."
+            )
+        if position + _END.size <= len(tail):
+            fields = _END.unpack_from(tail, position)
+            if position + _END.size + fields[7] == len(tail):
+                break
+    end = tail_start + position
+    directory_size, directory_offset = fields[5], fields[6]
+    locator_at = end - _ZIP64_LOCATOR_SIZE
+    if locator_at >= 0 and pread(locator_at, 4) == _ZIP64_LOCATOR_MAGIC:
+        record_at = locator_at - _ZIP64_END.size
+        record = pread(max(record_at, 0), _ZIP64_END.size)
+        if record_at < 0 or len(record) != _ZIP64_END.size or record[:4] != _ZIP64_END_MAGIC:
+            raise _ends_early(label, "The zip64 end record is missing before its locator.")
+        fields64 = _ZIP64_END.unpack(record)
+        directory_size, directory_offset, end = fields64[8], fields64[9], record_at
+    return directory_offset, directory_size, end
+
+
+def _zip_ends_at(pread: Pread, position: int) -> bool:
+    """Return True when a zip end record (with its comment) ends exactly at ``position``."""
+    start = max(0, position - (_END.size + 0xFFFF))
+    window = pread(start, position - start)
+    found = len(window)
+    while (found := window.rfind(_END_MAGIC, 0, found)) >= 0:
+        if found + _END.size <= len(window):
+            if found + _END.size + _END.unpack_from(window, found)[7] == len(window):
+                return True
+    return False
+
+
+def _check_directory(archive: zipfile.ZipFile, pread: Pread, size: int, label: str) -> int:
+    """Check the directory spans the file from its first byte; return where it starts."""
+    offset, length, end = _end_record(pread, size, label)
+    if offset + length != end:
+        before = end - length - offset
+        if before > 0 and _zip_ends_at(pread, before):
+            raise UnsafeContentError(
+                f"{label} is a zip put after another complete zip of {before} bytes: a "
+                "streaming reader sees the first one, polybundle the second. Expected one "
+                "plain zip; polybundle refuses the file."
+            )
+        if before > 0 and pread(0, 4) != _LOCAL_MAGIC:
+            raise UnsafeContentError(
+                f"{label} does not start with a zip member: {before} bytes were prepended (a "
+                "self-extractor or a polyglot file). Expected a plain zip; polybundle "
+                "refuses it."
+            )
+        raise _ends_early(
+            label,
+            f"The zip directory found ({length} bytes, recorded at offset {offset}) does not "
+            f"end where the end record starts (offset {end}): it is the directory of a file "
+            "stored inside, not of this file.",
+        )
+    if getattr(archive, "start_dir", offset) != offset:
+        raise FormatError(
+            f"{label}: zipfile reads its directory at offset {archive.start_dir}, the end "
+            f"record says {offset}; the zip is damaged or ambiguous. Re-copy it."
+        )
+    return offset
+
+
+def local_data_start(pread: Pread, info: zipfile.ZipInfo, label: str) -> int:
+    """Return where ``info``'s data starts, after checking its local header agrees.
+
+    Example:
+        >>> local_data_start(pread, archive.info("params.json"), "run.bundle")  # doctest: +SKIP
+        94
+    """
+    if info.header_offset < 0:
+        raise _ends_early(
+            label, f"Member {info.filename!r} is said to start before the file does."
+        )
+    header = pread(info.header_offset, _LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
+        raise FormatError(
+            f"{label}: member {info.filename!r} has no local header at offset "
+            f"{info.header_offset}; the zip is damaged. Re-copy it."
+        )
+    fields = _LOCAL_HEADER.unpack(header)
+    name_length, extra_length = fields[9], fields[10]
+    raw_name = pread(info.header_offset + _LOCAL_HEADER.size, name_length)
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+    expected = info.orig_filename.encode(encoding, "replace")
+    if raw_name != expected or fields[3] != info.compress_type:
+        raise UnsafeContentError(
+            f"{label}: member {info.filename!r}: its local header names {raw_name[:80]!r} with "
+            f"method {fields[3]}, which disagrees with the zip directory. Readers would "
+            "see different files (or one stored entry under many names); polybundle refuses "
+            "the archive."
+        )
+    return info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+
+
+def _descriptor_length(pread: Pread, at: int, info: zipfile.ZipInfo, label: str) -> int:
+    """Return the length of the data descriptor at ``at``; it must match the directory."""
+    raw = pread(at, 24)
+    body = raw[4:] if raw[:4] == _DESCRIPTOR_MAGIC else raw
+    expected = (info.CRC, info.compress_size, info.file_size)
+    for layout in ("<LLL", "<LQQ"):
+        width = struct.calcsize(layout)
+        if len(body) >= width and struct.unpack_from(layout, body) == expected:
+            return len(raw) - len(body) + width
+    raise FormatError(
+        f"{label}: member {info.filename!r} has no data descriptor matching the zip "
+        f"directory after its data (offset {at}); the zip is damaged. Re-copy it."
+    )
+
+
+def _spans(
+    pread: Pread, infos: Iterable[zipfile.ZipInfo], label: str
+) -> list[tuple[int, int, str, int]]:
+    """Return ``(header offset, end, name, data start)`` of each member, sorted."""
+    spans = []
+    for info in infos:
+        data_start = local_data_start(pread, info, label)
+        end = data_start + info.compress_size
+        if info.flag_bits & 0x8:
+            end += _descriptor_length(pread, end, info, label)
+        spans.append((info.header_offset, end, info.filename, data_start))
+    return sorted(spans)
+
+
+def check_layout(
+    archive: zipfile.ZipFile, pread: Pread, size: int, label: str
+) -> dict[str, int]:
+    """Check that the members tile the file: byte 0 to the directory, no gap, no overlap.
+
+    Refuses, before any member is read: an end record that is not at the end
+    of the file or whose directory does not span the file (a cut file whose
+    last bytes are a stored zip's end, or a zip put after another), data
+    before the first member, bytes between members that no member owns,
+    members sharing bytes (aliases of one entry, overlapping bombs) and local
+    headers that disagree with the directory. Returns where each member's
+    data starts, as ``{name: offset}``.
+
+    Example:
+        >>> check_layout(zipfile.ZipFile(f), pread, size, "run.bundle")  # doctest: +SKIP
+    """
+    directory = _check_directory(archive, pread, size, label)
+    spans = _spans(pread, archive.infolist(), label)
+    position = 0
+    for start, end, name, _ in spans:
+        if start < position:
+            raise UnsafeContentError(
+                f"{label}: member {name!r} shares bytes with the member before it; members "
+                "of a real zip never share bytes (one entry listed under many names, or an "
+                "overlapping bomb). polybundle refuses the archive."
+            )
+        if start > position:
+            where = "before the first member" if position == 0 else f"before member {name!r}"
+            raise UnsafeContentError(
+                f"{label}: {start - position} bytes {where} belong to no member (data "
+                "prepended, or another archive hidden inside). Expected members back to "
+                "back from byte 0; polybundle refuses the archive."
+            )
+        position = end
+    if position > directory:
+        raise UnsafeContentError(
+            f"{label}: the last member runs {position - directory} bytes into the zip "
+            "directory; the archive lies about sizes. polybundle refuses it."
+        )
+    if position < directory:
+        raise UnsafeContentError(
+            f"{label}: {directory - position} bytes before the zip directory belong to no "
+            "member (hidden data). Expected the directory right after the last member; "
+            "polybundle refuses the archive."
+        )
+    return {name: data_start for _, _, name, data_start in spans}
+
+
+_EXPECTED_BUNDLE = (
+    "expected a polybundle bundle. Formats polybundle reads: polybundle format 2 and the "
+    "legacy wts.h5.zip archives (TensorFlow dill era, PyTorch dill era, PyTorch JSON era)."
+)
+
+
+def open_zip(
+    file: BinaryIO, pread: Pread, label: str, *, expected: str = _EXPECTED_BUNDLE
+) -> zipfile.ZipFile:
+    """Open ``file`` as a zip; a file cut short says so (check the layout next).
+
+    Example:
+        >>> open_zip(f, pread, size, "run.bundle").namelist()  # doctest: +SKIP
+        ['params.json', 'torch/model.pth', 'manifest.json']
+    """
+    try:
+        archive = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
+        if pread(0, 4) == _LOCAL_MAGIC:
+            raise _ends_early(
+                label, f"It starts as a zip but has no complete zip directory ({exc})."
+            ) from None
+        raise FormatError(f"{label} is not a zip file ({exc}); {expected}") from None
+    return archive
+
+
+def check_members(infos: list[zipfile.ZipInfo], label: str) -> dict[str, zipfile.ZipInfo]:
+    """Check the count, names and kinds of every member; return them by name.
+
+    Example:
+        >>> check_members(zipfile.ZipFile(f).infolist(), "run.bundle")  # doctest: +SKIP
+    """
+    if len(infos) > MAX_MEMBERS:
+        raise UnsafeContentError(
+            f"{len(infos)} members in {label}; polybundle accepts at most "
+            f"{MAX_MEMBERS}. This is not a model bundle."
+        )
+    checked: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        check_member_name(info.filename)
+        check_member_kind(info)
+        if info.filename in checked:
+            raise UnsafeContentError(
+                f"member {info.filename!r} appears twice in {label}; readers could disagree "
+                "on which one is meant, so polybundle refuses the archive."
+            )
+        checked[info.filename] = info
+    return checked
+
 
 
 class DeflatedMember(io.RawIOBase):
@@ -288,37 +608,44 @@ class NestedZip:
 
     def __init__(self, container: BinaryIO | MemberRange) -> None:
         self.container = container
-        self.label = getattr(container, "name", "a member")
+        self.label = repr(getattr(container, "name", None) or "a member")
+        container.seek(0, io.SEEK_END)
+        size = container.tell()
+        self._zip = open_zip(
+            container,  # type: ignore[arg-type]
+            self._pread,
+            self.label,
+            expected="expected a zip (model.pth, model.keras); the weights file is damaged.",
+        )
         try:
-            self._zip = zipfile.ZipFile(container)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise FormatError(
-                f"{self.label!r} is not a zip file ({exc}); the weights file is damaged."
-            ) from None
+            self._infos = check_members(self._zip.infolist(), self.label)
+            self._data_starts = check_layout(self._zip, self._pread, size, self.label)
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _pread(self, offset: int, count: int) -> bytes:
+        self.container.seek(offset)
+        return self.container.read(count)
 
     def names(self) -> list[str]:
         """Return the inner member names in directory order."""
         return self._zip.namelist()
 
+    def infolist(self) -> list[zipfile.ZipInfo]:
+        """Return the checked inner members' records (declared sizes, methods)."""
+        return list(self._infos.values())
+
     def open(self, name: str) -> BinaryIO | MemberRange:
         """Open inner member ``name`` (a sub-range when STORED inside a range)."""
-        try:
-            info = self._zip.getinfo(name)
-        except KeyError:
+        info = self._infos.get(name)
+        if info is None or info.is_dir():
             raise FormatError(
-                f"{self.label!r} is a zip without {name!r}; the weights file is damaged."
-            ) from None
-        check_member_name(info.filename)
-        check_member_kind(info)
+                f"{self.label} is a zip without {name!r}; the weights file is damaged."
+            )
         container = self.container
         if isinstance(container, MemberRange) and info.compress_type == zipfile.ZIP_STORED:
-            container.seek(info.header_offset)
-            header = container.read(_LOCAL_HEADER.size)
-            if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
-                raise FormatError(f"{name!r}: no local zip header where the directory points.")
-            fields = _LOCAL_HEADER.unpack(header)
-            start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
-            return container.subrange(start, info.file_size, name)
+            return container.subrange(self._data_starts[name], info.file_size, name)
         return self._zip.open(info)
 
 
@@ -350,102 +677,40 @@ class ArchiveReader:
         self.path = Path(path)
         self.on_read: Callable[[int], None] | None = None
         """Given to every STORED member opened from now on (see :class:`MemberRange`)."""
+        self._file: BinaryIO = open_regular(self.path)
+        label = repr(str(self.path))
         try:
-            self._file: BinaryIO = open(self.path, "rb")
-        except FileNotFoundError:
-            raise FormatError(
-                f"no file at {str(self.path)!r}; expected a bundle (a zip)."
-            ) from None
-        except IsADirectoryError:
-            raise FormatError(
-                f"{str(self.path)!r} is a directory; expected a bundle file (a zip)."
-            ) from None
-        try:
-            self._zip = zipfile.ZipFile(self._file)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            self._zip = open_zip(self._file, self._pread, label)
+        except BaseException:
             self._file.close()
-            raise FormatError(
-                f"{str(self.path)!r} is not a zip file ({exc}); expected a polybundle "
-                "bundle. Formats polybundle reads: polybundle format 2 and the legacy "
-                "wts.h5.zip archives (TensorFlow dill era, PyTorch dill era, PyTorch "
-                "JSON era)."
-            ) from None
+            raise
         try:
-            self._infos = self._checked_infos()
-            self._check_layout()
-        except Exception:
+            self._infos = check_members(self._zip.infolist(), label)
+            self._data_starts = check_layout(self._zip, self._pread, self.file_size(), label)
+        except BaseException:
             self.close()
             raise
 
-    def _checked_infos(self) -> dict[str, zipfile.ZipInfo]:
-        infos = self._zip.infolist()
-        if len(infos) > MAX_MEMBERS:
-            raise UnsafeContentError(
-                f"{len(infos)} members in {str(self.path)!r}; polybundle accepts at most "
-                f"{MAX_MEMBERS}. This is not a model bundle."
-            )
-        checked: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            check_member_name(info.filename)
-            check_member_kind(info)
-            if info.filename in checked:
-                raise UnsafeContentError(
-                    f"member {info.filename!r} appears twice; readers could disagree on "
-                    "which one is meant, so polybundle refuses the archive."
-                )
-            checked[info.filename] = info
-        return checked
+    def _pread(self, offset: int, count: int) -> bytes:
+        return os.pread(self._file.fileno(), count, offset)
 
-    def _check_layout(self) -> None:
-        """Refuse prepended data, local headers that disagree, and overlapping members."""
-        fd = self._file.fileno()
-        end_of_file = os.fstat(fd).st_size
-        if self._infos and os.pread(fd, 4, 0) != _LOCAL_MAGIC:
-            raise UnsafeContentError(
-                f"{str(self.path)!r} does not start with a zip member: data was prepended "
-                "(a self-extractor or a polyglot file). Expected a plain zip; polybundle "
-                "refuses it."
-            )
-        spans = []
-        for info in self._infos.values():
-            start = self._local_data_start(info)
-            spans.append((info.header_offset, start + info.compress_size, info.filename))
-        spans.sort()
-        limit = min(end_of_file, getattr(self._zip, "start_dir", end_of_file))
-        for (_, end, name), following in zip(spans, [*spans[1:], (limit, limit, "")], strict=True):
-            if end > following[0]:
-                what = f"overlaps member {following[2]!r}" if following[2] else "runs past its end"
-                raise UnsafeContentError(
-                    f"member {name!r} of {str(self.path)!r} {what}; members of a real zip "
-                    "never share bytes. The archive lies about sizes or is a zip bomb."
-                )
+    def fileno(self) -> int:
+        """Return the descriptor of the open bundle file (to memory-map exactly this file)."""
+        return self._file.fileno()
 
-    def _local_data_start(self, info: zipfile.ZipInfo) -> int:
-        if info.header_offset < 0:
-            raise FormatError(
-                f"member {info.filename!r}: the zip directory points before the start of the "
-                "file; the zip is damaged or truncated at its start. Re-copy it."
-            )
-        header = os.pread(self._file.fileno(), _LOCAL_HEADER.size, info.header_offset)
-        if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
-            raise FormatError(
-                f"member {info.filename!r}: no local header at offset {info.header_offset}; "
-                "the zip is damaged. Re-copy the bundle."
-            )
-        fields = _LOCAL_HEADER.unpack(header)
-        name_length, extra_length = fields[9], fields[10]
-        raw_name = os.pread(
-            self._file.fileno(), name_length, info.header_offset + _LOCAL_HEADER.size
-        )
-        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
-        expected = info.orig_filename.encode(encoding, "replace")
-        if raw_name != expected or fields[3] != info.compress_type:
-            raise UnsafeContentError(
-                f"member {info.filename!r}: its local header names {raw_name[:80]!r} with "
-                f"method {fields[3]}, which disagrees with the zip directory. Readers would "
-                "see different files; polybundle refuses the archive."
-            )
-        return info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    def file_size(self) -> int:
+        """Return the size of the open bundle file in bytes."""
+        return os.fstat(self._file.fileno()).st_size
+
+    def identity(self) -> tuple[int, int, int, int]:
+        """Return ``(device, inode, size, mtime_ns)`` of the open file: a change detector.
+
+        Example:
+            >>> ArchiveReader("run.bundle").identity()  # doctest: +SKIP
+            (2049, 1312, 13831, 1764489600000000000)
+        """
+        status = os.fstat(self._file.fileno())
+        return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -461,6 +726,10 @@ class ArchiveReader:
     def names(self) -> list[str]:
         """Return the member names in directory order, directories excluded."""
         return [name for name, info in self._infos.items() if not info.is_dir()]
+
+    def directories(self) -> list[str]:
+        """Return the names of directory entries (``"net/"``); a format-2 bundle has none."""
+        return [name for name, info in self._infos.items() if info.is_dir()]
 
     def has(self, name: str) -> bool:
         """Return True when the archive holds a member called ``name``."""
@@ -481,7 +750,8 @@ class ArchiveReader:
 
     def data_offset(self, name: str) -> int:
         """Return the offset in the outer file where a STORED member's bytes begin."""
-        return self._local_data_start(self.info(name))
+        self.info(name)
+        return self._data_starts[name]
 
     def open(self, name: str) -> io.RawIOBase | BinaryIO:
         """Open a member for reading as a seekable binary file object.
@@ -492,10 +762,10 @@ class ArchiveReader:
         info = self.info(name)
         if info.compress_type == zipfile.ZIP_STORED:
             offset = self.data_offset(name)
-            if offset + info.file_size > os.fstat(self._file.fileno()).st_size:
-                raise FormatError(
-                    f"member {name!r} claims {info.file_size} bytes past the end of "
-                    f"{str(self.path)!r}; the file is truncated or lies about sizes."
+            if offset + info.file_size > self.file_size():
+                raise _ends_early(
+                    repr(str(self.path)),
+                    f"Member {name!r} claims {info.file_size} bytes past the end of the file.",
                 )
             member = MemberRange(self._file.fileno(), offset, info.file_size, name)
             member.on_read = self.on_read
@@ -515,7 +785,9 @@ class ArchiveReader:
                 f"member {name!r} declares {size} bytes; at most {limit} expected for it."
             )
         with self.open(name) as stream:
-            data = stream.read(limit + 1)
+            data = stream.read(size)
+            if len(data) == size and stream.read(1):
+                data += b"?"  # more bytes than declared: reported below
         if len(data) != size:
             raise FormatError(
                 f"member {name!r} holds {len(data)} bytes but the zip directory says "
