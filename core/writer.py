@@ -4,7 +4,16 @@
 :meth:`ArchiveWriter.commit` fsyncs it, moves it over the target with
 :func:`os.replace` and fsyncs the directory, so a crash leaves either the old
 bundle or the new one. Leaving the ``with`` block on an error removes the
-temporary file and leaves the target untouched.
+temporary file (before anything else, so a full disk is freed even when closing
+fails) and leaves the target untouched; an error of the operating system (full
+disk, read-only folder, no permission) becomes a
+:class:`~polybundle.errors.WriteError` naming the path and the OS's reason.
+
+Temporary files are named ``.<target>.polybundle-tmp-<pid>-<random>`` and are
+held under an advisory lock while written. The next write into the same
+folder removes those of writers that died (SIGKILL, power loss): a temporary
+file is removed only when its process is gone *and* nobody holds its lock
+(:func:`remove_stale_temps`), so a live writer's file is never touched.
 
 Large members are written for reading without copies: STORED, with their
 data starting at a multiple of :data:`ALIGNMENT` in the file (the local
@@ -25,8 +34,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import secrets
 import struct
-import tempfile
 import threading
 import zipfile
 import zlib
@@ -35,6 +45,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from .errors import PolybundleError, WriteError
 
 ALIGNMENT = 64
 """Byte boundary at which every STORED member's data starts."""
@@ -45,6 +57,11 @@ PADDING_FIELD = 0xD935
 _ZIP64_EXTRA = 20  # the zip64 extra field zipfile appends to a forced-zip64 local header
 _LOCAL_HEADER = 30
 _CHUNK = 4 * 1024 * 1024
+
+TEMP_MARK = ".polybundle-tmp-"
+"""What every temporary file's name holds: ``.<target>.polybundle-tmp-<pid>-<random>``."""
+_TEMP_NAME = re.compile(r"^\..*\.polybundle-tmp-(?P<pid>[0-9]{1,10})-[0-9a-f]{8,32}$", re.DOTALL)
+_NAME_KEEP = 180  # characters of the target's name kept in the temporary name (NAME_MAX is 255)
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,8 @@ class HashingWriter(io.RawIOBase):
             self._trailing = _TrailingHasher(self._file.fileno(), start)
         self._crc = 0
         self.size = 0
+        self.os_error: OSError | None = None
+        """The first OS error a write met (a framework may raise it as something else)."""
 
     def writable(self) -> bool:
         """Return True: this stream only writes."""
@@ -102,7 +121,11 @@ class HashingWriter(io.RawIOBase):
     def write(self, data) -> int:  # type: ignore[override]
         """Hash ``data``, forward it to the sink and return its length."""
         view = memoryview(data).cast("B")
-        self._sink.write(view)
+        try:
+            self._sink.write(view)
+        except OSError as exc:  # kept: frameworks re-raise it as their own error
+            self.os_error = self.os_error or exc
+            raise
         self.size += len(view)
         if self._trailing is not None and self._file is not None:
             self._crc = zlib.crc32(view, self._crc)  # cheap, and the bytes are hot here
@@ -205,11 +228,181 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def os_reason(exc: OSError) -> str:
+    """Return the operating system's words for ``exc`` (``strerror``, else ``str``).
+
+    Example:
+        >>> os_reason(OSError(28, "No space left on device"))
+        'No space left on device'
+    """
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def find_os_error(exc: BaseException | None) -> OSError | None:
+    """Return ``exc`` or the first :class:`OSError` it was raised from, else ``None``.
+
+    Example:
+        >>> find_os_error(RuntimeError("x")) is None
+        True
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _lock(fd: int) -> None:
+    """Hold an exclusive advisory lock on ``fd`` for as long as it is open (best effort)."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):  # no flock here (platform, file system): the pid still counts
+        pass
+
+
+def create_temp(target: Path) -> tuple[int, Path]:
+    """Create and lock a new temporary file beside ``target``; return ``(fd, path)``.
+
+    The name is ``.<target name>.polybundle-tmp-<pid>-<random>``; the file is
+    created exclusively (mode 0600) and held under :func:`fcntl.flock` until closed.
+
+    Example:
+        >>> fd, path = create_temp(Path("run.bundle"))  # doctest: +SKIP
+        >>> path.name  # doctest: +SKIP
+        '.run.bundle.polybundle-tmp-4242-9f86d081'
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    while True:
+        name = f".{target.name[:_NAME_KEEP]}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+        path = target.parent / name
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:  # 2**32 names per pid: try another
+            continue
+        _lock(fd)
+        return fd, path
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return True  # not a writer's pid, or our own live writer
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def _nobody_holds(path: str) -> bool:
+    """Return True when no process holds ``path``'s advisory lock (or locks do not exist)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # flock unsupported on this file system: the pid alone decides
+        return True
+    finally:
+        os.close(fd)
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove temporary files of dead writers from ``directory``; return their names.
+
+    A file counts as stale only when its name has the :data:`TEMP_MARK` form,
+    it is a regular file, the process id in its name is not alive and no one
+    holds its lock; anything else is left alone. Failures are ignored (the
+    write that follows reports its own).
+
+    Example:
+        >>> remove_stale_temps(".")  # doctest: +SKIP
+        ['.run.bundle.polybundle-tmp-4242-9f86d081']
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or not _nobody_holds(entry.path):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return removed
+
+
+def write_error(exc: OSError, target: Path, detail: str = "") -> WriteError:
+    """Return the :class:`~polybundle.errors.WriteError` that reports ``exc`` for ``target``.
+
+    Example:
+        >>> str(write_error(OSError(30, "Read-only file system"), Path("a/b.bundle")))
+        "could not write 'a/b.bundle': Read-only file system. Nothing was changed on disk. ..."
+    """
+    return WriteError(str(target), os_reason(exc), detail)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
+
+    On any failure the temporary file is removed; an OS error becomes a
+    :class:`~polybundle.errors.WriteError`.
+
+    Example:
+        >>> atomic_write_bytes("ckpt/checkpoints.json", b"{}")  # doctest: +SKIP
+    """
+    target = Path(path)
+    remove_stale_temps(target.parent)
+    try:
+        fd, temp = create_temp(target)
+    except OSError as exc:
+        raise write_error(exc, target) from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+    except BaseException as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(exc, target) from exc
+        raise
+    _fsync_directory(target.parent)
+
+
 class ArchiveWriter:
     """Write a zip into a temporary file and publish it atomically.
 
     Members go in STORED unless ``compress=True`` is asked for (small JSON).
-    Every member's size and sha256 is recorded in :attr:`records`.
+    Every member's size and sha256 is recorded in :attr:`records`. Creating
+    the writer first removes stale temporary files of dead writers from the
+    target's folder (:func:`remove_stale_temps`).
 
     Example:
         >>> with ArchiveWriter("out.bundle") as writer:  # doctest: +SKIP
@@ -222,20 +415,32 @@ class ArchiveWriter:
         self.target = Path(target)
         self.records: list[MemberRecord] = []
         self._committed = False
-        directory = self.target.parent
-        fd, temp_name = tempfile.mkstemp(
-            prefix=f".{self.target.name}.", suffix=".tmp", dir=directory
-        )
-        self._temp_path = Path(temp_name)
+        self._os_error: OSError | None = None
+        remove_stale_temps(self.target.parent)
+        try:
+            fd, self._temp_path = create_temp(self.target)
+        except OSError as exc:
+            raise write_error(exc, self.target) from None
         self._file = os.fdopen(fd, "w+b")
         self._zip = zipfile.ZipFile(self._file, "w", allowZip64=True)
+
+    @property
+    def temp_path(self) -> Path:
+        """Return the path of the temporary file being written."""
+        return self._temp_path
 
     def __enter__(self) -> ArchiveWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._committed:
-            self.abort()
+        if self._committed:
+            return
+        self.abort()
+        if exc is None or isinstance(exc, PolybundleError):
+            return
+        cause = find_os_error(exc) or self._os_error
+        if cause is not None:
+            raise write_error(cause, self.target) from exc
 
     def _info(self, name: str, compress: bool) -> zipfile.ZipInfo:
         info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
@@ -256,7 +461,10 @@ class ArchiveWriter:
         if compress:
             with self._zip.open(info, "w", force_zip64=True) as member:
                 writer = HashingWriter(member)
-                yield writer
+                try:
+                    yield writer
+                finally:
+                    self._os_error = self._os_error or writer.os_error
             self.records.append(MemberRecord(name, writer.size, writer.hexdigest()))
             return
         info.extra = _padding(self._file.tell(), name)
@@ -265,6 +473,7 @@ class ArchiveWriter:
             try:
                 yield writer
             finally:
+                self._os_error = self._os_error or writer.os_error
                 digest = writer.hexdigest()
             # zipfile takes the sizes and CRC of the member from these on close
             member._file_size = member._compress_size = writer.size
@@ -278,20 +487,39 @@ class ArchiveWriter:
         return self.records[-1]
 
     def commit(self) -> None:
-        """Finish the zip, fsync it, move it over the target and fsync the directory."""
-        self._zip.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._temp_path, self.target)
-        _fsync_directory(self.target.parent)
+        """Finish the zip, fsync it, move it over the target and fsync the directory.
+
+        On an OS error (a full disk at the last bytes) everything is discarded
+        and a :class:`~polybundle.errors.WriteError` is raised.
+        """
+        try:
+            self._zip.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._temp_path, self.target)
+        except OSError as exc:
+            self.abort()
+            raise write_error(exc, self.target) from exc
         self._committed = True
+        _fsync_directory(self.target.parent)
 
     def abort(self) -> None:
-        """Discard everything written; the target is left as it was."""
+        """Discard everything written; the target is left as it was.
+
+        The temporary file is unlinked first: closing a file on a full disk
+        fails (the buffered tail cannot be flushed), and the file must not
+        outlive that failure. Idempotent.
+        """
+        try:
+            self._temp_path.unlink(missing_ok=True)
+        except OSError:  # the folder went read-only meanwhile; nothing more can be done
+            pass
         try:
             self._zip.close()
         except Exception:  # the zip may be half written; it is being discarded
             pass
-        self._file.close()
-        self._temp_path.unlink(missing_ok=True)
+        try:
+            self._file.close()  # closes the descriptor even when the flush fails
+        except OSError:
+            pass
