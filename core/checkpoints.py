@@ -9,6 +9,15 @@ that fall out of retention, so a crash at any moment leaves an index that
 names only complete, committed bundles. One process writes a directory at a
 time (a lock file enforces it where the OS supports ``fcntl``).
 
+The index is not trusted: every record's ``file`` must be a plain
+``checkpoint-<step>.bundle`` name inside the directory, and steps, metrics and
+dates must have their types. A damaged index (invalid JSON, too deep, a record
+pointing elsewhere, wrong types) is replaced by a scan of the directory's
+bundles that pass :func:`polybundle.verify`, with a :class:`DamagedIndexWarning`;
+the next save writes a good index again. Readers never fail because a
+concurrent writer pruned the checkpoint they were about to open: they read the
+index again and retry.
+
 Example:
     >>> manager = CheckpointManager("ckpt", keep_last=2, keep_best=("val_loss", "min"))
     >>> manager.save(100, {"net": net}, optimizers={"net": opt},
@@ -22,7 +31,10 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
+import re
+import stat
+import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,10 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import Bundle
-from .errors import CheckpointError
+from .errors import CheckpointError, FormatError, PolybundleError
+from .jsondoc import load_json
 from .loading import load
 from .saving import save
-from .writer import _fsync_directory
+from .writer import atomic_write_bytes, write_error
 
 INDEX_NAME = "checkpoints.json"
 """The index file inside a checkpoint directory."""
@@ -41,6 +54,21 @@ INDEX_FORMAT = "polybundle-checkpoints"
 _PREFIX = "checkpoint-"
 _SUFFIX = ".bundle"
 _LOCK_NAME = ".checkpoints.lock"
+_FILE = re.compile(r"^checkpoint-(?P<step>[0-9]{1,19})\.bundle$")
+_READ_ATTEMPTS = 20
+"""How often a reader re-reads the index when the checkpoint it named has just been pruned."""
+_MAX_TEXT = 200  # longest string an index record may hold (dates, metric names)
+MAX_INDEX_BYTES = 256 * 1024 * 1024
+"""Largest index read (about two million saved steps); a larger one counts as damaged."""
+
+
+class DamagedIndexWarning(UserWarning):
+    """The checkpoint index is damaged; the directory's verified bundles are used instead.
+
+    Example:
+        >>> issubclass(DamagedIndexWarning, UserWarning)
+        True
+    """
 
 
 @dataclass(frozen=True)
@@ -61,21 +89,81 @@ class Checkpoint:
 def write_json_atomically(path: Path, document: Any) -> None:
     """Write ``document`` as JSON to ``path`` so readers see the old file or the new one.
 
+    An OS error (full disk, read-only folder) raises a
+    :class:`~polybundle.errors.WriteError` and leaves no temporary file.
+
     Example:
         >>> write_json_atomically(Path("ckpt/index.json"), {"steps": []})  # doctest: +SKIP
     """
-    data = json.dumps(document, indent=1, allow_nan=False).encode("utf-8")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    atomic_write_bytes(path, json.dumps(document, indent=1, allow_nan=False).encode("utf-8"))
+
+
+def _empty_index() -> dict[str, Any]:
+    return {"format": INDEX_FORMAT, "version": 1, "checkpoints": [], "history": []}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _record_problem(record: Any, *, with_file: bool) -> str | None:
+    """Return what is wrong with one index record, or None when it is well formed.
+
+    Example:
+        >>> _record_problem({"step": 1, "file": "../x", "metrics": {}, "created": ""},
+        ...                 with_file=True)
+        "its file '../x' is not a plain checkpoint-<step>.bundle name inside the directory"
+    """
+    if not isinstance(record, dict):
+        return f"a record is a {type(record).__name__}, not an object"
+    keys = {"step", "metrics", "created"} | ({"file"} if with_file else set())
+    if set(record) != keys:
+        return f"a record has the keys {_short(sorted(record))}; expected {sorted(keys)}"
+    step, metrics, created = record["step"], record["metrics"], record["created"]
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 10**19:
+        return f"a record's step is {_short(step)}; expected an int >= 0"
+    if with_file and (not isinstance(record["file"], str) or not _FILE.match(record["file"])):
+        return (f"its file {_short(record['file'])} is not a plain checkpoint-<step>.bundle "
+                "name inside the directory")
+    if not isinstance(created, str) or len(created) > _MAX_TEXT:
+        return f"step {step}'s created is {_short(created)}; expected a date string"
+    if not isinstance(metrics, dict):
+        return f"step {step}'s metrics is {_short(metrics)}; expected an object"
+    for name, value in metrics.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if len(name) > _MAX_TEXT or not number or not math.isfinite(value):
+            return f"step {step}'s metric {_short(name)} is {_short(value)}; expected a number"
+    return None
+
+
+def index_problem(document: Any) -> str | None:
+    """Return what is wrong with a parsed checkpoint index, or None when it is valid.
+
+    Example:
+        >>> index_problem({"format": INDEX_FORMAT, "version": 1, "checkpoints": [],
+        ...                "history": []}) is None
+        True
+        >>> index_problem({"format": INDEX_FORMAT, "checkpoints": {}, "history": []})
+        'expected format ... with checkpoints and history lists'
+    """
+    valid = (
+        isinstance(document, dict)
+        and document.get("format") == INDEX_FORMAT
+        and isinstance(document.get("checkpoints"), list)
+        and isinstance(document.get("history"), list)
+    )
+    if not valid:
+        return f"expected format {INDEX_FORMAT!r} with checkpoints and history lists"
+    for records, with_file in ((document["checkpoints"], True), (document["history"], False)):
+        for record in records:
+            problem = _record_problem(record, with_file=with_file)
+            if problem is not None:
+                return problem
+        steps = [record["step"] for record in records]
+        if len(set(steps)) != len(steps):
+            return "a step is listed twice"
+    return None
 
 
 def _check_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
@@ -146,28 +234,79 @@ class CheckpointManager:
         """Return the path of the index file."""
         return self.directory / INDEX_NAME
 
-    def _read_index(self) -> dict[str, Any]:
+    def _load_index(self) -> tuple[dict[str, Any], str | None]:
+        """Return ``(index, None)``, or ``(empty index, what is wrong)`` when it is damaged."""
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            document = json.loads(self.index_path.read_bytes())
+            fd = os.open(self.index_path, flags)  # a FIFO does not block, a symlink fails
         except FileNotFoundError:
-            return {"format": INDEX_FORMAT, "version": 1, "checkpoints": [], "history": []}
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(
-                f"{str(self.index_path)!r} is not valid JSON ({exc}); it is written atomically, "
-                "so something else changed it. Restore it from a backup or remove it."
-            ) from None
-        valid = (
-            isinstance(document, dict)
-            and document.get("format") == INDEX_FORMAT
-            and isinstance(document.get("checkpoints"), list)
-            and isinstance(document.get("history"), list)
+            return _empty_index(), None
+        except OSError as exc:
+            return _empty_index(), f"it cannot be read ({exc.strerror or exc})"
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return _empty_index(), "it is not a regular file"
+            if info.st_size > MAX_INDEX_BYTES:
+                return _empty_index(), f"it is {info.st_size} bytes, more than {MAX_INDEX_BYTES}"
+            with open(fd, "rb", closefd=False) as stream:
+                data = stream.read()  # the writer replaces the file whole: it never grows
+        except OSError as exc:
+            return _empty_index(), f"it cannot be read ({exc.strerror or exc})"
+        finally:
+            os.close(fd)
+        try:
+            document = load_json(data, where=INDEX_NAME)
+        except FormatError as exc:
+            return _empty_index(), str(exc)
+        problem = index_problem(document)
+        return (document, None) if problem is None else (_empty_index(), problem)
+
+    def _scan(self) -> list[dict[str, Any]]:
+        """Return index records of the directory's checkpoint bundles that pass verify."""
+        from .verify import verify
+
+        found: dict[int, dict[str, Any]] = {}
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda entry: entry.name)
+        except OSError:
+            return []
+        for entry in entries:
+            match = _FILE.match(entry.name)
+            if match is None or not entry.is_file(follow_symlinks=False):
+                continue
+            step = int(match["step"])
+            canonical = entry.name == f"{_PREFIX}{step:010d}{_SUFFIX}"
+            if step in found and not canonical:
+                continue
+            try:
+                if not verify(entry.path).ok:
+                    continue
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except (PolybundleError, OSError):
+                continue
+            created = _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc)
+            found[step] = {"step": step, "file": entry.name, "metrics": {},
+                           "created": created.isoformat(timespec="seconds")}
+        return [found[step] for step in sorted(found)]
+
+    def _read_index(self) -> dict[str, Any]:
+        """Return the index; when it is damaged, warn and rebuild it from verified bundles."""
+        index, problem = self._load_index()
+        if problem is None:
+            return index
+        scanned = self._scan()
+        warnings.warn(
+            DamagedIndexWarning(
+                f"the checkpoint index {str(self.index_path)!r} is damaged ({problem}); using "
+                f"the {len(scanned)} checkpoint bundle(s) of the directory that pass "
+                "polybundle.verify instead (their metrics are lost). The next save writes a "
+                "new index."
+            ),
+            stacklevel=3,
         )
-        if not valid:
-            raise CheckpointError(
-                f"{str(self.index_path)!r} is not a polybundle checkpoint index (expected format "
-                f"{INDEX_FORMAT!r} with checkpoints and history lists)."
-            )
-        return document
+        history = [{key: e[key] for key in ("step", "metrics", "created")} for e in scanned]
+        return {**_empty_index(), "checkpoints": scanned, "history": history}
 
     def _checkpoint(self, entry: dict[str, Any]) -> Checkpoint:
         return Checkpoint(
@@ -181,7 +320,11 @@ class CheckpointManager:
         except ImportError:  # no advisory locks on this platform
             yield
             return
-        with open(self.directory / _LOCK_NAME, "a+b") as lock:
+        try:
+            lock = open(self.directory / _LOCK_NAME, "a+b")
+        except OSError as exc:
+            raise write_error(exc, self.directory / _LOCK_NAME) from None
+        with lock:
             try:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -211,7 +354,12 @@ class CheckpointManager:
             )
             ours = path.name.startswith(_PREFIX) and path.name.endswith(_SUFFIX)
             if (ours and path.name not in names) or (stale_temp and path.suffix == ".tmp"):
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise write_error(
+                        exc, path, "The checkpoint was saved, but an old one was not pruned."
+                    ) from None
 
     def save(
         self,
@@ -239,7 +387,10 @@ class CheckpointManager:
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise CheckpointError(f"step is {step!r}; expected an int >= 0.")
         metrics = _check_metrics(metrics)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, self.directory) from None
         name = f"{_PREFIX}{step:010d}{_SUFFIX}"
         with self._locked():
             index = self._read_index()
@@ -279,7 +430,11 @@ class CheckpointManager:
             >>> manager.latest().step  # doctest: +SKIP
             400
         """
-        retained = self.checkpoints()
+        for attempt in range(_READ_ATTEMPTS):
+            retained = self.checkpoints()
+            if not retained or retained[-1].path.is_file():
+                break
+            _pause(attempt)  # pruned by a concurrent save since the index was read
         return retained[-1] if retained else None
 
     def best(self, metric: str | None = None, mode: str | None = None) -> Checkpoint | None:
@@ -330,20 +485,40 @@ class CheckpointManager:
             >>> bundle = manager.restore(into={"net": net})  # doctest: +SKIP
             >>> bundle.restore_optimizer("net", torch.optim.Adam(net.parameters()))
         """
+        for attempt in range(_READ_ATTEMPTS):
+            chosen = self._choose(step)
+            try:
+                bundle = load(chosen.path, into=into, roles=roles, verify=verify)
+                if rng and "rng" in bundle.manifest:
+                    bundle.restore_rng()
+                return bundle
+            except PolybundleError as exc:
+                if os.path.lexists(chosen.path):
+                    raise
+                vanished = exc  # pruned by a concurrent save: read the index again
+            _pause(attempt)
+        raise CheckpointError(
+            f"the checkpoint {chosen.path.name!r} named by the index of "
+            f"{str(self.directory)!r} was missing {_READ_ATTEMPTS} times in a row; it was "
+            "deleted, or another process prunes faster than it can be read. Restore a step "
+            "that is kept (keep_best), or read when the writer pauses."
+        ) from vanished
+
+    def _choose(self, step: int | None) -> Checkpoint:
         retained = self.checkpoints()
         if not retained:
             raise CheckpointError(f"{str(self.directory)!r} holds no checkpoint to restore.")
         if step is None:
-            chosen = retained[-1]
-        else:
-            matches = [c for c in retained if c.step == step]
-            if not matches:
-                raise CheckpointError(
-                    f"no retained checkpoint for step {step!r} in {str(self.directory)!r}; "
-                    f"retained steps: {[c.step for c in retained]}."
-                )
-            chosen = matches[0]
-        bundle = load(chosen.path, into=into, roles=roles, verify=verify)
-        if rng and "rng" in bundle.manifest:
-            bundle.restore_rng()
-        return bundle
+            return retained[-1]
+        matches = [c for c in retained if c.step == step]
+        if not matches:
+            raise CheckpointError(
+                f"no retained checkpoint for step {step!r} in {str(self.directory)!r}; "
+                f"retained steps: {[c.step for c in retained]}."
+            )
+        return matches[0]
+
+
+def _pause(attempt: int) -> None:
+    """Sleep a little longer on each retry (1 ms, 2 ms, ... at most 50 ms)."""
+    time.sleep(min(0.05, 0.001 * (attempt + 1)))
