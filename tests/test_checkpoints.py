@@ -170,3 +170,54 @@ def _net_256():
     import torch
 
     return torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))
+
+
+PRUNING_WRITER = """
+import sys, torch, polybundle
+torch.manual_seed(0)
+net = torch.nn.Linear(64, 64)
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+manager = polybundle.CheckpointManager(sys.argv[1], keep_last=1)
+step = 0
+while True:
+    manager.save(step, {"net": net}, optimizers={"net": opt}, metrics={"loss": 1.0})
+    step += 1
+"""
+
+LOOPING_READER = """
+import json, sys, time, torch, polybundle
+manager = polybundle.CheckpointManager(sys.argv[1], keep_last=1)
+net = torch.nn.Linear(64, 64)
+errors, reads, steps = [], 0, set()
+start = time.monotonic()
+while manager.latest() is None:  # the writer is starting
+    assert time.monotonic() < start + 120, "the writer saved nothing"
+    time.sleep(0.01)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        latest = manager.latest()
+        bundle = manager.restore(into={"net": net})  # the latest again, RNG state too
+        steps.add(latest.step)
+        reads += 1
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+print(json.dumps({"reads": reads, "steps": len(steps), "errors": errors[:3],
+                  "count": len(errors)}))
+"""
+
+
+@needs_torch
+def test_readers_never_miss_a_checkpoint_while_keep_last_1_prunes(tmp_path: Path) -> None:
+    writer = subprocess.Popen([sys.executable, "-c", PRUNING_WRITER, str(tmp_path)])
+    try:
+        reader = subprocess.run([sys.executable, "-c", LOOPING_READER, str(tmp_path), "5"],
+                                capture_output=True, text=True, timeout=120)
+        assert writer.poll() is None  # the writer kept saving the whole time
+    finally:
+        writer.kill()
+        writer.wait()
+    assert reader.returncode == 0, reader.stderr[-3000:]
+    result = json.loads(reader.stdout)
+    assert result["count"] == 0, result
+    assert result["reads"] >= 10 and result["steps"] >= 3, result
