@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from polybundle.backend import Backend, TensorSpec
+from polybundle.backend import ML_DTYPES, Backend, TensorSpec, dtype_label, resolve_dtype
 from polybundle.canonical import Canonical, torch_canonical
 from polybundle.errors import FormatError, TensorMismatchError
 from polybundle.hookspecs import hookimpl
@@ -56,6 +56,51 @@ def _canonical(module: Any, attribute: str, shape: tuple[int, ...]) -> Canonical
     )
 
 
+def to_numpy(tensor: Any) -> np.ndarray:
+    """Return a CPU copy-free NumPy view of ``tensor``; bfloat16 and float8 via ``ml_dtypes``.
+
+    NumPy has no bfloat16, so ``tensor.numpy()`` refuses it: the bits are
+    viewed as ``int16`` (``uint8`` for float8) and re-viewed as the
+    ``ml_dtypes`` type, bit for bit.
+
+    Example:
+        >>> import torch
+        >>> to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype.name
+        'bfloat16'
+    """
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name in ML_DTYPES:
+        bits = torch.int16 if tensor.element_size() == 2 else torch.uint8
+        return tensor.view(bits).numpy().view(resolve_dtype(name))
+    return tensor.numpy()
+
+
+def from_numpy(array: np.ndarray) -> Any:
+    """Return a new torch tensor holding ``array``'s values bit for bit (``ml_dtypes`` too).
+
+    Example:
+        >>> import ml_dtypes
+        >>> from_numpy(np.ones(2, ml_dtypes.bfloat16)).dtype
+        torch.bfloat16
+    """
+    import torch
+
+    array = np.asarray(array)
+    name = dtype_label(array.dtype)
+    if name in ML_DTYPES:
+        kind = getattr(torch, name, None)
+        if kind is None:
+            raise FormatError(
+                f"the tensor is {name}, which torch {torch.__version__} lacks; upgrade torch."
+            )
+        bits = np.int16 if array.dtype.itemsize == 2 else np.uint8
+        return torch.from_numpy(np.array(array.view(bits), order="C")).view(kind)
+    return torch.from_numpy(np.array(array, order="C"))
+
+
 def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:
     """Return a model's outputs (a tensor, or tuples/lists/dicts of them) as named arrays."""
     if isinstance(value, (tuple, list)):
@@ -65,7 +110,7 @@ def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:
         for key, item in value.items():
             out.update(_flat_outputs(item, f"{prefix}.{key}"))
         return out
-    return {prefix: value.detach().cpu().numpy()}
+    return {prefix: to_numpy(value)}
 
 
 class TorchBackend(Backend):
@@ -137,15 +182,20 @@ class TorchBackend(Backend):
     ) -> Any:
         """Build on the ``meta`` device and adopt the loaded tensors (no init, no copy).
 
-        Falls back to an ordinary build and copy when the meta-built model
-        would not be whole: tensors outside the state_dict (non-persistent
-        buffers), tied parameters, or dtypes that differ from the file's.
+        Falls back to an ordinary build and copy when the builder cannot run on
+        the meta device (it reads tensor values while building, e.g.
+        torchvision's ``regnet_y_400mf`` calls ``.tolist()`` on computed
+        widths: ``NotImplementedError: Cannot copy out of meta tensor``), or
+        when the meta-built model would not be whole: tensors outside the
+        state_dict (non-persistent buffers), tied parameters, or dtypes that
+        differ from the file's.
         """
-        import torch
-
         state = self._load_state_dict(source)
-        with torch.device("meta"):
+        model = self._build_on_meta(builder, config)
+        if model is None:
             model = builder(config)
+            self._load_state(model, state)
+            return model
         own = model.state_dict()
         named = list(model.named_parameters(remove_duplicate=False))
         adoptable = (
@@ -161,6 +211,22 @@ class TorchBackend(Backend):
         model = builder(config)
         self._load_state(model, state)
         return model
+
+    @staticmethod
+    def _build_on_meta(builder: Any, config: dict[str, Any]) -> Any | None:
+        """Return ``builder(config)`` built on the meta device, or None if it cannot be.
+
+        Any exception means the builder needs real tensors while building;
+        the caller then builds normally, where a genuine error of the builder
+        surfaces as it is.
+        """
+        import torch
+
+        try:
+            with torch.device("meta"):
+                return builder(config)
+        except Exception:  # e.g. NotImplementedError: Cannot copy out of meta tensor
+            return None
 
     def _load_state(self, model: Any, state: dict[str, Any], *, assign: bool = False) -> None:
         own = model.state_dict()
@@ -185,12 +251,9 @@ class TorchBackend(Backend):
 
     def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
         """Load ``{state_dict key: array}`` strictly, cast to each tensor's dtype."""
-        import torch
-
         own = model.state_dict()
         state = {
-            key: torch.from_numpy(np.asarray(array, order="C")).to(own[key].dtype)
-            if key in own else torch.from_numpy(np.asarray(array, order="C"))
+            key: from_numpy(array).to(own[key].dtype) if key in own else from_numpy(array)
             for key, array in arrays.items()
         }
         self._load_state(model, state)
@@ -202,7 +265,7 @@ class TorchBackend(Backend):
         from polybundle.parity import input_names
 
         model.eval()
-        args = [torch.from_numpy(np.asarray(inputs[k], order="C")) for k in input_names(inputs)]
+        args = [from_numpy(inputs[k]) for k in input_names(inputs)]
         with torch.no_grad():
             return _flat_outputs(model(*args))
 

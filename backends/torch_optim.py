@@ -18,13 +18,20 @@ Example:
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 import numpy as np
 
 from polybundle.backend import TensorSpec
-from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
-from polybundle.optimizer import OptimizerState, from_plain, to_plain
+from polybundle.errors import FormatError, OptimizerMismatchError, UnsupportedOptimizerError
+from polybundle.optimizer import (
+    MAX_STEP,
+    OptimizerState,
+    check_hyperparameter,
+    from_plain,
+    to_plain,
+)
 
 _ALGORITHMS = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd", "RMSprop": "rmsprop"}
 _SLOTS = {
@@ -118,6 +125,8 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
     """
     import torch
 
+    from polybundle.backends.torch import to_numpy
+
     algorithm = _algorithm(optimizer)
     groups = _optimizer_names(model, optimizer, saving=True)
     native = optimizer.state_dict()
@@ -132,12 +141,7 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
             elif value is None:
                 continue
             elif isinstance(value, torch.Tensor) and key in _SLOTS:
-                if value.dtype == torch.bfloat16:
-                    raise UnsupportedOptimizerError(
-                        f"slot {key!r} of {name!r} is bfloat16, which NumPy cannot hold; "
-                        "keep optimizer state in float32."
-                    )
-                slots.setdefault(name, {})[_SLOTS[key]] = value.detach().cpu().numpy()
+                slots.setdefault(name, {})[_SLOTS[key]] = to_numpy(value).copy()
             else:
                 raise UnsupportedOptimizerError(
                     f"{_qualified(optimizer)} keeps state {key!r} ({type(value).__name__}) "
@@ -191,6 +195,115 @@ def _check_groups(model: Any, optimizer: Any, state: OptimizerState) -> list[str
     return [name for group in groups for name in group]
 
 
+def _native_groups(optimizer: Any, state: OptimizerState) -> list[dict[str, Any]]:
+    """Return the saved native settings of each group, checked against the fresh optimizer.
+
+    Each setting must be one the optimizer has, of a plain type, in range, and
+    agree with the neutral hyperparameter it mirrors; otherwise FormatError.
+    """
+    where = f"optimizer.json native settings of {state.native_class}"
+    saved = state.native.get("param_groups")
+    if not isinstance(saved, list) or len(saved) != len(state.groups):
+        raise FormatError(
+            f"{where}: 'param_groups' is {repr(saved)[:80]}; expected a list with one object "
+            f"per group ({len(state.groups)}). The optimizer state is damaged; re-save it."
+        )
+    fresh = optimizer.param_groups[0]
+    groups = []
+    for index, (settings, group) in enumerate(zip(saved, state.groups, strict=True)):
+        settings = from_plain(settings)
+        if not isinstance(settings, dict):
+            raise FormatError(f"{where}: group {index} is {repr(settings)[:80]}; expected an "
+                              "object. The optimizer state is damaged; re-save it.")
+        unknown = sorted(
+            key for key, value in settings.items()
+            if key == "params" or key not in fresh and not _harmless(value)
+        )
+        if unknown:
+            raise FormatError(
+                f"{where}: group {index} sets {unknown[:5]}, which "
+                f"{type(optimizer).__name__} does not have, to values that are not flags or "
+                "numbers. The optimizer state is damaged; re-save it."
+            )
+        for key, value in settings.items():
+            _check_native_setting(key, value, fresh.get(key), f"{where} group {index}")
+            neutral = group["hyperparameters"].get(_HYPER.get(key, ""), value)
+            if key in _HYPER and neutral != value:
+                raise FormatError(
+                    f"{where}: group {index} has {key}={value!r} but the neutral "
+                    f"{_HYPER[key]} is {neutral!r}; they must agree. The optimizer state was "
+                    "altered; re-save it."
+                )
+        groups.append(settings)
+    return groups
+
+
+def _harmless(value: Any) -> bool:
+    """Return True for a setting a newer torch may add: None, a flag or a finite number."""
+    if value is None or isinstance(value, bool):
+        return True
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_native_setting(key: str, value: Any, default: Any, where: str) -> None:
+    if key in _HYPER or key == "initial_lr":
+        check_hyperparameter(_HYPER.get(key, "learning_rate"), value, where=where)
+    elif key == "betas":
+        if not isinstance(value, tuple) or len(value) != 2:
+            raise FormatError(f"{where}: betas is {repr(value)[:60]}; expected two numbers. "
+                              "The optimizer state is damaged; re-save it.")
+        for beta in value:
+            check_hyperparameter("beta_1", beta, where=where)
+    plain = (bool, int, float, str, type(None), tuple)
+    same_kind = (
+        value is None
+        or default is None
+        or isinstance(value, bool) == isinstance(default, bool)
+        and isinstance(value, plain)
+        and (isinstance(value, (int, float)) == isinstance(default, (int, float)))
+    )
+    if not same_kind:
+        raise FormatError(
+            f"{where}: {key} is {repr(value)[:60]}, but {type(default).__name__} settings are "
+            "expected there. The optimizer state is damaged; re-save it."
+        )
+
+
+def _steps(state: OptimizerState, names: list[str]) -> dict[str, float]:
+    """Return the per-parameter step counts kept in ``native``, checked."""
+    steps = state.native.get("steps", {})
+    valid = isinstance(steps, dict) and all(
+        name in names
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_STEP
+        for name, value in steps.items()
+    )
+    if not valid:
+        raise FormatError(
+            f"optimizer.json: native 'steps' is {repr(steps)[:80]}; expected an object mapping "
+            "the optimizer's tensor names to step counts >= 0. The optimizer state is "
+            "damaged; re-save it."
+        )
+    return steps
+
+
+def _check_slots(model: Any, state: OptimizerState) -> None:
+    parameters = dict(model.named_parameters())
+    for name, slots in state.slots.items():
+        for slot, array in slots.items():
+            if slot not in _NATIVE_SLOTS:
+                raise OptimizerMismatchError(
+                    f"slot {slot!r} of {name!r} is not one PyTorch optimizers keep "
+                    f"({sorted(_NATIVE_SLOTS)}); the state is not a PyTorch optimizer's."
+                )
+            if tuple(array.shape) != tuple(parameters[name].shape):
+                raise OptimizerMismatchError(
+                    f"slot {slot!r} of {name!r} has shape {array.shape}, but the parameter has "
+                    f"{tuple(parameters[name].shape)}; the model differs from the one saved."
+                )
+
+
 def restore_optimizer(
     model: Any,
     optimizer: Any,
@@ -201,6 +314,9 @@ def restore_optimizer(
     """Load neutral ``state`` into a fresh PyTorch optimizer bound to ``model``.
 
     ``specs`` are unused: PyTorch's neutral names are its ``state_dict`` keys.
+    Everything is checked before the optimizer changes: its kind, groups,
+    slot names and shapes, and the saved native settings (types, ranges,
+    agreement with the neutral hyperparameters).
 
     Example:
         >>> opt = torch.optim.Adam(model.parameters())  # doctest: +SKIP
@@ -208,16 +324,11 @@ def restore_optimizer(
     """
     import torch
 
+    from polybundle.backends.torch import from_numpy
+
     _check_kind(optimizer, state)
     names = _check_groups(model, optimizer, state)
-    parameters = dict(model.named_parameters())
-    for name, slots in state.slots.items():
-        for slot, array in slots.items():
-            if slot not in _NATIVE_SLOTS or tuple(array.shape) != tuple(parameters[name].shape):
-                raise OptimizerMismatchError(
-                    f"slot {slot!r} of {name!r} has shape {array.shape}, but the parameter has "
-                    f"{tuple(parameters[name].shape)}; the model differs from the one saved."
-                )
+    _check_slots(model, state)
     if state.schedule is not None:
         if scheduler is None or state.schedule["class"] != _qualified(scheduler):
             raise OptimizerMismatchError(
@@ -225,25 +336,26 @@ def restore_optimizer(
                 f"{None if scheduler is None else _qualified(scheduler)}; pass a fresh one of "
                 "the same class, attached to this optimizer."
             )
-    steps = state.native.get("steps", {})
+    settings = _native_groups(optimizer, state)
+    steps = _steps(state, names)
     native_state: dict[int, dict[str, Any]] = {}
     for index, name in enumerate(names):
         entry: dict[str, Any] = {}
         if name in steps or (state.step is not None and name in state.slots):
             entry["step"] = torch.tensor(float(steps.get(name, state.step)), dtype=torch.float32)
         for slot, array in state.slots.get(name, {}).items():
-            entry[_NATIVE_SLOTS[slot]] = torch.from_numpy(np.array(array))
+            entry[_NATIVE_SLOTS[slot]] = from_numpy(array)
         if entry:
             native_state[index] = entry
     param_groups = []
     start = 0
-    for group, settings in zip(state.groups, state.native["param_groups"], strict=True):
+    for group, native in zip(state.groups, settings, strict=True):
         count = len(group["parameters"])
-        param_groups.append({**from_plain(settings), "params": list(range(start, start + count))})
+        param_groups.append({**native, "params": list(range(start, start + count))})
         start += count
     optimizer.load_state_dict({"state": native_state, "param_groups": param_groups})
     if scheduler is not None and state.schedule is not None:
-        scheduler.load_state_dict(from_plain(state.schedule["state"]))
+        scheduler.load_state_dict(from_plain(state.schedule.get("state")))
 
 
 def capture_rng() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +30,130 @@ import numpy as np
 from .errors import (
     BackendError,
     BackendUnavailableError,
+    FormatError,
     UnknownArchitectureError,
+    UnsafeContentError,
     UnsupportedOptimizerError,
 )
 
 if TYPE_CHECKING:
     from .optimizer import OptimizerState
+
+
+NUMPY_DTYPES = (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128",
+)
+"""Tensor dtype names NumPy itself holds."""
+ML_DTYPES = (
+    "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+)
+"""Tensor dtype names held through ``ml_dtypes`` (PyTorch and Keras use these names)."""
+MAX_TENSOR_BYTES = 2**63 - 1
+"""Largest tensor size accepted: no file or address space holds more."""
+MAX_NDIM = 64
+"""Most axes a tensor may have (PyTorch and NumPy allow 64 at most)."""
+
+
+def resolve_dtype(name: Any, *, where: str = "tensor") -> np.dtype:
+    """Return the NumPy dtype of a manifest dtype name; bfloat16 and float8 via ``ml_dtypes``.
+
+    Only numeric and bool names are known; anything else (``object``,
+    ``"<U8"``, a number) raises :class:`FormatError` naming ``where``.
+
+    Example:
+        >>> resolve_dtype("float32").itemsize, resolve_dtype("bfloat16").itemsize
+        (4, 2)
+        >>> resolve_dtype("object", where="fc.weight")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: fc.weight has dtype 'object'; expected one of ...
+    """
+    if isinstance(name, str) and name in NUMPY_DTYPES:
+        return np.dtype(name)
+    if isinstance(name, str) and name in ML_DTYPES:
+        import ml_dtypes
+
+        kind = getattr(ml_dtypes, name, None)
+        if kind is not None:
+            return np.dtype(kind)
+        raise FormatError(
+            f"{where} has dtype {name!r}, which the installed ml_dtypes "
+            f"{getattr(ml_dtypes, '__version__', '?')} lacks; upgrade it (pip install -U "
+            "ml_dtypes)."
+        )
+    shown = repr(name)[:60]
+    raise FormatError(
+        f"{where} has dtype {shown}; expected one of {', '.join(NUMPY_DTYPES + ML_DTYPES)}. "
+        "The manifest is damaged or was written for tensors polybundle does not store."
+    )
+
+
+def dtype_label(dtype: Any) -> str:
+    """Return the manifest name of a NumPy or ``ml_dtypes`` dtype (``"bfloat16"``).
+
+    Example:
+        >>> import ml_dtypes
+        >>> dtype_label(np.float32), dtype_label(ml_dtypes.bfloat16)
+        ('float32', 'bfloat16')
+    """
+    return np.dtype(dtype).name
+
+
+def count_bytes(shape: Any, dtype: Any, *, where: str = "tensor") -> int:
+    """Return ``prod(shape) * itemsize`` with Python ints, after checking both.
+
+    ``shape`` must be a sequence of at most :data:`MAX_NDIM` non-negative
+    ints (bools refused) and ``dtype`` a known name (see :func:`resolve_dtype`),
+    else :class:`FormatError`; a size past :data:`MAX_TENSOR_BYTES` raises
+    :class:`UnsafeContentError` (no silent int64 wrap to 0).
+
+    Example:
+        >>> count_bytes((4, 3), "bfloat16")
+        24
+        >>> count_bytes((2**32, 2**32), "float32")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnsafeContentError: tensor declares shape (4294967296, 4294967296) ...
+    """
+    axes = check_shape(shape, where=where)
+    itemsize = resolve_dtype(dtype, where=where).itemsize
+    count = math.prod(axes)
+    if count * itemsize > MAX_TENSOR_BYTES:
+        raise UnsafeContentError(
+            f"{where} declares shape {axes} of {dtype}, {count * itemsize} bytes; expected at "
+            f"most {MAX_TENSOR_BYTES}. No real tensor is that large: the archive is hostile "
+            "or damaged."
+        )
+    return count * itemsize
+
+
+def check_shape(shape: Any, *, where: str = "tensor") -> tuple[int, ...]:
+    """Return ``shape`` as a tuple after checking it is a list of non-negative ints.
+
+    Example:
+        >>> check_shape([4, 3])
+        (4, 3)
+        >>> check_shape([4, -3], where="fc.weight")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: fc.weight has shape [4, -3]; expected a list of ...
+    """
+    valid = (
+        isinstance(shape, (list, tuple))
+        and len(shape) <= MAX_NDIM
+        and all(
+            isinstance(axis, int) and not isinstance(axis, bool) and 0 <= axis <= MAX_TENSOR_BYTES
+            for axis in shape
+        )
+    )
+    if not valid:
+        raise FormatError(
+            f"{where} has shape {repr(shape)[:100]}; expected a list of at most {MAX_NDIM} "
+            f"integers from 0 to {MAX_TENSOR_BYTES}. The manifest is damaged or hostile."
+        )
+    return tuple(shape)
 
 
 @dataclass(frozen=True)
@@ -47,10 +166,13 @@ class TensorSpec:
     in a canonical layer (see :mod:`polybundle.canonical`): the layer's kind
     (``"dense"``; ``""`` when unknown), the layer's path in the model, and the
     tensor's role in it (``"kernel"``). Conversion between backends uses them.
+    ``dtype`` is a name from :data:`NUMPY_DTYPES` or :data:`ML_DTYPES`.
 
     Example:
         >>> TensorSpec("fc.weight", "fc.weight", (4, 3), "float32", "out,in").nbytes
         48
+        >>> TensorSpec("fc.weight", "fc.weight", (4, 3), "bfloat16", "out,in").nbytes
+        24
     """
 
     name: str
@@ -64,8 +186,22 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        """Return the tensor's size in bytes."""
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        """Return the tensor's size in bytes (Python ints: no overflow, no wrap).
+
+        Raises :class:`FormatError` for an unknown dtype or a malformed shape
+        and :class:`UnsafeContentError` past :data:`MAX_TENSOR_BYTES`.
+        """
+        return count_bytes(self.shape, self.dtype, where=f"tensor {str(self.name)[:200]!r}")
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """Return the NumPy dtype of :attr:`dtype` (``ml_dtypes`` for bfloat16 and float8).
+
+        Example:
+            >>> TensorSpec("w", "w", (2,), "bfloat16", "out").numpy_dtype.name
+            'bfloat16'
+        """
+        return resolve_dtype(self.dtype, where=f"tensor {str(self.name)[:200]!r}")
 
     def to_json(self) -> dict[str, Any]:
         """Return the manifest form of this spec (canonical fields only when known)."""
@@ -81,12 +217,46 @@ class TensorSpec:
         return document
 
     @classmethod
-    def from_json(cls, document: dict[str, Any]) -> TensorSpec:
-        """Build a spec from its manifest form."""
+    def from_json(cls, document: Any) -> TensorSpec:
+        """Build a spec from its manifest form, checking every field's type first.
+
+        Raises :class:`FormatError` for a missing or mistyped field, a shape
+        that is not a list of non-negative ints, or an unknown dtype name.
+
+        Example:
+            >>> TensorSpec.from_json({"name": "w", "key": "w", "shape": [2], "dtype": "int8",
+            ...                       "layout": "out"}).nbytes
+            2
+            >>> TensorSpec.from_json({"name": "w", "key": "w", "shape": "2", "dtype": "int8",
+            ...                       "layout": "out"})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            polybundle.errors.FormatError: tensor 'w' has shape '2'; expected a list of ...
+        """
+        if not isinstance(document, dict):
+            raise FormatError(
+                f"a manifest tensor entry is a {type(document).__name__}; expected an object "
+                "with name, key, shape, dtype and layout. The manifest is damaged."
+            )
+        where = f"tensor {str(document.get('name'))[:200]!r}"
+        for field_name in ("name", "key", "dtype", "layout"):
+            if not isinstance(document.get(field_name), str) or not document[field_name]:
+                raise FormatError(
+                    f"{where}: {field_name!r} is {repr(document.get(field_name))[:80]}; expected "
+                    "a non-empty string. The manifest is damaged."
+                )
+        for field_name in ("kind", "layer", "slot"):
+            if not isinstance(document.get(field_name, ""), str):
+                raise FormatError(
+                    f"{where}: {field_name!r} is {repr(document[field_name])[:80]}; expected a "
+                    "string. The manifest is damaged."
+                )
+        shape = check_shape(document.get("shape"), where=where)
+        resolve_dtype(document["dtype"], where=where)
         return cls(
             name=document["name"],
             key=document["key"],
-            shape=tuple(document["shape"]),
+            shape=shape,
             dtype=document["dtype"],
             layout=document["layout"],
             kind=document.get("kind", ""),
