@@ -11,17 +11,37 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from . import budget
 from .archive import ArchiveReader
 from .backend import TensorSpec
-from .detection import FORMAT_NAME
+from .detection import FORMAT_NAME, PLAIN_FORMATS
 from .errors import FormatError
-from .loading import detect
+from .loading import detect, open_plain, plain_manifest
 from .manifest import PARAMS_MEMBER, read_manifest
 from .optimizer import summarize_document
 from .params import decode_params
 
 
-def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
+def _params_and_optimizers(
+    archive: ArchiveReader, manifest: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read params.json and each role's optimizer summary, charging what is read."""
+    budget.charge(archive.size(PARAMS_MEMBER), PARAMS_MEMBER)
+    params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
+    optimizers = {}
+    for entry in manifest["models"]:
+        if "optimizer" not in entry:
+            continue
+        state = entry["optimizer"]["state"]
+        budget.charge(archive.size(state), state)
+        optimizers[entry["role"]] = {
+            **summarize_document(archive.read(state), where=entry["role"]),
+            "slot_bytes": archive.size(entry["optimizer"]["slots"]),
+        }
+    return params, optimizers
+
+
+def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> dict[str, Any]:
     """Return the manifest, the params and a table of tensors of the bundle at ``path``.
 
     Reads only JSON members and the zip directory: neither torch nor
@@ -31,28 +51,29 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``optimizers`` maps each role saved with optimizer state to its summary
     (algorithm, class, step, hyperparameters, slot counts, slot bytes).
 
+    A plain framework file (Keras ``model.save`` or ``torch.save(state_dict)``)
+    is described from its index alone (``data.pkl`` or the HDF5 metadata): one
+    role ``model``, no params. ``max_bytes`` caps the memory read from
+    declared sizes (see :mod:`polybundle.budget`).
+
     Example:
         >>> polybundle.inspect("run.bundle")["tensors"][0]  # doctest: +SKIP
         {'role': 'net', 'name': 'weight', 'shape': [1, 3], 'dtype': 'float32', ...}
     """
-    with ArchiveReader(path) as archive:
+    with budget.limit(max_bytes), ArchiveReader(path) as archive:
         detection = detect(archive)
-        if detection.format != FORMAT_NAME:
+        if detection.format in PLAIN_FORMATS:
+            with open_plain(path, detection) as plain:
+                manifest, params, optimizers = plain_manifest(plain, detection), {}, {}
+        elif detection.format != FORMAT_NAME:
             raise FormatError(
-                f"{str(path)!r} is {detection.format!r}; inspect reads format-2 bundles."
+                f"{str(path)!r} is {detection.format!r}; inspect reads format-2 bundles and "
+                "plain framework files. Use polybundle.verify to check it, or "
+                "polybundle.migrate to make it a format-2 bundle."
             )
-        manifest = read_manifest(archive)
-        params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
-        optimizers = {
-            entry["role"]: {
-                **summarize_document(
-                    archive.read(entry["optimizer"]["state"]), where=entry["role"]
-                ),
-                "slot_bytes": archive.size(entry["optimizer"]["slots"]),
-            }
-            for entry in manifest["models"]
-            if "optimizer" in entry
-        }
+        else:
+            manifest = read_manifest(archive)
+            params, optimizers = _params_and_optimizers(archive, manifest)
     tensors = []
     for entry in manifest["models"]:
         for document in entry["tensors"]:

@@ -22,20 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import budget
 from .archive import ArchiveReader
 from .backend import TensorSpec
-from .detection import FORMAT_NAME
-from .errors import PolybundleError
+from .detection import FORMAT_NAME, PLAIN_FORMATS, Detection
+from .errors import IntegrityError, PolybundleError
 from .legacy.era import EraReader, LegacyContent, LegacyRole, read_member
 from .legacy.jsonsafe import to_json
+from .legacy.loading import check_json_size
 from .legacy.plugin import era_reader
-from .loading import detect
+from .loading import detect, open_plain, plain_manifest, with_builder_tags
 from .manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest, read_manifest, verify_members
 from .params import encode_params
 from .registry import get_backend, get_registry
 from .schemas import validate
 from .verify import VerifyReport, check_format_two
-from .writer import ArchiveWriter
+from .writer import ArchiveWriter, create_temp, write_error
 
 
 @dataclass
@@ -48,7 +50,7 @@ class MigrationReport:
     """
 
     source: str
-    target: str
+    target: str | None
     era: str
     written: bool = False
     converted: list[str] = field(default_factory=list)
@@ -62,7 +64,8 @@ class MigrationReport:
             'a (polybundle) -> b: already up to date, nothing written'
         """
         state = "written" if self.written else "already up to date, nothing written"
-        lines = [f"{self.source} ({self.era}) -> {self.target}: {state}"]
+        target = f" -> {self.target}" if self.target else ""
+        lines = [f"{self.source} ({self.era}){target}: {state}"]
         lines += [f"  converted: {item}" for item in self.converted]
         lines += [f"  dropped: {item}" for item in self.dropped]
         return lines
@@ -121,6 +124,8 @@ def _write(
     source_sha: str,
     report: MigrationReport,
 ) -> None:
+    check_json_size(content.params, where="the legacy params")
+    check_json_size(content.manifest, where="the legacy manifest")
     params = to_json(content.params)
     report.converted += [f"params {item}" for item in params.converted]
     report.dropped += [f"params {item}" for item in params.dropped]
@@ -147,6 +152,7 @@ def _write(
     with ArchiveWriter(target) as writer:
         writer.write_bytes(PARAMS_MEMBER, params_bytes, compress=True)
         for entry, role in zip(entries, content.roles, strict=True):
+            budget.charge(archive.size(role.weights), role.weights)
             writer.write_bytes(entry["weights"], read_member(archive, role.weights))
         manifest = build_manifest(
             backend=backend.name,
@@ -170,34 +176,161 @@ def _write(
     report.written = True
 
 
-def migrate(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> MigrationReport:
-    """Write the legacy archive ``src`` as a format-2 bundle at ``dst``; return a report.
+def _check_bundle(archive: ArchiveReader, label: str) -> None:
+    """Run every check of :func:`polybundle.verify` on a format-2 bundle; raise on a problem."""
+    report = VerifyReport(label)
+    check_format_two(archive, report)
+    if report.problems:
+        raise IntegrityError(f"{label} is damaged: {'; '.join(report.problems)[:2000]}")
+
+
+def _copy_bundle(source: Path, target: Path) -> None:
+    """Copy the format-2 bundle ``source`` to ``target`` atomically, checking the copy first.
+
+    The copy is checked (manifest, every digest, the weights) before it
+    replaces anything, so ``target`` is a verified bundle or is left as it was.
+    """
+    try:
+        fd, temp = create_temp(target)
+    except OSError as exc:
+        raise write_error(exc, target) from None
+    try:
+        try:
+            with open(source, "rb") as stream:
+                for chunk in iter(lambda: stream.read(8 * 1024 * 1024), b""):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        finally:
+            os.close(fd)
+        with ArchiveReader(temp) as copy:
+            _check_bundle(copy, f"the copy of {str(source)!r}")
+        os.replace(temp, target)
+    except BaseException as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(exc, target) from exc
+        raise
+
+
+def _migrate_format_two(
+    source: Path, target: Path | None, archive: ArchiveReader
+) -> MigrationReport:
+    """Check a format-2 bundle; with a new ``target``, write a verified copy there."""
+    report = MigrationReport(str(source), str(target) if target else None, FORMAT_NAME)
+    _check_bundle(archive, repr(str(source)))
+    if target is None or (target.exists() and target.resolve() == source.resolve()):
+        return report
+    if target.is_file() and _sha256(target) == _sha256(source):
+        return report
+    _copy_bundle(source, target)
+    report.converted.append(
+        f"verified copy (format {read_manifest(archive)['format_version']} is current)"
+    )
+    report.written = True
+    return report
+
+
+def _write_plain(
+    target: Path, source: Path, detection: Detection, source_sha: str, report: MigrationReport
+) -> None:
+    """Write the plain framework file ``source`` as a one-role bundle (no params)."""
+    with open_plain(source, detection) as archive:
+        backend = get_backend(PLAIN_FORMATS[detection.format])
+        manifest = with_builder_tags(plain_manifest(archive, detection), backend)
+        entry = manifest["models"][0]
+        tagged = entry["architecture"] is not None and any(
+            t["layout"] not in ("opaque", "scalar") for t in entry["tensors"]
+        )
+        report.converted.append(
+            f"{entry['role']}: layout tags from the registered builder" if tagged
+            else f"{entry['role']}: no builder registered, tensors keep the file's layout tags "
+            f"(register @polybundle.architecture({entry['role']!r}, backend={backend.name!r}) "
+            "for real ones)"
+        )
+        member = f"{entry['role']}/{backend.weights_member}"
+        report.converted.append(f"{source.name} copied byte for byte as {member}")
+        size = archive.size(archive.weights)
+        budget.charge(size, archive.weights)
+        data = archive.read(archive.weights, limit=size)
+    models = [{**entry, "weights": member}]
+    with ArchiveWriter(target) as writer:
+        writer.write_bytes(PARAMS_MEMBER, encode_params({}), compress=True)
+        writer.write_bytes(models[0]["weights"], data)
+        written = build_manifest(
+            backend=backend.name, framework=backend.distribution,
+            framework_version=f"unknown (migrated from a {detection.format})",
+            models=models, members=writer.records,
+        )
+        written["legacy"] = {
+            "era": detection.format, "version": "", "source_sha256": source_sha, "manifest": {},
+            "custom_objects": {}, "converted": report.converted, "dropped": report.dropped,
+        }
+        validate("manifest", written, where="the migrated manifest")
+        writer.write_bytes(MANIFEST_MEMBER, json.dumps(written, indent=1).encode(), compress=True)
+        writer.commit()
+    report.written = True
+
+
+def migrate(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    max_bytes: int | None = None,
+) -> MigrationReport:
+    """Write the archive ``src`` as a format-2 bundle at ``dst``; return a report.
 
     Nothing in ``src`` is executed; ``dst`` appears atomically or not at all.
-    A ``dst`` that this function already produced from the same ``src`` is
-    left alone (idempotent). A format-2 ``src`` is checked and reported as
-    already migrated. Register builders named after the roles first to give
+    A legacy archive (or a plain framework file: a Keras ``model.save`` file,
+    a ``torch.save(model.state_dict())`` file, which becomes a one-role
+    bundle, role ``model``, without params) is rewritten; a ``dst`` that this
+    function already produced from the same ``src`` is left alone
+    (idempotent). A format-2 ``src`` is checked in full (as
+    :func:`polybundle.verify` does); given a ``dst`` other than ``src`` it
+    is copied there, and the copy is checked before it appears (format 2.0
+    is the current version, so a copy is the rewrite). Without ``dst`` (or
+    with ``dst`` equal to ``src``) it is reported as already up to date and
+    nothing is written. Register builders named after the roles first to give
     the tensors real layout tags (needed to convert across frameworks).
+    ``max_bytes`` caps the memory read from declared sizes
+    (:mod:`polybundle.budget`).
 
     Example:
         >>> polybundle.migrate("wts.h5.zip", "wts.bundle").written  # doctest: +SKIP
         True
     """
-    source, target = Path(src), Path(dst)
-    if target.exists() and target.resolve() == source.resolve():
-        raise PolybundleError(
-            f"source and target are the same file {str(source)!r}; give a new path."
-        )
-    if not target.parent.is_dir():
-        raise PolybundleError(f"the folder {str(target.parent)!r} does not exist; create it first.")
-    with ArchiveReader(source) as archive:
+    source = Path(src)
+    target = None if dst is None else Path(dst)
+    with budget.limit(max_bytes), ArchiveReader(source) as archive:
         detection = detect(archive)
         if detection.format == FORMAT_NAME:
-            check_format_two(archive, VerifyReport(str(source)))
-            return MigrationReport(str(source), str(target), FORMAT_NAME)
+            return _migrate_format_two(source, target, archive)
+        if target is None:
+            raise PolybundleError(
+                f"{str(source)!r} is {detection.format!r}; give a destination to write the "
+                "format-2 bundle to (polybundle migrate SRC DST)."
+            )
+        if target.exists() and target.resolve() == source.resolve():
+            raise PolybundleError(
+                f"source and target are the same file {str(source)!r}; give a new path."
+            )
+        if not target.parent.is_dir():
+            raise PolybundleError(
+                f"the folder {str(target.parent)!r} does not exist; create it first."
+            )
+        budget.check(sum(archive.size(n) for n in archive.names()), "the archive's members")
+        source_sha = _sha256(source)
+        if detection.format in PLAIN_FORMATS:
+            report = MigrationReport(str(source), str(target), detection.format)
+            if not _already_migrated(target, source_sha):
+                _write_plain(target, source, detection, source_sha, report)
+            return report
         reader = era_reader(detection.format)
         content = reader.read(archive)
-        source_sha = _sha256(source)
         report = MigrationReport(str(source), str(target), content.format)
         if _already_migrated(target, source_sha):
             return report

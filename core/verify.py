@@ -20,17 +20,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import budget
 from .archive import ArchiveReader
-from .detection import FORMAT_NAME
+from .detection import FORMAT_NAME, PLAIN_FORMATS, Detection
 from .errors import PolybundleError
 from .legacy.era import read_member
 from .legacy.kerasfile import check_config, open_keras, read_weights
 from .legacy.plugin import era_reader
-from .loading import detect
+from .loading import detect, open_plain, plain_manifest
 from .manifest import PARAMS_MEMBER, read_manifest, verify_members
 from .params import decode_params
 from .progress import progress_bar
 from .readers.torch_zip import read_pth
+from .tensor_check import dtype_name
 
 
 @dataclass
@@ -87,6 +89,11 @@ def _check_tensors(found: dict[str, Any], listed: list[dict[str, Any]], role: st
                 f"{role}: tensor {key!r} has shape {list(found[key].shape)}, "
                 f"manifest says {by_key[key]['shape']}"
             )
+        elif dtype_name(found[key].dtype) != by_key[key]["dtype"]:
+            problems.append(
+                f"{role}: tensor {key!r} has dtype {dtype_name(found[key].dtype)}, "
+                f"manifest says {by_key[key]['dtype']}"
+            )
     return problems
 
 
@@ -100,10 +107,24 @@ def check_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
     report.checked.append("manifest schema, member list and sizes")
     verify_members(archive, manifest)
     report.checked.append(f"sha256 of {len(manifest['members'])} members")
+    budget.charge(archive.size(PARAMS_MEMBER), PARAMS_MEMBER)
     decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
     report.checked.append("params.json")
+    check_weights(archive, manifest, report)
+
+
+def check_weights(archive: ArchiveReader, manifest: dict[str, Any], report: VerifyReport) -> None:
+    """Read each role's weights file without a framework and compare it with the manifest.
+
+    Each whole weights file is charged to the memory budget before it is read.
+
+    Example:
+        >>> check_weights(archive, read_manifest(archive), VerifyReport("run.bundle"))
+        ... # doctest: +SKIP
+    """
     for entry in manifest["models"]:
         weights = entry["weights"]
+        budget.charge(archive.size(weights), weights)
         data = archive.read(weights, limit=archive.size(weights))
         if weights.endswith(".pth"):
             found = read_pth(data, where=weights)
@@ -142,33 +163,66 @@ def _verify_legacy(archive: ArchiveReader, format_name: str, report: VerifyRepor
     report.checked.append(f"CRC-32 of {len(archive.names())} members")
 
 
-def verify(path: str | os.PathLike[str], *, progress: bool = False) -> VerifyReport:
+def _check_plain(path: str | os.PathLike[str], detection: Detection, report: VerifyReport) -> None:
+    with open_plain(path, detection) as archive:
+        manifest = plain_manifest(archive, detection)
+        report.checked.append(f"{detection.format}: index of {archive.weights} read as plain data")
+        check_weights(archive, manifest, report)
+    report.notes.append(
+        "a plain framework file records no digests; its integrity cannot be checked beyond "
+        "the zip's own CRC-32. Migrate it (polybundle migrate) to get a bundle with digests."
+    )
+
+
+def _verify(path: str | os.PathLike[str], report: VerifyReport, progress: bool) -> None:
+    with ArchiveReader(path) as archive, progress_bar(
+        f"verifying {archive.path.name}",
+        sum(archive.size(name) for name in archive.names()),
+        enabled=progress,
+    ) as advance:
+        archive.on_read = advance
+        report.checked.append(f"zip structure of {len(archive.names())} members")
+        detection = detect(archive)
+        report.format = detection.format
+        if detection.format == FORMAT_NAME:
+            check_format_two(archive, report)
+        elif detection.format in PLAIN_FORMATS:
+            _check_plain(path, detection, report)
+        else:
+            _verify_legacy(archive, detection.format, report)
+
+
+def verify(
+    path: str | os.PathLike[str], *, progress: bool = False, max_bytes: int | None = None
+) -> VerifyReport:
     """Check the archive at ``path`` for integrity and safety; load no model, run nothing.
 
-    Every problem found is in ``report.problems`` (a typed
-    :class:`~polybundle.errors.PolybundleError` raised by a check is recorded,
-    not raised); ``report.ok`` is False when there is any. ``progress=True``
-    shows a bar of the bytes read for archives of 64 MiB and more.
+    Never raises on any input (a hostile or damaged file, a missing path, a
+    folder, a device): every problem found is in ``report.problems``, and
+    ``report.ok`` is False when there is any. A typed
+    :class:`~polybundle.errors.PolybundleError` is recorded as
+    ``"<ErrorType>: <message>"``; anything else is a bug in polybundle and is
+    recorded as ``"internal error: <type>: <message> — please report"``, so
+    nothing is hidden. ``max_bytes`` caps the memory read from declared sizes
+    (:mod:`polybundle.budget`; past it the report says ``BudgetExceededError``).
+    ``progress=True`` shows a bar of the bytes read for archives of 64 MiB and
+    more. Plain framework files (Keras ``model.save``, ``torch.save`` of a
+    state_dict) are checked too, with a note that they record no digests.
 
     Example:
-        >>> polybundle.verify("wts.h5.zip").format  # doctest: +SKIP
-        'legacy-tf-dill'
+        >>> report = polybundle.verify("no such file.bundle")
+        >>> report.ok, report.problems[0].split(":")[0]
+        (False, 'FormatError')
     """
+    limit = budget.check_max_bytes(max_bytes)
     report = VerifyReport(str(path))
     try:
-        with ArchiveReader(path) as archive, progress_bar(
-            f"verifying {archive.path.name}",
-            sum(archive.size(name) for name in archive.names()),
-            enabled=progress,
-        ) as advance:
-            archive.on_read = advance
-            report.checked.append(f"zip structure of {len(archive.names())} members")
-            detection = detect(archive)
-            report.format = detection.format
-            if detection.format == FORMAT_NAME:
-                check_format_two(archive, report)
-            else:
-                _verify_legacy(archive, detection.format, report)
+        with budget.limit(limit):
+            _verify(path, report, progress)
     except PolybundleError as exc:
         report.problems.append(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - verify reports every failure, never raises
+        report.problems.append(
+            f"internal error: {type(exc).__name__}: {str(exc)[:500]} — please report"
+        )
     return report

@@ -23,13 +23,65 @@ from typing import Any
 
 import numpy as np
 
+from .. import budget
 from ..archive import ArchiveReader
 from ..backend import Backend
 from ..bundle import Bundle
-from ..errors import BackendMismatchError, IntegrityError, PolybundleError
+from ..errors import BackendMismatchError, IntegrityError, PolybundleError, UnsafeContentError
 from ..registry import get_backend, get_registry, remember_architecture
 from .era import EraReader, LegacyContent, LegacyRole, read_member
 from .jsonsafe import to_json
+
+MAX_JSON_VALUES = 65_536
+"""Most JSON values legacy params or a manifest may become (shared values count each time)."""
+
+MAX_JSON_CHARS = 16 * 1024 * 1024
+"""Most characters of text (strings, keys) legacy params may become as JSON."""
+
+
+def check_json_size(value: Any, *, where: str) -> None:
+    """Refuse a legacy value that would expand into too much JSON; charge what it will cost.
+
+    A pickle can reference one list twice at every level (``b = [a, a]``):
+    40 levels of 3 KB become 2**40 values once written out, and an array of
+    a million numbers becomes a million JSON values that the params schema
+    checks one by one. The walk counts every value each time it is reached
+    (never recursing, so depth cannot overflow it), stops at
+    :data:`MAX_JSON_VALUES` values or :data:`MAX_JSON_CHARS` characters, and
+    charges an estimate of the JSON's size to the memory budget.
+
+    Example:
+        >>> check_json_size({"N": 64, "probe.mask": [[True] * 4] * 4}, where="params.dill")
+        >>> shared = [0]
+        >>> for _ in range(40):
+        ...     shared = [shared, shared]
+        >>> check_json_size({"probe": shared}, where="params.dill")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnsafeContentError: params.dill would become more than 65536 JSON ...
+    """
+    values = chars = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        values += 1
+        if isinstance(item, (str, bytes, bytearray)):
+            chars += len(item)
+        elif isinstance(item, np.ndarray):
+            values += int(item.size)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        if values > MAX_JSON_VALUES or chars > MAX_JSON_CHARS:
+            raise UnsafeContentError(
+                f"{where} would become more than {MAX_JSON_VALUES} JSON values or "
+                f"{MAX_JSON_CHARS} characters (shared references are written out each time "
+                "they occur); a params snapshot holds settings, not data. Refused: the archive "
+                "is hostile or holds data that belongs in a weights file."
+            )
+    budget.charge(chars + 32 * values, f"{where} as JSON")
 
 
 class LegacyModels(dict):
@@ -70,7 +122,8 @@ class LegacyBundle(Bundle):
         from .plugin import era_reader
 
         reader = era_reader(self.manifest["format"])
-        with ArchiveReader(self.path) as archive:
+        with budget.limit(self.max_bytes), ArchiveReader(self.path) as archive:
+            budget.check(sum(archive.size(n) for n in archive.names()), "the archive's members")
             content = reader.read(archive)
             if describe(content) != self.manifest:
                 raise IntegrityError(
@@ -90,6 +143,7 @@ def describe(content: LegacyContent) -> dict[str, Any]:
         >>> describe(content)["models"][0]["weights"]  # doctest: +SKIP
         'autoencoder/model.pth'
     """
+    check_json_size(content.manifest, where="the legacy manifest")
     return {
         "format": content.format,
         "format_version": content.version,
@@ -130,6 +184,7 @@ def _build(
     if given is not None:
         backend.load_into(given, source, role.specs)
         return given
+    check_json_size(role.params, where=f"{role.role} params")
     config = to_json(role.params).value
     model = registry.builder(role.role, backend.name)(config)
     backend.load_into(model, source, role.specs)
