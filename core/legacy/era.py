@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import budget
 from ..backend import TensorSpec
-from ..errors import FormatError, IntegrityError, UnknownArchitectureError
+from ..errors import FormatError, IntegrityError, UnknownArchitectureError, UnsafeContentError
 
 if TYPE_CHECKING:
     from ..archive import ArchiveReader
@@ -146,11 +147,23 @@ class EraReader(ABC):
 def read_member(archive: ArchiveReader, name: str, *, limit: int = MAX_LEGACY_MEMBER) -> bytes:
     """Read a whole legacy member and check its CRC-32 against the zip directory.
 
+    The member's declared size is checked against ``limit`` and charged to
+    :mod:`polybundle.budget` before anything is allocated, and exactly that
+    many bytes (plus one, to notice a member longer than declared) are read:
+    never ``limit`` bytes, so a small member needs small memory.
+
     Example:
         >>> read_member(archive, "manifest.dill")[:2]  # doctest: +SKIP
         b'\\x80\\x04'
     """
-    data = archive.read(name, limit=limit)
+    size = archive.size(name)
+    if size > limit:
+        raise UnsafeContentError(
+            f"member {name!r} declares {size} bytes; a legacy archive holds at most {limit} "
+            "bytes there. The archive is damaged or hostile."
+        )
+    budget.charge(size, f"legacy member {name}")
+    data = archive.read(name, limit=size)
     if zlib.crc32(data) != archive.info(name).CRC:
         raise IntegrityError(
             f"member {name!r} does not match the CRC-32 its zip directory records; the "

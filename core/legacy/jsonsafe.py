@@ -3,8 +3,9 @@
 Each change is recorded, so :func:`polybundle.migrate` can print what was
 converted and what was dropped: NumPy scalars become Python numbers, tuples
 and sets become lists, real NumPy arrays (and tensors read from params)
-become nested lists, and values JSON cannot hold (complex numbers, bytes,
-NaN and infinity) are dropped.
+of booleans, integers and floats become nested lists of the same values, and
+values JSON cannot hold (complex numbers and complex arrays such as a probe,
+bytes, NaN and infinity) are dropped, each with the reason.
 
 Example:
     >>> import numpy as np
@@ -70,7 +71,8 @@ def _convert(value: Any, path: str, result: JsonResult) -> Any:
         return _convert(value.item(), path, result)
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         result.converted.append(
-            f"{_label(path)}: array {value.dtype} shape {list(value.shape)} -> nested list"
+            f"{_label(path)}: array {value.dtype} shape {list(value.shape)} -> nested list "
+            f"(the same values: numpy.asarray(value, {value.dtype.name!r}) gives the array back)"
         )
         return _convert(value.tolist(), path, result)
     if isinstance(value, dict):
@@ -101,5 +103,9 @@ def _convert(value: Any, path: str, result: JsonResult) -> Any:
 
 def _plural(kind: str) -> str:
     if kind.startswith("array"):
-        return "arrays of this dtype; it stays in the source archive"
+        numbers = "complex numbers" if " complex" in kind else "arrays of this dtype"
+        return (
+            f"{numbers}, and a format-2 bundle has no member for params arrays; it stays "
+            "readable in the source archive: polybundle.load(source).params"
+        )
     return "complex numbers" if kind == "complex" else f"{kind} values"
