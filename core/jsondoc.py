@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from itertools import accumulate
 from typing import Any
+
+import numpy as np
 
 from .errors import FormatError
 
@@ -34,8 +35,25 @@ MAX_NUMBER_DIGITS = 4300
 """Default longest number literal, in characters (Python's own int digit limit)."""
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
-_DELTA = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_BIG_EXPONENT = re.compile(rb"[eE][+-]?[0-9]{3}")
+
+
+def _outside_strings(data: bytes) -> bytes:
+    """Return ``data`` with every complete string literal removed."""
+    return _STRING.sub(b"", data)
+
+
+def _depth(outside: bytes) -> int:
+    codes = np.frombuffer(outside, dtype=np.uint8)
+    steps = ((codes == ord("[")) | (codes == ord("{"))).astype(np.int32)
+    steps -= (codes == ord("]")) | (codes == ord("}"))
+    return int(np.cumsum(steps).max(initial=0)) if steps.size else 0
+
+
+def _longest_number(outside: bytes, limit: int) -> int:
+    """Return the length of a number literal longer than ``limit``, or 0 when none is."""
+    found = re.search(rb"[-+0-9.eE]{%d,}" % (limit + 1), outside)
+    return len(found.group()) if found else 0
 
 
 def nesting_depth(data: bytes) -> int:
@@ -49,50 +67,42 @@ def nesting_depth(data: bytes) -> int:
         >>> nesting_depth(b'"[[[["')
         0
     """
-    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", data))
-    return max(accumulate(_DELTA[b] for b in brackets), default=0)
+    return _depth(_outside_strings(data))
 
 
 def _strict_pairs(where: str):  # noqa: ANN202 - a closure handed to json
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        document: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in document:
+        document = dict(pairs)
+        if len(document) == len(pairs):
+            return document
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
                 raise FormatError(
                     f"{where} has the key {key[:80]!r} twice in one object; expected each key "
                     "once (readers disagree on which copy counts). The file was altered or "
                     "written by a faulty tool; re-create it."
                 )
-            document[key] = value
+            seen.add(key)
         return document
 
     return hook
 
 
-def _number_parsers(where: str, max_digits: int, allow_nan: bool):  # noqa: ANN202
-    def too_long(literal: str) -> FormatError:
-        return FormatError(
-            f"{where} holds a number literal of {len(literal)} characters; expected at most "
-            f"{max_digits}. Such a number is no real setting; the file was altered or "
-            "damaged. Re-create it."
-        )
-
-    def parse_int(literal: str) -> int:
-        if len(literal) > max_digits:
-            raise too_long(literal)
-        return int(literal)
-
+def _float_parser(where: str):  # noqa: ANN202 - a closure handed to json
     def parse_float(literal: str) -> float:
-        if len(literal) > max_digits:
-            raise too_long(literal)
         value = float(literal)
-        if not allow_nan and not math.isfinite(value):
+        if not math.isfinite(value):
             raise FormatError(
                 f"{where} holds the number {literal[:40]!r}, which overflows to infinity; "
                 "expected a finite number. Re-create the file with a finite value."
             )
         return value
 
+    return parse_float
+
+
+def _constant_parser(where: str, allow_nan: bool):  # noqa: ANN202 - a closure handed to json
     def parse_constant(name: str) -> float:
         if not allow_nan:
             raise FormatError(
@@ -101,7 +111,7 @@ def _number_parsers(where: str, max_digits: int, allow_nan: bool):  # noqa: ANN2
             )
         return float(name)
 
-    return parse_int, parse_float, parse_constant
+    return parse_constant
 
 
 def load_json(
@@ -147,20 +157,27 @@ def load_json(
             f"{where} is not valid UTF-8 (byte {exc.start}: {exc.reason}); expected a JSON "
             "document in UTF-8. The file is damaged; re-copy it."
         ) from None
-    depth = nesting_depth(data)
+    outside = _outside_strings(data)
+    depth = _depth(outside)
     if depth > max_depth:
         raise FormatError(
             f"{where} nests arrays/objects {depth} deep; expected at most {max_depth}. "
             "No polybundle document nests that deep: the file was altered."
         )
-    parse_int, parse_float, parse_constant = _number_parsers(where, max_digits, allow_nan)
+    longest = _longest_number(outside, max_digits)
+    if longest:
+        raise FormatError(
+            f"{where} holds a number literal of {longest} characters; expected at most "
+            f"{max_digits}. Such a number is no real setting; the file was altered or "
+            "damaged. Re-create it."
+        )
+    check_floats = not allow_nan and _BIG_EXPONENT.search(outside) is not None
     try:
         return json.loads(
             text,
             object_pairs_hook=_strict_pairs(where),
-            parse_int=parse_int,
-            parse_float=parse_float,
-            parse_constant=parse_constant,
+            parse_float=_float_parser(where) if check_floats else None,
+            parse_constant=_constant_parser(where, allow_nan),
         )
     except FormatError:
         raise

@@ -14,13 +14,14 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .errors import FormatError, IntegrityError, UnsafeContentError, UnsupportedVersionError
+from .jsondoc import load_json
 from .schemas import validate
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ FORMAT_VERSION = "2.0.0"
 
 MANIFEST_MEMBER = "manifest.json"
 PARAMS_MEMBER = "params.json"
+
+_VERSION = re.compile(r"([0-9]{1,9})\.[0-9]{1,9}\.[0-9]{1,9}")
 
 
 def build_manifest(
@@ -72,8 +75,26 @@ def build_manifest(
     return manifest
 
 
-def _check_version(version: str) -> None:
-    major = int(version.split(".")[0])
+def _check_version(version: Any) -> None:
+    """Refuse a format version this polybundle cannot read, before the schema runs.
+
+    Example:
+        >>> _check_version("2.1.0")
+        >>> _check_version("1" * 5000 + ".0.0")
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnsupportedVersionError: manifest.json says format_version ...
+    """
+    match = _VERSION.fullmatch(version) if isinstance(version, str) else None
+    if match is None:
+        shown = repr(version)
+        shown = shown if len(shown) <= 40 else f"{shown[:30]}... ({len(shown)} characters)"
+        raise UnsupportedVersionError(
+            f"{MANIFEST_MEMBER} says format_version {shown}; expected a version like "
+            f"{FORMAT_VERSION!r} (three numbers of at most 9 digits). The manifest is damaged "
+            "or was not written by polybundle."
+        )
+    major = int(match.group(1))
     supported = int(FORMAT_VERSION.split(".")[0])
     if major > supported:
         raise UnsupportedVersionError(
@@ -94,20 +115,12 @@ def read_manifest(archive: ArchiveReader) -> dict[str, Any]:
         >>> read_manifest(archive)["format_version"]  # doctest: +SKIP
         '2.0.0'
     """
-    try:
-        document = json.loads(archive.read(MANIFEST_MEMBER))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(
-            f"{MANIFEST_MEMBER} is not valid JSON ({exc}); expected the manifest of a "
-            "format-2 bundle."
-        ) from None
+    document = load_json(archive.read(MANIFEST_MEMBER), where=MANIFEST_MEMBER)
     if isinstance(document, dict) and isinstance(document.get("format_version"), str):
-        version = document["format_version"]
-        if version.split(".")[0].isdigit():
-            _check_version(version)
+        _check_version(document["format_version"])
     validate("manifest", document, where=MANIFEST_MEMBER)
     listed = set(document["members"])
-    present = set(archive.names()) - {MANIFEST_MEMBER}
+    present = set(archive.names() + archive.directories()) - {MANIFEST_MEMBER}
     if listed - present:
         raise IntegrityError(
             f"members listed in {MANIFEST_MEMBER} are missing from the zip: "

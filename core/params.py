@@ -13,11 +13,17 @@ import json
 import math
 from typing import Any
 
-from .errors import FormatError, ParamsError
+from .errors import ParamsError
+from .jsondoc import MAX_DEPTH, load_json
 from .schemas import validate
 
 
-def _check_value(value: Any, path: str) -> None:
+def _check_value(value: Any, path: str, depth: int = 0) -> None:
+    if isinstance(value, (list, dict)) and depth >= MAX_DEPTH:
+        raise ParamsError(
+            f"{path} nests lists/dicts more than {MAX_DEPTH} deep; polybundle reads params "
+            f"back only to that depth. Flatten the structure."
+        )
     if value is None or isinstance(value, (bool, int, str)):
         return
     if isinstance(value, float):
@@ -29,7 +35,7 @@ def _check_value(value: Any, path: str) -> None:
         return
     if isinstance(value, list):
         for index, item in enumerate(value):
-            _check_value(item, f"{path}[{index}]")
+            _check_value(item, f"{path}[{index}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
@@ -38,7 +44,7 @@ def _check_value(value: Any, path: str) -> None:
                     f"{path} has key {key!r} of type {type(key).__name__}; JSON object keys "
                     "are strings. Convert the key with str()."
                 )
-            _check_value(item, f"{path}[{key!r}]")
+            _check_value(item, f"{path}[{key!r}]", depth + 1)
         return
     hint = "use a list" if isinstance(value, tuple) else "convert it to a plain value"
     if hasattr(value, "item") and hasattr(value, "dtype"):
@@ -69,15 +75,16 @@ def encode_params(params: dict[str, Any]) -> bytes:
 def decode_params(data: bytes, *, where: str) -> dict[str, Any]:
     """Parse and schema-check the bytes of a ``params.json`` member.
 
+    Parsing is :func:`polybundle.jsondoc.load_json` (depth, number sizes, NaN and
+    duplicate keys refused before anything recurses); the schema constrains only
+    the top level, so checking costs the same as parsing, whatever the size.
+
     Example:
         >>> decode_params(b"[]", where="params.json")
         Traceback (most recent call last):
         ...
         polybundle.errors.SchemaError: params.json does not match the params schema ...
     """
-    try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{where} is not valid JSON ({exc}); expected a JSON object.") from None
+    document = load_json(data, where=where)
     validate("params", document, where=where)
     return document
