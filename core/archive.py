@@ -405,7 +405,10 @@ def open_zip(
     try:
         archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
-        if pread(0, 4) == _LOCAL_MAGIC:
+        head = pread(0, 4)
+        if not head:
+            raise _ends_early(label, "It is empty (0 bytes).") from None
+        if head == _LOCAL_MAGIC:
             raise _ends_early(
                 label, f"It starts as a zip but has no complete zip directory ({exc})."
             ) from None
