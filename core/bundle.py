@@ -21,7 +21,7 @@ from .backend import TensorSpec
 from .conversion import ConversionPlan
 from .errors import IntegrityError, OptimizerError, PolybundleError
 from .lazy import lazy_tensors
-from .manifest import read_manifest
+from .manifest import read_manifest, verify_member
 from .optimizer import OptimizerState, decode_optimizer
 from .registry import get_backend
 from .rng import decode_rng, restore_rng
@@ -80,9 +80,12 @@ class Bundle:
         """Read the tensors of ``role`` from the file as ``{name: numpy array}``.
 
         The file is re-opened; it must still hold the manifest this bundle was
-        loaded with. A lazy bundle returns a :class:`~polybundle.lazy.LazyTensors`
-        of read-only arrays memory-mapped from the file: only what is touched
-        is read.
+        loaded with, and the weights member's sha256 is checked against it
+        before any tensor is handed out (a file changed since loading, even to
+        the same size, raises :class:`~polybundle.errors.IntegrityError`). A lazy
+        bundle returns a :class:`~polybundle.lazy.LazyTensors` of read-only
+        arrays memory-mapped from the file just checked: only what is touched
+        is copied, but the whole member is hashed once here.
 
         Example:
             >>> bundle.tensors("net")["weight"].shape  # doctest: +SKIP
@@ -94,6 +97,7 @@ class Bundle:
                 raise IntegrityError(
                     f"{str(self.path)!r} changed since it was loaded; load it again."
                 )
+            verify_member(archive, self.manifest, entry["weights"])
             if self.lazy:
                 return lazy_tensors(archive, entry["weights"], self.tensor_specs(role))
             with archive.open(entry["weights"]) as source:

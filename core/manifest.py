@@ -159,20 +159,30 @@ def read_manifest(archive: ArchiveReader) -> dict[str, Any]:
     return document
 
 
+def verify_member(archive: ArchiveReader, manifest: dict[str, Any], name: str) -> None:
+    """Check one member's sha256 against the manifest; raise :class:`IntegrityError`.
+
+    Example:
+        >>> verify_member(archive, manifest, "net/model.pth")  # doctest: +SKIP
+    """
+    record = manifest["members"][name]
+    actual = archive.sha256(name)
+    if actual != record["sha256"]:
+        raise IntegrityError(
+            f"member {name!r} has sha256 {actual}, but {MANIFEST_MEMBER} records "
+            f"{record['sha256']}. The bundle was altered or damaged; do not use it. "
+            "Re-copy it from its source."
+        )
+
+
 def verify_members(archive: ArchiveReader, manifest: dict[str, Any]) -> None:
     """Check every member's sha256 against the manifest; raise :class:`IntegrityError`.
 
     Example:
         >>> verify_members(archive, manifest)  # doctest: +SKIP
     """
-    for name, record in manifest["members"].items():
-        actual = archive.sha256(name)
-        if actual != record["sha256"]:
-            raise IntegrityError(
-                f"member {name!r} has sha256 {actual}, but {MANIFEST_MEMBER} records "
-                f"{record['sha256']}. The bundle was altered or damaged; do not use it. "
-                "Re-copy it from its source."
-            )
+    for name in manifest["members"]:
+        verify_member(archive, manifest, name)
 
 
 @contextmanager
