@@ -242,10 +242,16 @@ class TorchBackend(Backend):
         model.load_state_dict(state, strict=True, assign=assign)
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-        """Return the state_dict's tensors as NumPy arrays, keyed by name (torch not imported)."""
+        """Return the state_dict's tensors as NumPy arrays, keyed by name (torch not imported).
+
+        The file must hold exactly the tensors ``specs`` declares, with their
+        shapes and dtypes, checked before any tensor is read (else
+        :class:`~polybundle.errors.IntegrityError`).
+        """
         from polybundle.readers import read_pth
 
-        state = read_pth(source)
+        name = getattr(source, "name", None)
+        state = read_pth(source, where=name if isinstance(name, str) else "model.pth", specs=specs)
         by_key = {spec.key: spec.name for spec in specs}
         return {by_key.get(key, key): array for key, array in state.items()}
 

@@ -73,7 +73,7 @@ def _map_file(archive: ArchiveReader) -> mmap.mmap:
 def _torch_loaders(
     source: MemberRange, mapped: mmap.mmap, specs: list[TensorSpec]
 ) -> dict[str, Loader]:
-    arrays = read_pth(source, where=source.name or "model.pth", mapped=mapped)
+    arrays = read_pth(source, where=source.name or "model.pth", mapped=mapped, specs=specs)
     by_key = {spec.key: spec.name for spec in specs}
     return {by_key.get(key, key): (lambda array=array: array) for key, array in arrays.items()}
 

@@ -12,6 +12,15 @@ Every pickle goes through :func:`polybundle.unpickle.safe_loads` with the
 exact allow-list :data:`polybundle.unpickle.TORCH_WEIGHTS`: a static scan
 first, then only tensor-rebuilding globals, storage types and storage
 persistent ids; anything else is refused before it is called.
+
+Before a storage is read or mapped, every tensor's geometry is checked
+(:class:`polybundle.unpickle.TorchTensor`, :class:`~polybundle.unpickle.TensorViews`:
+inside its storage, no stride-0 or overlapping view larger than the storage),
+each storage's declared size is checked against the bytes its member really
+holds, the deflated members of the inner zip together must pass the archive's
+compression-ratio rule, and, given the manifest's ``specs``, every tensor's
+name, shape and dtype must be the declared ones. What is then allocated (each
+storage, each copied view) is charged to :mod:`polybundle.budget` first.
 :func:`index_pth` reads only the pickle and says where each tensor's
 elements lie; :func:`read_pth` reads them into arrays, or views them in a
 read-only memory map of the file. A STORED member of a bundle is reached
@@ -32,15 +41,19 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..archive import MemberRange, NestedZip, check_member_name
-from ..errors import FormatError, PolybundleError, UnsafeContentError
+from .. import budget
+from ..archive import MAX_RATIO, RATIO_FLOOR, MemberRange, NestedZip, check_member_name
+from ..backend import TensorSpec
+from ..errors import FormatError, IntegrityError, PolybundleError, UnsafeContentError
+from ..tensor_check import check_stored
 from ..unpickle import (
     TORCH_WEIGHTS,
+    TensorViews,
     TorchStorage,
     TorchTensor,
     finalize,
@@ -75,10 +88,6 @@ def _numpy_dtype(name: str) -> np.dtype:
             ) from None
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
-
-
-def _itemsize(name: str) -> int:
-    return 2 if name == "bfloat16" else np.dtype(name).itemsize
 
 
 def _container(source: Source) -> BinaryIO | MemberRange:
@@ -148,13 +157,61 @@ def _storage_resolver(storages: dict[str, TorchStorage], where: str):
     return resolve
 
 
+def _check_ratio(infos: list[zipfile.ZipInfo], where: str) -> None:
+    """Apply the archive's ratio rule to the deflated members of one inner zip together.
+
+    Each member under :data:`~polybundle.archive.RATIO_FLOOR` is exempt on its
+    own, so 1,024 deflated 1 MiB storages of zeros pass one by one; their sum
+    does not. ``torch.save`` never deflates, so only a re-packed file has any.
+    """
+    deflated = [info for info in infos if info.compress_type == zipfile.ZIP_DEFLATED]
+    total = sum(info.file_size for info in deflated)
+    packed = sum(info.compress_size for info in deflated)
+    if total > RATIO_FLOOR and total > MAX_RATIO * max(packed, 1):
+        raise UnsafeContentError(
+            f"{where}: its {len(deflated)} deflated members declare {total} bytes from "
+            f"{packed} compressed (over {MAX_RATIO}:1 together); that is a decompression "
+            "bomb, not model weights (torch.save does not compress). Refused before "
+            "decompressing; re-save the weights with torch.save."
+        )
+
+
+def _locate_storages(
+    storages: dict[str, TorchStorage], sizes: dict[str, int], prefix: str, where: str
+) -> None:
+    """Point each storage at ``<prefix>/data/<key>``, which must hold its declared bytes.
+
+    ``torch.save`` writes a storage's bytes whole and declares
+    ``bytes // itemsize`` elements, so the member's size divided by the
+    element size must be exactly the declared element count.
+    """
+    for key, storage in storages.items():
+        storage.member = f"{prefix}data/{key}"
+        check_member_name(storage.member)
+        size = sizes.get(storage.member)
+        if size is None:
+            raise FormatError(
+                f"{where} describes storage {key!r} but holds no member {storage.member!r}; "
+                "the weights file is damaged."
+            )
+        if size // storage.itemsize != storage.numel:
+            raise FormatError(
+                f"{where}: storage {key!r} declares {storage.numel} x {storage.dtype} "
+                f"({storage.nbytes} bytes) but its member {storage.member!r} holds {size} "
+                "bytes; the weights file is damaged or hostile. Refused before reading."
+            )
+
+
 def _zip_state(inner: NestedZip, where: str) -> Any:
     """Unpickle ``<prefix>/data.pkl``; locate each storage at ``<prefix>/data/<key>``."""
-    names = inner.names()
+    infos = inner.infolist()
+    names = [info.filename for info in infos]
     if len(names) > MAX_WEIGHTS_MEMBERS:
         raise UnsafeContentError(f"{where} holds {len(names)} members; refused.")
     if len(set(names)) != len(names):
         raise UnsafeContentError(f"{where} holds a member name twice; refused.")
+    _check_ratio(infos, where)
+    sizes = {info.filename: info.file_size for info in infos}
     pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
     if len(pickles) != 1:
         raise FormatError(
@@ -168,10 +225,16 @@ def _zip_state(inner: NestedZip, where: str) -> Any:
             byteorder = stream.read(16).decode("ascii", "replace")
     if byteorder not in ("little", "big"):
         raise FormatError(f"{where} says byteorder {byteorder!r}; expected 'little' or 'big'.")
-    with inner.open(pickles[0]) as stream:
-        payload = stream.read(MAX_PICKLE_BYTES + 1)
-    if len(payload) > MAX_PICKLE_BYTES:
+    if sizes[pickles[0]] > MAX_PICKLE_BYTES:
         raise UnsafeContentError(f"{where}: data.pkl is over {MAX_PICKLE_BYTES} bytes; refused.")
+    budget.charge(sizes[pickles[0]], f"{where} {pickles[0]}")
+    with inner.open(pickles[0]) as stream:
+        payload = stream.read(sizes[pickles[0]] + 1)
+    if len(payload) != sizes[pickles[0]]:
+        raise FormatError(
+            f"{where}: {pickles[0]} holds {len(payload)} bytes, not the {sizes[pickles[0]]} "
+            "its zip record declares; the weights file is damaged."
+        )
     storages: dict[str, TorchStorage] = {}
     state = safe_loads(
         payload,
@@ -180,9 +243,8 @@ def _zip_state(inner: NestedZip, where: str) -> Any:
         persistent=_storage_resolver(storages, where),
         raw=True,
     )
-    for key, storage in storages.items():
-        storage.member = f"{prefix}data/{key}"
-        check_member_name(storage.member)
+    _locate_storages(storages, sizes, prefix, where)
+    for storage in storages.values():
         storage.byteorder = byteorder
     return state
 
@@ -211,7 +273,7 @@ def _stream_state(data: bytes, where: str) -> Any:
     for key in keys:
         storage = storages[key]
         count = int.from_bytes(data[offset : offset + 8], "little")
-        size = count * _itemsize(storage.dtype)
+        size = storage.nbytes
         if count != storage.numel or offset + 8 + size > len(data):
             raise FormatError(f"{where}: storage {key!r} is truncated or lies about its size.")
         storage.start = offset + 8
@@ -252,13 +314,32 @@ class _PthFile:
             self.inner = NestedZip(self.container)
             self.state = _zip_state(self.inner, where)
         else:
-            self.container.seek(0)
-            self.state = _stream_state(self.container.read(), where)
+            self.state = _stream_state(self._whole(), where)
+
+    def _whole(self) -> bytes:
+        """Return the whole file (the pre-zip layout is parsed in memory), charged first."""
+        if isinstance(self.container, io.BytesIO):
+            return self.container.getvalue()  # already in memory: no copy
+        size = self.container.seek(0, io.SEEK_END)
+        budget.charge(size, f"{self.where} (a pre-zip PyTorch file)")
+        self.container.seek(0)
+        return self.container.read()
 
     def tensors(self) -> dict[str, TorchTensor]:
         """Return the state_dict's tensors by (``.``-joined) name, storages unread."""
         tensors: dict[str, TorchTensor] = {}
         _flatten(finalize(self.state, where=self.where, tensors=False), "", tensors, self.where)
+        return tensors
+
+    def checked(
+        self, specs: Sequence[TensorSpec] | None, views: TensorViews
+    ) -> dict[str, TorchTensor]:
+        """Return :meth:`tensors` once each passes the manifest and ``views``; read nothing."""
+        tensors = self.tensors()
+        if specs is not None:
+            _check_specs(tensors, specs, self.where)
+        for tensor in tensors.values():
+            views.admit(tensor)
         return tensors
 
     @contextlib.contextmanager
@@ -272,8 +353,10 @@ class _PthFile:
                 yield stream
 
     def read(self, storage: TorchStorage) -> np.ndarray:
-        """Read the storage's elements into a new array in native byte order."""
-        array = np.empty(storage.numel, dtype=_numpy_dtype(storage.dtype))
+        """Read the storage's elements into a new array in native byte order (charged first)."""
+        dtype = _numpy_dtype(storage.dtype)
+        budget.charge(storage.nbytes, f"{self.where} storage {storage.key!r}")
+        array = np.empty(storage.numel, dtype=dtype)
         view = memoryview(array.view(np.uint8))
         done = 0
         with self._open(storage) as stream:
@@ -307,6 +390,23 @@ class _PthFile:
         return np.frombuffer(mapped, dtype=dtype, count=storage.numel, offset=start)
 
 
+def _check_specs(
+    tensors: dict[str, TorchTensor], specs: Sequence[TensorSpec], where: str
+) -> None:
+    """Refuse a file whose tensor names, shapes or dtypes are not the manifest's ``specs``."""
+    expected = {spec.key: spec for spec in specs}
+    missing = sorted(expected.keys() - tensors.keys())
+    extra = sorted(tensors.keys() - expected.keys())
+    if missing or extra:
+        raise IntegrityError(
+            f"{where} does not hold the tensors its manifest declares (missing from the file: "
+            f"{missing[:10]}; in the file but not in the manifest: {extra[:10]}); the bundle "
+            "was altered or damaged. Re-copy it or re-save it from the model."
+        )
+    for key, tensor in tensors.items():
+        check_stored(expected[key], tensor.shape, tensor.storage.dtype, where=where)
+
+
 def index_pth(source: Source, *, where: str = "model.pth") -> dict[str, TorchTensor]:
     """Return where each tensor of a weights file lies, reading no tensor bytes.
 
@@ -318,17 +418,21 @@ def index_pth(source: Source, *, where: str = "model.pth") -> dict[str, TorchTen
 
     Example:
         >>> import io, torch  # doctest: +SKIP
-        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2, 3)}, buffer)
-        >>> entry = index_pth(buffer)["w"]
-        >>> entry.storage.member, entry.storage.dtype, entry.shape, entry.strides
+        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2, 3)}, buffer)  # doctest: +SKIP
+        >>> entry = index_pth(buffer)["w"]  # doctest: +SKIP
+        >>> entry.storage.member, entry.storage.dtype, entry.shape, entry.strides  # doctest: +SKIP
         ('archive/data/0', 'float32', (2, 3), (3, 1))
     """
     with _reading(where):
-        return _PthFile(source, where).tensors()
+        return _PthFile(source, where).checked(None, TensorViews(where, copy=False))
 
 
 def read_pth(
-    source: Source, *, where: str = "model.pth", mapped: mmap.mmap | None = None
+    source: Source,
+    *,
+    where: str = "model.pth",
+    mapped: mmap.mmap | None = None,
+    specs: Sequence[TensorSpec] | None = None,
 ) -> dict[str, np.ndarray]:
     """Return the tensors of the state_dict in the weights file ``source`` by name.
 
@@ -338,21 +442,26 @@ def read_pth(
     rebuild tensors. Nested dicts are flattened with ``.``. ``where`` names
     the file in errors. Given ``mapped``, a read-only memory map of the file
     ``source`` lies in, tensors are read-only views of it and no bytes are
-    read now. Raises only :class:`~polybundle.errors.PolybundleError`
-    subclasses.
+    read now. Given ``specs`` (the manifest's
+    :class:`~polybundle.backend.TensorSpec` list), the file must hold exactly
+    those tensors (by ``key``) with those shapes and dtypes, checked before
+    any storage is read. Raises only :class:`~polybundle.errors.PolybundleError`
+    subclasses (:class:`~polybundle.errors.IntegrityError` for a manifest
+    mismatch).
 
     Example:
         >>> import io, torch  # doctest: +SKIP
-        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2)}, buffer)
-        >>> read_pth(buffer)["w"]
+        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2)}, buffer)  # doctest: +SKIP
+        >>> read_pth(buffer)["w"]  # doctest: +SKIP
         array([1., 1.], dtype=float32)
     """
     with _reading(where):
         pth = _PthFile(source, where)
-        tensors = pth.tensors()
+        views = TensorViews(where, copy=mapped is None)
+        tensors = pth.checked(specs, views)
         for storage in {id(t.storage): t.storage for t in tensors.values()}.values():
             storage.array = pth.read(storage) if mapped is None else pth.map(storage, mapped)
-        return {name: t.view(t.storage.array, copy=mapped is None) for name, t in tensors.items()}
+        return {name: views.array(tensor) for name, tensor in tensors.items()}
 
 
 def read_pickled_storage(data: bytes) -> TorchStorage:
