@@ -34,7 +34,7 @@ from polybundle.errors import (
 )
 from polybundle.unpickle import list_globals, safe_loads
 
-from .conftest import snapshot_tree
+from .conftest import needs_tensorflow, needs_torch, snapshot_tree
 
 ARRAYS_DIR = Path(__file__).parent / "fixtures" / "legacy_arrays"
 EXPECT = json.loads((ARRAYS_DIR / "expect.json").read_text())
@@ -197,6 +197,34 @@ def test_generated_archive_loads_exact_arrays_verifies_and_migrates(name, tmp_pa
     for key in ("probe.mask", "arrays.float16", "arrays.uint64", "arrays.permuted"):
         expected = bundle.params[key]
         np.testing.assert_array_equal(np.asarray(migrated.params[key], expected.dtype), expected)
+
+
+@needs_torch
+def test_torch_tensors_pickled_by_dill_in_params_become_arrays():
+    import torch
+
+    stored = {
+        "probe": torch.arange(6, dtype=torch.float32).reshape(2, 3).t(),
+        "probe.mask": torch.tensor([True, False]),
+        "phase": torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64),
+        "scale": torch.tensor(2.5, dtype=torch.float64),
+    }
+    params = safe_loads(_dill_dumps(stored), where="autoencoder/params.dill")
+    for key, tensor in stored.items():
+        _assert_same(params[key], tensor.numpy())
+
+
+@needs_tensorflow
+def test_tensorflow_tensors_pickled_by_dill_in_params_become_arrays():
+    import tensorflow as tf
+
+    probe = tf.complex(tf.reshape(tf.range(4.0), (2, 2)), tf.ones((2, 2)))
+    stored = {"probe": probe, "probe.mask": tf.constant([True, False]), "scale": tf.constant(1.5)}
+    data = _dill_dumps(stored)
+    assert "dill._dill._create_array" in list_globals(data, where="params.dill")
+    params = safe_loads(data, where="autoencoder/params.dill")
+    for key, tensor in stored.items():
+        _assert_same(params[key], tensor.numpy())
 
 
 # --- hostile and unsupported content -----------------------------------------------------------
