@@ -33,6 +33,7 @@ from .errors import (
     BackendError,
     BackendMismatchError,
     BackendUnavailableError,
+    BudgetExceededError,
     CheckpointError,
     ConversionError,
     ConversionUnavailableError,
@@ -49,6 +50,7 @@ from .errors import (
     UnsafeContentError,
     UnsupportedOptimizerError,
     UnsupportedVersionError,
+    WriteError,
 )
 from .hookspecs import hookimpl
 from .inspection import inspect
@@ -86,6 +88,7 @@ __all__ = [
     "UnsupportedVersionError",
     "IntegrityError",
     "UnsafeContentError",
+    "BudgetExceededError",
     "BackendError",
     "UnknownBackendError",
     "BackendUnavailableError",
@@ -99,4 +102,5 @@ __all__ = [
     "UnsupportedOptimizerError",
     "OptimizerMismatchError",
     "CheckpointError",
+    "WriteError",
 ]

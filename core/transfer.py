@@ -149,19 +149,35 @@ def plan_bundle(path: str | os.PathLike[str], to: str) -> dict[str, Any]:
 
 
 def convert(
-    source: str | os.PathLike[str], destination: str | os.PathLike[str], *, backend: str
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    backend: str,
+    max_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Write the bundle at ``source`` as a native bundle of ``backend`` at ``destination``.
 
     Models are rebuilt with ``backend``'s builders and loaded with the
     converted weights; params and architectures are kept, and optimizer state
     is converted with the same pairing when the bundle has it. Needs only the
-    target framework. Returns the manifest written.
+    target framework. Returns the manifest written. ``source`` may be a plain
+    framework file too (see :func:`polybundle.load`). ``max_bytes`` caps the
+    memory read from the source's declared sizes (:mod:`polybundle.budget`);
+    past it nothing is written.
 
     Example:
         >>> convert("tf.bundle", "torch.bundle", backend="torch")["backend"]  # doctest: +SKIP
         'torch'
     """
+    from .budget import limit
+
+    with limit(max_bytes):
+        return _convert(source, destination, backend)
+
+
+def _convert(
+    source: str | os.PathLike[str], destination: str | os.PathLike[str], backend: str
+) -> dict[str, Any]:
     from .loading import load
     from .saving import save
 
