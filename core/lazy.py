@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
+from . import budget
 from .archive import ArchiveReader, MemberRange
 from .backend import TensorSpec
 from .errors import FormatError
@@ -95,13 +96,17 @@ def lazy_tensors(archive: ArchiveReader, weights: str, specs: list[TensorSpec]) 
     """Index the weights member ``weights`` of ``archive``; map its tensors lazily.
 
     Only the index is read now. Raises :class:`FormatError` for a member that
-    is not STORED or a weights format without a lazy reader.
+    is not STORED or a weights format without a lazy reader, and
+    :class:`~polybundle.errors.BudgetExceededError` when the tensors' declared
+    bytes do not fit the open memory budget (:mod:`polybundle.budget`): what
+    is mapped may all be touched.
 
     Example:
         >>> with ArchiveReader("big.bundle") as archive:  # doctest: +SKIP
         ...     t = lazy_tensors(archive, "net/model.pth", specs)
     """
     kind = os.path.basename(weights)
+    budget.check(sum(spec.nbytes for spec in specs), f"the tensors of {weights}")
     if kind not in _INDEXERS:
         raise FormatError(
             f"no lazy reader for {weights!r}; lazy access reads model.pth and model.keras. "

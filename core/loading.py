@@ -82,12 +82,6 @@ class WholeFileArchive(ArchiveReader):
     def __init__(self, path: str | os.PathLike[str], weights: str) -> None:
         super().__init__(path)
         self.weights = weights
-        self._whole = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-
-    def close(self) -> None:
-        """Close the whole-file handle and the archive."""
-        self._whole.close()
-        super().close()
 
     def has(self, name: str) -> bool:
         """Return True for ``weights`` and for every zip member."""
@@ -95,15 +89,13 @@ class WholeFileArchive(ArchiveReader):
 
     def size(self, name: str) -> int:
         """Return the file's size for ``weights``, a member's size otherwise."""
-        if name == self.weights:
-            return os.fstat(self._whole.fileno()).st_size
-        return super().size(name)
+        return self.file_size() if name == self.weights else super().size(name)
 
     def open(self, name: str) -> Any:
-        """Open ``weights`` as the whole file, anything else as a zip member."""
+        """Open ``weights`` as the whole (checked, still open) file, anything else as a member."""
         if name != self.weights:
             return super().open(name)
-        member = MemberRange(self._whole.fileno(), 0, self.size(name), name)
+        member = MemberRange(self.fileno(), 0, self.file_size(), name)
         member.on_read = self.on_read
         return member
 
