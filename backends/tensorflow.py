@@ -2,9 +2,12 @@
 
 Saving writes the whole ``.keras`` file (config and weights). Loading into a
 model built by a registered builder (or passed with ``into=``) reads
-``model.weights.h5`` with h5py and assigns each variable, checking names and
-shapes first; without a builder the model is rebuilt by Keras with
-``safe_mode=True``. Reading tensors needs only h5py, never TensorFlow.
+``model.weights.h5`` (every dataset checked against the manifest and the
+HDF5 safety rules of :func:`polybundle.readers.keras_file.check_dataset`)
+and assigns each variable, checking names and shapes first; without a builder
+the model is rebuilt by Keras with ``safe_mode=True``, from memory, after the
+same checks over the whole weights file. Reading tensors needs only h5py,
+never TensorFlow.
 
 Example:
     >>> import polybundle, keras
@@ -24,7 +27,7 @@ from polybundle.errors import FormatError, TensorMismatchError, UnsafeContentErr
 from polybundle.hookspecs import hookimpl
 from polybundle.layouts import OPAQUE, SCALAR, conv_tag
 from polybundle.legacy.kerasfile import check_config
-from polybundle.readers.keras_file import read_config, read_datasets
+from polybundle.readers.keras_file import keras_stream, read_config, read_datasets
 
 _CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
 _CONV_TRANSPOSE = {"Conv1DTranspose": 1, "Conv2DTranspose": 2, "Conv3DTranspose": 3}
@@ -174,7 +177,7 @@ class TensorFlowBackend(Backend):
         try:
             own = self._checked_variables(model, specs)
             keys = [spec.key for spec in specs]
-            for key, array in zip(keys, read_datasets(source, keys), strict=True):
+            for key, array in zip(keys, read_datasets(source, specs), strict=True):
                 variable = own[key]
                 if variable._value is None:
                     variable._initialize(array)
@@ -211,12 +214,12 @@ class TensorFlowBackend(Backend):
         """Assign the bundle's weights to ``model``'s variables after checking all of them."""
         own = self._checked_variables(model, specs)
         keys = [spec.key for spec in specs]
-        for key, array in zip(keys, read_datasets(source, keys), strict=True):
+        for key, array in zip(keys, read_datasets(source, specs), strict=True):
             own[key].assign(array)
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         """Read every listed tensor from ``model.weights.h5`` with h5py (no TensorFlow)."""
-        arrays = read_datasets(source, [spec.key for spec in specs])
+        arrays = read_datasets(source, specs)
         return {spec.name: array for spec, array in zip(specs, arrays, strict=True)}
 
     def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
@@ -255,14 +258,21 @@ class TensorFlowBackend(Backend):
         """Rebuild the model from the ``.keras`` file itself, with ``safe_mode=True``.
 
         The config is checked first without Keras (no ``Lambda`` layers, no
-        classes from non-Keras modules), so Keras never sees a hostile config.
+        classes from non-Keras modules), and so is the weights file
+        (:func:`polybundle.readers.keras_file.keras_stream`: every dataset
+        passes the HDF5 checks, no member but config, metadata and weights),
+        so Keras never sees a hostile file. Keras gets a file object without a
+        name: it reads the weights in memory or from the zip and extracts
+        nothing to disk.
         """
         from keras.src.saving import saving_lib
 
-        check_config(read_config(source), where=getattr(source, "name", "model.keras"))
+        where = getattr(source, "name", "") or "model.keras"
+        check_config(read_config(source), where=where)
         source.seek(0)
+        stream = keras_stream(source, where=where)
         try:
-            return saving_lib.load_model(source, safe_mode=True, compile=False)
+            return saving_lib.load_model(stream, safe_mode=True, compile=False)
         except ValueError as exc:
             if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
                 raise UnsafeContentError(

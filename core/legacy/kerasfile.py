@@ -3,14 +3,17 @@
 A ``.keras`` file is a zip (``config.json``, ``model.weights.h5``,
 ``metadata.json``). :func:`open_keras` checks the nested zip like the outer
 one (names, member kinds, compression bombs) and reads only those exact
-members. :func:`config_problems` names what in ``config.json`` would make
-Keras import or run code: ``Lambda`` layers (they carry marshalled
-bytecode) and classes from modules other than Keras' own, unless the caller
-declares them (a legacy archive's ``custom_objects.dill`` names its own).
+members; every dataset of its weights goes through
+:func:`polybundle.readers.keras_file.check_dataset` before anything is read
+(:func:`read_weights`, :func:`weight_specs`). :func:`config_problems` names
+what in ``config.json`` would make Keras import or run code: ``Lambda``
+layers (they carry marshalled bytecode) and classes from modules other than
+Keras' own, unless the caller declares them (a legacy archive's
+``custom_objects.dill`` names its own).
 
 Example:
     >>> keras_file = open_keras(data, where="net/model.keras")  # doctest: +SKIP
-    >>> config_problems(keras_file.config)
+    >>> config_problems(keras_file.config)  # doctest: +SKIP
     []
 """
 
@@ -25,11 +28,28 @@ from typing import Any
 
 import numpy as np
 
+from .. import budget
 from ..archive import MAX_JSON_BYTES, MAX_RATIO, RATIO_FLOOR, check_member_kind, check_member_name
 from ..backend import TensorSpec
 from ..errors import FormatError, UnsafeContentError
 from ..layouts import OPAQUE, SCALAR
-from ..readers.keras_file import CONFIG_JSON, WEIGHTS_H5, read_dataset, weights_file
+from ..readers.keras_file import (
+    CONFIG_JSON,
+    WEIGHTS_H5,
+    check_weights,
+    keras_stream,
+    read_stored,
+)
+
+__all__ = [
+    "KerasFile",
+    "check_config",
+    "config_problems",
+    "keras_stream",
+    "open_keras",
+    "read_weights",
+    "weight_specs",
+]
 
 MAX_KERAS_MEMBERS = 64
 """A ``.keras`` file holds three members (four with assets); more is refused."""
@@ -85,6 +105,12 @@ def open_keras(data: bytes, *, where: str) -> KerasFile:
             raise FormatError(f"{where} lacks {name!r}; it is not a complete Keras file.")
         if info.file_size > limit:
             raise UnsafeContentError(f"{where}: {name!r} declares {info.file_size} bytes.")
+        if info.file_size > MAX_RATIO * info.compress_size + RATIO_FLOOR:
+            raise UnsafeContentError(
+                f"{where}: {name!r} declares {info.file_size} bytes from "
+                f"{info.compress_size} compressed (a compression bomb); refused."
+            )
+        budget.charge(info.file_size, f"{where}: {name!r}")
         try:
             return inner.read(info)
         except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError
@@ -181,31 +207,20 @@ def read_weights(keras_file: KerasFile) -> dict[str, np.ndarray]:
 def _datasets(
     keras_file: KerasFile, *, with_arrays: bool
 ) -> list[tuple[str, tuple[int, ...], str, Any]]:
-    import h5py
+    """Check every dataset of the weights file; return the layer weights (optionally read).
 
-    budget = MAX_RATIO * len(keras_file.weights) + RATIO_FLOOR
-    found: list[tuple[str, tuple[int, ...], str, Any]] = []
+    The whole file goes through :func:`polybundle.readers.keras_file.check_weights`
+    (links, storage, type, extent), optimizer variables included, before
+    anything is read; only the datasets under ``layers/`` are returned.
+    """
     stream = io.BytesIO(keras_file.weights)
-    with weights_file(stream, where=keras_file.where) as h5:
-        layers = h5.get("layers")
-        if layers is None:
-            return found
-        if not isinstance(layers, h5py.Group):
-            raise FormatError(f"{keras_file.where}: 'layers' in {WEIGHTS_H5} is not a group.")
-
-        def visit(name: str, item: Any) -> None:
-            if not isinstance(item, h5py.Dataset):
-                return
-            dtype = np.dtype(item.dtype)
-            if dtype.kind not in "biufc" or item.shape is None:
-                raise FormatError(f"{keras_file.where}: weight {name!r} is not numeric.")
-            if int(np.prod(item.shape, dtype=np.float64)) * dtype.itemsize > budget:
-                raise UnsafeContentError(
-                    f"{keras_file.where}: weight {name!r} declares shape {item.shape}, "
-                    "far larger than the file; refused."
-                )
-            value = read_dataset(stream, item) if with_arrays else None
-            found.append((f"layers/{name}", tuple(item.shape), str(dtype), value))
-
-        layers.visititems(visit)
-    return found
+    return [
+        (
+            stored.key,
+            stored.shape,
+            str(stored.dtype),
+            read_stored(stream, stored, where=keras_file.where) if with_arrays else None,
+        )
+        for stored in check_weights(stream, where=keras_file.where)
+        if stored.key.startswith("layers/")
+    ]

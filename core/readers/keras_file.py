@@ -10,10 +10,15 @@ walks ``config.json`` the same way to give every dataset its variable path
 canonical kind (:mod:`polybundle.canonical`).
 
 It is also the one place that opens ``model.weights.h5`` and reads its
-datasets, for the TensorFlow backend, lazy loading and legacy archives:
-:func:`read_dataset` reads a contiguous, uncompressed dataset of a bundle
-member with one ``preadv`` into its array (or, given ``mapped``, views it in
-a memory map of the bundle) and leaves anything else to h5py.
+datasets, for the TensorFlow backend, lazy loading, legacy archives, ``verify``,
+``migrate`` and Keras itself. Every dataset goes through :func:`check_dataset`
+first, which accepts only what Keras writes: a group tree where each object has
+one hard link, and datasets that are contiguous, unfiltered, of a plain numeric
+or bool type, whose bytes lie inside the weights file and whose shape and dtype
+are the manifest's. Nothing is read before that check, and HDF5 never reads
+dataset bytes: :func:`read_stored` reads them straight from the weights file
+(one ``preadv`` for a bundle member, or a view of a memory map of the bundle),
+after charging :mod:`polybundle.budget`.
 
 Example:
     >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
@@ -26,15 +31,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import mmap
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from .. import budget
 from ..archive import (
     MAX_JSON_BYTES,
     MemberRange,
@@ -43,14 +50,26 @@ from ..archive import (
     check_member_name,
     open_nested,
 )
+from ..backend import TensorSpec
 from ..canonical import Canonical, keras_canonical
 from ..errors import FormatError, PolybundleError, UnsafeContentError
+from ..tensor_check import check_stored
 
 WEIGHTS_H5 = "model.weights.h5"
 CONFIG_JSON = "config.json"
+METADATA_JSON = "metadata.json"
+KERAS_MEMBERS = frozenset({CONFIG_JSON, METADATA_JSON, WEIGHTS_H5})
+"""The members Keras 3 writes into a ``.keras`` file for a model without assets."""
+
+MAX_H5_LINKS = 200_000
+"""Most links walked in one ``model.weights.h5`` (Keras writes a few per layer)."""
 
 _MODELS = {"Functional", "Sequential", "Model"}
 _H5_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
+_TO_DO = (
+    "polybundle reads only plain HDF5 datasets inside the archive, as Keras writes them; "
+    "re-save the model with polybundle.save (or Keras) from a trusted copy."
+)
 
 Source = bytes | BinaryIO | MemberRange
 """A ``.keras`` file: its bytes, or a seekable binary file or bundle member."""
@@ -230,96 +249,454 @@ def weights_file(stream: BinaryIO | MemberRange, *, where: str = "") -> Iterator
         ) from None
 
 
-def _contiguous_offset(stream: BinaryIO | MemberRange, dataset: Any) -> int | None:
-    """Return where a plain dataset's bytes start in ``stream``, or None if h5py must read it.
+@dataclass(frozen=True)
+class StoredDataset:
+    """A dataset of ``model.weights.h5`` that passed :func:`check_dataset`.
 
-    Plain: contiguous, uncompressed, in native byte order, in a bundle member.
+    Its ``nbytes`` bytes lie at ``offset`` of the weights file, holding a
+    C-ordered array of ``shape`` and ``dtype``.
+
+    Example:
+        >>> StoredDataset("layers/dense/vars/1", (2,), np.dtype("float32"), 2048, 8).nbytes
+        8
     """
-    offset = dataset.id.get_offset()
-    plain = (
-        isinstance(stream, MemberRange)
-        and dataset.chunks is None
-        and dataset.compression is None
-        and offset is not None
-        and dataset.dtype.isnative
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int
+    nbytes: int
+
+
+def _unsafe(where: str, key: str, found: str, expected: str) -> UnsafeContentError:
+    return UnsafeContentError(
+        f"{where}: {WEIGHTS_H5} {key!r} {found}; expected {expected}. {_TO_DO}"
     )
-    return offset if plain else None
 
 
-def _window(mapped: mmap.mmap, dataset: Any, start: int) -> np.ndarray:
-    """Return ``dataset`` as a read-only view of ``mapped`` from byte ``start``."""
-    dtype = np.dtype(dataset.dtype)
-    count = int(np.prod(dataset.shape, dtype=np.int64))
-    if start < 0 or start + count * dtype.itemsize > len(mapped):
-        raise FormatError(
-            f"a tensor claims bytes {start}..{start + count * dtype.itemsize} of a "
-            f"{len(mapped)}-byte bundle; the file is truncated or damaged."
+def _link_kind(link: Any) -> str:
+    """Describe an h5py link object (soft, external, user-defined) for a message."""
+    import h5py
+
+    if isinstance(link, h5py.SoftLink):
+        return f"a soft link to {link.path!r}"
+    if isinstance(link, h5py.ExternalLink):
+        return f"an external link to {link.path!r} in the file {link.filename!r}"
+    return f"a {type(link).__name__}"
+
+
+def _linked_once(item: Any, key: str, where: str) -> None:
+    """Refuse an object that more than one hard link reaches (one dataset under two names)."""
+    import h5py
+
+    links = h5py.h5o.get_info(item.id).rc
+    if links != 1:
+        raise _unsafe(
+            where, key or "/", f"is reachable under {links} names (hard links alias it)",
+            "each group and dataset linked once",
         )
-    return np.frombuffer(mapped, dtype=dtype, count=count, offset=start).reshape(dataset.shape)
 
 
-def read_dataset(
-    stream: BinaryIO | MemberRange, dataset: Any, *, mapped: mmap.mmap | None = None
-) -> np.ndarray:
-    """Return the h5py ``dataset`` of the ``model.weights.h5`` open in ``stream`` as an array.
+def _child(group: Any, name: str, key: str, where: str) -> Any:
+    """Return ``group[name]`` after checking it is one hard link to an object linked once."""
+    import h5py
 
-    A contiguous, uncompressed dataset of a bundle member (a
-    :class:`MemberRange`) is read with one ``preadv`` straight into its
-    array, or, given ``mapped`` (a read-only memory map of the bundle file),
-    is a read-only view of it and nothing is read now. Anything else is
-    decoded by h5py (read-only too when ``mapped`` is given).
+    link = group.get(name, getlink=True)
+    if link is None:
+        raise FormatError(
+            f"{where}: {WEIGHTS_H5} has no {key!r}, which the manifest lists; the weights "
+            "file does not match its manifest."
+        )
+    if not isinstance(link, h5py.HardLink):
+        raise _unsafe(where, key, f"is {_link_kind(link)}", "a group or dataset stored here")
+    item = group[name]
+    _linked_once(item, key, where)
+    if not isinstance(item, (h5py.Group, h5py.Dataset)):
+        raise _unsafe(where, key, f"is an HDF5 {type(item).__name__}", "a group or dataset")
+    return item
+
+
+def dataset_keys(h5: Any, *, where: str = "") -> list[str]:
+    """Walk every link of the open weights file; return its dataset keys, sorted.
+
+    Refuses (:class:`UnsafeContentError`) soft, external and user-defined
+    links, objects reached by more than one hard link, objects other than
+    groups and datasets, and more than :data:`MAX_H5_LINKS` links. Reads
+    only the file's own metadata.
 
     Example:
         >>> with weights_file(stream) as h5:  # doctest: +SKIP
-        ...     read_dataset(stream, h5["layers/dense/vars/0"]).shape
-        (3, 4)
+        ...     dataset_keys(h5)[:1]
+        ['layers/batch_normalization/vars/0']
     """
-    offset = _contiguous_offset(stream, dataset)
-    if offset is None:  # chunked, compressed or held in memory: HDF5 decodes it
-        array = np.asarray(dataset[()])
-        if mapped is not None:
-            array.flags.writeable = False
-        return array
-    if mapped is not None:
-        return _window(mapped, dataset, stream.offset + offset)
-    array = np.empty(dataset.shape, dtype=dataset.dtype)
-    stream.seek(offset)
-    if stream.readinto(array) != array.nbytes:
+    import h5py
+
+    _linked_once(h5, "", where)
+    keys: list[str] = []
+    pending: list[tuple[str, Any]] = [("", h5)]
+    walked = 0
+    while pending:
+        prefix, group = pending.pop()
+        for name in group:
+            walked += 1
+            if walked > MAX_H5_LINKS:
+                raise _unsafe(
+                    where, "/", f"holds more than {MAX_H5_LINKS} links",
+                    "a few groups and datasets per layer",
+                )
+            key = f"{prefix}{name}"
+            item = _child(group, name, key, where)
+            if isinstance(item, h5py.Group):
+                pending.append((f"{key}/", item))
+            else:
+                keys.append(key)
+    return sorted(keys)
+
+
+def _resolve(h5: Any, key: str, where: str) -> Any:
+    """Return the dataset ``key``, every step a hard link to an object linked once."""
+    import h5py
+
+    parts = key.split("/")
+    if not key or any(part in ("", ".") for part in parts):
+        raise FormatError(f"{where}: {key!r} is not a dataset path of {WEIGHTS_H5}.")
+    _linked_once(h5, "", where)
+    item = h5
+    for depth, part in enumerate(parts):
+        if not isinstance(item, h5py.Group):
+            item = None
+            break
+        item = _child(item, part, "/".join(parts[: depth + 1]), where)
+    if not isinstance(item, h5py.Dataset):
         raise FormatError(
-            f"{WEIGHTS_H5}: dataset {dataset.name!r} runs past the end of the file; "
-            "the weights file is truncated."
+            f"{where}: {WEIGHTS_H5} {key!r} is not a dataset; the weights file does not "
+            "match its manifest."
         )
+    return item
+
+
+def _check_storage(dataset: Any, key: str, where: str) -> None:
+    """Refuse external files, virtual datasets, layouts other than contiguous and filters."""
+    from h5py import h5d
+
+    plist = dataset.id.get_create_plist()
+    if plist.get_external_count():
+        files = [plist.get_external(i)[0].decode(errors="replace")
+                 for i in range(min(plist.get_external_count(), 4))]
+        raise _unsafe(
+            where, key, f"keeps its bytes in files outside the archive (HDF5 external "
+            f"storage: {files})", "bytes stored in the weights file itself",
+        )
+    layout = plist.get_layout()
+    names = {h5d.COMPACT: "compact", h5d.CHUNKED: "chunked", h5d.VIRTUAL: "virtual"}
+    if layout == h5d.VIRTUAL:
+        raise _unsafe(
+            where, key, "is a virtual dataset (its bytes come from other datasets or files)",
+            "a contiguous dataset",
+        )
+    if layout != h5d.CONTIGUOUS:
+        raise _unsafe(
+            where, key, f"has the {names.get(layout, str(layout))} layout",
+            "the contiguous layout Keras writes",
+        )
+    if plist.get_nfilters():
+        found = [plist.get_filter(i)[3].decode(errors="replace") or str(plist.get_filter(i)[0])
+                 for i in range(min(plist.get_nfilters(), 4))]
+        raise _unsafe(where, key, f"passes through filters {found}", "no filter (no compression)")
+
+
+def _plain_types() -> dict[str, Any]:
+    from h5py import h5t
+
+    return {
+        "float16": h5t.IEEE_F16LE, "float32": h5t.IEEE_F32LE, "float64": h5t.IEEE_F64LE,
+        "int8": h5t.STD_I8LE, "int16": h5t.STD_I16LE, "int32": h5t.STD_I32LE,
+        "int64": h5t.STD_I64LE, "uint8": h5t.STD_U8LE, "uint16": h5t.STD_U16LE,
+        "uint32": h5t.STD_U32LE, "uint64": h5t.STD_U64LE,
+    }
+
+
+def _is_bool(stored: Any) -> bool:
+    """Return True for h5py's bool: an int8 enum of FALSE=0 and TRUE=1."""
+    from h5py import h5t
+
+    return (
+        stored.get_class() == h5t.ENUM
+        and stored.get_super() == h5t.STD_I8LE
+        and stored.get_nmembers() == 2
+        and [(stored.get_member_name(i), stored.get_member_value(i)) for i in range(2)]
+        == [(b"FALSE", 0), (b"TRUE", 1)]
+    )
+
+
+def _is_bfloat16(dataset: Any, stored: Any) -> bool:
+    """Return True for Keras' bfloat16: two opaque bytes tagged ``dtype="bfloat16"``."""
+    from h5py import h5t
+
+    if stored.get_class() != h5t.OPAQUE or stored.get_size() != 2:
+        return False
+    tag = dataset.attrs.get("dtype") if "dtype" in dataset.attrs else None
+    return isinstance(tag, (str, bytes)) and tag in ("bfloat16", b"bfloat16")
+
+
+def _check_dtype(dataset: Any, key: str, where: str) -> np.dtype:
+    """Return the NumPy dtype of a dataset of plain little-endian numbers or bools."""
+    stored = dataset.id.get_type()
+    for name, plain in _plain_types().items():
+        if stored == plain:
+            return np.dtype(name)
+    if _is_bool(stored):
+        return np.dtype(bool)
+    if _is_bfloat16(dataset, stored):
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise FormatError(
+                f"{where}: {WEIGHTS_H5} {key!r} holds bfloat16 values, which need the "
+                "ml_dtypes package (pip install ml_dtypes)."
+            ) from None
+        return np.dtype(ml_dtypes.bfloat16)
+    try:
+        shown = str(dataset.dtype)
+    except Exception:  # a type NumPy cannot express at all
+        shown = f"HDF5 type class {stored.get_class()}"
+    raise _unsafe(
+        where, key, f"holds values of type {shown}",
+        "little-endian floats, integers or bools, as Keras writes",
+    )
+
+
+def _check_extent(dataset: Any, stored: StoredDataset, size: int, where: str) -> None:
+    """Refuse a dataset whose bytes are not all inside the ``size``-byte weights file."""
+    if stored.nbytes == 0:
+        return
+    end = stored.offset + stored.nbytes
+    allocated = dataset.id.get_storage_size()
+    if stored.offset < 0 or end > size or allocated != stored.nbytes:
+        raise _unsafe(
+            where, stored.key,
+            f"declares {stored.nbytes} bytes ({stored.shape} {stored.dtype}) at bytes "
+            f"{stored.offset}..{end} with {allocated} allocated, in a {size}-byte file",
+            "all of its bytes stored inside the weights file",
+        )
+
+
+def check_dataset(
+    h5: Any, key: str, *, size: int, spec: TensorSpec | None = None, where: str = ""
+) -> StoredDataset:
+    """Check dataset ``key`` of the open weights file before anything of it is read.
+
+    The one gate of every HDF5 dataset polybundle reads. It refuses
+    (:class:`UnsafeContentError`) a path through soft, external or aliasing
+    hard links; external storage; virtual datasets; any layout but contiguous;
+    any filter (compression, shuffle, checksums, scale-offset); types other
+    than little-endian floats, integers, bools and Keras' tagged bfloat16;
+    and bytes that do not all lie inside the ``size``-byte weights file. Given
+    the manifest's ``spec``, the stored shape and dtype must be its own
+    (:func:`polybundle.tensor_check.check_stored`, an ``IntegrityError``).
+    Only metadata is read; a 1 TiB declaration is refused at once.
+
+    Example:
+        >>> with weights_file(stream) as h5:  # doctest: +SKIP
+        ...     check_dataset(h5, "layers/dense/vars/1", size=22384).shape
+        (2,)
+    """
+    label = where or WEIGHTS_H5
+    dataset = _resolve(h5, key, label)
+    _check_storage(dataset, key, label)
+    dtype = _check_dtype(dataset, key, label)
+    shape = dataset.shape
+    if shape is None:
+        raise _unsafe(label, key, "has no shape (a null dataspace)", "an array")
+    shape = tuple(int(axis) for axis in shape)
+    if spec is not None:
+        check_stored(spec, shape, dtype, where=f"{label}: {WEIGHTS_H5}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    offset = dataset.id.get_offset()
+    if offset is None and nbytes:
+        raise _unsafe(
+            label, key, f"declares {nbytes} bytes ({shape} {dtype}) but stores none "
+            "(every read would be its fill value)", "its bytes stored in the weights file",
+        )
+    stored = StoredDataset(key, shape, dtype, int(offset or 0), nbytes)
+    _check_extent(dataset, stored, size, label)
+    return stored
+
+
+def stream_size(stream: BinaryIO | MemberRange) -> int:
+    """Return the size of a seekable file in bytes (its position is left at 0).
+
+    Example:
+        >>> stream_size(io.BytesIO(b"abc"))
+        3
+    """
+    size = stream.seek(0, io.SEEK_END)
+    stream.seek(0)
+    return size
+
+
+def _window(mapped: mmap.mmap, stored: StoredDataset, start: int) -> np.ndarray:
+    """Return ``stored`` as a read-only view of ``mapped`` from byte ``start``."""
+    if start < 0 or start + stored.nbytes > len(mapped):
+        raise FormatError(
+            f"a tensor claims bytes {start}..{start + stored.nbytes} of a "
+            f"{len(mapped)}-byte bundle; the file is truncated or damaged."
+        )
+    count = math.prod(stored.shape)
+    return np.frombuffer(mapped, dtype=stored.dtype, count=count, offset=start).reshape(
+        stored.shape
+    )
+
+
+def read_stored(
+    stream: BinaryIO | MemberRange,
+    stored: StoredDataset,
+    *,
+    mapped: mmap.mmap | None = None,
+    where: str = "",
+) -> np.ndarray:
+    """Return the checked dataset ``stored`` of the weights file ``stream`` as an array.
+
+    The bytes are read straight from ``stream`` (one ``preadv`` for a bundle
+    member), never decoded by HDF5, after :func:`polybundle.budget.charge`.
+    Given ``mapped`` (a read-only memory map of the bundle) and a bundle
+    member, the array is a read-only view of the map instead, and nothing is
+    read or allocated now.
+
+    Example:
+        >>> read_stored(io.BytesIO(b"\\0" * 8), StoredDataset("k", (2,), np.dtype("f4"), 0, 8))
+        array([0., 0.], dtype=float32)
+    """
+    if mapped is not None and isinstance(stream, MemberRange):
+        return _window(mapped, stored, stream.offset + stored.offset)
+    label = where or WEIGHTS_H5
+    budget.charge(stored.nbytes, f"{label}: {WEIGHTS_H5} dataset {stored.key!r}")
+    array = np.empty(stored.shape, dtype=stored.dtype)
+    view = memoryview(array.reshape(-1).view(np.uint8))
+    stream.seek(stored.offset)
+    done = 0
+    while done < stored.nbytes:
+        count = stream.readinto(view[done:])
+        if not count:
+            raise FormatError(
+                f"{label}: {WEIGHTS_H5} dataset {stored.key!r} runs past the end of the "
+                "file; the weights file is truncated."
+            )
+        done += count
+    if mapped is not None:
+        array.flags.writeable = False
     return array
 
 
-def read_datasets(
-    source: Source, keys: list[str], *, mapped: mmap.mmap | None = None
-) -> list[np.ndarray]:
-    """Return the datasets ``keys`` of the ``.keras`` file in ``source``, in that order.
+def _where(source: Any) -> str:
+    return str(getattr(source, "name", "") or "model.keras")
 
-    Each is read as :func:`read_dataset` says (views of ``mapped`` when
-    given). A missing key raises :class:`FormatError`. Neither TensorFlow nor
-    Keras is imported.
+
+def check_weights(stream: BinaryIO | MemberRange, *, where: str = "") -> list[StoredDataset]:
+    """Check every dataset of the ``model.weights.h5`` in ``stream``; return them, by key.
+
+    Each goes through :func:`check_dataset` (no manifest spec). Reads only metadata.
+
+    Example:
+        >>> [d.key for d in check_weights(stream)][:1]  # doctest: +SKIP
+        ['layers/batch_normalization/vars/0']
+    """
+    size = stream_size(stream)
+    with weights_file(stream, where=where) as h5:
+        return [
+            check_dataset(h5, key, size=size, where=where)
+            for key in dataset_keys(h5, where=where or WEIGHTS_H5)
+        ]
+
+
+def read_datasets(
+    source: Source, specs: Sequence[TensorSpec | str], *, mapped: mmap.mmap | None = None
+) -> list[np.ndarray]:
+    """Return the datasets of the ``.keras`` file in ``source`` that ``specs`` list, in order.
+
+    Each item is the manifest's :class:`TensorSpec` (its ``key`` is the
+    dataset, its shape and dtype are checked) or a bare dataset key. The whole
+    file's links and every listed dataset are checked (:func:`check_dataset`)
+    before any is read; each is then read as :func:`read_stored` says (views
+    of ``mapped`` when given). A missing key raises :class:`FormatError`.
+    Neither TensorFlow nor Keras is imported.
 
     Example:
         >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
         ...     read_datasets(f, ["layers/dense/vars/0"])[0].shape
-        (3, 4)
+        (108, 2)
     """
-    import h5py
+    container = _container(source)
+    where = _where(container)
+    stream = open_nested(container, WEIGHTS_H5)
+    size = stream_size(stream)
+    with weights_file(stream, where=where) as h5:
+        dataset_keys(h5, where=where)
+        checked = [
+            check_dataset(h5, item, size=size, where=where)
+            if isinstance(item, str)
+            else check_dataset(h5, item.key, size=size, spec=item, where=where)
+            for item in specs
+        ]
+    return [read_stored(stream, stored, mapped=mapped, where=where) for stored in checked]
 
-    stream = open_nested(_container(source), WEIGHTS_H5)
-    with weights_file(stream) as h5:
-        arrays = []
-        for key in keys:
-            dataset = h5.get(key)
-            if not isinstance(dataset, h5py.Dataset):
-                raise FormatError(
-                    f"{WEIGHTS_H5} has no dataset {key!r}, which the manifest lists; "
-                    "the weights file does not match its manifest."
-                )
-            arrays.append(read_dataset(stream, dataset, mapped=mapped))
-        return arrays
+
+class _Unnamed(io.RawIOBase):
+    """A read-only view of a seekable file that has no ``name`` (see :func:`keras_stream`)."""
+
+    def __init__(self, raw: BinaryIO | MemberRange) -> None:
+        super().__init__()
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+        return self._raw.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+def keras_stream(source: BinaryIO | MemberRange, *, where: str = "") -> BinaryIO:
+    """Check a ``.keras`` file for Keras itself to load; return the file object to give it.
+
+    Keras (``keras.saving.load_model``) must see only what polybundle
+    checked: the zip must hold exactly ``config.json``, ``metadata.json``
+    and ``model.weights.h5`` (Keras extracts any other member, such as
+    assets, to a temporary folder, and nothing is extracted to disk), and
+    every dataset of the weights file passes :func:`check_dataset`; their
+    declared bytes are charged to :mod:`polybundle.budget`, since Keras
+    allocates them. The returned view has no file name, so Keras reads the
+    weights in memory or from the zip, never from a copy it extracts next to
+    the file. The config is checked separately
+    (:func:`polybundle.legacy.kerasfile.check_config`).
+
+    Example:
+        >>> model = keras.saving.load_model(keras_stream(source), safe_mode=True)  # doctest: +SKIP
+    """
+    where = where or _where(source)
+    inner = NestedZip(source)
+    names = inner.names()
+    extra = sorted(set(names) - KERAS_MEMBERS)
+    if extra or len(names) != len(set(names)) or WEIGHTS_H5 not in names:
+        raise UnsafeContentError(
+            f"{where} holds members {sorted(names)[:8]}; Keras loads a file of exactly "
+            f"{sorted(KERAS_MEMBERS)} without writing to disk, and would extract the others "
+            f"({extra[:4] or 'duplicates'}) to a temporary folder. polybundle extracts nothing "
+            "to disk: register a builder with @polybundle.architecture(name, "
+            "backend='tensorflow') so only the weights are read, or pass into={role: model}."
+        )
+    stored = check_weights(inner.open(WEIGHTS_H5), where=where)
+    budget.charge(sum(d.nbytes for d in stored), f"{where}: the weights Keras loads")
+    source.seek(0)
+    return _Unnamed(source)
 
 
 def read_keras_weights(
@@ -329,7 +706,8 @@ def read_keras_weights(
 
     Each item is ``(KerasWeight, array)`` (``array`` is None when
     ``with_arrays`` is False). The order is the model's ``weights`` order for
-    Sequential and Functional models. Neither TensorFlow nor Keras is imported.
+    Sequential and Functional models. Every dataset is checked first
+    (:func:`check_dataset`). Neither TensorFlow nor Keras is imported.
 
     Example:
         >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
@@ -337,10 +715,17 @@ def read_keras_weights(
         [('enc_conv1/kernel', 'conv2d')]
     """
     config, stream = _open(source)
-    with weights_file(stream) as h5:
+    where = _where(source)
+    size = stream_size(stream)
+    with weights_file(stream, where=where) as h5:
+        dataset_keys(h5, where=where)
         weights: list[KerasWeight] = []
         _walk(config, "", h5, weights)
-        return [(w, read_dataset(stream, h5[w.key]) if with_arrays else None) for w in weights]
+        checked = [check_dataset(h5, w.key, size=size, where=where) for w in weights]
+    return [
+        (w, read_stored(stream, stored, where=where) if with_arrays else None)
+        for w, stored in zip(weights, checked, strict=True)
+    ]
 
 
 def read_keras(source: Source) -> dict[str, np.ndarray]:
