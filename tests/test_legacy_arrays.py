@@ -147,6 +147,27 @@ def test_tf_era_arrays_shared_migrates(legacy_dir, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_params_arrays_to_json_keep_values_or_say_why_not():
+    from polybundle.legacy.jsonsafe import to_json
+
+    big = np.arange(4, dtype=np.uint64) + np.uint64(2**63)
+    params = {
+        "mask": np.eye(2, dtype=bool),
+        "big": big,
+        "half": np.array([0.1, 65504.0], dtype=np.float16),
+        "nan": np.full((512, 512), np.nan, dtype=np.float32),
+        "probe": np.ones((2, 2), np.complex64),
+    }
+    result = to_json(params)
+    assert sorted(result.value) == ["big", "half", "mask"]
+    for key in result.value:
+        restored = np.asarray(json.loads(json.dumps(result.value[key])), params[key].dtype)
+        np.testing.assert_array_equal(restored, params[key])
+    assert len(result.dropped) == 2, result.dropped  # one line per array, not per element
+    assert "nan: array float32 shape [512, 512] holds NaN" in result.dropped[0]
+    assert "probe: array complex64 shape [2, 2] (JSON has no complex numbers" in result.dropped[1]
+
+
 # --- generated archives: every dill and NumPy writer ------------------------------------------
 
 
@@ -402,6 +423,8 @@ def test_legacy_members_are_charged_to_the_budget(legacy_dir):
         size = archive.size(name)
         with budget.limit(10 * size) as opened:
             assert len(read_member(archive, name)) == size
+            assert opened.spent == size
+            read_member(archive, name)  # a second read of it in the same call: not twice
             assert opened.spent == size
         with budget.limit(size - 1), pytest.raises(BudgetExceededError, match=name):
             read_member(archive, name)

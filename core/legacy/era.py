@@ -162,7 +162,7 @@ def read_member(archive: ArchiveReader, name: str, *, limit: int = MAX_LEGACY_ME
             f"member {name!r} declares {size} bytes; a legacy archive holds at most {limit} "
             "bytes there. The archive is damaged or hostile."
         )
-    budget.charge(size, f"legacy member {name}")
+    _charge_once(archive, name, size)
     data = archive.read(name, limit=size)
     if zlib.crc32(data) != archive.info(name).CRC:
         raise IntegrityError(
@@ -170,6 +170,25 @@ def read_member(archive: ArchiveReader, name: str, *, limit: int = MAX_LEGACY_ME
             "archive is damaged or was altered. Re-copy it."
         )
     return data
+
+
+def _charge_once(archive: ArchiveReader, name: str, size: int) -> None:
+    """Charge a member's size to the open budget the first time one call reads it.
+
+    Era readers read a member more than once in one call (``manifest.dill``
+    by every ``claims``, ``model.keras`` for specs and again for tensors);
+    each copy is dropped before the next read, so counting every read would
+    make the budget refuse archives a fraction of its size.
+
+    Example:
+        >>> _charge_once(archive, "manifest.dill", 80)  # doctest: +SKIP
+    """
+    opened = budget.current()
+    seen = vars(opened).setdefault("legacy_members_read", set())
+    key = (str(archive.path), name)
+    if key not in seen:
+        opened.charge(size, f"legacy member {name}")
+        seen.add(key)
 
 
 def check_roles(models: Any, *, where: str) -> list[str]:

@@ -69,6 +69,12 @@ def _convert(value: Any, path: str, result: JsonResult) -> Any:
     if isinstance(value, np.generic) and not isinstance(value, np.complexfloating):
         result.converted.append(f"{_label(path)}: numpy {value.dtype} -> number")
         return _convert(value.item(), path, result)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+        result.dropped.append(
+            f"{_label(path)}: array {value.dtype} shape {list(value.shape)} holds NaN or "
+            "infinity (JSON has neither); it stays readable in the source archive"
+        )
+        return _DROP
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         result.converted.append(
             f"{_label(path)}: array {value.dtype} shape {list(value.shape)} -> nested list "
