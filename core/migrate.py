@@ -152,7 +152,6 @@ def _write(
     with ArchiveWriter(target) as writer:
         writer.write_bytes(PARAMS_MEMBER, params_bytes, compress=True)
         for entry, role in zip(entries, content.roles, strict=True):
-            budget.charge(archive.size(role.weights), role.weights)
             writer.write_bytes(entry["weights"], read_member(archive, role.weights))
         manifest = build_manifest(
             backend=backend.name,
