@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 import sys
 import time
 import zipfile
@@ -34,7 +35,12 @@ import polybundle
 from polybundle import budget
 from polybundle.archive import ArchiveReader
 from polybundle.backend import TensorSpec
-from polybundle.errors import IntegrityError, PolybundleError, UnsafeContentError
+from polybundle.errors import (
+    FormatError,
+    IntegrityError,
+    PolybundleError,
+    UnsafeContentError,
+)
 from polybundle.readers.keras_file import read_datasets
 
 from .conftest import LEGACY_DIR, needs_tensorflow, needs_torch, snapshot_tree
@@ -175,6 +181,19 @@ def _compact(h5, targets: Targets) -> Declared:
     return targets.vector, data.shape, "float32"
 
 
+def _keep(h5, targets: Targets) -> Declared:
+    old = h5[targets.kernel]
+    return targets.kernel, tuple(old.shape), str(old.dtype)
+
+
+def _past_the_end(raw: bytes, targets: Targets) -> bytes:
+    """Point the kernel's contiguous data address 10**12 bytes into a small file."""
+    with h5py.File(io.BytesIO(raw), "r") as h5:
+        address = struct.pack("<Q", h5[targets.kernel].id.get_offset())
+    assert raw.count(address) == 1
+    return raw.replace(address, struct.pack("<Q", 10**12))
+
+
 @dataclass(frozen=True)
 class Case:
     """One hostile ``model.weights.h5``.
@@ -190,6 +209,7 @@ class Case:
     error: type[PolybundleError] = UnsafeContentError
     follows: bool = True
     legacy: bool = True
+    patch: Callable[[bytes, Targets], bytes] | None = None
 
 
 CASES = [
@@ -203,6 +223,7 @@ CASES = [
     Case("gzip_zeros_1gib", _gzip_gib),
     Case("chunked_fill_1tib", _fill_tib),
     Case("compact_layout", _compact),
+    Case("data_past_the_end", _keep, FormatError, patch=_past_the_end),
     Case("byte_strings", _bytestring, follows=False),
     Case("float64_for_float32", _float64, IntegrityError, follows=False, legacy=False),
     Case("transposed_shape", _transposed, IntegrityError, follows=False, legacy=False),
@@ -227,7 +248,8 @@ def _hostile_h5(clean: bytes, case: Case, targets: Targets) -> tuple[bytes, Decl
     buffer = io.BytesIO(clean)
     with h5py.File(buffer, "r+") as h5:
         declared = case.mutate(h5, targets)
-    return buffer.getvalue(), declared
+    raw = buffer.getvalue()
+    return (case.patch(raw, targets) if case.patch else raw), declared
 
 
 def _keras_with_weights(
@@ -505,4 +527,22 @@ def test_a_keras_file_with_members_keras_would_extract_is_refused(saved, tmp_pat
                        "net", None)
     with writes_recorder as writes, pytest.raises(UnsafeContentError, match="temporary folder"):
         polybundle.load(hostile)
+    assert writes == []
+
+
+def test_keras_never_extracts_the_weights_next_to_the_bundle_member(
+    saved, tmp_path, monkeypatch, writes_recorder
+):
+    """When Keras thinks memory is short it extracts ``model.weights.h5`` into a temporary
+    folder beside ``fileobj.name`` (for a bundle member, ``net/`` under the working
+    directory). polybundle hands Keras a file object without a name, so it reads from the
+    zip instead."""
+    from keras.src.saving import saving_lib
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net").mkdir()
+    monkeypatch.setattr(saving_lib, "is_memory_sufficient", lambda model: False)
+    with writes_recorder as writes:
+        bundle = polybundle.load(saved["plain"])
+    assert bundle.models["net"].name == "convnet"
     assert writes == []
