@@ -145,7 +145,7 @@ def index_problem(document: Any) -> str | None:
         ...                "history": []}) is None
         True
         >>> index_problem({"format": INDEX_FORMAT, "checkpoints": {}, "history": []})
-        'expected format ... with checkpoints and history lists'
+        "expected format 'polybundle-checkpoints' with checkpoints and history lists"
     """
     valid = (
         isinstance(document, dict)
@@ -483,7 +483,7 @@ class CheckpointManager:
 
         Example:
             >>> bundle = manager.restore(into={"net": net})  # doctest: +SKIP
-            >>> bundle.restore_optimizer("net", torch.optim.Adam(net.parameters()))
+            >>> bundle.restore_optimizer("net", opt)  # doctest: +SKIP
         """
         for attempt in range(_READ_ATTEMPTS):
             chosen = self._choose(step)

@@ -3,6 +3,13 @@
 Subcommands are small functions registered in :data:`COMMANDS`; each gets the
 parsed arguments and returns the exit status.
 
+Everything printed that comes from a file (member, tensor and architecture
+names, params, metrics, error messages that quote them) goes through
+:func:`printable`, which shows control characters as escapes (an ESC byte
+prints as ``\x1b``, so no sequence reaches the terminal: no clearing, no
+colours, no OSC-8 hyperlinks), and is given to rich as plain text or with its
+markup escaped (a name holding ``[/red]`` prints as it is).
+
 Example:
     $ polybundle inspect run.bundle
     $ polybundle inspect run.bundle --json
@@ -15,14 +22,72 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .errors import PolybundleError
 
 Command = Callable[[argparse.Namespace, Console], int]
+
+
+def _visible(char: str) -> str:
+    """Return the escape :func:`repr` writes for one non-printable character (``\\x1b``)."""
+    return repr(char)[1:-1]
+
+
+def printable(value: Any) -> str:
+    r"""Return ``str(value)`` with every non-printable character shown as an escape.
+
+    Non-printable is what :meth:`str.isprintable` says (as :func:`repr` does):
+    C0 controls (newline and tab too), DEL, C1 controls, format characters such
+    as bidirectional overrides, separators and lone surrogates.
+
+    Example:
+        >>> printable("a\x1b[2Jb\x7f\x9b\u202e")
+        'a\\x1b[2Jb\\x7f\\x9b\\u202e'
+        >>> printable("plain name [ok]")
+        'plain name [ok]'
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _visible(char) for char in text)
+
+
+def markup_safe(value: Any) -> str:
+    r"""Return ``value`` as text to put inside rich markup: printable, its markup escaped.
+
+    Example:
+        >>> markup_safe("w[/red]\x1b]8;;http://x\x1b\\")
+        'w\\[/red]\\x1b]8;;http://x\\x1b\\\\'
+    """
+    return escape(printable(value))
+
+
+def _plain(value: Any) -> Text:
+    """Return a table cell that rich renders as it is (no markup, no control characters)."""
+    return Text(printable(value))
+
+
+def _json(value: Any) -> str:
+    """Return compact JSON, all but printable ASCII escaped (``\\u001b``), for text output."""
+    return json.dumps(value, ensure_ascii=True)
+
+
+def print_json(document: Any) -> None:
+    r"""Print ``document`` as indented JSON, all but printable ASCII escaped (DEL too).
+
+    Example:
+        >>> print_json({"name": "a\x1b\x7f"})
+        {
+          "name": "a\u001b\u007f"
+        }
+    """
+    print(json.dumps(document, indent=2, ensure_ascii=True))
 
 
 def _human_bytes(count: int) -> str:
@@ -43,39 +108,41 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
 
     report = inspect(args.path)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return 0
+    safe = markup_safe
     writer = report["manifest"]["writer"]
     console.print(
-        f"[bold]{report['path']}[/bold]: polybundle format {report['format_version']}, "
-        f"backend [cyan]{report['backend']}[/cyan] ({writer['framework']} "
-        f"{writer['framework_version']}), written {report['manifest']['created']}"
+        f"[bold]{safe(report['path'])}[/bold]: polybundle format "
+        f"{safe(report['format_version'])}, backend [cyan]{safe(report['backend'])}[/cyan] "
+        f"({safe(writer['framework'])} {safe(writer['framework_version'])}), written "
+        f"{safe(report['manifest']['created'])}"
     )
     for entry in report["manifest"]["models"]:
         arch = entry["architecture"]
-        label = f"{arch['name']} {json.dumps(arch['config'])}" if arch else "not recorded"
-        console.print(f"  role [green]{entry['role']}[/green]: architecture {label}")
-    console.print(f"  params: {json.dumps(report['params'])}")
+        label = f"{arch['name']} {_json(arch['config'])}" if arch else "not recorded"
+        console.print(f"  role [green]{safe(entry['role'])}[/green]: architecture {safe(label)}")
+    console.print(f"  params: {safe(_json(report['params']))}")
     table = Table(title="tensors")
     for column in ("role", "name", "shape", "dtype", "layout", "bytes"):
         table.add_column(column, justify="right" if column == "bytes" else "left")
     total = 0
     for row in report["tensors"]:
         total += row["bytes"]
-        table.add_row(
-            row["role"], row["name"], "x".join(map(str, row["shape"])) or "()",
-            row["dtype"], row["layout"], _human_bytes(row["bytes"]),
-        )
+        cells = (row["role"], row["name"], "x".join(map(str, row["shape"])) or "()",
+                 row["dtype"], row["layout"], _human_bytes(row["bytes"]))
+        table.add_row(*map(_plain, cells))
     console.print(table)
     console.print(f"{len(report['tensors'])} tensors, {_human_bytes(total)}")
     for role, summary in report.get("optimizers", {}).items():
         slots = ", ".join(f"{slot} x{count}" for slot, count in summary["slots"].items())
         console.print(
-            f"  optimizer of [green]{role}[/green]: {summary['algorithm']} "
-            f"({summary['class']}), step {summary['step']}, slots {slots or 'none'} "
-            f"({_human_bytes(summary['slot_bytes'])}), schedule {summary['schedule']}"
+            f"  optimizer of [green]{safe(role)}[/green]: {safe(summary['algorithm'])} "
+            f"({safe(summary['class'])}), step {safe(summary['step'])}, slots "
+            f"{safe(slots or 'none')} ({_human_bytes(summary['slot_bytes'])}), schedule "
+            f"{safe(summary['schedule'])}"
         )
-        console.print(f"    hyperparameters: {json.dumps(summary['hyperparameters'])}")
+        console.print(f"    hyperparameters: {safe(_json(summary['hyperparameters']))}")
     return 0
 
 
@@ -95,18 +162,18 @@ def run_checkpoints(args: argparse.Namespace, console: Console) -> int:
         for entry in history:
             kept = retained.get(entry["step"])
             rows.append({**entry, "file": kept.path.name if kept else None})
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     latest = manager.latest()
-    table = Table(title=f"checkpoints in {args.directory}")
+    table = Table(title=Text(f"checkpoints in {printable(args.directory)}"))
     for column in ("step", "saved", "metrics", "file"):
         table.add_column(column)
     for entry in history:
         kept = retained.get(entry["step"])
         marker = " (latest)" if kept is not None and kept == latest else ""
         table.add_row(
-            str(entry["step"]), entry["created"], json.dumps(entry["metrics"]),
-            (kept.path.name + marker) if kept else "[dim]pruned[/dim]",
+            _plain(entry["step"]), _plain(entry["created"]), _plain(_json(entry["metrics"])),
+            _plain(kept.path.name + marker) if kept else Text("pruned", style="dim"),
         )
     console.print(table)
     console.print(f"{len(retained)} retained of {len(history)} saved")
@@ -138,16 +205,17 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
     if getattr(args, "parity", False) and report.ok:
         parity_ok = run_parity(args, console) == 0
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print_json(report.to_json())
         return 0 if report.ok and parity_ok else 1
     verdict = "[green]OK[/green]" if report.ok else "[red]PROBLEMS FOUND[/red]"
-    console.print(f"[bold]{escape(report.path)}[/bold] ({report.format}): {verdict}")
+    console.print(f"[bold]{markup_safe(report.path)}[/bold] ({markup_safe(report.format)}): "
+                  f"{verdict}")
     for line in report.checked:
-        console.print(f"  checked: {escape(line)}", soft_wrap=True)
+        console.print(f"  checked: {markup_safe(line)}", soft_wrap=True)
     for line in report.notes:
-        console.print(f"  [yellow]note[/yellow]: {escape(line)}", soft_wrap=True)
+        console.print(f"  [yellow]note[/yellow]: {markup_safe(line)}", soft_wrap=True)
     for line in report.problems:
-        console.print(f"  [red]problem[/red]: {escape(line)}", soft_wrap=True)
+        console.print(f"  [red]problem[/red]: {markup_safe(line)}", soft_wrap=True)
     return 0 if report.ok and parity_ok else 1
 
 
@@ -162,18 +230,19 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
     rtol = getattr(args, "rtol", None) or DEFAULT_RTOL
     atol = getattr(args, "atol", None) or DEFAULT_ATOL
     report = compare(args.path, rtol=rtol, atol=atol)
-    table = Table(title=f"parity ({report.reference})")
+    table = Table(title=Text(f"parity ({printable(report.reference)})"))
     for column in ("role", "output", "backend", "max abs error", "max rel error", "result"):
         table.add_column(column)
     for row in report.rows:
-        verdict = "[green]pass[/green]" if row.passed else "[red]FAIL[/red]"
-        table.add_row(row.role, row.output, row.backend, f"{row.max_abs:.3e}",
-                      f"{row.max_rel:.3e}", verdict)
+        verdict = Text("pass", style="green") if row.passed else Text("FAIL", style="red")
+        table.add_row(_plain(row.role), _plain(row.output), _plain(row.backend),
+                      f"{row.max_abs:.3e}", f"{row.max_rel:.3e}", verdict)
     if not getattr(args, "json", False):
         console.print(table)
         console.print(f"pass when max abs error <= {atol:g} + {rtol:g} * max|reference|")
         for name, why in report.skipped.items():
-            console.print(f"  [yellow]skipped[/yellow] {name}: {escape(why)}", soft_wrap=True)
+            console.print(f"  [yellow]skipped[/yellow] {markup_safe(name)}: {markup_safe(why)}",
+                          soft_wrap=True)
     return 0 if report.passed else 1
 
 
@@ -187,7 +256,7 @@ def run_plan(args: argparse.Namespace, console: Console) -> int:
 
     plan = plan_bundle(args.path, args.to)
     if args.json:
-        print(json.dumps(plan, indent=2))
+        print_json(plan)
     problems = 0
     for role in plan["roles"]:
         issues = [(label, role[label]) for label in
@@ -198,16 +267,19 @@ def run_plan(args: argparse.Namespace, console: Console) -> int:
         problems += len(issues)
         if args.json:
             continue
-        table = Table(title=f"role {role['role']}: {plan['source']} -> {plan['target']}")
+        title = f"role {role['role']}: {plan['source']} -> {plan['target']}"
+        table = Table(title=Text(printable(title)))
         for column in ("source", "target", "kind.slot", "layout", "shape", "action"):
             table.add_column(column)
         for row in role["rows"]:
             shape = "x".join(map(str, row["shape"])) if row["shape"] is not None else "-"
-            table.add_row(row["source"], row["target"], f"{row['kind']}.{row['slot']}",
-                          row["layout"], shape or "()", row["detail"])
+            cells = (row["source"], row["target"], f"{row['kind']}.{row['slot']}",
+                     row["layout"], shape or "()", row["detail"])
+            table.add_row(*map(_plain, cells))
         console.print(table)
         for label, items in issues:
-            console.print(f"  [red]{label}[/red]: {escape(', '.join(items))}", soft_wrap=True)
+            console.print(f"  [red]{label}[/red]: {markup_safe(', '.join(map(str, items)))}",
+                          soft_wrap=True)
     return 1 if problems else 0
 
 
@@ -220,7 +292,7 @@ def run_migrate(args: argparse.Namespace, console: Console) -> int:
     from .migrate import migrate
 
     for line in migrate(args.src, args.dst).lines():
-        console.print(escape(line), highlight=False, soft_wrap=True)
+        console.print(markup_safe(line), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -266,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity_parser.add_argument("--atol", type=float, default=None)
     migrate_parser = sub.add_parser("migrate", help="rewrite a legacy archive as format 2")
     migrate_parser.add_argument("src")
-    migrate_parser.add_argument("dst")
+    migrate_parser.add_argument("dst", nargs="?", help="where to write (optional for format 2)")
     return parser
 
 
@@ -284,7 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, console)
     except PolybundleError as exc:
-        Console(stderr=True).print(f"[red]error[/red] ({type(exc).__name__}): {escape(str(exc))}")
+        Console(stderr=True).print(
+            f"[red]error[/red] ({type(exc).__name__}): {markup_safe(exc)}", soft_wrap=True
+        )
         return 2
 
 

@@ -33,6 +33,8 @@ def progress_bar(
 
     ``advance`` may be called from any thread (rich's progress is
     thread-safe). Nothing is shown unless ``enabled`` and ``total >= threshold``.
+    ``description`` (it holds a file name) is shown as plain text: control
+    characters as escapes, no rich markup.
 
     Example:
         >>> with progress_bar("loading", 2**30, enabled=True) as advance:  # doctest: +SKIP
@@ -51,13 +53,15 @@ def progress_bar(
         TransferSpeedColumn,
     )
 
+    from .cli import printable
+
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(printable(description), total=total)
         yield lambda count: bar.advance(task, count)
