@@ -67,7 +67,7 @@ class LegacyContent:
 
     Example:
         >>> content = reader.read(archive)  # doctest: +SKIP
-        >>> content.backend, [r.role for r in content.roles]
+        >>> content.backend, [r.role for r in content.roles]  # doctest: +SKIP
         ('torch', ['autoencoder', 'diffraction_to_obj'])
     """
 
@@ -98,7 +98,7 @@ class EraReader(ABC):
 
     Example:
         >>> reader = TorchJsonEra()  # doctest: +SKIP
-        >>> reader.format, reader.backend
+        >>> reader.format, reader.backend  # doctest: +SKIP
         ('legacy-torch-json', 'torch')
     """
 
