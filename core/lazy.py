@@ -67,8 +67,8 @@ class LazyTensors(Mapping[str, np.ndarray]):
 
 
 def _map_file(archive: ArchiveReader) -> mmap.mmap:
-    with open(archive.path, "rb") as handle:
-        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    # the archive's own descriptor: exactly the file that was checked, not the path again
+    return mmap.mmap(archive.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def _torch_loaders(
@@ -82,7 +82,7 @@ def _torch_loaders(
 def _keras_loaders(
     source: MemberRange, mapped: mmap.mmap, specs: list[TensorSpec]
 ) -> dict[str, Loader]:
-    arrays = read_datasets(source, [spec.key for spec in specs], mapped=mapped)
+    arrays = read_datasets(source, specs, mapped=mapped)
     return {
         spec.name: (lambda array=array: array)
         for spec, array in zip(specs, arrays, strict=True)
