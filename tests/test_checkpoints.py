@@ -11,6 +11,7 @@ import pytest
 
 import polybundle
 from polybundle.cli import main as cli_main
+from polybundle.writer import TEMP_MARK
 from tests.conftest import needs_torch, snapshot_tree
 
 CRASH_SUPERVISOR = """
@@ -158,6 +159,9 @@ def test_sigkill_at_random_moments_never_leaves_a_half_checkpoint(tmp_path: Path
             bundle = polybundle.load(latest.path, into={"net": _net_256()})  # verifies sha256
             assert bundle.optimizer_state("net").step >= 1
             assert all(c.path.is_file() for c in manager.checkpoints())
+            # only the writer killed last may have left a temporary file: each new writer's
+            # first save removed those of the writers killed before
+            assert len([p for p in tmp_path.iterdir() if TEMP_MARK in p.name]) <= 1
             supervisor.stdin.write("\n")
             supervisor.stdin.flush()
         assert supervisor.wait(timeout=60) == 0
