@@ -158,3 +158,23 @@ def test_printable_and_markup_safe() -> None:
     assert printable("plain [ok] name") == "plain [ok] name"
     assert printable("\ud800") == "\\ud800"  # a lone surrogate cannot even be encoded
     assert markup_safe("[/red]") == "\\[/red]"
+
+
+@needs_torch
+def test_checkpoints_command_lists_verified_bundles_when_the_index_is_hostile(
+    hostile: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ckpt"
+    shutil.copytree(hostile / "ckpt", folder)
+    index = json.loads((folder / "checkpoints.json").read_bytes())
+    index["checkpoints"][0]["file"] = f"../{EVIL}"
+    (folder / "checkpoints.json").write_text(json.dumps(index))
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    env.update(COLUMNS="400", NO_COLOR="1")
+    done = subprocess.run([sys.executable, "-m", "polybundle.cli", "checkpoints", str(folder)],
+                          capture_output=True, cwd=REPO, env=env, timeout=120)
+    output = (done.stdout + done.stderr).decode("utf-8")
+    assert done.returncode == 0, output
+    assert "DamagedIndexWarning" in output and "is not a plain checkpoint-<step>.bundle" in output
+    assert "checkpoint-0000000002.bundle (latest)" in output and "1 retained of 1 saved" in output
+    _check_output(output, r"\.\./\[/red\]w\\+x1b\[2J")
