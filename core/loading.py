@@ -156,8 +156,9 @@ def _plain_architecture() -> dict[str, Any] | None:
 def plain_manifest(archive: WholeFileArchive, detection: Detection) -> dict[str, Any]:
     """Return the manifest-like description of a plain framework file (one role, no params).
 
-    ``format`` is the detection's (``torch-file`` or ``keras-file``), the one
-    role is :data:`~polybundle.detection.PLAIN_ROLE`, ``members`` is empty
+    ``format`` is the detection's (``torch-file`` or ``keras-file``),
+    ``format_version`` is ``"plain"``, the writer and creation time are
+    unknown, the one role is :data:`~polybundle.detection.PLAIN_ROLE`, ``members`` is empty
     (a plain file records no digests) and the tensors come from the file's
     index: names, shapes and dtypes; Keras layout tags from ``config.json``,
     PyTorch ones ``opaque`` (a registered ``model`` builder gives real ones
@@ -173,8 +174,11 @@ def plain_manifest(archive: WholeFileArchive, detection: Detection) -> dict[str,
         specs = _plain_specs(detection, source, archive.path.name)
     return {
         "format": detection.format,
-        "format_version": "",
+        "format_version": "plain",
         "backend": backend.name,
+        "writer": {"polybundle": None, "framework": backend.distribution,
+                   "framework_version": "unknown (a plain file)"},
+        "created": "unknown",
         "models": [
             {
                 "role": PLAIN_ROLE,

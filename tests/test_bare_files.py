@@ -16,6 +16,7 @@ import pytest
 
 import polybundle
 from polybundle.archive import ArchiveReader
+from polybundle.cli import main
 from polybundle.detection import PLAIN_ROLE, Detection
 from polybundle.errors import FormatError, UnknownArchitectureError, UnsafeContentError
 from polybundle.lazy import LazyTensors
@@ -94,6 +95,7 @@ def test_torch_state_dict_file_loads_inspects_and_verifies(torch_file):
     ]
     report = polybundle.verify(path)
     assert report.ok and report.format == "torch-file" and "no digests" in report.notes[0]
+    assert main(["inspect", str(path)]) == 0 and main(["verify", str(path)]) == 0
 
 
 @needs_tensorflow
