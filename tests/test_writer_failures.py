@@ -7,8 +7,10 @@ raised ENOSPC) and leave the target as it was; a SIGKILLed save's temporary
 file is removed by the next save into the folder, a live writer's never.
 
 The full disk and the read-only folder are real: a tiny tmpfs mounted in a
-private mount namespace (``unshare -m``, as root, which CI is). The file-size
-limit (EFBIG through ``RLIMIT_FSIZE``) needs no privilege and always runs.
+private mount namespace (``unshare -m``, as root, which CI is). Permission
+denied is a 0o555 folder, written by root after ``setpriv`` dropped
+CAP_DAC_OVERRIDE. The file-size limit (EFBIG through ``RLIMIT_FSIZE``) needs no
+privilege and always runs.
 """
 
 from __future__ import annotations
@@ -160,6 +162,47 @@ def test_read_only_folder_raises_write_error_and_changes_nothing(tmp_path: Path)
         assert result["error"] == "WriteError", result
         assert "Read-only file system" in result["message"], result
         assert str(disk) in result["message"], result
+        assert result["names"] == ["old.bundle"], result
+
+
+PERMISSION_DENIED = """
+folder = Path(sys.argv[1])
+def save():
+    with ArchiveWriter(folder / "new.bundle") as writer:
+        writer.write_bytes("params.json", b"{}")
+        writer.commit()
+def checkpoint():
+    polybundle.CheckpointManager(folder / "ckpt").save(1, {"net": object()})
+def checkpoint_here():
+    polybundle.CheckpointManager(folder).save(1, {"net": object()})
+for action in (save, checkpoint, checkpoint_here):
+    result = attempt(action)
+    result["names"] = sorted(os.listdir(folder))
+    print(json.dumps(result))
+"""
+
+
+def test_a_folder_without_write_permission_raises_write_error(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / "old.bundle").write_bytes(b"keep")
+    folder.chmod(0o555)
+    command = [sys.executable, "-c", PRELUDE + PERMISSION_DENIED, str(folder)]
+    if os.geteuid() == 0:  # root writes anywhere unless it gives up CAP_DAC_OVERRIDE
+        if shutil.which("setpriv") is None:
+            pytest.skip("as root, setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                   "--inh-caps=-all", "--", *command]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(results) == 3
+    for result in results:
+        assert result["error"] == "WriteError", result
+        assert "Permission denied" in result["message"] and str(folder) in result["message"]
         assert result["names"] == ["old.bundle"], result
 
 
