@@ -211,3 +211,45 @@ def test_a_torch_zip_with_extra_members_is_not_claimed(tmp_path, torch_file):
         out.writestr("notes.txt", b"not part of torch.save")
     with pytest.raises(FormatError, match="no known format"):
         polybundle.load(mixed)
+
+
+def _torch_shaped_zip(path, pickle_bytes: bytes) -> None:
+    """A zip laid out as torch.save writes it, holding ``pickle_bytes`` as its data.pkl."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as out:
+        out.writestr("archive/data.pkl", pickle_bytes)
+        out.writestr("archive/byteorder", b"little")
+        out.writestr("archive/version", b"3\n")
+
+
+def test_plain_file_detection_opens_no_door_for_pickled_code(tmp_path):
+    sentinel = tmp_path / "SENTINEL"
+    payload = (
+        b"\x80\x02cposix\nsystem\n(X" + len(f"touch {sentinel}").to_bytes(4, "little")
+        + f"touch {sentinel}".encode() + b"tR."
+    )
+    hostile = tmp_path / "model.pth"
+    _torch_shaped_zip(hostile, payload)
+    assert _hook_detection(hostile) == Detection("torch-file", "torch")
+    for call in (polybundle.load, polybundle.inspect, lambda p: polybundle.load(p, lazy=True),
+                 lambda p: polybundle.migrate(p, tmp_path / "out.bundle")):
+        with pytest.raises(UnsafeContentError):
+            call(hostile)
+    assert not polybundle.verify(hostile).ok
+    assert not sentinel.exists() and not (tmp_path / "out.bundle").exists()
+
+
+def test_keras_shaped_zip_with_damaged_weights_is_a_format_error(tmp_path):
+    import json
+    import zipfile
+
+    damaged = tmp_path / "model.keras"
+    with zipfile.ZipFile(damaged, "w") as out:
+        out.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {}}))
+        out.writestr("metadata.json", "{}")
+        out.writestr("model.weights.h5", b"not hdf5 at all")
+    with pytest.raises(FormatError):
+        polybundle.load(damaged, lazy=True)
+    report = polybundle.verify(damaged)
+    assert not report.ok and report.problems[0].startswith("FormatError")
