@@ -408,7 +408,7 @@ def open_zip(
         head = pread(0, 4)
         if not head:
             raise _ends_early(label, "It is empty (0 bytes).") from None
-        if head == _LOCAL_MAGIC:
+        if _LOCAL_MAGIC.startswith(head):
             raise _ends_early(
                 label, f"It starts as a zip but has no complete zip directory ({exc})."
             ) from None
