@@ -65,7 +65,9 @@ def members_of(data: bytes) -> list[tuple[str, bytes]]:
         return [(info.filename, archive.read(info)) for info in archive.infolist()]
 
 
-def write_bundle(path: Path, members: list[tuple[str, bytes]], *, fix_manifest: bool = True) -> Path:
+def write_bundle(
+    path: Path, members: list[tuple[str, bytes]], *, fix_manifest: bool = True
+) -> Path:
     """Write ``members`` STORED; with ``fix_manifest`` the manifest records their real digests."""
     contents = dict(members)
     if fix_manifest:
