@@ -277,20 +277,23 @@ def create_temp(target: Path) -> tuple[int, Path]:
     """
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
-    while True:
+    for attempt in range(100):
         name = f".{target.name[:_NAME_KEEP]}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         path = target.parent / name
         try:
             fd = os.open(path, flags, 0o600)
         except FileExistsError:  # 2**32 names per pid: try another
+            if attempt == 99:
+                raise
             continue
         _lock(fd)
         return fd, path
+    raise AssertionError("unreachable")
 
 
 def _process_alive(pid: int) -> bool:
-    if pid <= 0 or pid == os.getpid():
-        return True  # not a writer's pid, or our own live writer
+    if pid <= 0 or pid == os.getpid() or os.name == "nt":
+        return True  # not a writer's pid, our own live writer; on Windows signal 0 is Ctrl-C
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -436,8 +439,8 @@ class ArchiveWriter:
         if self._committed:
             return
         self.abort()
-        if exc is None or isinstance(exc, PolybundleError):
-            return
+        if not isinstance(exc, Exception) or isinstance(exc, PolybundleError):
+            return  # no error, an interrupt (KeyboardInterrupt), or already typed
         cause = find_os_error(exc) or self._os_error
         if cause is not None:
             raise write_error(cause, self.target) from exc
