@@ -4,9 +4,9 @@ Detectors implement the ``polybundle_detect_archive`` hook (firstresult). The
 built-in one below is registered ``trylast`` so plugins can claim files first.
 It claims format-2 bundles and, failing that, plain framework files:
 
-- a Keras 3 file written by ``model.save("model.keras")`` (a zip of exactly
-  ``config.json``, ``metadata.json`` and ``model.weights.h5``): format
-  :data:`KERAS_FILE`;
+- a Keras 3 file written by ``model.save("model.keras")`` (a zip of
+  ``config.json``, ``metadata.json`` and ``model.weights.h5``, and nothing
+  else but layer ``assets/``): format :data:`KERAS_FILE`;
 - a PyTorch file written by ``torch.save(model.state_dict(), "model.pth")``
   (a zip whose members all lie in one folder ``<prefix>/`` with
   ``<prefix>/data.pkl`` and storages ``<prefix>/data/<n>``): format
@@ -134,7 +134,8 @@ def detect_plain_file(archive: ArchiveReader) -> Detection | None:
         Detection(format='keras-file', backend='tensorflow')
     """
     names = archive.names()
-    if set(names) == KERAS_FILE_MEMBERS:
+    extra = set(names) - KERAS_FILE_MEMBERS
+    if KERAS_FILE_MEMBERS <= set(names) and all(name.startswith("assets/") for name in extra):
         return Detection(KERAS_FILE, PLAIN_FORMATS[KERAS_FILE])
     if torch_zip_prefix(names) is not None:
         return Detection(TORCH_FILE, PLAIN_FORMATS[TORCH_FILE])
