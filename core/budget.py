@@ -125,3 +125,22 @@ def charge(nbytes: int, what: str) -> None:
         >>> charge(8, "a small tensor")
     """
     current().charge(nbytes, what)
+
+
+def check(nbytes: int, what: str) -> None:
+    """Refuse up front when ``nbytes`` would not fit the open budget; spend nothing.
+
+    For entry points that know a total from declared sizes before the
+    readers (which :func:`charge` as they allocate) run.
+
+    Example:
+        >>> with limit(100):
+        ...     check(60, "weights"); check(60, "weights")  # each alone fits
+        ...     check(200, "weights")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.BudgetExceededError: reading weights would allocate 200 bytes, ...
+    """
+    budget = current()
+    if not isinstance(nbytes, int) or nbytes > budget.remaining:
+        budget.charge(nbytes, what)

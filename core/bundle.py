@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import budget
 from .archive import ArchiveReader
 from .backend import TensorSpec
 from .conversion import ConversionPlan
@@ -61,6 +62,8 @@ class Bundle:
     """True when opened with ``load(..., lazy=True)``: no models, mapped tensors."""
     conversions: dict[str, ConversionPlan] = field(default_factory=dict)
     """The weights' conversion plan of each role loaded in a framework other than the writer's."""
+    max_bytes: int | None = None
+    """The ``max_bytes=`` the bundle was loaded with; later reads (:meth:`tensors`) keep it."""
 
     @property
     def roles(self) -> list[str]:
@@ -92,7 +95,7 @@ class Bundle:
             (1, 3)
         """
         entry = model_entry(self.manifest, role)
-        with ArchiveReader(self.path) as archive:
+        with budget.limit(self.max_bytes), ArchiveReader(self.path) as archive:
             if read_manifest(archive) != self.manifest:
                 raise IntegrityError(
                     f"{str(self.path)!r} changed since it was loaded; load it again."
@@ -149,7 +152,7 @@ class Bundle:
         document, arrays = self._read_checked(
             [entry["optimizer"]["state"], entry["optimizer"]["slots"]]
         )
-        return decode_optimizer(document, arrays, where=role)
+        return decode_optimizer(document, arrays, where=role, specs=self.tensor_specs(role))
 
     def restore_optimizer(self, role: str, optimizer: Any, scheduler: Any | None = None) -> None:
         """Restore ``role``'s saved state into a fresh ``optimizer`` (and ``scheduler``).

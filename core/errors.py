@@ -227,6 +227,27 @@ class CheckpointError(PolybundleError):
     """
 
 
+class WriteError(PolybundleError):
+    """The operating system refused a write (full disk, read-only folder, no permission).
+
+    Nothing is left behind: the temporary file is removed and the target is unchanged.
+    ``path`` is the file or folder concerned, ``reason`` the OS's words.
+
+    Example:
+        >>> err = WriteError("run.bundle", "No space left on device")
+        >>> err.path, "No space left" in str(err)
+        ('run.bundle', True)
+    """
+
+    def __init__(self, path: str, reason: str, detail: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"could not write {path!r}: {reason}. {detail or 'Nothing was changed on disk.'} "
+            "Free space, or choose a folder you can write to, and save again."
+        )
+
+
 __all__ = [
     "PolybundleError",
     "FormatError",
@@ -248,4 +269,5 @@ __all__ = [
     "UnsupportedOptimizerError",
     "OptimizerMismatchError",
     "CheckpointError",
+    "WriteError",
 ]
