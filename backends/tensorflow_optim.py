@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from polybundle.backend import TensorSpec
-from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
+from polybundle.errors import FormatError, OptimizerMismatchError, UnsupportedOptimizerError
 from polybundle.optimizer import OptimizerState, to_plain
 
 _ALGORITHMS = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd", "RMSprop": "rmsprop"}
@@ -220,17 +220,88 @@ def _check(
             )
 
 
-def _set_hyperparameters(optimizer: Any, state: OptimizerState) -> None:
+def _fail(state: OptimizerState, found: str, expected: str) -> FormatError:
+    return FormatError(
+        f"optimizer.json native config of {state.native_class}: {found}; expected {expected}. "
+        "The optimizer state is damaged or was altered; re-save it."
+    )
+
+
+def _checked_config(optimizer: Any, state: OptimizerState) -> dict[str, Any]:
+    """Return the saved Keras config after checking it against a fresh one's keys and types.
+
+    Only keys the optimizer's own ``get_config()`` has are kept (a newer
+    Keras' extra flags are dropped); hyperparameters must be in range and
+    agree with the neutral ones; the EMA, accumulation and loss-scale
+    settings the neutral state does not describe must be off.
+    """
+    from polybundle.optimizer import check_hyperparameter, from_plain
+
+    config = from_plain(state.native.get("config"))
+    if not isinstance(config, dict):
+        raise _fail(state, f"the config is {repr(config)[:60]}", "an object")
+    fresh = optimizer.get_config()
+    checked = {}
+    for key, value in config.items():
+        if key not in fresh or key == "name":
+            continue
+        if key == "learning_rate" and state.schedule is not None:
+            continue
+        neutral_name = "learning_rate" if key == "learning_rate" else _NEUTRAL.get(key)
+        if neutral_name is not None:
+            check_hyperparameter(neutral_name, value, where="optimizer.json native config")
+            neutral = state.hyperparameters.get(neutral_name, value)
+            if None not in (neutral, value) and neutral != value:
+                raise _fail(state, f"{key}={value!r} but the neutral {neutral_name} is "
+                            f"{neutral!r}", "the two to agree")
+        elif key in ("use_ema", "gradient_accumulation_steps", "loss_scale_factor") and value:
+            raise _fail(state, f"{key} is {value!r}", "it off (the neutral state lacks its state)")
+        default = fresh[key]
+        plain = value is None or isinstance(value, (bool, int, float, str))
+        same = value is None or default is None or (
+            isinstance(value, bool) == isinstance(default, bool)
+            and isinstance(value, (int, float)) == isinstance(default, (int, float))
+        )
+        if not plain or not same:
+            raise _fail(state, f"{key} is {repr(value)[:60]}",
+                        f"a {type(default).__name__} like the optimizer's own")
+        checked[key] = value
+    if state.schedule is None and "learning_rate" not in checked:
+        raise _fail(state, "no learning_rate", "a float learning rate")
+    return checked
+
+
+def _schedule(state: OptimizerState) -> Any:
+    """Return the saved learning-rate schedule, rebuilt only from Keras' own schedule classes."""
+    from keras.optimizers import schedules
+
     from polybundle.optimizer import from_plain
 
-    config = from_plain(state.native["config"])
+    config = from_plain((state.schedule or {}).get("config"))
+    valid = (
+        isinstance(config, dict)
+        and config.get("module") in ("keras.optimizers.schedules", None)
+        and isinstance(config.get("class_name"), str)
+        and isinstance(getattr(schedules, config["class_name"], None), type)
+        and issubclass(getattr(schedules, config["class_name"]), schedules.LearningRateSchedule)
+        and isinstance(config.get("config"), dict)
+    )
+    if not valid:
+        raise _fail(state, f"the schedule is {repr(config)[:80]}",
+                    "a serialized keras.optimizers.schedules schedule")
+    try:
+        return schedules.deserialize(config)
+    except (TypeError, ValueError) as exc:
+        raise _fail(state, f"Keras refuses the schedule ({str(exc)[:100]})",
+                    "a schedule config Keras can rebuild") from None
+
+
+def _set_hyperparameters(optimizer: Any, config: dict[str, Any], schedule: Any | None) -> None:
     for key, value in config.items():
         if key not in _UNTOUCHED and hasattr(optimizer, key):
             setattr(optimizer, key, value)
-    if state.schedule is not None:
-        from keras.optimizers import schedules
-
-        optimizer.learning_rate = schedules.deserialize(from_plain(state.schedule["config"]))
+    if schedule is not None:
+        optimizer.learning_rate = schedule
     else:
         optimizer._learning_rate.assign(config["learning_rate"])
 
@@ -253,8 +324,10 @@ def restore_optimizer(
     """
     by_name = _saved_variables(model, specs)
     _check(optimizer, state, by_name, scheduler)
+    config = _checked_config(optimizer, state)
+    schedule = None if state.schedule is None else _schedule(state)
     built = optimizer.built
-    _set_hyperparameters(optimizer, state)
+    _set_hyperparameters(optimizer, config, schedule)
     if not built:
         optimizer.build([by_name[name] for name in state.parameters])
     lists = _slot_lists(optimizer, state.algorithm)
@@ -295,28 +368,76 @@ def without_optimizer(model: Any) -> Iterator[None]:
         model.optimizer = optimizer
 
 
+_NO_GLOBAL_GENERATOR = (
+    "TensorFlow op determinism is enabled and no global generator was set "
+    "(tf.random.set_global_generator), so there is none to record; TensorFlow refuses to "
+    "create one then"
+)
+
+
+def _global_generator() -> Any | None:
+    """Return TensorFlow's global generator, or None where asking for it would fail.
+
+    With op determinism on (``tf.config.experimental.enable_op_determinism()``)
+    and none set, ``tf.random.get_global_generator()`` raises rather than
+    creating a non-deterministic one; no such generator has then drawn numbers.
+    """
+    import tensorflow as tf
+
+    try:
+        return tf.random.get_global_generator()
+    except RuntimeError as exc:  # TensorFlow has no public "is determinism on?" query
+        if "determinism" in str(exc):
+            return None
+        raise
+
+
 def capture_rng() -> dict[str, Any]:
     """Return TensorFlow's global generator state (and Keras' global seed generator, if made).
+
+    Where op determinism is on and no global generator was set, ``state`` is
+    ``None`` and ``skipped`` says why (Keras' seed generator is still recorded).
 
     Example:
         >>> sorted(capture_rng())  # doctest: +SKIP
         ['algorithm', 'keras_seed', 'state']
     """
-    import tensorflow as tf
     from keras.src.backend.common import global_state
     from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
 
-    generator = tf.random.get_global_generator()
+    generator = _global_generator()
     keras_seed = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
-    return {
-        "algorithm": int(generator.algorithm),
-        "state": [int(x) for x in generator.state.numpy()],
+    state: dict[str, Any] = {
+        "algorithm": None if generator is None else int(generator.algorithm),
+        "state": None if generator is None else [int(x) for x in generator.state.numpy()],
         "keras_seed": None if keras_seed is None else [int(x) for x in keras_seed.state.numpy()],
     }
+    if generator is None:
+        state["skipped"] = _NO_GLOBAL_GENERATOR
+    return state
+
+
+def _int_list(value: Any, length: int | None, name: str) -> np.ndarray:
+    valid = (
+        isinstance(value, list)
+        and (length is None or len(value) == length)
+        and 0 < len(value) <= 16
+        and all(isinstance(x, int) and not isinstance(x, bool) and -(2**63) <= x < 2**64
+                for x in value)
+    )
+    if not valid:
+        raise FormatError(
+            f"rng.json: the TensorFlow {name} is {repr(value)[:80]}; expected a short list of "
+            "64-bit integers. The RNG state is damaged; re-save it."
+        )
+    return np.asarray([x - 2**64 if x >= 2**63 else x for x in value], dtype=np.int64)
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    """Put back the state from :func:`capture_rng`.
+    """Put back the state from :func:`capture_rng`; check every value first.
+
+    A state recorded without a global generator (op determinism on, none set)
+    leaves TensorFlow's global generator as it is.
 
     Example:
         >>> restore_rng(capture_rng())  # doctest: +SKIP
@@ -324,11 +445,31 @@ def restore_rng(state: dict[str, Any]) -> None:
     import tensorflow as tf
     from keras.src.random.seed_generator import global_seed_generator
 
-    tf.random.set_global_generator(
-        tf.random.Generator.from_state(
-            np.asarray(state["state"], dtype=np.int64), alg=state["algorithm"]
+    generator = None
+    if state.get("state") is not None:
+        algorithm = state.get("algorithm")
+        if algorithm not in (1, 2, 3):  # Philox, ThreeFry, auto-select
+            raise FormatError(
+                f"rng.json: the TensorFlow generator algorithm is {repr(algorithm)[:40]}; "
+                "expected 1, 2 or 3. The RNG state is damaged; re-save it."
+            )
+        generator = _int_list(state["state"], None, "generator state")
+    keras_seed = state.get("keras_seed")
+    seed = None if keras_seed is None else _int_list(keras_seed, None, "Keras seed state")
+    keras_generator = None if seed is None else global_seed_generator()
+    if keras_generator is not None and tuple(seed.shape) != tuple(keras_generator.state.shape):
+        raise FormatError(
+            f"rng.json: the Keras seed state has {seed.shape[0]} values; this Keras keeps "
+            f"{tuple(keras_generator.state.shape)}. Re-save the RNG state with this Keras."
         )
-    )
-    if state.get("keras_seed") is not None:
-        generator = global_seed_generator()
-        generator.state.assign(np.asarray(state["keras_seed"], dtype=generator.state.dtype))
+    if generator is not None:
+        try:
+            made = tf.random.Generator.from_state(generator, alg=state["algorithm"])
+        except (ValueError, tf.errors.InvalidArgumentError) as exc:
+            raise FormatError(
+                f"rng.json: TensorFlow refuses the recorded generator state ({exc}). The RNG "
+                "state is damaged; re-save it."
+            ) from None
+        tf.random.set_global_generator(made)
+    if keras_generator is not None:
+        keras_generator.state.assign(seed.astype(keras_generator.state.dtype))

@@ -371,12 +371,29 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    """Put back the CPU generator state from :func:`capture_rng`.
+    """Put back the CPU generator state from :func:`capture_rng`; a bad one is a FormatError.
 
     Example:
         >>> restore_rng(capture_rng())
     """
+    import binascii
+
     import torch
 
-    raw = np.frombuffer(base64.b64decode(state["cpu"]), dtype=np.uint8).copy()
-    torch.set_rng_state(torch.from_numpy(raw))
+    encoded = state.get("cpu")
+    try:
+        raw = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
+    except (binascii.Error, ValueError):
+        raw = None
+    expected = torch.get_rng_state().numel()
+    if raw is None or len(raw) != expected:
+        raise FormatError(
+            f"rng.json: the torch CPU generator state is {repr(encoded)[:60]}; expected base64 "
+            f"of {expected} bytes. The RNG state is damaged or from another torch; re-save it."
+        )
+    try:
+        torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    except RuntimeError as exc:
+        raise FormatError(
+            f"rng.json: torch refuses the recorded CPU generator state ({exc}). Re-save it."
+        ) from None

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FormatError
+from .jsondoc import load_json
 
 RNG_MEMBER = "rng.json"
 """Bundle member holding the captured RNG state."""
@@ -71,32 +73,79 @@ def capture_rng() -> dict[str, Any]:
     }
 
 
+def _words(value: Any, length: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == length
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**32 for x in value)
+    )
+
+
+def _damaged(what: str, found: Any, expected: str) -> FormatError:
+    return FormatError(
+        f"{RNG_MEMBER}: {what} is {repr(found)[:80]}; expected {expected}. The RNG state is "
+        "damaged; re-save it."
+    )
+
+
+def _python_setstate(python: Any) -> tuple[Any, ...]:
+    """Return the argument of ``random.setstate`` after checking ``python``."""
+    if not isinstance(python, dict) or python.get("version") != 3:
+        raise _damaged("the Python state", python, "version 3 of random's Mersenne Twister")
+    state = python.get("state")
+    if not _words(state, 625) or state[-1] > 624:
+        raise _damaged("the Python generator words", state, "625 32-bit words, the last <= 624")
+    gauss = python.get("gauss_next")
+    if gauss is not None and not (isinstance(gauss, float) and math.isfinite(gauss)):
+        raise _damaged("Python's gauss_next", gauss, "null or a finite float")
+    return (3, tuple(state), gauss)
+
+
+def _numpy_setstate(numpy: Any) -> tuple[Any, ...]:
+    """Return the argument of ``np.random.set_state`` after checking ``numpy``."""
+    valid = (
+        isinstance(numpy, dict)
+        and numpy.get("kind") == "MT19937"
+        and _words(numpy.get("keys"), 624)
+        and isinstance(numpy.get("pos"), int) and 0 <= numpy["pos"] <= 624
+        and numpy.get("has_gauss") in (0, 1)
+        and isinstance(numpy.get("cached_gaussian"), (int, float))
+        and math.isfinite(numpy["cached_gaussian"])
+    )
+    if not valid:
+        raise _damaged("the NumPy state", numpy, "MT19937 with 624 keys, pos, has_gauss")
+    return (
+        "MT19937",
+        np.asarray(numpy["keys"], dtype=np.uint32),
+        numpy["pos"],
+        numpy["has_gauss"],
+        float(numpy["cached_gaussian"]),
+    )
+
+
 def restore_rng(state: dict[str, Any]) -> None:
     """Put back every generator recorded by :func:`capture_rng`.
 
     A recorded backend's framework is imported (and must be installed).
+    Python's and NumPy's states are checked before anything changes; a
+    malformed value raises :class:`FormatError`.
 
     Example:
         >>> restore_rng(capture_rng())
     """
     from .registry import get_backend
 
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
-    numpy = state["numpy"]
-    np.random.set_state(
-        (
-            numpy["kind"],
-            np.asarray(numpy["keys"], dtype=np.uint32),
-            numpy["pos"],
-            numpy["has_gauss"],
-            numpy["cached_gaussian"],
-        )
-    )
-    for name, backend_state in state["backends"].items():
-        backend = get_backend(name)
-        backend.require()
-        backend.restore_rng(backend_state)
+    python = _python_setstate(state.get("python"))
+    numpy = _numpy_setstate(state.get("numpy"))
+    backends = state.get("backends")
+    if not isinstance(backends, dict) or not all(isinstance(v, dict) for v in backends.values()):
+        raise _damaged("'backends'", backends, "an object of objects")
+    for name in backends:
+        get_backend(name).require()
+    for name, backend_state in backends.items():  # first: restoring one may draw numbers
+        get_backend(name).restore_rng(backend_state)  # (Keras seeds a new generator from random)
+    random.setstate(python)
+    np.random.set_state(numpy)
 
 
 def encode_rng(state: dict[str, Any]) -> bytes:
@@ -113,15 +162,12 @@ def decode_rng(data: bytes) -> dict[str, Any]:
     """Parse and check ``rng.json`` bytes.
 
     Example:
-        >>> decode_rng(b"[]")
+        >>> decode_rng(b"[]")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         polybundle.errors.FormatError: rng.json is not a polybundle RNG state; ...
     """
-    try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{RNG_MEMBER} is not valid JSON ({exc}).") from None
+    document = load_json(data, where=RNG_MEMBER)
     valid = (
         isinstance(document, dict)
         and document.get("format") == DOCUMENT_FORMAT

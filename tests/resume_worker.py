@@ -1,6 +1,15 @@
 """Training worker for the exact-resume tests; runs in its own process.
 
-``python resume_worker.py FRAMEWORK PHASE OUT N``
+``python resume_worker.py FRAMEWORK PHASE OUT N DETERMINISM``
+
+DETERMINISM is ``on`` or ``off``. In TensorFlow, ``on`` calls
+``tf.config.experimental.enable_op_determinism()`` in this process and draws
+the input noise from Keras' global seed generator (``keras.random.normal``),
+setting no TensorFlow global generator: exactly the set-up in which
+``tf.random.get_global_generator()`` refuses to run, so capturing the RNG
+state must not ask for it. ``off`` leaves determinism off (one thread) and
+draws the noise from TensorFlow's global generator. In PyTorch it switches
+``torch.use_deterministic_algorithms``.
 
 - PHASE ``first``: for Adam and SGD with momentum, (a) train 2N steps from a
   fixed seed and save ``ref-<opt>.bundle`` with the optimizer, then (b) from the
@@ -13,7 +22,7 @@
 
 Every step draws from Python's ``random`` (target noise), NumPy's global
 generator (batch order) and the framework's generator (dropout in PyTorch,
-input noise from TensorFlow's global generator), so all RNG state matters.
+input noise from TensorFlow's or Keras' global generator), so all RNG state matters.
 """
 
 from __future__ import annotations
@@ -45,11 +54,11 @@ def batch() -> tuple[np.ndarray, np.ndarray]:
 class TorchRun:
     """Model, optimizer and one training step in PyTorch."""
 
-    def __init__(self) -> None:
+    def __init__(self, determinism: bool) -> None:
         import torch
 
         self.torch = torch
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(determinism)
         torch.set_num_threads(1)
 
     def seed(self, value: int) -> None:
@@ -79,16 +88,27 @@ class TorchRun:
 class TensorFlowRun:
     """Model, optimizer and one training step in TensorFlow/Keras."""
 
-    def __init__(self) -> None:
+    def __init__(self, determinism: bool) -> None:
         import keras
         import tensorflow as tf
 
-        tf.config.experimental.enable_op_determinism()
+        if determinism:
+            tf.config.experimental.enable_op_determinism()
+        else:
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+        self.determinism = determinism
         self.tf, self.keras = tf, keras
 
     def seed(self, value: int) -> None:
         self.keras.utils.set_random_seed(value)
-        self.tf.random.set_global_generator(self.tf.random.Generator.from_seed(value))
+        if not self.determinism:
+            self.tf.random.set_global_generator(self.tf.random.Generator.from_seed(value))
+
+    def noise(self, shape: tuple[int, ...]):
+        if self.determinism:  # Keras' global seed generator; no TensorFlow global generator
+            return self.keras.random.normal(shape, stddev=0.01)
+        return self.tf.random.get_global_generator().normal(shape, stddev=0.01)
 
     def model(self):
         layers = self.keras.layers
@@ -104,7 +124,7 @@ class TensorFlowRun:
     def step(self, model, optimizer) -> float:
         tf = self.tf
         x, y = batch()
-        noise = tf.random.get_global_generator().normal(x.shape, stddev=0.01)
+        noise = self.noise(x.shape)
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean((model(x + noise, training=True) - y) ** 2)
         grads = tape.gradient(loss, model.trainable_variables)
@@ -157,7 +177,8 @@ def second(run, out: Path, steps: int) -> None:
 
 def main(argv: list[str]) -> None:
     framework, phase, out, steps = argv[0], argv[1], Path(argv[2]), int(argv[3])
-    run = TorchRun() if framework == "torch" else TensorFlowRun()
+    determinism = argv[4] == "on"
+    run = TorchRun(determinism) if framework == "torch" else TensorFlowRun(determinism)
     (first if phase == "first" else second)(run, out, steps)
 
 

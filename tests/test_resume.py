@@ -1,8 +1,9 @@
 """Exact resume in a new process: 2N steps in one go equal N + checkpoint + N, bit for bit.
 
 The worker (``resume_worker.py``) trains in subprocesses; this test compares
-the bundles they write. The control shows that restoring weights without the
-optimizer state does not give the same result.
+the bundles they write, with the framework's determinism switch on and off.
+The control shows that restoring weights without the optimizer state does not
+give the same result.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import polybundle
 from tests.conftest import needs_tensorflow, needs_torch
@@ -20,9 +22,9 @@ WORKER = Path(__file__).with_name("resume_worker.py")
 STEPS = 6
 
 
-def _run(framework: str, phase: str, out: Path) -> None:
+def _run(framework: str, phase: str, out: Path, determinism: str) -> None:
     result = subprocess.run(
-        [sys.executable, str(WORKER), framework, phase, str(out), str(STEPS)],
+        [sys.executable, str(WORKER), framework, phase, str(out), str(STEPS), determinism],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -65,14 +67,21 @@ def _check_resume(out: Path) -> None:
 
 
 @needs_torch
-def test_torch_exact_resume_in_new_process(tmp_path: Path) -> None:
-    _run("torch", "first", tmp_path)
-    _run("torch", "second", tmp_path)
+@pytest.mark.parametrize("determinism", ["on", "off"])
+def test_torch_exact_resume_in_new_process(tmp_path: Path, determinism: str) -> None:
+    _run("torch", "first", tmp_path, determinism)
+    _run("torch", "second", tmp_path, determinism)
     _check_resume(tmp_path)
 
 
 @needs_tensorflow
-def test_tensorflow_exact_resume_in_new_process(tmp_path: Path) -> None:
-    _run("tensorflow", "first", tmp_path)
-    _run("tensorflow", "second", tmp_path)
+@pytest.mark.parametrize("determinism", ["on", "off"])
+def test_tensorflow_exact_resume_in_new_process(tmp_path: Path, determinism: str) -> None:
+    """``on``: enable_op_determinism() and no TF global generator (issue 16 item 2).
+
+    Before the fix, ``CheckpointManager.save`` raised ``RuntimeError:
+    "get_global_generator" cannot be called if determinism is enabled`` there.
+    """
+    _run("tensorflow", "first", tmp_path, determinism)
+    _run("tensorflow", "second", tmp_path, determinism)
     _check_resume(tmp_path)
