@@ -705,15 +705,20 @@ class ArchiveReader:
         """Return the size of the open bundle file in bytes."""
         return os.fstat(self._file.fileno()).st_size
 
-    def identity(self) -> tuple[int, int, int, int]:
-        """Return ``(device, inode, size, mtime_ns)`` of the open file: a change detector.
+    def identity(self) -> tuple[int, ...]:
+        """Return ``(device, inode, size, mtime_ns, ctime_ns)`` of the open file.
+
+        Any write to the file changes ``ctime_ns``, which no program can set
+        back, so an unchanged identity means unchanged bytes.
 
         Example:
             >>> ArchiveReader("run.bundle").identity()  # doctest: +SKIP
-            (2049, 1312, 13831, 1764489600000000000)
+            (2049, 1312, 13831, 1764489600000000000, 1764489600000000000)
         """
         status = os.fstat(self._file.fileno())
-        return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+        return (
+            status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+        )
 
     def __enter__(self) -> ArchiveReader:
         return self

@@ -62,6 +62,10 @@ class Bundle:
     """True when opened with ``load(..., lazy=True)``: no models, mapped tensors."""
     conversions: dict[str, ConversionPlan] = field(default_factory=dict)
     """The weights' conversion plan of each role loaded in a framework other than the writer's."""
+    _verified: dict[str, tuple[int, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """Weights members whose sha256 matched, with the file identity they matched in."""
     max_bytes: int | None = None
     """The ``max_bytes=`` the bundle was loaded with; later reads (:meth:`tensors`) keep it."""
 
@@ -88,7 +92,8 @@ class Bundle:
         the same size, raises :class:`~polybundle.errors.IntegrityError`). A lazy
         bundle returns a :class:`~polybundle.lazy.LazyTensors` of read-only
         arrays memory-mapped from the file just checked: only what is touched
-        is copied, but the whole member is hashed once here.
+        is copied, but the whole member is hashed here (once while the file's
+        identity, including its ``ctime``, stays the same).
 
         Example:
             >>> bundle.tensors("net")["weight"].shape  # doctest: +SKIP
@@ -100,12 +105,19 @@ class Bundle:
                 raise IntegrityError(
                     f"{str(self.path)!r} changed since it was loaded; load it again."
                 )
-            verify_member(archive, self.manifest, entry["weights"])
+            self._verify_weights(archive, entry["weights"])
             if self.lazy:
                 return lazy_tensors(archive, entry["weights"], self.tensor_specs(role))
             with archive.open(entry["weights"]) as source:
                 writer = get_backend(self.manifest["backend"])
                 return writer.read_tensors(source, self.tensor_specs(role))
+
+    def _verify_weights(self, archive: ArchiveReader, name: str) -> None:
+        """Check a weights member's sha256, once per unchanged file (see ``identity``)."""
+        identity = archive.identity()
+        if self._verified.get(name) != identity:
+            verify_member(archive, self.manifest, name)
+            self._verified[name] = identity
 
     def _read_checked(self, names: list[str]) -> list[bytes]:
         """Read whole members, checking the manifest and each member's sha256."""

@@ -491,3 +491,19 @@ def test_eager_tensors_refuse_a_changed_file(tmp_path, bundle_bytes):
     with pytest.raises(IntegrityError, match="sha256"):
         bundle.tensors(role)
     assert before  # what was handed out earlier stays as it was read
+
+
+def test_lazy_tensors_hash_once_per_unchanged_file(tmp_path, bundle_bytes):
+    path = tmp_path / "unchanged.bundle"
+    path.write_bytes(bundle_bytes)
+    bundle = polybundle.load(path, lazy=True)
+    role = bundle.roles[0]
+    bundle.tensors(role)
+    offset = weights_byte_offset(path, f"{role}/model.pth")
+    status = path.stat()
+    flip_byte(path, offset)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))  # mtime put back: ctime moves
+    with pytest.raises(IntegrityError):
+        bundle.tensors(role)
+    flip_byte(path, offset)  # the original bytes again
+    assert len(bundle.tensors(role)) == len(bundle.tensor_specs(role))
