@@ -41,7 +41,8 @@ from polybundle.errors import (
     PolybundleError,
     UnsafeContentError,
 )
-from polybundle.readers.keras_file import read_datasets
+from polybundle.readers import keras_file
+from polybundle.readers.keras_file import check_weights, read_datasets
 
 from .conftest import LEGACY_DIR, needs_tensorflow, needs_torch, snapshot_tree
 from .hostile_corpus import write_zip
@@ -546,3 +547,56 @@ def test_keras_never_extracts_the_weights_next_to_the_bundle_member(
         bundle = polybundle.load(saved["plain"])
     assert bundle.models["net"].name == "convnet"
     assert writes == []
+
+
+# --- the gate's own limits --------------------------------------------------------------------
+
+
+def _h5_bytes(build: Callable[[object], None]) -> bytes:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        build(h5)
+    return buffer.getvalue()
+
+
+def test_what_keras_writes_for_each_dtype_passes_the_gate_and_reads_back(tmp_path):
+    import keras
+
+    for dtype in ("float16", "float32", "float64", "bfloat16"):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype=dtype),
+                                  keras.layers.Dropout(0.5, seed=1)])
+        path = tmp_path / f"{dtype}.keras"
+        model.save(path)
+        with zipfile.ZipFile(path) as inner:
+            weights = inner.read(WEIGHTS)
+        stored = check_weights(io.BytesIO(weights))
+        assert {str(d.dtype) for d in stored} >= {dtype}
+        arrays = [a for _, a in polybundle.readers.read_keras_weights(path.read_bytes())]
+        assert len(arrays) == len(model.weights) == 2
+        for array, variable in zip(arrays, model.weights, strict=True):
+            np.testing.assert_array_equal(array, np.asarray(variable))
+            assert array.dtype == np.asarray(variable).dtype
+
+
+def test_bool_and_integer_datasets_pass_and_odd_types_do_not():
+    plain = _h5_bytes(lambda h5: [h5.create_dataset(f"v/{dt}", data=np.arange(3).astype(dt))
+                                  for dt in ("bool", "int8", "uint16", "int64", "float64")])
+    assert {str(d.dtype) for d in check_weights(io.BytesIO(plain))} == {
+        "bool", "int8", "uint16", "int64", "float64"
+    }
+    for data in (np.zeros(3, ">f4"), np.zeros(3, [("a", "<f4")]), np.zeros(3, "c8"),
+                 np.array(["x", "y"], dtype=h5py.string_dtype())):
+        odd = _h5_bytes(lambda h5, data=data: h5.create_dataset("v/0", data=data))
+        with pytest.raises(UnsafeContentError, match="expected little-endian floats"):
+            check_weights(io.BytesIO(odd))
+
+
+def test_too_many_links_and_names_that_are_not_utf8_are_refused(monkeypatch):
+    many = _h5_bytes(lambda h5: [h5.create_group(f"g{i}") for i in range(12)])
+    check_weights(io.BytesIO(many))
+    monkeypatch.setattr(keras_file, "MAX_H5_LINKS", 10)
+    with pytest.raises(UnsafeContentError, match="more than 10 links"):
+        check_weights(io.BytesIO(many))
+    odd = _h5_bytes(lambda h5: h5.create_group(b"\xff"))
+    with pytest.raises(FormatError, match="not UTF-8"):
+        check_weights(io.BytesIO(odd))

@@ -274,105 +274,107 @@ def _unsafe(where: str, key: str, found: str, expected: str) -> UnsafeContentErr
     )
 
 
-def _link_kind(link: Any) -> str:
-    """Describe an h5py link object (soft, external, user-defined) for a message."""
+def _link_kind(h5: Any, key: str) -> str:
+    """Describe the non-hard link ``key`` (soft, external, user-defined) for a message."""
     import h5py
 
+    link = h5.get(key, getlink=True)
     if isinstance(link, h5py.SoftLink):
         return f"a soft link to {link.path!r}"
     if isinstance(link, h5py.ExternalLink):
         return f"an external link to {link.path!r} in the file {link.filename!r}"
-    return f"a {type(link).__name__}"
+    return f"a link of type {type(link).__name__}"
 
 
-def _linked_once(item: Any, key: str, where: str) -> None:
-    """Refuse an object that more than one hard link reaches (one dataset under two names)."""
-    import h5py
+@dataclass(frozen=True)
+class CheckedTree:
+    """An open ``model.weights.h5`` whose link structure passed :func:`check_tree`.
 
-    links = h5py.h5o.get_info(item.id).rc
-    if links != 1:
-        raise _unsafe(
-            where, key or "/", f"is reachable under {links} names (hard links alias it)",
-            "each group and dataset linked once",
-        )
-
-
-def _child(group: Any, name: str, key: str, where: str) -> Any:
-    """Return ``group[name]`` after checking it is one hard link to an object linked once."""
-    import h5py
-
-    link = group.get(name, getlink=True)
-    if link is None:
-        raise FormatError(
-            f"{where}: {WEIGHTS_H5} has no {key!r}, which the manifest lists; the weights "
-            "file does not match its manifest."
-        )
-    if not isinstance(link, h5py.HardLink):
-        raise _unsafe(where, key, f"is {_link_kind(link)}", "a group or dataset stored here")
-    item = group[name]
-    _linked_once(item, key, where)
-    if not isinstance(item, (h5py.Group, h5py.Dataset)):
-        raise _unsafe(where, key, f"is an HDF5 {type(item).__name__}", "a group or dataset")
-    return item
-
-
-def dataset_keys(h5: Any, *, where: str = "") -> list[str]:
-    """Walk every link of the open weights file; return its dataset keys, sorted.
-
-    Refuses (:class:`UnsafeContentError`) soft, external and user-defined
-    links, objects reached by more than one hard link, objects other than
-    groups and datasets, and more than :data:`MAX_H5_LINKS` links. Reads
-    only the file's own metadata.
+    ``datasets`` holds every dataset key; ``size`` is the weights file's
+    length in bytes, ``where`` names it in messages.
 
     Example:
         >>> with weights_file(stream) as h5:  # doctest: +SKIP
-        ...     dataset_keys(h5)[:1]
+        ...     sorted(check_tree(h5, size=22384).datasets)[:1]
         ['layers/batch_normalization/vars/0']
     """
+
+    h5: Any
+    datasets: frozenset[str]
+    size: int
+    where: str
+
+
+def _key(name: bytes, where: str) -> str:
+    try:
+        return name.decode()
+    except UnicodeDecodeError:
+        raise FormatError(f"{where}: {WEIGHTS_H5} holds a name that is not UTF-8.") from None
+
+
+def _check_links(h5: Any, where: str) -> None:
+    """Refuse links other than hard ones (soft, external, user-defined) and too many links."""
+    from h5py import h5l
+
+    count = 0
+    other: list[str] = []
+
+    def visit(name: bytes, info: Any) -> int | None:
+        nonlocal count
+        count += 1
+        if info.type != h5l.TYPE_HARD:
+            other.append(_key(name, where))
+        return 1 if other or count > MAX_H5_LINKS else None
+
+    h5.id.links.visit(visit, info=True)
+    if other:
+        key = other[0]
+        raise _unsafe(where, key, f"is {_link_kind(h5, key)}", "a group or dataset stored here")
+    if count > MAX_H5_LINKS:
+        raise _unsafe(where, "/", f"holds more than {MAX_H5_LINKS} links", "a few per layer")
+
+
+def check_tree(h5: Any, *, size: int, where: str = "") -> CheckedTree:
+    """Check the link structure of the open weights file; return it with its dataset keys.
+
+    Refuses (:class:`UnsafeContentError`) soft, external and user-defined
+    links, any object reached by more than one hard link (one dataset under
+    two names, or a group holding itself), objects other than groups and
+    datasets, and more than :data:`MAX_H5_LINKS` links. Walks the file's own
+    metadata only, in HDF5 (no link is followed out of the file). Every
+    :func:`check_dataset` needs its result.
+
+    Example:
+        >>> with weights_file(stream) as h5:  # doctest: +SKIP
+        ...     "layers/dense/vars/0" in check_tree(h5, size=22384).datasets
+        True
+    """
     import h5py
+    from h5py import h5o
 
-    _linked_once(h5, "", where)
-    keys: list[str] = []
-    pending: list[tuple[str, Any]] = [("", h5)]
-    walked = 0
-    while pending:
-        prefix, group = pending.pop()
-        for name in group:
-            walked += 1
-            if walked > MAX_H5_LINKS:
-                raise _unsafe(
-                    where, "/", f"holds more than {MAX_H5_LINKS} links",
-                    "a few groups and datasets per layer",
-                )
-            key = f"{prefix}{name}"
-            item = _child(group, name, key, where)
-            if isinstance(item, h5py.Group):
-                pending.append((f"{key}/", item))
-            else:
-                keys.append(key)
-    return sorted(keys)
+    label = where or "model.keras"
+    _check_links(h5, label)
+    root = h5o.get_info(h5.id).rc
+    if root != 1:
+        raise _unsafe(label, "/", f"is reachable under {root} names", "each object linked once")
+    datasets: list[str] = []
+    refused: list[tuple[str, str, str]] = []
 
+    def visit(name: bytes, info: Any) -> int | None:
+        key = _key(name, label)
+        if info.rc != 1:
+            refused.append((key, f"is reachable under {info.rc} names (hard links alias it)",
+                            "each group and dataset linked once"))
+        elif info.type == h5o.TYPE_DATASET:
+            datasets.append(key)
+        elif info.type != h5o.TYPE_GROUP:
+            refused.append((key, f"is an HDF5 object of type {info.type}", "a group or dataset"))
+        return 1 if refused else None
 
-def _resolve(h5: Any, key: str, where: str) -> Any:
-    """Return the dataset ``key``, every step a hard link to an object linked once."""
-    import h5py
-
-    parts = key.split("/")
-    if not key or any(part in ("", ".") for part in parts):
-        raise FormatError(f"{where}: {key!r} is not a dataset path of {WEIGHTS_H5}.")
-    _linked_once(h5, "", where)
-    item = h5
-    for depth, part in enumerate(parts):
-        if not isinstance(item, h5py.Group):
-            item = None
-            break
-        item = _child(item, part, "/".join(parts[: depth + 1]), where)
-    if not isinstance(item, h5py.Dataset):
-        raise FormatError(
-            f"{where}: {WEIGHTS_H5} {key!r} is not a dataset; the weights file does not "
-            "match its manifest."
-        )
-    return item
+    h5py.h5o.visit(h5.id, visit, info=True)
+    if refused:
+        raise _unsafe(label, *refused[0])
+    return CheckedTree(h5, frozenset(datasets), size, label)
 
 
 def _check_storage(dataset: Any, key: str, where: str) -> None:
@@ -482,44 +484,50 @@ def _check_extent(dataset: Any, stored: StoredDataset, size: int, where: str) ->
 
 
 def check_dataset(
-    h5: Any, key: str, *, size: int, spec: TensorSpec | None = None, where: str = ""
+    tree: CheckedTree, key: str, *, spec: TensorSpec | None = None
 ) -> StoredDataset:
-    """Check dataset ``key`` of the open weights file before anything of it is read.
+    """Check dataset ``key`` of a checked weights file before anything of it is read.
 
-    The one gate of every HDF5 dataset polybundle reads. It refuses
-    (:class:`UnsafeContentError`) a path through soft, external or aliasing
-    hard links; external storage; virtual datasets; any layout but contiguous;
-    any filter (compression, shuffle, checksums, scale-offset); types other
-    than little-endian floats, integers, bools and Keras' tagged bfloat16;
-    and bytes that do not all lie inside the ``size``-byte weights file. Given
-    the manifest's ``spec``, the stored shape and dtype must be its own
-    (:func:`polybundle.tensor_check.check_stored`, an ``IntegrityError``).
-    Only metadata is read; a 1 TiB declaration is refused at once.
+    The one gate of every HDF5 dataset polybundle reads (``tree`` comes from
+    :func:`check_tree`, which refuses links out of the file and aliases). It
+    refuses (:class:`UnsafeContentError`) external storage; virtual
+    datasets; any layout but contiguous; any filter (compression, shuffle,
+    checksums, scale-offset); types other than little-endian floats,
+    integers, bools and Keras' tagged bfloat16; and bytes that do not all lie
+    inside the weights file. Given the manifest's ``spec``, the stored shape
+    and dtype must be its own (:func:`polybundle.tensor_check.check_stored`,
+    an ``IntegrityError``). Only metadata is read: a 1 TiB declaration is
+    refused at once.
 
     Example:
         >>> with weights_file(stream) as h5:  # doctest: +SKIP
-        ...     check_dataset(h5, "layers/dense/vars/1", size=22384).shape
+        ...     check_dataset(check_tree(h5, size=22384), "layers/dense/vars/1").shape
         (2,)
     """
-    label = where or WEIGHTS_H5
-    dataset = _resolve(h5, key, label)
-    _check_storage(dataset, key, label)
-    dtype = _check_dtype(dataset, key, label)
+    where = tree.where
+    if key not in tree.datasets:
+        raise FormatError(
+            f"{where}: {WEIGHTS_H5} has no dataset {key!r}, which the manifest lists; the "
+            "weights file does not match its manifest."
+        )
+    dataset = tree.h5[key]  # every link in the file is a hard one (check_tree)
+    _check_storage(dataset, key, where)
+    dtype = _check_dtype(dataset, key, where)
     shape = dataset.shape
     if shape is None:
-        raise _unsafe(label, key, "has no shape (a null dataspace)", "an array")
+        raise _unsafe(where, key, "has no shape (a null dataspace)", "an array")
     shape = tuple(int(axis) for axis in shape)
     if spec is not None:
-        check_stored(spec, shape, dtype, where=f"{label}: {WEIGHTS_H5}")
+        check_stored(spec, shape, dtype, where=f"{where}: {WEIGHTS_H5}")
     nbytes = math.prod(shape) * dtype.itemsize
     offset = dataset.id.get_offset()
     if offset is None and nbytes:
         raise _unsafe(
-            label, key, f"declares {nbytes} bytes ({shape} {dtype}) but stores none "
+            where, key, f"declares {nbytes} bytes ({shape} {dtype}) but stores none "
             "(every read would be its fill value)", "its bytes stored in the weights file",
         )
     stored = StoredDataset(key, shape, dtype, int(offset or 0), nbytes)
-    _check_extent(dataset, stored, size, label)
+    _check_extent(dataset, stored, tree.size, where)
     return stored
 
 
@@ -569,7 +577,7 @@ def read_stored(
     """
     if mapped is not None and isinstance(stream, MemberRange):
         return _window(mapped, stored, stream.offset + stored.offset)
-    label = where or WEIGHTS_H5
+    label = where or "model.keras"
     budget.charge(stored.nbytes, f"{label}: {WEIGHTS_H5} dataset {stored.key!r}")
     array = np.empty(stored.shape, dtype=stored.dtype)
     view = memoryview(array.reshape(-1).view(np.uint8))
@@ -603,10 +611,8 @@ def check_weights(stream: BinaryIO | MemberRange, *, where: str = "") -> list[St
     """
     size = stream_size(stream)
     with weights_file(stream, where=where) as h5:
-        return [
-            check_dataset(h5, key, size=size, where=where)
-            for key in dataset_keys(h5, where=where or WEIGHTS_H5)
-        ]
+        tree = check_tree(h5, size=size, where=where)
+        return [check_dataset(tree, key) for key in sorted(tree.datasets)]
 
 
 def read_datasets(
@@ -631,11 +637,11 @@ def read_datasets(
     stream = open_nested(container, WEIGHTS_H5)
     size = stream_size(stream)
     with weights_file(stream, where=where) as h5:
-        dataset_keys(h5, where=where)
+        tree = check_tree(h5, size=size, where=where)
         checked = [
-            check_dataset(h5, item, size=size, where=where)
+            check_dataset(tree, item)
             if isinstance(item, str)
-            else check_dataset(h5, item.key, size=size, spec=item, where=where)
+            else check_dataset(tree, item.key, spec=item)
             for item in specs
         ]
     return [read_stored(stream, stored, mapped=mapped, where=where) for stored in checked]
@@ -718,10 +724,10 @@ def read_keras_weights(
     where = _where(source)
     size = stream_size(stream)
     with weights_file(stream, where=where) as h5:
-        dataset_keys(h5, where=where)
+        tree = check_tree(h5, size=size, where=where)
         weights: list[KerasWeight] = []
         _walk(config, "", h5, weights)
-        checked = [check_dataset(h5, w.key, size=size, where=where) for w in weights]
+        checked = [check_dataset(tree, w.key) for w in weights]
     return [
         (w, read_stored(stream, stored, where=where) if with_arrays else None)
         for w, stored in zip(weights, checked, strict=True)
