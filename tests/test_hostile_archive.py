@@ -507,3 +507,24 @@ def test_lazy_tensors_hash_once_per_unchanged_file(tmp_path, bundle_bytes):
         bundle.tensors(role)
     flip_byte(path, offset)  # the original bytes again
     assert len(bundle.tensors(role)) == len(bundle.tensor_specs(role))
+
+
+def test_zip64_end_records_are_accepted(tmp_path):
+    """Bundles over 4 GiB end with a zip64 end record: the layout check follows it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a", b"1" * 100)
+        archive.writestr("b", b"2" * 50)
+    data = buffer.getvalue()
+    end = data.rfind(b"PK\x05\x06")
+    _, _, _, count, total, size, offset, _ = struct.unpack_from("<4s4H2LH", data, end)
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, total, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
+    eocd = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    path = tmp_path / "zip64.zip"
+    path.write_bytes(data[:end] + record + locator + eocd)
+    with ArchiveReader(path) as archive:
+        assert archive.names() == ["a", "b"] and archive.read("b") == b"2" * 50
+    path.write_bytes(data[:end] + record[:-8] + locator + eocd)  # record cut short
+    with pytest.raises(FormatError):
+        ArchiveReader(path)
