@@ -57,7 +57,7 @@ _LOCK_NAME = ".checkpoints.lock"
 _FILE = re.compile(r"^checkpoint-(?P<step>[0-9]{1,19})\.bundle$")
 _READ_ATTEMPTS = 20
 """How often a reader re-reads the index when the checkpoint it named has just been pruned."""
-_MAX_TEXT = 200  # longest string an index record may hold (dates, metric names)
+_MAX_TEXT = 200  # longest date string an index record may hold
 MAX_INDEX_BYTES = 256 * 1024 * 1024
 """Largest index read (about two million saved steps); a larger one counts as damaged."""
 
@@ -98,6 +98,19 @@ def write_json_atomically(path: Path, document: Any) -> None:
     atomic_write_bytes(path, json.dumps(document, indent=1, allow_nan=False).encode("utf-8"))
 
 
+def _finite(value: int | float) -> bool:
+    """Return True when ``value`` is a finite float, or an int a float can hold.
+
+    Example:
+        >>> _finite(0.5), _finite(float("nan")), _finite(10**400)
+        (True, False, False)
+    """
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float range (10**400)
+        return False
+
+
 def _empty_index() -> dict[str, Any]:
     return {"format": INDEX_FORMAT, "version": 1, "checkpoints": [], "history": []}
 
@@ -132,7 +145,7 @@ def _record_problem(record: Any, *, with_file: bool) -> str | None:
         return f"step {step}'s metrics is {_short(metrics)}; expected an object"
     for name, value in metrics.items():
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if len(name) > _MAX_TEXT or not number or not math.isfinite(value):
+        if not number or not _finite(value):
             return f"step {step}'s metric {_short(name)} is {_short(value)}; expected a number"
     return None
 
@@ -173,7 +186,7 @@ def _check_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
         raise CheckpointError(f"metrics is a {type(metrics).__name__}; expected a dict.")
     for name, value in metrics.items():
         plain = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not isinstance(name, str) or not plain or not math.isfinite(value):
+        if not isinstance(name, str) or not plain or not _finite(value):
             raise CheckpointError(
                 f"metric {name!r} is {value!r}; expected a str name and a finite int or float "
                 "(call float() on tensors)."

@@ -76,6 +76,7 @@ HOSTILE = {
     "metrics a list": lambda t: _record(t, metrics=[1.0]),
     "metric a string": lambda t: _record(t, metrics={"loss": "low"}),
     "metric a bool": lambda t: _record(t, metrics={"loss": True}),
+    "metric past float range": lambda t: _record(t, metrics={"loss": 10**400}),
     "created a number": lambda t: _record(t, created=5),
     "extra key": lambda t: _record(t, evil=1),
     "missing key": _drop_file_key,

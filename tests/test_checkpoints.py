@@ -109,6 +109,7 @@ def test_saving_a_step_again_replaces_it(tmp_path: Path) -> None:
         ({"keep_best": ("loss", "lowest")}, None, "keep_best"),
         ({}, {"step": -1}, "step"),
         ({}, {"metrics": {"loss": float("nan")}}, "finite"),
+        ({}, {"metrics": {"loss": 10**400}}, "finite"),
     ],
 )
 def test_bad_input_is_refused_and_writes_nothing(tmp_path, kwargs, save_kwargs, match) -> None:
