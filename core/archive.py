@@ -330,7 +330,7 @@ def _spans(
 ) -> list[tuple[int, int, str, int]]:
     """Return ``(header offset, end, name, data start)`` of each member, sorted."""
     spans = []
-    for info in infos:
+    for info in sorted(infos, key=lambda item: item.header_offset):  # forward reads only
         data_start = local_data_start(pread, info, label)
         end = data_start + info.compress_size
         if info.flag_bits & 0x8:
