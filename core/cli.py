@@ -155,7 +155,8 @@ def run_checkpoints(args: argparse.Namespace, console: Console) -> int:
     from .checkpoints import CheckpointManager
 
     manager = CheckpointManager(args.directory, keep_last=None)
-    retained = {checkpoint.step: checkpoint for checkpoint in manager.checkpoints()}
+    in_order = manager.checkpoints()  # oldest save first
+    retained = {checkpoint.step: checkpoint for checkpoint in in_order}
     history = manager.history()
     if args.json:
         rows = []
@@ -164,7 +165,7 @@ def run_checkpoints(args: argparse.Namespace, console: Console) -> int:
             rows.append({**entry, "file": kept.path.name if kept else None})
         print_json(rows)
         return 0
-    latest = manager.latest()
+    latest = in_order[-1] if in_order else None
     table = Table(title=Text(f"checkpoints in {printable(args.directory)}"))
     for column in ("step", "saved", "metrics", "file"):
         table.add_column(column)
