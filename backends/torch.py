@@ -159,6 +159,10 @@ class TorchBackend(Backend):
     def _load_state_dict(self, source: BinaryIO) -> dict[str, Any]:
         import torch
 
+        from polybundle.readers.torch_zip import check_pth
+
+        check_pth(source)  # geometry, sizes and memory budget before torch allocates anything
+        source.seek(0)
         try:
             state = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...

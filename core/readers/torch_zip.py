@@ -427,6 +427,30 @@ def index_pth(source: Source, *, where: str = "model.pth") -> dict[str, TorchTen
         return _PthFile(source, where).checked(None, TensorViews(where, copy=False))
 
 
+def check_pth(
+    source: Source, *, where: str = "model.pth", specs: Sequence[TensorSpec] | None = None
+) -> dict[str, TorchTensor]:
+    """Check a weights file as :func:`read_pth` does and charge its storages; read no tensor.
+
+    For a caller that hands the file to torch next (``torch.load`` allocates
+    every storage): the pickle is read with the allow-list, every tensor's
+    geometry and every storage's size are checked, the inner zip's deflated
+    members pass the ratio rule, ``specs`` (if given) match, and each
+    storage's bytes are charged to :mod:`polybundle.budget`. Returns what
+    :func:`index_pth` returns; the caller rewinds ``source`` itself.
+
+    Example:
+        >>> with open("model.pth", "rb") as f:  # doctest: +SKIP
+        ...     sorted(check_pth(f))
+        ['0.bias', '0.weight']
+    """
+    with _reading(where):
+        tensors = _PthFile(source, where).checked(specs, TensorViews(where, copy=False))
+        for storage in {id(t.storage): t.storage for t in tensors.values()}.values():
+            budget.charge(storage.nbytes, f"{where} storage {storage.key!r}")
+        return tensors
+
+
 def read_pth(
     source: Source,
     *,
