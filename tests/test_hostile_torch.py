@@ -408,6 +408,23 @@ def test_offset_past_the_storage_end_is_refused_on_every_path(tmp_path, empty):
     assert not report.ok and "element 1000" in " ".join(report.problems)
 
 
+def test_storage_member_larger_than_declared_is_refused(tmp_path):
+    """The member must hold exactly the declared bytes (torch.load requires it too)."""
+    import torch
+
+    from polybundle.errors import FormatError
+
+    pth = _with_pickle(_saved({"w": torch.zeros(100)[:7]}), b"K\x64t", b"K\x32t")  # 100 -> 50
+    path = _bundle(tmp_path, pth, {"w": ((7,), "float32")})
+    for read in (
+        lambda: polybundle.load(path, roles=[]).tensors("net"),
+        lambda: polybundle.load(path, lazy=True).tensors("net"),
+        lambda: polybundle.load(path, into={"net": torch.nn.Linear(3, 2)}),
+    ):
+        with pytest.raises(FormatError, match="holds 400 bytes"):
+            read()
+
+
 # --- the manifest -----------------------------------------------------------------------------
 
 

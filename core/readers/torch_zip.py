@@ -181,9 +181,8 @@ def _locate_storages(
 ) -> None:
     """Point each storage at ``<prefix>/data/<key>``, which must hold its declared bytes.
 
-    ``torch.save`` writes a storage's bytes whole and declares
-    ``bytes // itemsize`` elements, so the member's size divided by the
-    element size must be exactly the declared element count.
+    The member must hold exactly the declared elements' bytes, as
+    ``torch.load`` also requires.
     """
     for key, storage in storages.items():
         storage.member = f"{prefix}data/{key}"
@@ -194,7 +193,7 @@ def _locate_storages(
                 f"{where} describes storage {key!r} but holds no member {storage.member!r}; "
                 "the weights file is damaged."
             )
-        if size // storage.itemsize != storage.numel:
+        if size != storage.nbytes:
             raise FormatError(
                 f"{where}: storage {key!r} declares {storage.numel} x {storage.dtype} "
                 f"({storage.nbytes} bytes) but its member {storage.member!r} holds {size} "
