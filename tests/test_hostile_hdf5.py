@@ -488,7 +488,7 @@ def _audit(event: str, args: tuple) -> None:
     if event == "open":
         path, mode, flags = args
         writing = any(c in mode for c in "wax+") if isinstance(mode, str) else flags & _FLAGS
-        if writing:
+        if writing and str(path) != os.devnull:
             _WRITES.append(str(path))
     elif event in ("os.mkdir", "os.rename", "shutil.copyfile", "shutil.move"):
         _WRITES.append(str(args[0]))
@@ -600,3 +600,31 @@ def test_too_many_links_and_names_that_are_not_utf8_are_refused(monkeypatch):
     odd = _h5_bytes(lambda h5: h5.create_group(b"\xff"))
     with pytest.raises(FormatError, match="not UTF-8"):
         check_weights(io.BytesIO(odd))
+
+
+def test_a_legacy_keras_file_with_members_keras_would_extract_is_refused(
+    tmp_path, monkeypatch, writes_recorder
+):
+    """The legacy era's own Keras load (trust_code=True) goes through the same check."""
+    package = tmp_path / "ptycho"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "custom_layers.py").write_text(
+        "import keras\n"
+        "@keras.saving.register_keras_serializable(package='ptycho')\n"
+        "class SquareLayer(keras.layers.Layer):\n"
+        "    def call(self, x):\n        return x * x\n"
+        "class ScaleLayer(keras.layers.Layer):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    members = _members(LEGACY_DIR / "tf_era_shared.zip")
+    name = "diffraction_to_obj/model.keras"
+    keras = dict(members)[name]
+    extra = _keras_with_weights(keras, _weights_of(keras), {"assets/vocabulary.txt": b"a\n"})
+    hostile = write_zip(tmp_path / "assets.zip", _replace(members, name, extra))
+    with writes_recorder as writes, pytest.raises(UnsafeContentError, match="temporary folder"):
+        bundle = polybundle.load(hostile, roles=["diffraction_to_obj"], trust_code=True)
+        bundle.models["diffraction_to_obj"]
+    assert writes == []
+    monkeypatch.delitem(sys.modules, "ptycho.custom_layers", raising=False)
+    monkeypatch.delitem(sys.modules, "ptycho", raising=False)
