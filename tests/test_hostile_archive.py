@@ -528,3 +528,10 @@ def test_zip64_end_records_are_accepted(tmp_path):
     path.write_bytes(data[:end] + record[:-8] + locator + eocd)  # record cut short
     with pytest.raises(FormatError):
         ArchiveReader(path)
+
+
+def test_manifest_nested_at_the_root_is_a_format_error(tmp_path, bundle_bytes):
+    deep = b"[" * 100_000 + b"]" * 100_000  # read by format detection before the loader
+    members = [(n, deep if n == "manifest.json" else d) for n, d in members_of(bundle_bytes)]
+    path = write_bundle(tmp_path / "root_deep.bundle", members, fix_manifest=False)
+    assert_refused(path, FormatError, "deep")
