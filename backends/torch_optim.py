@@ -245,6 +245,15 @@ def _harmless(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _kind(value: Any) -> str:
+    """Return ``"flag"``, ``"number"``, ``"text"``, ``"tuple"`` or ``"other"``."""
+    if isinstance(value, bool):
+        return "flag"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "text", tuple: "tuple"}.get(type(value), "other")
+
+
 def _check_native_setting(key: str, value: Any, default: Any, where: str) -> None:
     if key in _HYPER or key == "initial_lr":
         check_hyperparameter(_HYPER.get(key, "learning_rate"), value, where=where)
@@ -254,14 +263,10 @@ def _check_native_setting(key: str, value: Any, default: Any, where: str) -> Non
                               "The optimizer state is damaged; re-save it.")
         for beta in value:
             check_hyperparameter("beta_1", beta, where=where)
-    plain = (bool, int, float, str, type(None), tuple)
-    same_kind = (
-        value is None
-        or default is None
-        or isinstance(value, bool) == isinstance(default, bool)
-        and isinstance(value, plain)
-        and (isinstance(value, (int, float)) == isinstance(default, (int, float)))
-    )
+    if value is None or default is None:  # an optional flag or number (foreach, fused, ...)
+        same_kind = _harmless(value)
+    else:
+        same_kind = _kind(value) == _kind(default)
     if not same_kind:
         raise FormatError(
             f"{where}: {key} is {repr(value)[:60]}, but {type(default).__name__} settings are "

@@ -345,7 +345,7 @@ def encode_optimizer(state: OptimizerState) -> tuple[bytes, bytes]:
         for slot, array in slots.items():
             if "/" in slot or not slot:
                 raise UnsupportedOptimizerError(f"slot name {slot!r} must be non-empty, no '/'.")
-            arrays[f"{slot}/{tensor}"] = np.ascontiguousarray(array)
+            arrays[f"{slot}/{tensor}"] = np.asarray(array, order="C")  # 0-d stays 0-d
     document = {
         "format": DOCUMENT_FORMAT,
         "version": DOCUMENT_VERSION,
@@ -603,3 +603,43 @@ def decode_optimizer(
         schedule=document.get("schedule"),
         native=document["native"],
     )
+
+
+def check_training_members(archive: Any, manifest: dict[str, Any]) -> list[str]:
+    """Decode and check every role's optimizer members and ``rng.json``; return what was checked.
+
+    Used by ``verify``: each member is charged to the memory budget, then
+    decoded exactly as a restore would (slot shapes against the manifest's
+    tensors, hyperparameter types and ranges, RNG words), without a framework.
+    A problem raises the typed error a restore would raise.
+
+    Example:
+        >>> check_training_members(archive, read_manifest(archive))  # doctest: +SKIP
+        ['net/optimizer.json and net/optimizer.safetensors: adam, step 10, 4 slot arrays']
+    """
+    from . import budget
+    from .backend import TensorSpec
+    from .rng import check_rng
+
+    checked = []
+    for entry in manifest["models"]:
+        members = entry.get("optimizer")
+        if not members:
+            continue
+        names = [members["state"], members["slots"]]
+        for name in names:
+            budget.charge(archive.size(name), name)
+        document, arrays = (archive.read(name, limit=archive.size(name)) for name in names)
+        specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
+        state = decode_optimizer(document, arrays, where=entry["role"], specs=specs)
+        count = sum(len(slots) for slots in state.slots.values())
+        checked.append(
+            f"{names[0]} and {names[1]}: {state.algorithm}, step {state.step}, "
+            f"{count} slot arrays"
+        )
+    if manifest.get("rng"):
+        name = manifest["rng"]
+        budget.charge(archive.size(name), name)
+        check_rng(archive.read(name, limit=archive.size(name)))
+        checked.append(f"{name}: Python and NumPy generator states")
+    return checked

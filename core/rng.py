@@ -181,3 +181,16 @@ def decode_rng(data: bytes) -> dict[str, Any]:
             f"{DOCUMENT_FORMAT!r} and python, numpy and backends entries. The bundle is damaged."
         )
     return document
+
+
+def check_rng(data: bytes) -> dict[str, Any]:
+    """Decode ``rng.json`` and check Python's and NumPy's states without restoring them.
+
+    Example:
+        >>> check_rng(encode_rng(capture_rng()))["format"]
+        'polybundle-rng'
+    """
+    state = decode_rng(data)
+    _python_setstate(state["python"])
+    _numpy_setstate(state["numpy"])
+    return state

@@ -111,6 +111,9 @@ def check_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
     decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
     report.checked.append("params.json")
     check_weights(archive, manifest, report)
+    from .optimizer import check_training_members  # optimizer.* and rng.json, as restored
+
+    report.checked += check_training_members(archive, manifest)
 
 
 def check_weights(archive: ArchiveReader, manifest: dict[str, Any], report: VerifyReport) -> None:
