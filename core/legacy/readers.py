@@ -29,7 +29,7 @@ from ..layouts import OPAQUE, SCALAR
 from ..readers.torch_zip import read_pth
 from ..unpickle import list_globals, safe_loads
 from .era import EraReader, LegacyContent, LegacyRole, check_roles, read_member
-from .kerasfile import check_config, open_keras, read_weights, weight_specs
+from .kerasfile import check_config, keras_stream, open_keras, read_weights, weight_specs
 
 if TYPE_CHECKING:
     from ..archive import ArchiveReader
@@ -261,7 +261,8 @@ class TensorFlowDillEra(EraReader):
         data = read_member(archive, role.weights)
         try:
             return saving_lib.load_model(
-                io.BytesIO(data), custom_objects=custom_objects, compile=False, safe_mode=True
+                keras_stream(io.BytesIO(data), where=role.weights),
+                custom_objects=custom_objects, compile=False, safe_mode=True,
             )
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise FormatError(
