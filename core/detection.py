@@ -23,11 +23,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .hookspecs import hookimpl
+from .jsondoc import load_json
 
 if TYPE_CHECKING:
     from .archive import ArchiveReader
@@ -82,8 +82,9 @@ class Detection:
 def peek_format2_manifest(archive: ArchiveReader) -> dict[str, Any] | None:
     """Return the parsed ``manifest.json`` when it looks like format 2, else None.
 
-    For detectors: no schema check and no error (the loader checks fully
-    later), only "is there a JSON object whose ``format`` is ``polybundle``".
+    For detectors: no schema check (the loader checks fully later), only "is
+    there a JSON object whose ``format`` is ``polybundle``". A ``manifest.json``
+    that is not strict, bounded JSON raises :class:`~polybundle.errors.FormatError`.
 
     Example:
         >>> peek_format2_manifest(archive)["backend"]  # doctest: +SKIP
@@ -91,10 +92,8 @@ def peek_format2_manifest(archive: ArchiveReader) -> dict[str, Any] | None:
     """
     if not archive.has("manifest.json"):
         return None
-    try:
-        document = json.loads(archive.read("manifest.json"))
-    except (ValueError, UnicodeDecodeError):
-        return None
+    # strict and bounded: a deep or oversized manifest is a FormatError, not a RecursionError
+    document = load_json(archive.read("manifest.json"), where="manifest.json")
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         return None
     return document
