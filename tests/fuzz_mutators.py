@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import io
 import json
@@ -90,6 +91,15 @@ class Entry:
     extra: bytes = b""
 
 
+@functools.lru_cache(maxsize=16)
+def _encoded(data: bytes, method: int) -> tuple[bytes, int]:
+    """Return a member's stored or raw-deflated bytes and its CRC (cached: storages repeat)."""
+    if method == DEFLATED:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        return compressor.compress(data) + compressor.flush(), binascii.crc32(data)
+    return data, binascii.crc32(data)
+
+
 def raw_zip(entries: list[Entry], comment: bytes = b"") -> bytes:
     """Write ``entries`` as a zip; an entry with ``alias_of`` gets only a directory record.
 
@@ -105,11 +115,7 @@ def raw_zip(entries: list[Entry], comment: bytes = b"") -> bytes:
         if entry.alias_of is not None:
             records.append((name, *offsets[entry.alias_of], entry.mode))
             continue
-        payload = entry.data
-        if entry.method == DEFLATED:
-            compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
-            payload = compressor.compress(payload) + compressor.flush()
-        crc = binascii.crc32(entry.data)
+        payload, crc = _encoded(entry.data, entry.method)
         offset = len(out)
         out += struct.pack(
             "<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0x800, entry.method, 0, 0x21,
@@ -254,7 +260,8 @@ def mutate_json(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
         deep = nested(depth, container)
         if where == "root":
             text = dumps_deep(deep).replace(b"0", seed.member(member).decode().encode(), 1)
-            expect = "refuse"
+            legit = member == "params.json" and container == "dict"  # params may nest objects
+            expect = "either" if legit else "refuse"
         else:
             marker = "__DEEP__"
             document["x_deep"] = marker
@@ -298,6 +305,50 @@ def _with_member(seed: Seed, member: str, text: bytes, expect: str) -> Mutated:
         members = rebundle(seed.members, manifest)
         return finish(seed, zip_of(members, seed.method), expect)
     return finish(seed, replace(seed, member, text), expect)
+
+
+def mutate_member_record(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
+    """``("record", member index, field, value)``: a manifest member record, after re-recording."""
+    _, index, key, value = mutation
+    manifest = json.loads(seed.member("manifest.json"))
+    names = sorted(manifest["members"])
+    record = manifest["members"][names[index % len(names)]]
+    original = record.get(key)
+    if value == "<upper>" and isinstance(original, str):
+        value = original.upper()
+    if key == "drop":
+        del manifest["members"][names[index % len(names)]]
+    else:
+        record[key] = value
+    text = json.dumps(manifest, indent=1).encode()
+    members = [(n, text if n == "manifest.json" else d) for n, d in seed.members]
+    unchanged = key != "drop" and value == original and type(value) is type(original)
+    expect = "same" if unchanged else "refuse"
+    if key == "extra" or mutation[3] == "<upper>":
+        expect = "either"
+    return finish(seed, zip_of(members, seed.method), expect)
+
+
+def mutate_legacy_manifest(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
+    """``("roles", how, value)``: the role list or version of a legacy ``manifest.dill``."""
+    from polybundle.unpickle import safe_loads
+
+    _, how, value = mutation
+    manifest = safe_loads(seed.member("manifest.dill"), where="manifest.dill")
+    roles = list(manifest["models"])
+    if how == "rename":  # the archive's members keep their names
+        manifest["models"] = [value, *roles[1:]]
+    elif how == "add":
+        manifest["models"] = [*roles, value]
+    elif how == "duplicate":
+        manifest["models"] = [roles[0], roles[0]]
+    elif how == "version":
+        manifest["version"] = value
+    elif how == "models":
+        manifest["models"] = value
+    data = pickle.dumps(manifest, protocol=2)
+    unchanged = manifest.get("models") == roles and how != "version"
+    return finish(seed, replace(seed, "manifest.dill", data), "same" if unchanged else "either")
 
 
 def mutate_tensor_spec(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
@@ -372,8 +423,11 @@ def _rewrite_h5(h5: bytes, target: str, prop: str, param: int, env: Env) -> tupl
         names = h5_datasets(h5)
         other = next((n for n in names if n != target and f[n].shape == shape), None)
         other = other or next(n for n in names if n != target)
-        del f[target]
-        if prop == "external_abs":
+        if prop != "userblock":
+            del f[target]
+        if prop == "userblock":
+            pass
+        elif prop == "external_abs":
             external = [(str(env.secret), param % 2, 4 * size)]
             f.create_dataset(target, shape, np.float32, external=external)
         elif prop == "external_rel":
@@ -418,9 +472,38 @@ def _rewrite_h5(h5: bytes, target: str, prop: str, param: int, env: Env) -> tupl
         elif prop == "noop":
             f.create_dataset(target, data=original)
             expect = "same"
+        elif prop == "big_endian":  # same values, stored big-endian
+            f.create_dataset(target, data=original.astype(original.dtype.newbyteorder(">")))
+            expect = "same"
+        elif prop == "compact":  # same values in the object header (no data address)
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_layout(h5py.h5d.COMPACT)
+            space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
+            kind = h5py.h5t.py_create(original.dtype)
+            dataset = h5py.h5d.create(f.id, target.encode(), kind, space, dcpl=dcpl)
+            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(original))
+            expect = "same"
+        elif prop == "unallocated":  # contiguous, never written: no storage at all
+            f.create_dataset(target, shape, original.dtype)
+            expect = "either"
         else:
             raise ValueError(prop)
+    if prop == "userblock":
+        return _with_userblock(h5), "same"
     return buffer.getvalue(), expect
+
+
+def _with_userblock(h5: bytes) -> bytes:
+    """Copy an HDF5 file into one with a 512-byte user block (every address shifts)."""
+    import h5py
+
+    out = io.BytesIO()
+    with h5py.File(io.BytesIO(h5), "r") as source, h5py.File(out, "w", userblock_size=512) as f:
+        for name in source:
+            source.copy(source[name], f, name=name)
+        for key, value in source.attrs.items():
+            f.attrs[key] = value
+    return out.getvalue()
 
 
 def mutate_hdf5(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
@@ -432,6 +515,26 @@ def mutate_hdf5(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
     target = names[index % len(names)]
     new_h5, expect = _rewrite_h5(h5, target, prop, param, env)
     keras = zip_of([(n, new_h5 if n == "model.weights.h5" else d) for n, d in parts], STORED)
+    return finish(seed, replace(seed, member, keras), expect)
+
+
+def mutate_keras_config(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
+    """``("config", layer index, field, value)``: one field of a Dense/Conv layer's config."""
+    _, index, key, value = mutation
+    member, parts = keras_parts(seed)
+    config = json.loads(dict(parts)["config.json"])
+    layers = [
+        layer for layer in config["config"]["layers"] if "units" in layer["config"]
+        or "filters" in layer["config"]
+    ]
+    layer = layers[index % len(layers)]["config"]
+    if key == "units" and "units" not in layer:
+        key = "filters"
+    original = layer.get(key)
+    layer[key] = value
+    expect = "same" if value == original and type(value) is type(original) else "either"
+    text = json.dumps(config).encode()
+    keras = zip_of([(n, text if n == "config.json" else d) for n, d in parts], STORED)
     return finish(seed, replace(seed, member, keras), expect)
 
 
@@ -521,10 +624,11 @@ def torch_records(pth: bytes) -> tuple[str, list[tuple[str, np.ndarray]]]:
 
 
 def torch_zip(
-    prefix: str, pickle_bytes: bytes, storages: dict[str, bytes], method: int = STORED
+    prefix: str, pickle_bytes: bytes, storages: dict[str, bytes], method: int = STORED,
+    byteorder: str = "little",
 ) -> bytes:
     """Write a torch zip file: ``data.pkl``, version records and ``data/<key>`` storages."""
-    members = [(f"{prefix}/data.pkl", pickle_bytes), (f"{prefix}/byteorder", b"little")]
+    members = [(f"{prefix}/data.pkl", pickle_bytes), (f"{prefix}/byteorder", byteorder.encode())]
     members += [(f"{prefix}/data/{key}", data) for key, data in storages.items()]
     members += [(f"{prefix}/version", b"3\n")]
     return raw_zip([Entry(name, data, method) for name, data in members])
@@ -545,6 +649,7 @@ def geometry(
     for i, (key, array) in enumerate(arrays):
         shape, stride = _contiguous(array)
         raw, numel, offset = array.tobytes(), array.size, 0
+        storage_key = str(i)
         storage_type = _STORAGE[array.dtype.name]
         if i == index % len(arrays):
             expect = "refuse"
@@ -589,11 +694,27 @@ def geometry(
                 raw = np.concatenate([pad, array.ravel(), pad]).tobytes()
                 numel, offset = array.size + 2 * (param + 1), param + 1
                 expect = "same"
+            elif kind == "big_endian":  # same values, a big-endian storage
+                raw = array.astype(array.dtype.newbyteorder(">")).tobytes()
+                expect = "same"
+            elif kind == "missing_storage":
+                storage_key = "missing"
+            elif kind == "storage_key_escape":
+                storage_key = ["../../x", "/etc/passwd", "", "data.pkl"][param % 4]
+            elif kind == "shared_storage" and i:  # reads tensor 0's storage (tied weights)
+                storage_key, raw, expect = "0", None, "either"
+            elif kind == "shared_storage":
+                expect = "same"
             elif kind == "overlap":  # each row reads the same bytes
                 stride = [0, *stride[1:]] if len(shape) > 1 else [0]
                 expect = "same" if array.ndim and np.all(array == array[:1]) else "refuse"
-        records.append(TensorRecord(key, str(i), storage_type, numel, offset, shape, stride))
-        storages[str(i)] = raw
+        if kind == "shared_storage" and i and i == index % len(arrays):
+            numel = arrays[0][1].size
+            if array.dtype != arrays[0][1].dtype or array.size > numel:
+                expect = "refuse"
+        records.append(TensorRecord(key, storage_key, storage_type, numel, offset, shape, stride))
+        if raw is not None and storage_key == str(i):
+            storages[str(i)] = raw
     return records, storages, expect
 
 
@@ -606,7 +727,8 @@ def mutate_pickle(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
     if what == "pth":
         _, index, kind, param = mutation
         records, storages, expect = geometry(arrays, index, kind, param)
-        pth = torch_zip(prefix, state_dict_pickle(records), storages)
+        order = "big" if kind == "big_endian" else "little"
+        pth = torch_zip(prefix, state_dict_pickle(records), storages, byteorder=order)
     elif what == "pth_build":
         records, storages, _ = geometry(arrays, 0, "noop", 0)
         how = mutation[1]
@@ -615,10 +737,11 @@ def mutate_pickle(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
     elif what == "pth_storages":  # many deflated 1 MiB storages, each under the ratio floor
         count = mutation[1]
         records, storages, _ = geometry(arrays, 0, "noop", 0)
+        zeros = bytes(2**20)  # one object, so its deflated form is computed once
         for i in range(count):
             key = f"x{i}"
             records.append(TensorRecord(f"extra.{i}", key, "FloatStorage", 2**18, 0, [2**18], [1]))
-            storages[key] = bytes(2**20)
+            storages[key] = zeros
         pth = torch_zip(prefix, state_dict_pickle(records), storages, method=DEFLATED)
         expect = "refuse"
     else:
@@ -681,8 +804,12 @@ def mutate_legacy_params(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mut
     _, how, size = mutation
     member = seed.find("params.dill")[0]
     params = safe_loads(seed.member(member), where=member)
-    params["x_fuzz"] = params_pickle_value(how, size)
+    marker = "__FUZZ_DEEP__"
+    params["x_fuzz"] = marker if how == "deep_list" else params_pickle_value(how, size)
     data = pickle.dumps(params, protocol=2)
+    if how == "deep_list":  # nested lists, written as opcodes (pickle.dumps would recurse)
+        op = b"X" + struct.pack("<I", len(marker)) + marker.encode()
+        data = data.replace(op, b"]" * size + b"a" * (size - 1), 1)
     expect = "refuse" if how == "stride0_tensor" and size >= 2**12 else "either"
     return finish(seed, replace(seed, member, data), expect)
 

@@ -32,6 +32,10 @@ MEMORY_LIMIT = 3 * 1024**3
 """RLIMIT_AS of the worker: a plain import of torch, TensorFlow and Keras plus a load
 peaks at about 2.2 GiB of address space, so a case gets under 1 GiB on top."""
 
+MAX_BYTES = 256 * 1024**2
+"""``max_bytes=`` given to every entry point that takes it: past this, a ``BudgetExceededError``
+is the only allowed outcome (RLIMIT_AS still catches an allocation that skips the budget)."""
+
 SECONDS_PER_CASE = 10.0
 """Wall-clock bound of one case (every entry point on one archive), enforced by the parent."""
 
@@ -224,14 +228,20 @@ def prepare(seeds: dict[str, str]) -> dict[str, Any]:
         }
         _REFERENCE[name] = {"params": bundle.params, "tensors": tensors}
         eager = polybundle.load(path)
-        for role in eager.roles:
-            if role in eager.models:
-                _model_arrays(eager.models[role])
+        if name.startswith("v2_"):
+            _REFERENCE[f"{name}:model"] = _model_arrays(eager.models["net"])
         summary[name] = {role: sorted(t) for role, t in tensors.items()}
     return summary
 
 
 # --- one case ---------------------------------------------------------------------------------
+
+
+def _budget(function: Any) -> dict[str, Any]:
+    """Return ``{"max_bytes": MAX_BYTES}`` when ``function`` takes it (else nothing)."""
+    import inspect
+
+    return {"max_bytes": MAX_BYTES} if "max_bytes" in inspect.signature(function).parameters else {}
 
 
 def _array(value: Any) -> Any:
@@ -291,6 +301,8 @@ def check_case(spec: dict[str, Any]) -> dict[str, Any]:
     case = Case(spec)
     if spec["kind"] == "checkpoints":
         _check_checkpoints(case)
+    elif spec["kind"] == "changed":
+        _check_changed(case)
     else:
         _check_archive(case)
     _check_secret(case)
@@ -303,8 +315,10 @@ def _check_archive(case: Case) -> None:
     spec = case.spec
     path = spec["path"]
     eager = case.attempt("load", lambda: _eager(case, path))
+    if spec["kind"] == "v2":
+        case.attempt("load(into=)", lambda: _into(case, path))
     lazy = case.attempt("load(lazy=True).tensors", lambda: _lazy(path))
-    case.attempt("inspect", lambda: polybundle.inspect(path))
+    case.attempt("inspect", lambda: polybundle.inspect(path, **_budget(polybundle.inspect)))
     report = _verify(case, path)
     if spec["kind"] == "legacy":
         _migrate(case)
@@ -316,7 +330,7 @@ def _check_archive(case: Case) -> None:
             if not _same_arrays(tensors, lazy["tensors"].get(role, {})):
                 case.problems.append(f"eager and lazy tensors of {role!r} differ")
     if spec["expect"] == "refuse":
-        for label in ("load", "load(lazy=True).tensors", "migrate"):
+        for label in ("load", "load(into=)", "load(lazy=True).tensors", "migrate"):
             if case.ok(label):
                 case.problems.append(f"{label} accepted a hostile file (expected an error)")
     if report is not None and report.ok:
@@ -329,7 +343,7 @@ def _check_archive(case: Case) -> None:
 def _eager(case: Case, path: str) -> dict[str, Any]:
     import polybundle
 
-    bundle = polybundle.load(path)
+    bundle = polybundle.load(path, **_budget(polybundle.load))
     data: dict[str, Any] = {"params": bundle.params, "tensors": {}}
     for role in bundle.roles:
         data["tensors"][role] = {k: _array(v) for k, v in bundle.tensors(role).items()}
@@ -343,6 +357,33 @@ def _eager(case: Case, path: str) -> dict[str, Any]:
                     lambda r=role, m=model: _optimizer(case, bundle, r, m),
                 )
     return data
+
+
+def _fresh_model(backend: str) -> Any:
+    """A new, differently initialised model of the seed's architecture."""
+    if backend == "torch":
+        return _torch_model_and_adam()[0]
+    import keras
+
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, name="h")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="d")(hidden))
+
+
+def _into(case: Case, path: str) -> dict[str, Any]:
+    """``load(into=)`` a fresh model; its weights must then be the reference's."""
+    import polybundle
+
+    backend = "torch" if case.spec["seed"] == "v2_torch" else "tensorflow"
+    model = _fresh_model(backend)
+    polybundle.load(path, into={"net": model}, **_budget(polybundle.load))
+    weights = _model_arrays(model)
+    for name, array in weights.items():
+        case.arrays.append((f"load(into=) {name}", array))
+    reference = _REFERENCE.get(f"{case.spec['seed']}:model", {})
+    if case.spec["expect"] != "either" and reference and not _same_arrays(weights, reference):
+        case.problems.append("load(into=) gave weights other than the original")
+    return weights
 
 
 def _optimizer(case: Case, bundle: Any, role: str, model: Any) -> None:
@@ -379,7 +420,7 @@ def _optimizer(case: Case, bundle: Any, role: str, model: Any) -> None:
 def _lazy(path: str) -> dict[str, Any]:
     import polybundle
 
-    bundle = polybundle.load(path, lazy=True)
+    bundle = polybundle.load(path, lazy=True, **_budget(polybundle.load))
     tensors = {
         role: {k: _array(v) for k, v in bundle.tensors(role).items()} for role in bundle.roles
     }
@@ -390,7 +431,7 @@ def _verify(case: Case, path: str) -> Any:
     import polybundle
 
     try:
-        report = polybundle.verify(path)
+        report = polybundle.verify(path, **_budget(polybundle.verify))
     except BaseException as exc:  # verify must report, never raise
         case.problems.append(f"verify raised {type(exc).__name__}: {str(exc)[:200]}")
         case.outcomes["verify"] = f"raised {type(exc).__name__}"
@@ -414,7 +455,8 @@ def _migrate(case: Case) -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     before = _snapshot(scratch)
     target = scratch / "migrated.bundle"
-    case.attempt("migrate", lambda: polybundle.migrate(case.spec["path"], target))
+    migrate = polybundle.migrate
+    case.attempt("migrate", lambda: migrate(case.spec["path"], target, **_budget(migrate)))
     after = _snapshot(scratch)
     if not case.ok("migrate"):
         if after != before:
@@ -480,8 +522,8 @@ def _check_data(case: Case, label: str, data: dict[str, Any]) -> None:
                     f"{label}: tensors of {role!r} differ from the original though the mutation "
                     "keeps the content"
                 )
-    if spec["expect"] == "same" and reference and data["params"] != reference["params"]:
-        if spec["kind"] == "v2":
+    if spec["expect"] == "same" and reference and spec["kind"] == "v2":
+        if data["params"] != reference["params"]:
             case.problems.append(f"{label}: params differ from the original")
 
 
@@ -493,6 +535,53 @@ def _check_secret(case: Case) -> None:
         if array.dtype != object and SECRET_MARK in array.tobytes():
             case.problems.append(f"{label} holds bytes of the secret file (read from outside)")
             return
+
+
+# --- a bundle that changes after it was loaded ----------------------------------------------
+
+
+def _check_changed(case: Case) -> None:
+    """Load a valid bundle, then flip one byte of a stored tensor in place (same size):
+    ``Bundle.tensors()`` must raise a ``PolybundleError`` or give the original data."""
+    import shutil
+
+    import polybundle
+
+    spec = case.spec
+    path, seed = Path(spec["path"]), spec["seed"]
+    _, index, byte = spec["mutation"]
+    reference = _REFERENCE[seed]["tensors"]["net"]
+    shutil.copy(spec["original"], path)
+    data = bytearray(path.read_bytes())
+    unique = [  # tensors whose bytes appear once in the file, so the flip hits them
+        reference[name] for name in sorted(reference)
+        if reference[name].nbytes >= 16 and data.count(reference[name].tobytes()) == 1
+    ]
+    if not unique:
+        case.problems.append("no stored tensor to change in place (the seed is not STORED)")
+        return
+    target = unique[index % len(unique)]
+    data[data.find(target.tobytes()) + byte % target.nbytes] ^= 0x40
+    bundles = {
+        "load()": case.attempt("load()", lambda: polybundle.load(path, **_budget(polybundle.load))),
+        "load(lazy=True)": case.attempt(
+            "load(lazy=True)", lambda: polybundle.load(path, lazy=True, **_budget(polybundle.load))
+        ),
+    }
+    with open(path, "r+b") as stream:  # the same file, the same size, other bytes
+        stream.write(bytes(data))
+    for label, bundle in bundles.items():
+        if bundle is None:
+            continue
+        tensors = case.attempt(
+            f"{label}.tensors() after the file changed",
+            lambda b=bundle: {k: _array(v) for k, v in b.tensors("net").items()},
+        )
+        if tensors is not None and not _same_arrays(tensors, reference):
+            case.problems.append(
+                f"{label}.tensors() returned bytes written after the load without re-checking "
+                "the digest"
+            )
 
 
 # --- checkpoint folders ----------------------------------------------------------------------

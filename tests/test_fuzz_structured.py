@@ -23,10 +23,12 @@ family (default 20). Counts and timings are printed at the end of the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,8 @@ class Fuzz:
         self.worker = Worker(self.work)
         started = time.monotonic()
         paths = self.worker.call("build_seeds", str(root / "seeds"), timeout=300)
-        self.worker.warm_with("prepare", paths)
+        legacy = {name: str(LEGACY_DIR / file) for name, file in LEGACY_SEEDS.items()}
+        self.worker.warm_with("prepare", {**paths, **legacy})
         self.setup_seconds = time.monotonic() - started
         self.seeds: dict[str, fm.Seed] = {}
         for name in ("v2_torch", "v2_keras"):
@@ -77,12 +80,14 @@ class Fuzz:
         for name, file in LEGACY_SEEDS.items():
             data = (LEGACY_DIR / file).read_bytes()
             self.seeds[name] = fm.Seed(name, "legacy", fm.members_of(data), fm.DEFLATED)
+        self.seed_paths = {name: Path(path) for name, path in paths.items()}
         self.checkpoints = Path(paths["checkpoints"])
         self.outside = Path(paths["v2_torch"])
         fm.write_secret_h5(self.env, self._h5_shapes())
         self.runs: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         self.slowest: dict[str, float] = {}
+        self.building: dict[str, float] = {}
         self.found: dict[str, list[tuple[str, tuple[Any, ...], str, str]]] = {}
 
     def _h5_shapes(self) -> list[tuple[int, ...]]:
@@ -106,8 +111,15 @@ class Fuzz:
         spec: dict[str, Any] = {"seed": seed_name, "secret": str(self.env.secret)}
         if family == "checkpoint_index":
             spec.update(self._checkpoint_case(mutation))
+        elif mutation[0] == "changed":  # the worker changes the file after loading it
+            spec.update(
+                path=str(self.cases / "changed.bundle"), kind="changed", expect="either",
+                original=str(self.seed_paths[seed_name]), mutation=mutation,
+            )
         else:
+            started = time.monotonic()
             mutated = mutate(family, seed, mutation, self)
+            self.building[family] = self.building.get(family, 0.0) + time.monotonic() - started
             path = self.cases / ("case.bundle" if seed.kind == "v2" else "case.zip")
             path.write_bytes(mutated.data)
             scratch = self.cases / "scratch"
@@ -139,26 +151,31 @@ class Fuzz:
         return {"path": str(folder), "kind": "checkpoints", "expect": "either", "damaged": damaged}
 
 
+MUTATORS: dict[str, Callable[[fm.Seed, tuple[Any, ...], fm.Env], fm.Mutated]] = {
+    "json": fm.mutate_json,
+    "record": fm.mutate_member_record,
+    "spec": fm.mutate_tensor_spec,
+    "hdf5": fm.mutate_hdf5,
+    "config": fm.mutate_keras_config,
+    "pth": fm.mutate_pickle,
+    "pth_build": fm.mutate_pickle,
+    "pth_saved": fm.mutate_pickle,
+    "pth_storages": fm.mutate_pickle,
+    "params": fm.mutate_legacy_params,
+    "roles": fm.mutate_legacy_manifest,
+    "opt": fm.mutate_optimizer,
+    "slot": fm.mutate_optimizer,
+    "opt_manifest": fm.mutate_optimizer,
+}
+"""Which mutator applies a mutation, by its first element."""
+
+
 def mutate(family: str, seed: fm.Seed, mutation: tuple[Any, ...], fuzz: Fuzz) -> fm.Mutated:
-    """Apply ``mutation`` of ``family`` to ``seed``."""
-    if family in ("json", "optimizer") and mutation[0] != "slot" and mutation[0] != "opt":
-        if mutation[0] == "opt_manifest":
-            return fm.mutate_optimizer(seed, mutation, fuzz.env)
-        return fm.mutate_json(seed, mutation, fuzz.env)
-    if family == "optimizer":
-        return fm.mutate_optimizer(seed, mutation, fuzz.env)
-    if family == "tensor_spec":
-        return fm.mutate_tensor_spec(seed, mutation, fuzz.env)
-    if family == "hdf5":
-        return fm.mutate_hdf5(seed, mutation, fuzz.env)
-    if family == "pickle":
-        return fm.mutate_pickle(seed, mutation, fuzz.env)
-    if family == "legacy_params":
-        return fm.mutate_legacy_params(seed, mutation, fuzz.env)
-    if family == "zip":
+    """Apply ``mutation`` to ``seed`` (``family`` is only for the report)."""
+    if mutation[0] == "zip":
         other = fm.zip_of(fuzz.seeds["v2_keras"].members)
         return fm.mutate_zip(seed, mutation, fuzz.env, other)
-    raise ValueError(family)
+    return MUTATORS[mutation[0]](seed, mutation, fuzz.env)
 
 
 @pytest.fixture(scope="module")
@@ -169,20 +186,18 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     state = Fuzz(tmp_path_factory.mktemp("fuzz"))
     yield state
     state.worker.close()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     lines = [f"structured fuzz: setup {state.setup_seconds:.1f} s, worker restarts "
              f"{state.worker.restarts}, RLIMIT_AS {state.worker.limit // 1024**3} GiB"]
     for family, count in state.runs.items():
         lines.append(
-            f"  {family}: {count} examples, {state.seconds.get(family, 0):.1f} s (slowest case "
+            f"  {family}: {count} examples, {state.seconds.get(family, 0):.1f} s (building "
+            f"{state.building.get(family, 0):.1f} s, slowest case "
             f"{state.slowest.get(family, 0):.1f} s), "
             f"{len(state.found.get(family, []))} distinct problems"
         )
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n" + "\n".join(lines))
 
 
 def _kind(mutation: tuple[Any, ...]) -> tuple[str, ...]:
@@ -202,7 +217,7 @@ def _short(value: Any) -> str:
 
 
 def _signature(problem: str) -> str:
-    return re.sub(r"\d+|'[^']*'", "#", problem)[:120]
+    return re.sub(r"\d+|'[^']*'|\S*/\S*", "#", problem)[:120]
 
 
 def run_family(
@@ -267,7 +282,7 @@ json_mutations = st.one_of(
     ),
     st.tuples(
         st.just("json"), st.sampled_from(["manifest.json", "params.json"]), st.just("big"),
-        st.sampled_from(["string", "keys", "list"]), st.sampled_from([10, 10**5, 10**6, 3 * 10**6]),
+        st.sampled_from(["string", "keys", "list"]), st.sampled_from([10, 10**4, 200_000]),
     ),
     st.tuples(
         st.just("json"), st.just("manifest.json"), st.just("field"),
@@ -275,6 +290,10 @@ json_mutations = st.one_of(
                          "members", "created", "models.0.role", "models.0.weights"]),
         st.sampled_from(["2.0.0", "2.1.0", "3.0.0", "1.0.0", "9" * 5000 + ".0.0", "-1.0.0",
                          "\u0662.0.0", "2", "99999999999999999999.0.0", *ODD_VALUES]),
+    ),
+    st.tuples(
+        st.just("record"), st.integers(0, 4), st.sampled_from(["size", "sha256", "drop", "extra"]),
+        st.sampled_from(["<upper>", "26", 26.0, -1, 2**64, 2**70, "0" * 64, "zz", *ODD_VALUES]),
     ),
 )
 
@@ -287,7 +306,7 @@ def test_json_documents(fuzz: Fuzz) -> None:
             ("v2_torch", ("json", "manifest.json", "nest", "root", 100_000, "list")),
             ("v2_torch", ("json", "params.json", "nest", "extra", 5000, "dict")),
             ("v2_keras", ("json", "manifest.json", "field", "format_version", "9" * 5000 + ".0.0")),
-            ("v2_torch", ("json", "params.json", "big", "keys", 3 * 10**6)),
+            ("v2_torch", ("json", "params.json", "big", "keys", 200_000)),  # a 3 MB params.json
         ],
     )
 
@@ -319,10 +338,18 @@ def test_tensor_specs(fuzz: Fuzz) -> None:
 HDF5_PROPS = [
     "external_abs", "external_rel", "external_proc", "virtual", "virtual_missing",
     "external_link", "soft_link", "hard_link", "gzip", "chunked", "fill_huge", "gzip_zeros",
-    "float64", "bytes", "swapped", "scalar", "noop",
+    "float64", "bytes", "swapped", "scalar", "noop", "big_endian", "compact", "unallocated",
+    "userblock",
 ]
-hdf5_mutations = st.tuples(
-    st.just("hdf5"), st.integers(0, 7), st.sampled_from(HDF5_PROPS), st.integers(0, 40),
+hdf5_mutations = st.one_of(
+    st.tuples(
+        st.just("hdf5"), st.integers(0, 7), st.sampled_from(HDF5_PROPS), st.integers(0, 40),
+    ),
+    st.tuples(
+        st.just("config"), st.integers(0, 3),
+        st.sampled_from(["units", "use_bias", "activation", "dtype", "name", "kernel_size"]),
+        st.sampled_from([4, 2**31, 2**40, 0, -1, None, "x", "exec", [3, 3], True, "relu"]),
+    ),
 )
 
 
@@ -338,6 +365,9 @@ def test_hdf5_datasets(fuzz: Fuzz) -> None:
             ("v2_keras", ("hdf5", 0, "fill_huge", 40)),
             ("v2_keras", ("hdf5", 0, "float64", 0)),
             ("v2_keras", ("hdf5", 0, "swapped", 0)),
+            ("v2_keras", ("hdf5", 0, "userblock", 0)),
+            ("v2_keras", ("hdf5", 0, "big_endian", 0)),
+            ("v2_keras", ("config", 0, "units", 2**31)),
         ],
     )
 
@@ -346,6 +376,7 @@ GEOMETRIES = [
     "noop", "stride0", "stride0_huge", "offset_past_end", "offset_negative", "storage_short",
     "storage_declares_more", "stride_negative", "stride_huge", "size_float", "size_huge",
     "size_negative", "wrong_storage_type", "transposed_view", "offset_view", "overlap",
+    "big_endian", "missing_storage", "storage_key_escape", "shared_storage",
 ]
 pickle_mutations = st.one_of(
     st.tuples(st.just("pth"), st.integers(0, 10), st.sampled_from(GEOMETRIES), st.integers(0, 99)),
@@ -372,19 +403,28 @@ def test_torch_pickles(fuzz: Fuzz) -> None:
     )
 
 
-legacy_param_mutations = st.tuples(
-    st.just("params"),
-    st.sampled_from(["stride0_tensor", "offset_tensor", "deep_list", "big_array"]),
-    st.sampled_from([1, 64, 2**12, 2**14]),
+legacy_mutations = st.one_of(
+    st.tuples(
+        st.just("params"),
+        st.sampled_from(["stride0_tensor", "offset_tensor", "deep_list", "big_array"]),
+        st.sampled_from([1, 64, 2**12, 2**14]),
+    ),
+    st.tuples(
+        st.just("roles"), st.sampled_from(["rename", "add", "duplicate", "version", "models"]),
+        st.sampled_from(["../autoencoder", "/etc", "", "a" * 300, "\x1b]8;;x\x07", "net/../x",
+                         "autoencoder", "9" * 5000, None, 5, ["x"], {"a": 1}]),
+    ),
 )
 
 
-def test_legacy_params(fuzz: Fuzz) -> None:
-    """A legacy params.dill carrying strided tensors, deep lists, big arrays (allowed globals)."""
+def test_legacy_pickles(fuzz: Fuzz) -> None:
+    """Legacy params.dill (strided tensors, deep lists, big arrays) and manifest.dill roles."""
     run_family(
-        fuzz, "legacy_params", _seeded(list(LEGACY_SEEDS), legacy_param_mutations),
-        [("legacy_torch", ("params", "stride0_tensor", 2**14))],
-        examples=max(EXAMPLES // 2, 8),
+        fuzz, "legacy_dill", _seeded(list(LEGACY_SEEDS), legacy_mutations),
+        [
+            ("legacy_torch", ("params", "stride0_tensor", 2**14)),
+            ("legacy_tf", ("roles", "rename", "../autoencoder")),
+        ],
     )
 
 
@@ -485,6 +525,18 @@ def test_checkpoint_index(fuzz: Fuzz) -> None:
 
 
 _KNOWN_OPEN_KEYS = {repr(known[:3]) for known in KNOWN_OPEN}
+
+
+changed_mutations = st.tuples(st.just("changed"), st.integers(0, 3), st.integers(0, 63))
+
+
+def test_changed_after_load(fuzz: Fuzz) -> None:
+    """A byte of a stored tensor changes in place after load: tensors() notices or is unaffected."""
+    run_family(
+        fuzz, "changed_after_load", _seeded(V2, changed_mutations),
+        [("v2_torch", ("changed", 0, 0)), ("v2_keras", ("changed", 0, 0))],
+        examples=max(EXAMPLES // 2, 8),
+    )
 
 
 def _known_open_params() -> list[Any]:
