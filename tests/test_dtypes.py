@@ -294,3 +294,38 @@ def test_keras_bfloat16_model_and_adam_state_round_trip_bit_for_bit(tmp_path) ->
     for saved, restored in zip(optimizer.variables, fresh.variables, strict=True):
         a, b = np.asarray(saved.numpy()), np.asarray(restored.numpy())
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), saved.path
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"shape": [2**32, 2**32]}, UnsafeContentError),  # int64 product wrapped to 0 bytes
+        ({"shape": [2**40] * 8}, UnsafeContentError),
+        ({"dtype": "object"}, FormatError),
+        ({"dtype": "bfloat16x"}, FormatError),
+    ],
+)
+def test_a_manifest_tensor_with_a_hostile_size_or_dtype_is_a_typed_error(
+    tmp_path, change: dict, error: type
+) -> None:
+    """Issue 10 item 4 end to end: inspect, load and lazy reads refuse; verify reports."""
+    import json
+
+    import torch
+
+    from tests.hostile_corpus import _members, _rebundle, _replace
+
+    polybundle.save(tmp_path / "good.bundle", {"net": torch.nn.Linear(2, 2)})
+    members = _members(tmp_path / "good.bundle")
+    manifest = json.loads(dict(members)["manifest.json"])
+    manifest["models"][0]["tensors"][0].update(change)
+    path = _rebundle(tmp_path / "bad.bundle",
+                     _replace(members, "manifest.json", json.dumps(manifest).encode()))
+    with pytest.raises(error):
+        polybundle.inspect(path)
+    with pytest.raises(error):
+        polybundle.load(path, into={"net": torch.nn.Linear(2, 2)})
+    with pytest.raises(error):
+        polybundle.load(path, lazy=True).tensors("net")
+    assert not polybundle.verify(path).ok
