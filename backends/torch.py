@@ -156,12 +156,13 @@ class TorchBackend(Backend):
 
         torch.save(model.state_dict(), stream)
 
-    def _load_state_dict(self, source: BinaryIO) -> dict[str, Any]:
+    def _load_state_dict(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, Any]:
         import torch
 
         from polybundle.readers.torch_zip import check_pth
 
-        check_pth(source)  # geometry, sizes and memory budget before torch allocates anything
+        # manifest, geometry, sizes and memory budget, before torch allocates anything
+        check_pth(source, specs=specs)
         source.seek(0)
         try:
             state = torch.load(source, map_location="cpu", weights_only=True)
@@ -179,7 +180,7 @@ class TorchBackend(Backend):
 
     def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
         """Load the state_dict strictly; shapes and names are checked first."""
-        self._load_state(model, self._load_state_dict(source))
+        self._load_state(model, self._load_state_dict(source, specs))
 
     def build_and_load(
         self, builder: Any, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec]
@@ -194,7 +195,7 @@ class TorchBackend(Backend):
         state_dict (non-persistent buffers), tied parameters, or dtypes that
         differ from the file's.
         """
-        state = self._load_state_dict(source)
+        state = self._load_state_dict(source, specs)
         model = self._build_on_meta(builder, config)
         if model is None:
             model = builder(config)

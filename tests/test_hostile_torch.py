@@ -449,6 +449,8 @@ def _manifest_case(kind: str) -> tuple[dict[str, Any], dict[str, tuple[tuple[int
     "kind", ["transposed_shape", "dtype", "extra_in_file", "missing_from_file"]
 )
 def test_tensors_that_differ_from_the_manifest_are_refused_before_reading(tmp_path, kind):
+    import torch
+
     from polybundle.errors import IntegrityError
 
     state, declared = _manifest_case(kind)
@@ -457,6 +459,8 @@ def test_tensors_that_differ_from_the_manifest_are_refused_before_reading(tmp_pa
         polybundle.load(path, roles=[]).tensors("net")
     with pytest.raises(IntegrityError, match="manifest"):
         polybundle.load(path, lazy=True).tensors("net")
+    with pytest.raises(IntegrityError, match="manifest"):  # a model that fits the file
+        polybundle.load(path, into={"net": torch.nn.Linear(3, 4)})
     report = polybundle.verify(path)
     assert not report.ok and report.problems
 
