@@ -14,7 +14,7 @@ import pytest
 
 import polybundle
 from polybundle.backend import TensorSpec
-from polybundle.errors import FormatError, UnsafeContentError
+from polybundle.errors import FormatError, PolybundleError, UnsafeContentError
 from polybundle.optimizer import load_arrays, save_arrays
 from tests.conftest import needs_tensorflow, needs_torch
 
@@ -208,10 +208,56 @@ def test_torch_float8_weights_round_trip_bit_for_bit(tmp_path, name: str) -> Non
     path = tmp_path / f"{name}.bundle"
     polybundle.save(path, {"net": model}, architectures={"net": (f"test-{name}-mlp", {})})
     assert polybundle.inspect(path)["tensors"][0]["bytes"] == 12
-    loaded = polybundle.load(path).models["net"]
+    bundle = polybundle.load(path)
+    loaded = bundle.models["net"]
     for (key, saved), restored in zip(model.state_dict().items(), loaded.state_dict().values(),
                                       strict=True):
         assert restored.dtype == dtype and torch.equal(_bits(restored), _bits(saved)), key
+    # torch writes float8 with _rebuild_tensor_v3 over an untyped storage; read it without torch
+    for arrays in (bundle.tensors("net"), polybundle.load(path, lazy=True).tensors("net")):
+        for key, saved in model.state_dict().items():
+            assert arrays[key].dtype == np.dtype(getattr(ml_dtypes, name)), key
+            assert np.asarray(arrays[key]).tobytes() == _bits(saved).numpy().tobytes(), key
+    assert polybundle.verify(path).ok
+
+
+def _float8_file(**tensors) -> bytes:  # noqa: ANN003
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    return buffer.getvalue()
+
+
+@needs_torch
+def test_hostile_v3_tensors_over_untyped_storages_are_typed_errors() -> None:
+    """A v3 dtype that does not divide the storage's bytes, or a storage without a dtype."""
+    import io
+    import zipfile
+
+    import torch
+
+    from polybundle.readers import read_pth
+
+    good = _float8_file(w=torch.zeros(3, dtype=torch.float8_e4m3fn))
+    assert read_pth(good)["w"].dtype == np.dtype(ml_dtypes.float8_e4m3fn)
+
+    def with_pickle(change) -> bytes:  # noqa: ANN001
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(good)) as source, zipfile.ZipFile(out, "w") as target:
+            for info in source.infolist():
+                data = source.read(info)
+                target.writestr(info, change(data) if info.filename.endswith("data.pkl") else data)
+        return out.getvalue()
+
+    odd = with_pickle(lambda d: d.replace(b"torch\nfloat8_e4m3fn\n", b"torch\nuint16\n"))
+    with pytest.raises(FormatError, match="not a whole number of uint16"):
+        read_pth(odd)
+    untyped_v2 = with_pickle(lambda d: d.replace(b"_rebuild_tensor_v3", b"_rebuild_tensor_v2"))
+    with pytest.raises(PolybundleError):
+        read_pth(untyped_v2)
 
 
 @needs_torch
