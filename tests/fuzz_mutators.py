@@ -280,8 +280,11 @@ def mutate_json(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
         try:
             original = _get_path(document, path)
         except (KeyError, IndexError, TypeError, ValueError):
+            original = KeyError  # absent: the mutation adds it
+        try:
+            document = _set_path(document, path, value)
+        except (KeyError, IndexError, TypeError, ValueError):
             return _with_member(seed, member, json.dumps(document).encode(), "either")
-        document = _set_path(document, path, value)
         expect = "same" if value == original and type(value) is type(original) else "either"
         if member == "manifest.json" and path == "format_version" and value != original:
             expect = "either" if isinstance(value, str) and value.startswith("2.") else "refuse"
@@ -360,7 +363,7 @@ def mutate_tensor_spec(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutat
     if value == "<swapped>":
         value = list(reversed(entry["shape"])) if len(entry["shape"]) > 1 else [1, *entry["shape"]]
     elif value == "<other>":
-        value = tensors[(index + 1) % len(tensors)][key]
+        value = tensors[(index + 1) % len(tensors)].get(key)
     if key == "drop":
         tensors.remove(entry)
         expect = "either"

@@ -42,6 +42,9 @@ SECONDS_PER_CASE = 10.0
 SECRET_MARK = b"PBSECRET"
 """Repeated through the secret file: 15 contiguous bytes read from it contain this mark."""
 
+STEP_FILE = Path("current_step")
+"""Written (in the worker's folder) with the label of the entry point now running."""
+
 ARCH = "fuzz-mlp"
 TORCH_CONFIG = {"inputs": 3, "hidden": 4, "outputs": 2}
 
@@ -270,6 +273,7 @@ class Case:
         """Run ``call()``; a PolybundleError is an allowed outcome, anything else a problem."""
         from polybundle.errors import PolybundleError
 
+        STEP_FILE.write_text(label)  # the parent names the step when the case times out
         try:
             value = call()
         except PolybundleError as exc:
@@ -319,6 +323,8 @@ def _check_archive(case: Case) -> None:
         case.attempt("load(into=)", lambda: _into(case, path))
     lazy = case.attempt("load(lazy=True).tensors", lambda: _lazy(path))
     case.attempt("inspect", lambda: polybundle.inspect(path, **_budget(polybundle.inspect)))
+    for command in ("inspect", "verify"):
+        _cli(case, command, path)
     report = _verify(case, path)
     if spec["kind"] == "legacy":
         _migrate(case)
@@ -425,6 +431,32 @@ def _lazy(path: str) -> dict[str, Any]:
         role: {k: _array(v) for k, v in bundle.tensors(role).items()} for role in bundle.roles
     }
     return {"params": bundle.params, "tensors": tensors}
+
+
+_CONTROL = {chr(c) for c in [*range(0, 32), *range(127, 160)]} - {"\n"}
+
+
+def _cli(case: Case, command: str, path: str) -> None:
+    """``polybundle COMMAND PATH``: exits with a status, prints no control character."""
+    import contextlib
+    import io
+
+    from polybundle import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = case.attempt(f"cli {command}", lambda: cli.main([command, path]))
+    if case.outcomes[f"cli {command}"] != "ok":
+        outcome = case.outcomes[f"cli {command}"]
+        case.problems.append(f"cli {command} raised instead of exiting ({outcome})")
+    elif not isinstance(status, int):
+        case.problems.append(f"cli {command} returned {status!r}, not an exit status")
+    text = out.getvalue() + err.getvalue()
+    found = sorted({repr(c) for c in text if c in _CONTROL})
+    if found:
+        case.problems.append(f"cli {command} printed control characters {', '.join(found)}")
+    if "Traceback" in text:
+        case.problems.append(f"cli {command} printed a traceback")
 
 
 def _verify(case: Case, path: str) -> Any:

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 from . import fuzz_mutators as fm
 from .conftest import LEGACY_DIR, needs_tensorflow, needs_torch
-from .fuzz_worker import SECRET_MARK, Worker, WorkerFailed
+from .fuzz_worker import SECRET_MARK, STEP_FILE, Worker, WorkerFailed
 
 pytestmark = [needs_torch, needs_tensorflow]
 
@@ -132,7 +132,9 @@ class Fuzz:
         try:
             result = self.worker.call("check_case", spec)
         except WorkerFailed as failure:
-            return [f"case did not finish: {failure} (time or memory bound)"]
+            step = self.work / STEP_FILE
+            running = step.read_text() if step.exists() else "?"
+            return [f"case did not finish: {failure} (time or memory bound), in {running}"]
         finally:
             spent = time.monotonic() - started
             self.slowest[family] = max(self.slowest.get(family, 0.0), spent)
@@ -273,6 +275,10 @@ DEPTHS = [1, 50, 200, 400, 1000, 5000, 100_000]
 ODD_VALUES = [
     None, "", "x", "0.1", [], {}, -1, 1.5, True, 2**70, 1e308, "9" * 5000, ["x"], {"a": 1},
 ]
+TERMINAL = [  # strings a terminal would act on: the CLI must show them inert
+    "\x1b[2J\x1b[H", "[/red]", "[link=http://x]y[/link]", "\x1b]8;;http://x\x1b\\y\x1b]8;;\x1b\\",
+    "\u202eexe.txt", "a\rb", "\x07\x9b31m",
+]
 
 json_mutations = st.one_of(
     st.tuples(
@@ -287,9 +293,15 @@ json_mutations = st.one_of(
     st.tuples(
         st.just("json"), st.just("manifest.json"), st.just("field"),
         st.sampled_from(["format_version", "writer.polybundle", "backend", "format", "models",
-                         "members", "created", "models.0.role", "models.0.weights"]),
+                         "members", "created", "models.0.role", "models.0.weights",
+                         "writer.framework", "writer.framework_version"]),
         st.sampled_from(["2.0.0", "2.1.0", "3.0.0", "1.0.0", "9" * 5000 + ".0.0", "-1.0.0",
-                         "\u0662.0.0", "2", "99999999999999999999.0.0", *ODD_VALUES]),
+                         "\u0662.0.0", "2", "99999999999999999999.0.0", *ODD_VALUES,
+                         *TERMINAL]),
+    ),
+    st.tuples(
+        st.just("json"), st.just("params.json"), st.just("field"),
+        st.sampled_from(["lr", "sizes", "units"]), st.sampled_from([*TERMINAL, *ODD_VALUES]),
     ),
     st.tuples(
         st.just("record"), st.integers(0, 4), st.sampled_from(["size", "sha256", "drop", "extra"]),
@@ -313,11 +325,11 @@ def test_json_documents(fuzz: Fuzz) -> None:
 
 spec_mutations = st.tuples(
     st.just("spec"), st.integers(0, 3),
-    st.sampled_from(["dtype", "shape", "name", "key", "drop", "duplicate"]),
+    st.sampled_from(["dtype", "shape", "name", "key", "layout", "kind", "drop", "duplicate"]),
     st.sampled_from(["float32", "bfloat16", "float16", "float64", "int64", "float8_e4m3fn",
                      "complex64", "object", "<f4", "float32 ", "bool", "<swapped>", "<other>",
                      [-1, 3], [2**63], [2**62, 4], [2**31, 2**31], [1.5], ["3"], [], [0],
-                     [True], [10**40], [[3]], [1] * 40, "../x", "\x1b[2J", *ODD_VALUES]),
+                     [True], [10**40], [[3]], [1] * 40, "../x", *TERMINAL, *ODD_VALUES]),
 )
 
 
@@ -331,6 +343,8 @@ def test_tensor_specs(fuzz: Fuzz) -> None:
             ("v2_torch", ("spec", 1, "dtype", "bfloat16")),
             ("v2_keras", ("spec", 2, "shape", [2**63])),
             ("v2_torch", ("spec", 0, "dtype", 1)),
+            ("v2_torch", ("spec", 0, "name", "[/red]")),
+            ("v2_keras", ("spec", 1, "layout", "\x1b]8;;http://x\x1b\\y\x1b]8;;\x1b\\")),
         ],
     )
 
