@@ -111,6 +111,11 @@ class Fuzz:
         spec: dict[str, Any] = {"seed": seed_name, "secret": str(self.env.secret)}
         if family == "checkpoint_index":
             spec.update(self._checkpoint_case(mutation))
+        elif mutation[0] == "path":  # not an archive: a path the caller might be tricked into
+            spec.update(
+                path=self._special_path(mutation[1]), kind="legacy", expect="refuse",
+                scratch=str(self.cases / "scratch"),
+            )
         elif mutation[0] == "changed":  # the worker changes the file after loading it
             spec.update(
                 path=str(self.cases / "changed.bundle"), kind="changed", expect="either",
@@ -139,6 +144,23 @@ class Fuzz:
             spent = time.monotonic() - started
             self.slowest[family] = max(self.slowest.get(family, 0.0), spent)
         return result["problems"]
+
+    def _special_path(self, kind: str) -> str:
+        """A path that is no regular archive: a device, a FIFO, a folder, a link to the secret."""
+        target = self.cases / f"special-{kind}"
+        if target.is_symlink() or target.exists():
+            return str(target)
+        if kind == "fifo":
+            os.mkfifo(target)
+        elif kind == "directory":
+            target.mkdir()
+        elif kind == "empty":
+            target.write_bytes(b"")
+        elif kind == "link_to_secret":
+            target.symlink_to(self.env.secret)
+        else:
+            return {"dev_zero": "/dev/zero", "proc_environ": "/proc/self/environ"}[kind]
+        return str(target)
 
     def _checkpoint_case(self, mutation: tuple[Any, ...]) -> dict[str, Any]:
         import json
@@ -550,6 +572,17 @@ def test_changed_after_load(fuzz: Fuzz) -> None:
         fuzz, "changed_after_load", _seeded(V2, changed_mutations),
         [("v2_torch", ("changed", 0, 0)), ("v2_keras", ("changed", 0, 0))],
         examples=max(EXAMPLES // 2, 8),
+    )
+
+
+PATH_KINDS = ["dev_zero", "proc_environ", "fifo", "directory", "empty", "link_to_secret"]
+
+
+def test_paths(fuzz: Fuzz) -> None:
+    """Paths that are no archive: /dev/zero, a FIFO, a folder, a link to a secret file."""
+    run_family(
+        fuzz, "paths", st.tuples(st.just("path"), st.tuples(st.just("path"), st.sampled_from(
+            PATH_KINDS))), [("path", ("path", kind)) for kind in PATH_KINDS], examples=1,
     )
 
 
