@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .archive import ArchiveReader
     from .writer import MemberRecord
 
-FORMAT_VERSION = "2.0.0"
+FORMAT_VERSION = "2.1.0"
 """The format version this polybundle writes."""
 
 MANIFEST_MEMBER = "manifest.json"

@@ -28,12 +28,19 @@ from .backend import TensorSpec
 from .detection import FORMAT_NAME, PLAIN_FORMATS, Detection
 from .errors import IntegrityError, PolybundleError
 from .legacy.era import EraReader, LegacyContent, LegacyRole, read_member
-from .legacy.jsonsafe import to_json
+from .legacy.jsonsafe import to_json, to_params
 from .legacy.loading import check_json_size
 from .legacy.plugin import era_reader
 from .loading import detect, open_plain, plain_manifest, with_builder_tags
-from .manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest, read_manifest, verify_members
-from .params import encode_params
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST_MEMBER,
+    PARAMS_MEMBER,
+    build_manifest,
+    read_manifest,
+    verify_members,
+)
+from .params import ARRAYS_MEMBER, encode_params
 from .registry import get_backend, get_registry
 from .schemas import validate
 from .verify import VerifyReport, check_format_two
@@ -95,10 +102,15 @@ def _role_specs(
     archive: ArchiveReader,
     reader: EraReader,
     role: LegacyRole,
-    config: dict[str, Any],
+    params: dict[str, Any],
     report: MigrationReport,
 ) -> tuple[list[TensorSpec], dict[str, Any] | None]:
-    """Use a builder named after the role, when registered, for real layout tags."""
+    """Use a builder named after the role, when registered, for real layout tags.
+
+    The builder's config (recorded as the architecture's) is the legacy params
+    as plain JSON, as :func:`polybundle.load` gives it for a legacy archive:
+    arrays as nested lists, complex ones left out (they are all in params).
+    """
     backend = get_backend(reader.backend)
     registry = get_registry()
     if not registry.has_builder(role.role, backend.name):
@@ -109,6 +121,8 @@ def _role_specs(
         return role.specs, None
     import io
 
+    check_json_size(params, where="the legacy params")
+    config = to_json(params).value  # the builder's config, as a legacy load gives it
     backend.require()
     model = registry.builder(role.role, backend.name)(config)
     backend.load_into(model, io.BytesIO(read_member(archive, role.weights)), role.specs)
@@ -124,16 +138,16 @@ def _write(
     source_sha: str,
     report: MigrationReport,
 ) -> None:
-    check_json_size(content.params, where="the legacy params")
+    check_json_size(content.params, where="the legacy params", arrays_as_json=False)
     check_json_size(content.manifest, where="the legacy manifest")
-    params = to_json(content.params)
+    params = to_params(content.params)
     report.converted += [f"params {item}" for item in params.converted]
     report.dropped += [f"params {item}" for item in params.dropped]
-    params_bytes = encode_params(params.value)
+    encoded = encode_params(params.value)
     backend = get_backend(content.backend)
     entries = []
     for role in content.roles:
-        specs, architecture = _role_specs(archive, reader, role, params.value, report)
+        specs, architecture = _role_specs(archive, reader, role, content.params, report)
         entries.append(
             {
                 "role": role.role,
@@ -150,7 +164,9 @@ def _write(
             )
     report.dropped += [f"{name}: not needed (its values are in params)" for name in content.ignored]
     with ArchiveWriter(target) as writer:
-        writer.write_bytes(PARAMS_MEMBER, params_bytes, compress=True)
+        writer.write_bytes(PARAMS_MEMBER, encoded.document, compress=True)
+        if encoded.arrays is not None:
+            writer.write_bytes(ARRAYS_MEMBER, encoded.arrays)
         for entry, role in zip(entries, content.roles, strict=True):
             writer.write_bytes(entry["weights"], read_member(archive, role.weights))
         manifest = build_manifest(
@@ -228,7 +244,8 @@ def _migrate_format_two(
         return report
     _copy_bundle(source, target)
     report.converted.append(
-        f"verified copy (format {read_manifest(archive)['format_version']} is current)"
+        f"verified copy (format {read_manifest(archive)['format_version']}; this polybundle "
+        f"writes {FORMAT_VERSION}, whose readers read every 2.x bundle unchanged)"
     )
     report.written = True
     return report
@@ -258,7 +275,7 @@ def _write_plain(
         data = archive.read(archive.weights, limit=size)
     models = [{**entry, "weights": member}]
     with ArchiveWriter(target) as writer:
-        writer.write_bytes(PARAMS_MEMBER, encode_params({}), compress=True)
+        writer.write_bytes(PARAMS_MEMBER, encode_params({}).document, compress=True)
         writer.write_bytes(models[0]["weights"], data)
         written = build_manifest(
             backend=backend.name, framework=backend.distribution,
@@ -290,8 +307,10 @@ def migrate(
     function already produced from the same ``src`` is left alone
     (idempotent). A format-2 ``src`` is checked in full (as
     :func:`polybundle.verify` does); given a ``dst`` other than ``src`` it
-    is copied there, and the copy is checked before it appears (format 2.0
-    is the current version, so a copy is the rewrite). Without ``dst`` (or
+    is copied there, and the copy is checked before it appears (a 2.0 bundle
+    is a valid 2.1 bundle: 2.1 only adds params arrays, so a copy is the
+    rewrite). Params arrays of a legacy archive (a complex probe, a mask) go
+    to ``params.safetensors`` bit for bit. Without ``dst`` (or
     with ``dst`` equal to ``src``) it is reported as already up to date and
     nothing is written. Register builders named after the roles first to give
     the tensors real layout tags (needed to convert across frameworks).

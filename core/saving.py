@@ -18,7 +18,7 @@ from .backend import Backend, TensorSpec
 from .errors import BackendError, PolybundleError
 from .manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
 from .optimizer import SLOTS_MEMBER, STATE_MEMBER, OptimizerState, encode_optimizer
-from .params import encode_params
+from .params import ARRAYS_MEMBER, encode_params
 from .progress import progress_bar
 from .registry import backend_for_model, remembered_architecture
 from .rng import RNG_MEMBER, capture_rng, encode_rng
@@ -160,6 +160,11 @@ def save(
 ) -> dict[str, Any]:
     """Save ``{role: native model}`` and ``params`` as a format-2 bundle at ``path``.
 
+    ``params`` is a dict of JSON values and NumPy arrays and scalars at any
+    depth (dtypes of :data:`polybundle.params.DTYPES`: complex, bool,
+    bfloat16 and float8 included); arrays go to ``params.safetensors`` and
+    come back bit for bit (see :mod:`polybundle.params`).
+
     The backend is inferred from the models' types. ``architectures`` maps a
     role to ``(name, config)`` so :func:`polybundle.load` can rebuild it with
     a registered builder; models made with :func:`polybundle.build` remember
@@ -186,7 +191,7 @@ def save(
     target = Path(path)
     _check_roles(models)
     backend = _infer_backend(models)
-    params_bytes = encode_params({} if params is None else params)
+    encoded_params = encode_params({} if params is None else params)
     architectures = dict(architectures or {})
     unknown = set(architectures) - set(models)
     if unknown:
@@ -221,7 +226,9 @@ def save(
     weights_bytes = sum(TensorSpec.from_json(t).nbytes for e in entries for t in e["tensors"])
     bar = progress_bar(f"saving {target.name}", weights_bytes, enabled=progress)
     with ArchiveWriter(target) as writer, bar as advance:
-        writer.write_bytes(PARAMS_MEMBER, params_bytes, compress=True)
+        writer.write_bytes(PARAMS_MEMBER, encoded_params.document, compress=True)
+        if encoded_params.arrays is not None:
+            writer.write_bytes(ARRAYS_MEMBER, encoded_params.arrays)
         for entry in entries:
             with writer.stream(entry["weights"]) as stream:
                 stream.on_write = advance

@@ -1,11 +1,16 @@
-"""Turn legacy params (which may hold NumPy values and tuples) into plain JSON.
+"""Turn legacy params (which may hold NumPy values and tuples) into format-2 params.
 
 Each change is recorded, so :func:`polybundle.migrate` can print what was
-converted and what was dropped: NumPy scalars become Python numbers, tuples
-and sets become lists, real NumPy arrays (and tensors read from params)
-of booleans, integers and floats become nested lists of the same values, and
-values JSON cannot hold (complex numbers and complex arrays such as a probe,
-bytes, NaN and infinity) are dropped, each with the reason.
+converted and what was dropped. :func:`to_params` gives what a format-2
+bundle's params hold: JSON values plus NumPy arrays and scalars, which go to
+``params.safetensors`` bit for bit (complex probes, boolean masks, bfloat16,
+NaN included); tuples and sets become lists, a Python complex or non-finite
+float becomes the NumPy scalar of the same value. Only values that have no
+lossless form are dropped, each with the reason (bytes, non-string keys,
+arrays of dtypes params do not store). :func:`to_json` gives pure JSON (for
+manifests and builder configs): NumPy scalars become Python numbers, arrays of
+booleans, integers and floats nested lists, and complex values and NaN are
+dropped.
 
 Example:
     >>> import numpy as np
@@ -13,6 +18,9 @@ Example:
     >>> result.value, result.converted, result.dropped
     ({'scale': 2.5, 'shape': [1, 2]}, ['scale: numpy float32 -> number', \
 'shape: tuple -> list'], ['z: complex (JSON has no complex numbers)'])
+    >>> result = to_params({"probe": np.ones((2, 2), np.complex64), "z": 1j})
+    >>> result.value["probe"].dtype, result.value["z"], result.dropped
+    (dtype('complex64'), np.complex128(1j), [])
 """
 
 from __future__ import annotations
@@ -54,11 +62,65 @@ def to_json(value: Any) -> JsonResult:
     return result
 
 
+def to_params(value: Any) -> JsonResult:
+    """Return ``value`` as format-2 params (JSON plus NumPy arrays), with what changed.
+
+    Arrays and NumPy scalars of the dtypes params store are kept as they
+    are (arrays with another memory order or byte order come back C-ordered
+    and native); only what has no lossless form is dropped.
+
+    Example:
+        >>> import numpy as np
+        >>> result = to_params({"mask": np.eye(2, dtype=bool), "nan": float("nan"), "b": b"x"})
+        >>> result.value
+        {'mask': array([[ True, False],
+               [False,  True]]), 'nan': np.float64(nan)}
+        >>> result.dropped
+        ['b: bytes (params have no bytes values)']
+    """
+    result = JsonResult(None)
+    converted = _convert(value, "", result, arrays=True)
+    result.value = None if converted is _DROP else converted
+    return result
+
+
 def _label(path: str) -> str:
     return path or "(top)"
 
 
-def _convert(value: Any, path: str, result: JsonResult) -> Any:
+def _keep_array(value: Any, path: str, result: JsonResult) -> Any:
+    """Keep a NumPy array or scalar for ``params.safetensors``; drop what it cannot hold."""
+    from ..params import DTYPES
+
+    array = np.asarray(value)
+    kind = "scalar" if isinstance(value, np.generic) else "array"
+    if type(value) is np.ndarray or isinstance(value, np.generic):
+        if array.dtype.name in DTYPES and not array.dtype.hasobject:
+            if kind == "array":
+                result.converted.append(
+                    f"{_label(path)}: array {value.dtype} shape {list(value.shape)} -> "
+                    "params.safetensors (bit for bit)"
+                )
+            return value
+    result.dropped.append(
+        f"{_label(path)}: {type(value).__name__} of dtype {array.dtype} (params store "
+        f"arrays and scalars of {', '.join(DTYPES)} only); it stays readable in the source "
+        "archive: polybundle.load(source).params"
+    )
+    return _DROP
+
+
+def _convert(value: Any, path: str, result: JsonResult, arrays: bool = False) -> Any:
+    if arrays and isinstance(value, (np.ndarray, np.generic)) and not isinstance(value, str):
+        return _keep_array(value, path, result)
+    if arrays and isinstance(value, (complex, float)) and not isinstance(value, bool):
+        if isinstance(value, complex) or not math.isfinite(value):
+            kind = "complex128" if isinstance(value, complex) else "float64"
+            result.converted.append(
+                f"{_label(path)}: {value!r} -> numpy {kind} (the same value; JSON has no "
+                f"{'complex numbers' if kind == 'complex128' else 'NaN or infinity'})"
+            )
+            return np.complex128(value) if kind == "complex128" else np.float64(value)
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -87,7 +149,13 @@ def _convert(value: Any, path: str, result: JsonResult) -> Any:
             if not isinstance(key, str):
                 result.dropped.append(f"{path}[{key!r}]: key is not a string")
                 continue
-            child = _convert(item, f"{path}.{key}" if path else key, result)
+            if arrays and key == "$ndarray":
+                result.dropped.append(
+                    f"{_label(path)}.$ndarray: the key '$ndarray' is reserved for array "
+                    "references in format-2 params; it stays readable in the source archive"
+                )
+                continue
+            child = _convert(item, f"{path}.{key}" if path else key, result, arrays)
             if child is not _DROP:
                 out[key] = child
         return out
@@ -97,12 +165,15 @@ def _convert(value: Any, path: str, result: JsonResult) -> Any:
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
         out_list = []
         for index, item in enumerate(items):
-            child = _convert(item, f"{path}[{index}]", result)
+            child = _convert(item, f"{path}[{index}]", result, arrays)
             out_list.append(None if child is _DROP else child)
         return out_list
     kind = "complex" if isinstance(value, (complex, np.complexfloating)) else type(value).__name__
     if isinstance(value, np.ndarray):
         kind = f"array {value.dtype} shape {list(value.shape)}"
+    if arrays:
+        result.dropped.append(f"{_label(path)}: {kind} (params have no {kind} values)")
+        return _DROP
     result.dropped.append(f"{_label(path)}: {kind} (JSON has no {_plural(kind)})")
     return _DROP
 
@@ -111,7 +182,7 @@ def _plural(kind: str) -> str:
     if kind.startswith("array"):
         numbers = "complex numbers" if " complex" in kind else "arrays of this dtype"
         return (
-            f"{numbers}, and a format-2 bundle has no member for params arrays; it stays "
-            "readable in the source archive: polybundle.load(source).params"
+            f"{numbers}; as JSON it is left out, and format-2 params keep it in "
+            "params.safetensors)"
         )
     return "complex numbers" if kind == "complex" else f"{kind} values"
