@@ -17,17 +17,16 @@ from .backend import TensorSpec
 from .detection import FORMAT_NAME, PLAIN_FORMATS
 from .errors import FormatError
 from .loading import detect, open_plain, plain_manifest
-from .manifest import PARAMS_MEMBER, read_manifest
+from .manifest import read_manifest
 from .optimizer import summarize_document
-from .params import decode_params
+from .params import read_params
 
 
 def _params_and_optimizers(
     archive: ArchiveReader, manifest: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read params.json and each role's optimizer summary, charging what is read."""
-    budget.charge(archive.size(PARAMS_MEMBER), PARAMS_MEMBER)
-    params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
+    params = read_params(archive, manifest, arrays=False)
     optimizers = {}
     for entry in manifest["models"]:
         if "optimizer" not in entry:

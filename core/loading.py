@@ -37,8 +37,8 @@ from .layouts import OPAQUE, SCALAR
 from .lazy import lazy_tensors
 from .legacy.loading import LegacyModels, load_legacy
 from .legacy.plugin import era_reader
-from .manifest import PARAMS_MEMBER, read_manifest, verify_members, verifying_members
-from .params import decode_params
+from .manifest import read_manifest, verify_members, verifying_members
+from .params import read_params
 from .plugins import get_plugin_manager
 from .progress import progress_bar
 from .readers.keras_file import read_keras_weights
@@ -484,8 +484,7 @@ def _load_models(
     with verifying_members(archive, manifest, enabled=verify):
         params: dict[str, Any] = {}
         if not plain:
-            budget.charge(archive.size(PARAMS_MEMBER), PARAMS_MEMBER)
-            params = decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
+            params = read_params(archive, manifest)
         if not lazy:
             requested.require()
         models: dict[str, Any] = LegacyModels({}) if plain else {}

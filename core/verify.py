@@ -28,8 +28,8 @@ from .legacy.era import read_member
 from .legacy.kerasfile import check_config, open_keras, read_weights
 from .legacy.plugin import era_reader
 from .loading import detect, open_plain, plain_manifest
-from .manifest import PARAMS_MEMBER, read_manifest, verify_members
-from .params import decode_params
+from .manifest import read_manifest, verify_members
+from .params import ARRAYS_MEMBER, read_params
 from .progress import progress_bar
 from .readers.torch_zip import read_pth
 from .tensor_check import dtype_name
@@ -107,9 +107,10 @@ def check_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
     report.checked.append("manifest schema, member list and sizes")
     verify_members(archive, manifest)
     report.checked.append(f"sha256 of {len(manifest['members'])} members")
-    budget.charge(archive.size(PARAMS_MEMBER), PARAMS_MEMBER)
-    decode_params(archive.read(PARAMS_MEMBER), where=PARAMS_MEMBER)
-    report.checked.append("params.json")
+    read_params(archive, manifest)
+    report.checked.append(
+        "params.json" + (" and params.safetensors" if ARRAYS_MEMBER in manifest["members"] else "")
+    )
     check_weights(archive, manifest, report)
     from .optimizer import check_training_members  # optimizer.* and rng.json, as restored
 

@@ -39,7 +39,7 @@ MAX_JSON_CHARS = 16 * 1024 * 1024
 """Most characters of text (strings, keys) legacy params may become as JSON."""
 
 
-def check_json_size(value: Any, *, where: str) -> None:
+def check_json_size(value: Any, *, where: str, arrays_as_json: bool = True) -> None:
     """Refuse a legacy value that would expand into too much JSON; charge what it will cost.
 
     A pickle can reference one list twice at every level (``b = [a, a]``):
@@ -48,7 +48,10 @@ def check_json_size(value: Any, *, where: str) -> None:
     checks one by one. The walk counts every value each time it is reached
     (never recursing, so depth cannot overflow it), stops at
     :data:`MAX_JSON_VALUES` values or :data:`MAX_JSON_CHARS` characters, and
-    charges an estimate of the JSON's size to the memory budget.
+    charges an estimate of the JSON's size to the memory budget. With
+    ``arrays_as_json=False`` (format-2 params, where arrays go to
+    ``params.safetensors``) an array counts as one value and its bytes are
+    charged instead.
 
     Example:
         >>> check_json_size({"N": 64, "probe.mask": [[True] * 4] * 4}, where="params.dill")
@@ -60,15 +63,17 @@ def check_json_size(value: Any, *, where: str) -> None:
         ...
         polybundle.errors.UnsafeContentError: params.dill would become more than 65536 JSON ...
     """
-    values = chars = 0
+    values = chars = array_bytes = 0
     stack = [value]
     while stack:
         item = stack.pop()
         values += 1
         if isinstance(item, (str, bytes, bytearray)):
             chars += len(item)
-        elif isinstance(item, np.ndarray):
+        elif isinstance(item, np.ndarray) and arrays_as_json:
             values += int(item.size)
+        elif isinstance(item, np.ndarray):
+            array_bytes += int(item.nbytes)
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
@@ -81,7 +86,7 @@ def check_json_size(value: Any, *, where: str) -> None:
                 "they occur); a params snapshot holds settings, not data. Refused: the archive "
                 "is hostile or holds data that belongs in a weights file."
             )
-    budget.charge(chars + 32 * values, f"{where} as JSON")
+    budget.charge(chars + 32 * values + 2 * array_bytes, f"{where} as JSON")
 
 
 class LegacyModels(dict):
