@@ -74,6 +74,8 @@ class Mutated:
     data: bytes
     expect: str
     declared: dict[str, dict[str, list[Any]]] | None = field(default=None)
+    params: dict[str, Any] | None = field(default=None)
+    """Params values a correct reader must give back exactly (legacy arrays)."""
 
 
 # --- zip writing, byte by byte (so records can lie) ------------------------------------------
@@ -800,6 +802,40 @@ def params_pickle_value(how: str, size: int) -> Any:
     raise ValueError(how)
 
 
+class ArrayState:
+    """Pickles as NumPy's own ``_reconstruct`` + ``BUILD`` with a hand-written state tuple."""
+
+    def __init__(self, state: tuple[Any, ...]) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        reconstruct = np.zeros(1).__reduce__()[0]
+        return (reconstruct, (np.ndarray, (0,), b"b"), self.state)
+
+
+def array_state(how: str) -> ArrayState:
+    """An ndarray pickle state ``(version, shape, dtype, fortran, data)`` that lies or is odd."""
+    f4, data = np.dtype("<f4"), np.arange(6, dtype="<f4").tobytes()
+    states = {
+        "plain": (1, (2, 3), f4, False, data),
+        "shape_more_than_data": (1, (1000,), f4, False, data),
+        "shape_huge": (1, (2**40,), f4, False, data),
+        "shape_2d_huge": (1, (2**31, 2**31), f4, False, data),
+        "shape_negative": (1, (-1,), f4, False, data),
+        "shape_float": (1, (2.5,), f4, False, data),
+        "zero_by_huge": (1, (0, 2**62), f4, False, b""),
+        "dims_many": (1, (1,) * 64, f4, False, data[:4]),
+        "big_endian": (1, (2, 3), np.dtype(">f4"), False, data),
+        "fortran": (1, (2, 3), f4, True, data),
+        "object": (1, (2,), np.dtype(object), False, [1, 2]),
+        "structured": (1, (2,), np.dtype([("a", "<f4"), ("b", "<i4")]), False, data[:16]),
+        "data_not_bytes": (1, (2,), f4, False, [1, 2]),
+        "version_9": (9, (2, 3), f4, False, data),
+        "datetime": (1, (2,), np.dtype("M8[s]"), False, data[:16]),
+    }
+    return ArrayState(states[how])
+
+
 def mutate_legacy_params(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
     """``("params", how, size)``: add one hostile value to a legacy ``params.dill``."""
     from polybundle.unpickle import safe_loads
@@ -808,13 +844,23 @@ def mutate_legacy_params(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mut
     member = seed.find("params.dill")[0]
     params = safe_loads(seed.member(member), where=member)
     marker = "__FUZZ_DEEP__"
-    params["x_fuzz"] = marker if how == "deep_list" else params_pickle_value(how, size)
+    if how == "array":
+        params["x_fuzz"] = array_state(size)
+    else:
+        params["x_fuzz"] = marker if how == "deep_list" else params_pickle_value(how, size)
     data = pickle.dumps(params, protocol=2)
     if how == "deep_list":  # nested lists, written as opcodes (pickle.dumps would recurse)
         op = b"X" + struct.pack("<I", len(marker)) + marker.encode()
         data = data.replace(op, b"]" * size + b"a" * (size - 1), 1)
     expect = "refuse" if how == "stride0_tensor" and size >= 2**12 else "either"
-    return finish(seed, replace(seed, member, data), expect)
+    members = [(n, data if n.endswith("params.dill") else d) for n, d in seed.members]
+    mutated = finish(seed, zip_of(members, seed.method), expect)  # every role's params
+    values = np.arange(6, dtype=np.float32)
+    if how == "array" and size in ("plain", "big_endian"):
+        mutated.params = {"x_fuzz": values.reshape(2, 3).tolist()}
+    elif how == "array" and size == "fortran":
+        mutated.params = {"x_fuzz": values.reshape((2, 3), order="F").tolist()}
+    return mutated
 
 
 # --- zip records ------------------------------------------------------------------------------

@@ -554,6 +554,18 @@ def _check_data(case: Case, label: str, data: dict[str, Any]) -> None:
                     f"{label}: tensors of {role!r} differ from the original though the mutation "
                     "keeps the content"
                 )
+    for key, expected in (spec.get("params") or {}).items():
+        import numpy as np
+
+        if key not in data["params"]:
+            case.problems.append(f"{label}: params[{key!r}] (a plain array) was dropped")
+        elif not (
+            np.shape(data["params"][key]) == np.shape(expected)
+            and np.array_equal(np.asarray(data["params"][key], np.float64), expected)
+        ):
+            case.problems.append(
+                f"{label}: params[{key!r}] is {data['params'][key]!r}, expected {expected!r}"
+            )
     if spec["expect"] == "same" and reference and spec["kind"] == "v2":
         if data["params"] != reference["params"]:
             case.problems.append(f"{label}: params differ from the original")

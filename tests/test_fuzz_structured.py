@@ -46,6 +46,7 @@ EXAMPLES = int(os.environ.get("POLYBUNDLE_FUZZ_EXAMPLES", "20"))
 LEGACY_SEEDS = {
     "legacy_torch": "torch_dill_era_shared.zip",
     "legacy_tf": "tf_era_shared.zip",
+    "legacy_tf_arrays": "tf_era_arrays_shared.zip",
 }
 
 KNOWN_OPEN: list[tuple[str, str, tuple[Any, ...], str]] = []
@@ -131,7 +132,7 @@ class Fuzz:
             shutil.rmtree(scratch, ignore_errors=True)
             spec.update(
                 path=str(path), kind=seed.kind, expect=mutated.expect,
-                declared=mutated.declared, scratch=str(scratch),
+                declared=mutated.declared, scratch=str(scratch), params=mutated.params,
             )
         started = time.monotonic()
         try:
@@ -446,6 +447,13 @@ legacy_mutations = st.one_of(
         st.sampled_from([1, 64, 2**12, 2**14]),
     ),
     st.tuples(
+        st.just("params"), st.just("array"),
+        st.sampled_from(["plain", "shape_more_than_data", "shape_huge", "shape_2d_huge",
+                         "shape_negative", "shape_float", "zero_by_huge", "dims_many",
+                         "big_endian", "fortran", "object", "structured", "data_not_bytes",
+                         "version_9", "datetime"]),
+    ),
+    st.tuples(
         st.just("roles"), st.sampled_from(["rename", "add", "duplicate", "version", "models"]),
         st.sampled_from(["../autoencoder", "/etc", "", "a" * 300, "\x1b]8;;x\x07", "net/../x",
                          "autoencoder", "9" * 5000, None, 5, ["x"], {"a": 1}]),
@@ -460,6 +468,9 @@ def test_legacy_pickles(fuzz: Fuzz) -> None:
         [
             ("legacy_torch", ("params", "stride0_tensor", 2**14)),
             ("legacy_tf", ("roles", "rename", "../autoencoder")),
+            ("legacy_tf_arrays", ("params", "array", "shape_huge")),
+            ("legacy_tf_arrays", ("params", "array", "zero_by_huge")),
+            ("legacy_torch", ("params", "array", "fortran")),
         ],
     )
 
