@@ -171,6 +171,14 @@ def _register_architecture() -> None:
             torch.nn.Linear(config["hidden"], config["outputs"]),
         )
 
+    @polybundle.architecture(ARCH, backend="tensorflow")
+    def _keras_mlp(config: dict[str, Any]) -> Any:
+        import keras
+
+        inputs = keras.Input((config["inputs"],))
+        hidden = keras.layers.Dense(config["hidden"], name="h")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(config["outputs"], name="d")(hidden))
+
 
 def _torch_model_and_adam() -> tuple[Any, Any]:
     import torch
@@ -206,9 +214,13 @@ def build_seeds(folder: str) -> dict[str, str]:
     hidden = keras.layers.Dense(4, name="h")(inputs)
     net = keras.Model(inputs, keras.layers.Dense(2, name="d")(hidden))
     polybundle.save(out / "v2_keras.bundle", {"net": net}, params={"units": [4, 2]})
+    built = polybundle.build(ARCH, TORCH_CONFIG, backend="tensorflow")
+    built.set_weights(net.get_weights())
+    polybundle.save(out / "v2_keras_arch.bundle", {"net": built}, params={"units": [4, 2]})
     return {
         "v2_torch": str(out / "v2_torch.bundle"),
         "v2_keras": str(out / "v2_keras.bundle"),
+        "v2_keras_arch": str(out / "v2_keras_arch.bundle"),
         "checkpoints": str(out / "checkpoints"),
     }
 
@@ -328,6 +340,8 @@ def _check_archive(case: Case) -> None:
     report = _verify(case, path)
     if spec["kind"] == "legacy":
         _migrate(case)
+    if spec.get("convert_to"):
+        _convert(case)
     for label, data in (("load", eager), ("load(lazy=True).tensors", lazy)):
         if data is not None:
             _check_data(case, label, data)
@@ -380,7 +394,7 @@ def _into(case: Case, path: str) -> dict[str, Any]:
     """``load(into=)`` a fresh model; its weights must then be the reference's."""
     import polybundle
 
-    backend = "torch" if case.spec["seed"] == "v2_torch" else "tensorflow"
+    backend = "torch" if case.spec["seed"].startswith("v2_torch") else "tensorflow"
     model = _fresh_model(backend)
     polybundle.load(path, into={"net": model}, **_budget(polybundle.load))
     weights = _model_arrays(model)
@@ -503,6 +517,33 @@ def _migrate(case: Case) -> None:
         report = _verify(case, str(target))
         if report is not None and not report.ok:
             case.problems.append("migrate wrote a bundle that verify does not accept")
+        target.unlink()
+
+
+def _convert(case: Case) -> None:
+    """``convert`` to the other framework: a failure writes nothing, an output holds no secret."""
+    import polybundle
+
+    scratch = Path(case.spec["scratch"])
+    scratch.mkdir(parents=True, exist_ok=True)
+    before = _snapshot(scratch)
+    target = scratch / "converted.bundle"
+    convert, backend = polybundle.convert, case.spec["convert_to"]
+    case.attempt("convert", lambda: convert(case.spec["path"], target, backend=backend,
+                                            **_budget(convert)))
+    after = _snapshot(scratch)
+    if not case.ok("convert"):
+        if after != before:
+            case.problems.append(f"convert failed but wrote {sorted(set(after) - set(before))}")
+        return
+    if case.spec["expect"] == "refuse":
+        case.problems.append("convert accepted a hostile file (expected an error)")
+    if target.exists():
+        if SECRET_MARK in target.read_bytes():
+            case.problems.append("convert wrote bytes of the secret file into its output")
+        report = _verify(case, str(target))
+        if report is not None and not report.ok:
+            case.problems.append("convert wrote a bundle that verify does not accept")
         target.unlink()
 
 

@@ -49,6 +49,9 @@ LEGACY_SEEDS = {
     "legacy_tf_arrays": "tf_era_arrays_shared.zip",
 }
 
+CONVERT_TO = {"v2_torch": "tensorflow", "v2_keras_arch": "torch"}
+"""Seeds recorded with a builder in both frameworks: their cases also run ``convert``."""
+
 KNOWN_OPEN: list[tuple[str, str, tuple[Any, ...], str]] = []
 """``(family, seed, mutation, reason)``: examples still failing while their fix is open.
 
@@ -76,7 +79,7 @@ class Fuzz:
         self.worker.warm_with("prepare", {**paths, **legacy})
         self.setup_seconds = time.monotonic() - started
         self.seeds: dict[str, fm.Seed] = {}
-        for name in ("v2_torch", "v2_keras"):
+        for name in ("v2_torch", "v2_keras", "v2_keras_arch"):
             self.seeds[name] = fm.Seed(name, "v2", fm.members_of(Path(paths[name]).read_bytes()))
         for name, file in LEGACY_SEEDS.items():
             data = (LEGACY_DIR / file).read_bytes()
@@ -133,6 +136,7 @@ class Fuzz:
             spec.update(
                 path=str(path), kind=seed.kind, expect=mutated.expect,
                 declared=mutated.declared, scratch=str(scratch), params=mutated.params,
+                convert_to=CONVERT_TO.get(seed_name),
             )
         started = time.monotonic()
         try:
@@ -226,8 +230,8 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
 
 
 def _kind(mutation: tuple[Any, ...]) -> tuple[str, ...]:
-    """The mutation's named parts (its kind), without numbers and payloads."""
-    return tuple(p for p in mutation if isinstance(p, str) and len(p) < 40)
+    """The mutation's kind: its first element and the names among the next two (no values)."""
+    return (mutation[0], *(p for p in mutation[1:3] if isinstance(p, str) and len(p) < 40))
 
 
 def _short(value: Any) -> str:
@@ -292,7 +296,7 @@ def _seeded(seeds: list[str], mutations: st.SearchStrategy) -> st.SearchStrategy
     return st.tuples(st.sampled_from(seeds), mutations)
 
 
-V2 = ["v2_torch", "v2_keras"]
+V2 = ["v2_torch", "v2_keras", "v2_keras_arch"]
 ALL = [*V2, *LEGACY_SEEDS]
 DEPTHS = [1, 50, 200, 400, 1000, 5000, 100_000]
 ODD_VALUES = [
@@ -393,9 +397,10 @@ hdf5_mutations = st.one_of(
 def test_hdf5_datasets(fuzz: Fuzz) -> None:
     """model.weights.h5 inside model.keras: external storage, VDS, links, filters, shapes."""
     run_family(
-        fuzz, "hdf5", _seeded(["v2_keras", "legacy_tf"], hdf5_mutations),
+        fuzz, "hdf5", _seeded(["v2_keras", "v2_keras_arch", "legacy_tf"], hdf5_mutations),
         [
             ("v2_keras", ("hdf5", 0, "external_abs", 0)),
+            ("v2_keras_arch", ("hdf5", 0, "external_abs", 0)),
             ("legacy_tf", ("hdf5", 0, "external_rel", 0)),
             ("v2_keras", ("hdf5", 1, "virtual", 1)),
             ("v2_keras", ("hdf5", 0, "soft_link", 0)),
