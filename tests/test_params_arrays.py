@@ -443,3 +443,54 @@ def test_member_bytes_are_independent_of_memory_order():
     header_length = int.from_bytes(a.arrays[:8], "little")
     header = json.loads(io.BytesIO(a.arrays[8 : 8 + header_length]).read())
     assert header["/x"]["dtype"] == "F64" and header["/y"]["dtype"] == "I32"
+
+
+def test_every_reference_written_matches_the_shipped_schema():
+    import jsonschema
+
+    from polybundle.params import DTYPES, encode_params, references
+    from polybundle.schemas import load_schema
+
+    schema = load_schema("params")
+    reference = {**schema["$defs"]["reference"], "$schema": schema["$schema"]}
+    assert reference["properties"]["dtype"]["enum"] == list(DTYPES)
+    document = json.loads(encode_params(seed_params()).document)
+    found = references(document, where="params.json")
+    assert len(found) == 21  # 14 arrays at the top, 5 scalars in a list, 2 nested
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict) and "$ndarray" in value:
+            jsonschema.validate(value, reference)
+        elif isinstance(value, dict | list):
+            stack.extend(value.values() if isinstance(value, dict) else value)
+
+
+def _legacy_with_probe(source: Path, path: Path, probe: Any) -> Path:
+    """Copy the real PyTorch dill-era archive with ``probe`` in one role's params."""
+    import pickle
+
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(path, "w") as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename == "autoencoder/params.dill":
+                params = pickle.loads(data)  # noqa: S301 - our own fixture
+                params["probe"] = probe
+                data = pickle.dumps(params, protocol=4)
+            new.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    return path
+
+
+def test_a_shared_array_repeated_in_legacy_params_is_charged_each_time(legacy_dir, tmp_path):
+    """One 1 MiB array referenced 4,096 times in a pickle would be 4 GiB of params.safetensors."""
+    shared = RNG.standard_normal(256 * 1024).astype(np.float32)  # incompressible
+    path = _legacy_with_probe(legacy_dir / "torch_dill_era_shared.zip", tmp_path / "rep.zip",
+                              [shared] * 4096)
+    with pytest.raises(BudgetExceededError, match="legacy params"):
+        polybundle.migrate(path, tmp_path / "m.bundle", max_bytes=1024**3)
+    assert not (tmp_path / "m.bundle").exists()
+    fine = _legacy_with_probe(legacy_dir / "torch_dill_era_shared.zip", tmp_path / "ok.zip",
+                              [shared] * 3)
+    polybundle.migrate(fine, tmp_path / "m.bundle", max_bytes=1024**3)
+    probes = polybundle.load(tmp_path / "m.bundle", lazy=True).params["probe"]
+    assert [p.shape for p in probes] == [shared.shape] * 3
