@@ -302,7 +302,8 @@ def _tensor_entry(name: str, entry: Any, where: str) -> tuple[str, tuple[int, ..
     offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
     valid = (
         isinstance(entry, dict)
-        and entry.get("dtype") in SAFETENSORS_DTYPES
+        and isinstance(entry.get("dtype"), str)
+        and entry["dtype"] in SAFETENSORS_DTYPES
         and isinstance(offsets, list)
         and len(offsets) == 2
         and all(isinstance(x, int) and not isinstance(x, bool) for x in offsets)
@@ -372,6 +373,8 @@ _REQUIRED = {
     "format": str, "version": int, "algorithm": str, "backend": str, "class": str,
     "groups": list, "slots": dict, "native": dict,
 }
+COUNTING = ("adam", "adamw", "rmsprop")
+"""Algorithms whose state always has a step count (bias correction, PyTorch's RMSprop step)."""
 MAX_STEP = 2**63 - 1
 """Largest step count accepted (PyTorch and Keras hold it in 64 bits at most)."""
 
@@ -446,6 +449,9 @@ def _check_header(document: Any, where: str) -> None:
     if step is not None and (not _is_number(step) or not isinstance(step, int)
                              or not 0 <= step <= MAX_STEP):
         raise _fail(where, f"step is {repr(step)[:60]}", f"null or an integer from 0 to {MAX_STEP}")
+    if step is None and document["algorithm"] in COUNTING:
+        raise _fail(where, f"step is null for {document['algorithm'][:40]!r}",
+                    "an integer: that algorithm's update depends on its step count")
     schedule = document.get("schedule")
     if schedule is not None and not (
         isinstance(schedule, dict) and isinstance(schedule.get("class"), str)

@@ -124,6 +124,9 @@ NEUTRAL_CASES: dict[str, dict[str, Any]] = {
     "step-negative": {"document": _set("step", -1)},
     "step-huge": {"document": _set("step", 2**70)},
     "step-bool": {"document": _set("step", True)},
+    "step-null-for-adam": {"document": _set("step", None)},
+    "safetensors-dtype-list": {"slots": _header(
+        lambda h: h[_first_key(h)].update(dtype=["F32"]))},
     "version-5000-digits": {"raw_document": b'{"version": 1' + b"0" * 5000 + b"}"},
     "version-newer": {"document": _set("version", 2)},
     "not-an-object": {"document": lambda d: [d]},
