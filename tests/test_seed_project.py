@@ -70,16 +70,19 @@ def doc_blocks() -> tuple[list[str], dict[str, str]]:
 
 @contextlib.contextmanager
 def restored_registry() -> Iterator[None]:
-    """Forget the builders registered inside (legacy builders are named after roles)."""
-    from polybundle import registry
+    """Forget the builders and tensor maps registered inside (legacy ones are named after roles)."""
+    from polybundle import conversion, registry
 
     declared, known = list(registry._declared), dict(registry.get_registry().builders)
+    maps = dict(conversion._MAPS)
     try:
         yield
     finally:
         registry._declared[:] = declared
         registry.get_registry().builders.clear()
         registry.get_registry().builders.update(known)
+        conversion._MAPS.clear()
+        conversion._MAPS.update(maps)
 
 
 def run_blocks(blocks: list[str], folder: Path) -> tuple[dict[str, Any], str]:
@@ -484,3 +487,10 @@ def test_doc_walkthrough_runs_and_prints_the_migrate_report(walkthrough):
     shown = text[text.index("```\nwts.h5.zip (legacy-tf-dill)") + 4:]
     assert walkthrough["printed"] == shown[:shown.index("```")]
     assert (walkthrough["folder"] / "wts-torch.bundle").exists()
+    # the walkthrough's role-named builders and maps do not leak into other tests
+    from polybundle.conversion import tensor_map
+    from polybundle.registry import get_registry
+
+    assert not get_registry().has_builder("autoencoder", "tensorflow")
+    assert tensor_map("autoencoder", "torch", "tensorflow") == {}
+    assert tensor_map("seed-autoencoder", "torch", "tensorflow")
