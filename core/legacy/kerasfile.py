@@ -152,7 +152,9 @@ def config_problems(config: dict[str, Any], declared: Iterable[str] = ()) -> lis
     """
     allowed = set(declared)
     problems = []
-    for item in _objects(config):
+    # compile_config (a custom loss is {"module": "builtins", "class_name": "function"}) is
+    # never deserialized: every Keras load here passes compile=False.
+    for item in _objects({k: v for k, v in config.items() if k != "compile_config"}):
         class_name = item.get("class_name")
         module = item.get("module")
         if class_name in _CODE_CLASSES:
