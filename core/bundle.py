@@ -47,6 +47,9 @@ class Bundle:
     """A loaded bundle: its manifest, params and models, and access to its tensors.
 
     ``models`` maps each loaded role to a native model of :attr:`backend`.
+    ``params`` is the params dict; NumPy arrays saved in it (format 2.1,
+    ``params.safetensors``) come back as writable, C-ordered arrays with the
+    saved dtype, shape and bytes, and NumPy scalars as NumPy scalars.
 
     Example:
         >>> bundle = polybundle.load("run.bundle")  # doctest: +SKIP
