@@ -375,3 +375,22 @@ def test_a_manifest_tensor_with_a_hostile_size_or_dtype_is_a_typed_error(
     with pytest.raises(error):
         polybundle.load(path, lazy=True).tensors("net")
     assert not polybundle.verify(path).ok
+
+
+@needs_torch
+def test_torch_bfloat16_parity_inputs_and_outputs_are_stored_and_read_back(tmp_path) -> None:
+    """parity.safetensors of a bfloat16 model held BF16 arrays the reader raised KeyError on."""
+    import torch
+
+    from polybundle.parity import read_parity
+
+    model = _torch_model(torch.bfloat16)
+    inputs = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4).astype(ml_dtypes.bfloat16)
+    path = tmp_path / "parity.bundle"
+    polybundle.save(path, {"net": model}, parity_inputs=inputs)
+    stored_inputs, outputs = read_parity(path, "net")
+    assert stored_inputs["input"].tobytes() == inputs.tobytes()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(inputs.view(np.int16)).view(torch.bfloat16))
+    assert outputs["output"].dtype == np.dtype(ml_dtypes.bfloat16)
+    assert outputs["output"].tobytes() == _bits(expected).numpy().tobytes()
