@@ -104,11 +104,10 @@ def read_parity(path: str | os.PathLike[str], role: str) -> tuple[dict, dict] | 
     Example:
         >>> inputs, outputs = read_parity("run.bundle", "net")  # doctest: +SKIP
     """
-    from safetensors.numpy import load
-
     from .archive import ArchiveReader
     from .bundle import model_entry
     from .manifest import read_manifest, verify_members
+    from .optimizer import load_arrays
 
     with ArchiveReader(path) as archive:
         manifest = read_manifest(archive)
@@ -117,7 +116,8 @@ def read_parity(path: str | os.PathLike[str], role: str) -> tuple[dict, dict] | 
             return None
         member = record["member"]
         verify_members(archive, {"members": {member: manifest["members"][member]}})
-        arrays = load(archive.read(record["member"], limit=archive.size(record["member"])))
+        data = archive.read(record["member"], limit=archive.size(record["member"]))
+        arrays = load_arrays(data, where=member)  # bfloat16/float8 too, geometry checked
     return ({k: arrays[k] for k in record["inputs"]}, {k: arrays[k] for k in record["outputs"]})
 
 

@@ -88,6 +88,11 @@ TORCH_STORAGE_DTYPES: dict[str, str] = {
 }
 """PyTorch typed-storage class names and the NumPy dtype of their elements."""
 
+UNTYPED = "untyped"
+"""The dtype of a ``torch.storage.UntypedStorage`` (bytes) until a tensor gives it one."""
+TORCH_V3_DTYPES = ("float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64")
+"""torch dtypes (``torch.<name>``) saved with ``_rebuild_tensor_v3`` over an untyped storage."""
+
 
 class _Refuses:
     """Base of every object a pickle can reach: BUILD (``__setstate__``) is refused."""
@@ -278,7 +283,11 @@ class TorchStorage(_Refuses):
     @property
     def itemsize(self) -> int:
         """Return the bytes of one element (``bfloat16``: 2, without NumPy knowing it)."""
-        return 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
+        if self.dtype == UNTYPED:  # torch.UntypedStorage: numel counts bytes
+            return 1
+        from .backend import resolve_dtype  # bfloat16 and float8 through ml_dtypes
+
+        return resolve_dtype(self.dtype, where=f"torch storage {self.key!r}").itemsize
 
     @property
     def nbytes(self) -> int:
@@ -318,6 +327,8 @@ class TorchTensor(_Refuses):
     def __init__(self, storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> None:
         if not isinstance(storage, TorchStorage):
             raise UnsafeContentError("a pickled torch tensor does not point at a storage.")
+        if storage.dtype == UNTYPED:
+            raise FormatError("a pickled torch tensor views an untyped storage without a dtype.")
         self.storage = storage
         self.offset = _check_int(offset, "storage offset")
         self.shape = _check_shape(size)
@@ -637,6 +648,34 @@ def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
     return text.encode("latin-1")
 
 
+def _rebuild_tensor_v3(
+    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+    hooks: Any = None, dtype: Any = None, *rest: Any,
+) -> TorchTensor:
+    """``torch._utils._rebuild_tensor_v3``: a tensor of ``dtype`` over an untyped storage.
+
+    torch writes it for dtypes without a typed storage class (float8,
+    uint16...). The storage's bytes are given the tensor's dtype once, before
+    any tensor views it; another dtype over the same storage is refused.
+    """
+    if not isinstance(storage, TorchStorage) or not isinstance(dtype, _Marker) or not dtype.dtype:
+        raise UnsafeContentError("a pickled torch tensor (v3) lacks a storage or a dtype.")
+    if storage.dtype == UNTYPED:
+        itemsize = TorchStorage(storage.key, dtype.dtype, 0).itemsize
+        if storage.numel % itemsize:
+            raise FormatError(
+                f"torch storage {storage.key!r} holds {storage.numel} bytes, not a whole "
+                f"number of {dtype.dtype} elements; the weights file is damaged."
+            )
+        storage.dtype, storage.numel = dtype.dtype, storage.numel // itemsize
+    elif storage.dtype != dtype.dtype:
+        raise FormatError(
+            f"torch storage {storage.key!r} is viewed as {storage.dtype} and {dtype.dtype}; "
+            "polybundle reads each storage as one dtype."
+        )
+    return TorchTensor(storage, offset, size, stride)
+
+
 def _rebuild_parameter(data: Any, requires_grad: Any = False, hooks: Any = None) -> Any:
     if not isinstance(data, TorchTensor):
         raise UnsafeContentError("a pickled torch Parameter does not hold a tensor.")
@@ -752,6 +791,9 @@ TORCH_WEIGHTS: Mapping[tuple[str, str], Any] = {
         ("torch", name): _Marker(f"torch.{name}", dtype)
         for name, dtype in TORCH_STORAGE_DTYPES.items()
     },
+    ("torch._utils", "_rebuild_tensor_v3"): _Allowed(_rebuild_tensor_v3),
+    ("torch.storage", "UntypedStorage"): _Marker("torch.storage.UntypedStorage", UNTYPED),
+    **{("torch", name): _Marker(f"torch.{name}", name) for name in TORCH_V3_DTYPES},
 }
 """The exact allow-list inside a PyTorch weights file (a state_dict's pickle)."""
 

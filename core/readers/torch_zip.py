@@ -48,11 +48,12 @@ import numpy as np
 
 from .. import budget
 from ..archive import MAX_RATIO, RATIO_FLOOR, MemberRange, NestedZip, check_member_name
-from ..backend import TensorSpec
+from ..backend import TensorSpec, resolve_dtype
 from ..errors import FormatError, IntegrityError, PolybundleError, UnsafeContentError
 from ..tensor_check import check_stored
 from ..unpickle import (
     TORCH_WEIGHTS,
+    UNTYPED,
     TensorViews,
     TorchStorage,
     TorchTensor,
@@ -78,16 +79,9 @@ _NATIVE = "little" if np.little_endian else "big"
 
 
 def _numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError:
-            raise FormatError(
-                "model.pth holds bfloat16 tensors, which NumPy cannot represent; install "
-                "ml_dtypes (pip install ml_dtypes) or read the file with torch."
-            ) from None
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
+    if name == UNTYPED:  # bytes no tensor gave a dtype
+        return np.dtype(np.uint8)
+    return resolve_dtype(name, where="a model.pth storage")  # bfloat16, float8: ml_dtypes
 
 
 def _container(source: Source) -> BinaryIO | MemberRange:
@@ -150,6 +144,8 @@ def _storage_resolver(storages: dict[str, TorchStorage], where: str):
         known = storages.get(key)
         if known is None:
             known = storages[key] = TorchStorage(key, dtype, numel)
+        elif dtype == UNTYPED and known.nbytes == numel:
+            pass  # an untyped storage a v3 tensor already gave its dtype
         elif known.dtype != dtype or known.numel != numel:
             raise FormatError(f"{where} describes storage {key!r} twice, differently.")
         return known
