@@ -195,7 +195,7 @@ def test_failed_save_leaves_the_old_bundle_and_no_temp_file(tmp_path, monkeypatc
         raise OSError("disk full")
 
     monkeypatch.setattr(backend, "write", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(polybundle.errors.WriteError, match="disk full"):
         polybundle.save(path, {"net": torch.nn.Linear(2, 2)}, params={"v": 2})
     assert snapshot_tree(tmp_path) == before
     assert path.read_bytes() == original
