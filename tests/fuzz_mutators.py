@@ -710,9 +710,9 @@ def geometry(
                 storage_key, raw, expect = "0", None, "either"
             elif kind == "shared_storage":
                 expect = "same"
-            elif kind == "overlap":  # each row reads the same bytes
+            elif kind == "overlap":  # each row reads the same bytes; the storage holds them all
                 stride = [0, *stride[1:]] if len(shape) > 1 else [0]
-                expect = "same" if array.ndim and np.all(array == array[:1]) else "refuse"
+                expect = "same" if array.ndim and np.all(array == array[:1]) else "either"
         if kind == "shared_storage" and i and i == index % len(arrays):
             numel = arrays[0][1].size
             if array.dtype != arrays[0][1].dtype or array.size > numel:
@@ -761,12 +761,16 @@ def _torch_saved(arrays: list[tuple[str, np.ndarray]], how: str) -> tuple[bytes,
     state = OrderedDict((k, torch.from_numpy(a.copy())) for k, a in arrays)
     key, first = next(iter(state.items()))
     expect = "refuse"
+    single = first.reshape(-1)[:1].clone()  # a storage of one element
     if how == "stride0":
-        state[key] = first.reshape(-1)[:1].as_strided(first.shape, [0] * first.dim())
+        state[key] = single.as_strided(first.shape, [0] * first.dim())
         if first.numel() <= 1:
             expect = "same"
+    elif how == "stride0_in_full_storage":  # the storage holds every byte: repeated values
+        state[key] = first.reshape(-1)[:1].as_strided(first.shape, [0] * first.dim())
+        expect = "either"
     elif how == "stride0_1gib":
-        state[key] = first.reshape(-1)[:1].as_strided((2**14, 2**14), (0, 0))
+        state[key] = single.as_strided((2**14, 2**14), (0, 0))
     elif how == "view_in_larger":
         big = torch.cat([torch.zeros(7, dtype=first.dtype), first.reshape(-1), torch.zeros(5)])
         state[key] = big[7 : 7 + first.numel()].view(first.shape)
@@ -825,7 +829,7 @@ def array_state(how: str) -> ArrayState:
         "shape_float": (1, (2.5,), f4, False, data),
         "zero_by_huge": (1, (0, 2**62), f4, False, b""),
         "dims_many": (1, (1,) * 64, f4, False, data[:4]),
-        "big_endian": (1, (2, 3), np.dtype(">f4"), False, data),
+        "big_endian": (1, (2, 3), np.dtype(">f4"), False, np.arange(6, dtype=">f4").tobytes()),
         "fortran": (1, (2, 3), f4, True, data),
         "object": (1, (2,), np.dtype(object), False, [1, 2]),
         "structured": (1, (2,), np.dtype([("a", "<f4"), ("b", "<i4")]), False, data[:16]),

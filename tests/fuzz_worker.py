@@ -2,14 +2,15 @@
 
 :class:`Worker` (used by ``tests/test_fuzz_structured.py``) starts one long-lived
 process (``spawn``) whose address space is capped with ``RLIMIT_AS``
-(:data:`MEMORY_LIMIT`); the parent waits at most :data:`SECONDS_PER_CASE` for
-each case and kills and restarts the process on a timeout or a crash. Inside the
-process, :func:`check_case` runs every entry point on one mutated archive
-(``load`` eager and lazy with ``tensors()``, ``inspect``, ``verify``, optimizer
-restore, ``migrate`` for legacy archives, the ``CheckpointManager`` for a
-checkpoint folder) and returns the rules it saw broken, as plain strings. The
-only allowed outcomes are correct data or a ``PolybundleError``; ``verify``
-never raises and never says ok for a file that every reading path refuses.
+(:data:`MEMORY_LIMIT`); each entry point gets :data:`SECONDS_PER_STEP`, and the
+parent waits at most :data:`SECONDS_PER_CASE` for each case and kills and restarts
+the process on a timeout or a crash. Inside the process, :func:`check_case` runs
+every entry point on one mutated archive (``load`` eager, ``into=`` and lazy with
+``tensors()``, ``inspect``, ``verify``, the CLI, optimizer restore, ``migrate`` for
+legacy archives, ``convert``, the ``CheckpointManager`` for a checkpoint folder)
+and returns the rules it saw broken, as plain strings. The only allowed outcomes
+are correct data or a ``PolybundleError``; ``verify`` never raises and never says
+ok for a file that every reading path refuses.
 
 Example:
     >>> worker = Worker(Path("/tmp/work"))  # doctest: +SKIP
@@ -23,6 +24,7 @@ import math
 import multiprocessing
 import os
 import resource
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -36,8 +38,12 @@ MAX_BYTES = 256 * 1024**2
 """``max_bytes=`` given to every entry point that takes it: past this, a ``BudgetExceededError``
 is the only allowed outcome (RLIMIT_AS still catches an allocation that skips the budget)."""
 
-SECONDS_PER_CASE = 10.0
-"""Wall-clock bound of one case (every entry point on one archive), enforced by the parent."""
+SECONDS_PER_STEP = 10.0
+"""Wall-clock bound of one entry point on one archive, checked in the worker."""
+
+SECONDS_PER_CASE = 30.0
+"""Wall-clock bound of one case (a dozen entry points), enforced by the parent, which kills
+the worker: a hang, or a step far past :data:`SECONDS_PER_STEP`."""
 
 SECRET_MARK = b"PBSECRET"
 """Repeated through the secret file: 15 contiguous bytes read from it contain this mark."""
@@ -286,6 +292,7 @@ class Case:
         from polybundle.errors import PolybundleError
 
         STEP_FILE.write_text(label)  # the parent names the step when the case times out
+        started = time.monotonic()
         try:
             value = call()
         except PolybundleError as exc:
@@ -299,6 +306,10 @@ class Case:
             )
             self.outcomes[label] = f"raw {type(exc).__name__}"
             return None
+        finally:
+            spent = time.monotonic() - started
+            if spent > SECONDS_PER_STEP:
+                self.problems.append(f"{label} took {spent:.0f} s (bound {SECONDS_PER_STEP:.0f} s)")
         self.outcomes[label] = "ok"
         return value
 
