@@ -222,7 +222,13 @@ def build_seeds(folder: str) -> dict[str, str]:
     polybundle.save(out / "v2_keras.bundle", {"net": net}, params={"units": [4, 2]})
     built = polybundle.build(ARCH, TORCH_CONFIG, backend="tensorflow")
     built.set_weights(net.get_weights())
-    polybundle.save(out / "v2_keras_arch.bundle", {"net": built}, params={"units": [4, 2]})
+    keras_adam = keras.optimizers.Adam(1e-3)
+    variables = built.trainable_variables
+    keras_adam.apply([keras.ops.ones_like(v) for v in variables], variables)
+    polybundle.save(
+        out / "v2_keras_arch.bundle", {"net": built}, params={"units": [4, 2]},
+        optimizers={"net": keras_adam},
+    )
     return {
         "v2_torch": str(out / "v2_torch.bundle"),
         "v2_keras": str(out / "v2_keras.bundle"),
@@ -417,22 +423,52 @@ def _into(case: Case, path: str) -> dict[str, Any]:
     return weights
 
 
+def _check_lr(case: Case, lr: Any) -> None:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+        case.problems.append(f"restore_optimizer accepted lr={lr!r} (expected a finite number)")
+    elif lr < 0:
+        case.problems.append(f"restore_optimizer accepted a negative lr={lr!r}")
+
+
+def _keras_optimizer(case: Case, bundle: Any, role: str, model: Any) -> None:
+    """Restore into a fresh Keras Adam; its lr, step and moments must be sane."""
+    import keras
+
+    adam = keras.optimizers.Adam()
+    bundle.restore_optimizer(role, adam)
+    _check_lr(case, float(keras.ops.convert_to_numpy(adam.learning_rate)))
+    step = int(keras.ops.convert_to_numpy(adam.iterations))
+    if step < 0:
+        case.problems.append(f"restored optimizer step is {step!r}")
+    slots = {v.path.split("/", 1)[-1]: v for v in adam.variables}
+    for variable in model.trainable_variables:
+        for slot in ("momentum", "velocity"):
+            found = slots.get(f"{variable.path.replace('/', '_')}_{slot}")
+            if found is not None and (
+                tuple(found.shape) != tuple(variable.shape) or found.dtype != variable.dtype
+            ):
+                case.problems.append(
+                    f"restored slot {slot} of {variable.path} is {tuple(found.shape)} "
+                    f"{found.dtype}; the variable is {tuple(variable.shape)} {variable.dtype}"
+                )
+
+
 def _optimizer(case: Case, bundle: Any, role: str, model: Any) -> None:
     import numpy as np
-    import torch
 
     state = bundle.optimizer_state(role)
     for name, slots in state.slots.items():
         for slot, array in slots.items():
             case.arrays.append((f"optimizer slot {slot}/{name}", np.asarray(array)))
+    if not hasattr(model, "state_dict"):
+        _keras_optimizer(case, bundle, role, model)
+        return
+    import torch
+
     adam = torch.optim.Adam(model.parameters())
     bundle.restore_optimizer(role, adam)
     for group in adam.param_groups:
-        lr = group["lr"]
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
-            case.problems.append(f"restore_optimizer accepted lr={lr!r} (expected a finite number)")
-        elif lr < 0:
-            case.problems.append(f"restore_optimizer accepted a negative lr={lr!r}")
+        _check_lr(case, group["lr"])
     for parameter in model.parameters():
         for slot, value in adam.state.get(parameter, {}).items():
             if slot in ("exp_avg", "exp_avg_sq") and (

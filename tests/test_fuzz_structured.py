@@ -538,13 +538,16 @@ optimizer_mutations = st.one_of(
 def test_optimizer_documents(fuzz: Fuzz) -> None:
     """optimizer.json fields (lr types, step), slot dtype/shape/offsets, the manifest's entry."""
     run_family(
-        fuzz, "optimizer", _seeded(["v2_torch"], optimizer_mutations),
+        fuzz, "optimizer", _seeded(["v2_torch", "v2_keras_arch"], optimizer_mutations),
         [
             ("v2_torch", ("opt", "native.param_groups.0.lr", "0.1")),
             ("v2_torch", ("opt", "groups.0.hyperparameters.learning_rate", None)),
             ("v2_torch", ("slot", 0, "dtype", "BF16")),
             ("v2_torch", ("slot", 0, "dtype", "F8_E4M3")),
             ("v2_torch", ("opt", "step", -1)),
+            ("v2_keras_arch", ("opt", "groups.0.hyperparameters.learning_rate", "0.1")),
+            ("v2_keras_arch", ("slot", 0, "dtype", "BF16")),
+            ("v2_keras_arch", ("slot", 1, "shape", "<swapped>")),
         ],
     )
 
