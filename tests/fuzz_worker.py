@@ -30,9 +30,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-MEMORY_LIMIT = 3 * 1024**3
+MEMORY_LIMIT = int(float(os.environ.get("POLYBUNDLE_FUZZ_MEMORY_GIB", "3")) * 1024**3)
 """RLIMIT_AS of the worker: a plain import of torch, TensorFlow and Keras plus a load
-peaks at about 2.2 GiB of address space, so a case gets under 1 GiB on top."""
+peaks at about 2.2 GiB of address space, so a case gets under 1 GiB on top
+(``POLYBUNDLE_FUZZ_MEMORY_GIB`` changes it where the frameworks need more)."""
 
 MAX_BYTES = 256 * 1024**2
 """``max_bytes=`` given to every entry point that takes it: past this, a ``BudgetExceededError``
@@ -162,6 +163,16 @@ def serve(conn: Connection, limit: int, cwd: str) -> None:
 def ping() -> str:
     """Answer ``'pong'`` (a liveness check)."""
     return "pong"
+
+
+def peak() -> dict[str, int]:
+    """Return the worker's peak address space and resident set, in MiB."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmPeak", "VmHWM"):
+            fields[key] = int(value.split()[0]) // 1024
+    return fields
 
 
 def _register_architecture() -> None:

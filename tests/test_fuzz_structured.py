@@ -217,9 +217,15 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         pytest.skip(f"legacy fixtures not found at {LEGACY_DIR}")
     state = Fuzz(tmp_path_factory.mktemp("fuzz"))
     yield state
+    try:
+        memory = state.worker.call("peak")
+    except (WorkerFailed, RuntimeError):
+        memory = {}
     state.worker.close()
     lines = [f"structured fuzz: setup {state.setup_seconds:.1f} s, worker restarts "
-             f"{state.worker.restarts}, RLIMIT_AS {state.worker.limit // 1024**3} GiB"]
+             f"{state.worker.restarts}, RLIMIT_AS {state.worker.limit / 1024**3:.1f} GiB, worker "
+             f"peak {memory.get('VmPeak', '?')} MiB address space, "
+             f"{memory.get('VmHWM', '?')} MiB resident"]
     for family, count in state.runs.items():
         lines.append(
             f"  {family}: {count} examples, {state.seconds.get(family, 0):.1f} s (building "
