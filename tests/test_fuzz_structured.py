@@ -6,7 +6,7 @@ folder, the legacy fixtures) and mutates their structure, never random bytes;
 every format-2 mutation re-writes the manifest's sizes and digests, as an
 attacker who writes the whole file would. Each case runs in one long-lived
 worker process (``tests/fuzz_worker.py``) capped at ``RLIMIT_AS`` = 3 GiB; each
-entry point must finish within 10 s and a case within 30 s (enforced by this
+entry point must finish within 10 s of CPU and a case within 30 s (enforced by this
 process, which kills and restarts the worker on a timeout or a crash). The
 worker runs ``load`` (eager, ``into=``, and lazy with ``tensors()``), the CLI,
 ``inspect``, ``verify`` (must report, never raise; never ok for a file every
