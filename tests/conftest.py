@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,31 @@ def snapshot_tree(folder: Path) -> dict[str, int]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+PTYCHO_CUSTOM_LAYERS = (
+    "import keras\n"
+    "@keras.saving.register_keras_serializable(package='ptycho')\n"
+    "class SquareLayer(keras.layers.Layer):\n"
+    "    def call(self, x):\n        return x * x\n"
+    "class ScaleLayer(keras.layers.Layer):\n    pass\n"
+)
+
+
+@pytest.fixture
+def ptycho_package(tmp_path, monkeypatch):
+    """The seed project's ``ptycho.custom_layers`` importable for one test, then forgotten.
+
+    Legacy TF-era archives pickle these classes by reference; ``trust_code=True``
+    imports them. Teardown removes every ``ptycho`` module the test imported, so
+    later tests see a process that never ran the project's code.
+    """
+    package = tmp_path / "ptycho"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "custom_layers.py").write_text(PTYCHO_CUSTOM_LAYERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield package
+    for name in [n for n in sys.modules if n == "ptycho" or n.startswith("ptycho.")]:
+        del sys.modules[name]
+

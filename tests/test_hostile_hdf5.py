@@ -603,20 +603,9 @@ def test_too_many_links_and_names_that_are_not_utf8_are_refused(monkeypatch):
 
 
 def test_a_legacy_keras_file_with_members_keras_would_extract_is_refused(
-    tmp_path, monkeypatch, writes_recorder
+    tmp_path, ptycho_package, writes_recorder
 ):
     """The legacy era's own Keras load (trust_code=True) goes through the same check."""
-    package = tmp_path / "ptycho"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "custom_layers.py").write_text(
-        "import keras\n"
-        "@keras.saving.register_keras_serializable(package='ptycho')\n"
-        "class SquareLayer(keras.layers.Layer):\n"
-        "    def call(self, x):\n        return x * x\n"
-        "class ScaleLayer(keras.layers.Layer):\n    pass\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
     members = _members(LEGACY_DIR / "tf_era_shared.zip")
     name = "diffraction_to_obj/model.keras"
     keras = dict(members)[name]
@@ -626,5 +615,3 @@ def test_a_legacy_keras_file_with_members_keras_would_extract_is_refused(
         bundle = polybundle.load(hostile, roles=["diffraction_to_obj"], trust_code=True)
         bundle.models["diffraction_to_obj"]
     assert writes == []
-    monkeypatch.delitem(sys.modules, "ptycho.custom_layers", raising=False)
-    monkeypatch.delitem(sys.modules, "ptycho", raising=False)

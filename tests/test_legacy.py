@@ -208,26 +208,13 @@ def test_tf_era_with_builder_matches_weights_and_outputs(legacy_dir, tmp_path, b
 
 
 @needs_tensorflow
-def test_tf_era_trust_code_uses_the_projects_own_classes(legacy_dir, tmp_path, monkeypatch):
-    package = tmp_path / "ptycho"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "custom_layers.py").write_text(
-        "import keras\n"
-        "@keras.saving.register_keras_serializable(package='ptycho')\n"
-        "class SquareLayer(keras.layers.Layer):\n"
-        "    def call(self, x):\n        return x * x\n"
-        "class ScaleLayer(keras.layers.Layer):\n    pass\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_tf_era_trust_code_uses_the_projects_own_classes(legacy_dir, ptycho_package):
     expect = _expect(legacy_dir, "tf_era_shared")
     bundle = polybundle.load(
         legacy_dir / "tf_era_shared.zip", roles=["diffraction_to_obj"], trust_code=True
     )
     y = np.asarray(bundle.models["diffraction_to_obj"](expect["x"], training=False))
     np.testing.assert_allclose(y, expect["diffraction_to_obj_y"], rtol=1e-5, atol=1e-6)
-    monkeypatch.delitem(sys.modules, "ptycho.custom_layers", raising=False)
-    monkeypatch.delitem(sys.modules, "ptycho", raising=False)
 
 
 @pytest.mark.parametrize("name", ["torch_dill_era_shared.zip", "tf_era_shared.zip", "json"])
