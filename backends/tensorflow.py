@@ -254,7 +254,7 @@ class TensorFlowBackend(Backend):
             return {f"output.{k}": np.asarray(o) for k, o in outputs.items()}
         return {"output": np.asarray(outputs)}
 
-    def load_standalone(self, source: BinaryIO) -> Any:
+    def load_standalone(self, source: BinaryIO, specs: list[TensorSpec] | None = None) -> Any:
         """Rebuild the model from the ``.keras`` file itself, with ``safe_mode=True``.
 
         The config is checked first without Keras (no ``Lambda`` layers, no
@@ -270,7 +270,7 @@ class TensorFlowBackend(Backend):
         where = getattr(source, "name", "") or "model.keras"
         check_config(read_config(source), where=where)
         source.seek(0)
-        stream = keras_stream(source, where=where)
+        stream = keras_stream(source, where=where, specs=specs)
         try:
             return saving_lib.load_model(stream, safe_mode=True, compile=False)
         except ValueError as exc:

@@ -417,12 +417,15 @@ class Backend(ABC):
         """
         raise BackendError(f"the {self.name!r} backend cannot run models for parity checks.")
 
-    def load_standalone(self, source: BinaryIO) -> Any:
+    def load_standalone(self, source: BinaryIO, specs: list[TensorSpec] | None = None) -> Any:
         """Rebuild a model from the weights file alone, when its format allows it.
 
-        The default refuses: only formats that carry a safe architecture
+        ``specs`` are the manifest's tensors: the stored tensors must be
+        exactly these (keys, shapes, dtypes) before the framework reads them
+        (``None`` for a plain framework file, which has no manifest). The
+        default refuses: only formats that carry a safe architecture
         description (Keras' ``.keras``) can. Example:
-        ``backend.load_standalone(stream)``.
+        ``backend.load_standalone(stream, specs)``.
         """
         raise UnknownArchitectureError(
             f"the {self.name!r} backend cannot rebuild a model from its weights file "

@@ -310,7 +310,7 @@ def _build_model(
             model = backend.build_and_load(builder, architecture["config"], source, specs)
             remember_architecture(model, architecture["name"], architecture["config"])
             return model
-        model = backend.load_standalone(source)
+        model = backend.load_standalone(source, specs)
         if architecture:
             remember_architecture(model, architecture["name"], architecture["config"])
         return model

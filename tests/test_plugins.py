@@ -64,7 +64,7 @@ FAKE_PLUGIN = textwrap.dedent(
         def read_tensors(self, source, specs):
             return self._read(source)
 
-        def load_standalone(self, source):
+        def load_standalone(self, source, specs=None):
             return ArrayModel(self._read(source))
 
 

@@ -52,7 +52,7 @@ from ..archive import (
 )
 from ..backend import TensorSpec
 from ..canonical import Canonical, keras_canonical
-from ..errors import FormatError, PolybundleError, UnsafeContentError
+from ..errors import FormatError, IntegrityError, PolybundleError, UnsafeContentError
 from ..tensor_check import check_stored
 
 WEIGHTS_H5 = "model.weights.h5"
@@ -600,10 +600,14 @@ def _where(source: Any) -> str:
     return str(getattr(source, "name", "") or "model.keras")
 
 
-def check_weights(stream: BinaryIO | MemberRange, *, where: str = "") -> list[StoredDataset]:
+def check_weights(
+    stream: BinaryIO | MemberRange, *, where: str = "", specs: list[TensorSpec] | None = None
+) -> list[StoredDataset]:
     """Check every dataset of the ``model.weights.h5`` in ``stream``; return them, by key.
 
-    Each goes through :func:`check_dataset` (no manifest spec). Reads only metadata.
+    Each goes through :func:`check_dataset`. Given the manifest's ``specs``,
+    the file must hold exactly their keys, each with its declared shape and
+    dtype (:class:`~polybundle.errors.IntegrityError` otherwise). Reads only metadata.
 
     Example:
         >>> [d.key for d in check_weights(stream)][:1]  # doctest: +SKIP
@@ -612,7 +616,17 @@ def check_weights(stream: BinaryIO | MemberRange, *, where: str = "") -> list[St
     size = stream_size(stream)
     with weights_file(stream, where=where) as h5:
         tree = check_tree(h5, size=size, where=where)
-        return [check_dataset(tree, key) for key in sorted(tree.datasets)]
+        if specs is None:
+            return [check_dataset(tree, key) for key in sorted(tree.datasets)]
+        by_key = {spec.key: spec for spec in specs}
+        if set(by_key) != set(tree.datasets):
+            missing = sorted(set(by_key) - set(tree.datasets))
+            extra = sorted(set(tree.datasets) - set(by_key))
+            raise IntegrityError(
+                f"{where} holds datasets {extra[:4]} the manifest does not list and lacks "
+                f"{missing[:4]} that it does; the bundle was altered or damaged. Re-copy it."
+            )
+        return [check_dataset(tree, key, spec=by_key[key]) for key in sorted(tree.datasets)]
 
 
 def read_datasets(
@@ -670,7 +684,9 @@ class _Unnamed(io.RawIOBase):
         return self._raw.tell()
 
 
-def keras_stream(source: BinaryIO | MemberRange, *, where: str = "") -> BinaryIO:
+def keras_stream(
+    source: BinaryIO | MemberRange, *, where: str = "", specs: list[TensorSpec] | None = None
+) -> BinaryIO:
     """Check a ``.keras`` file for Keras itself to load; return the file object to give it.
 
     Keras (``keras.saving.load_model``) must see only what polybundle
@@ -681,7 +697,8 @@ def keras_stream(source: BinaryIO | MemberRange, *, where: str = "") -> BinaryIO
     declared bytes are charged to :mod:`polybundle.budget`, since Keras
     allocates them. The returned view has no file name, so Keras reads the
     weights in memory or from the zip, never from a copy it extracts next to
-    the file. The config is checked separately
+    the file. Given the manifest's ``specs``, the stored datasets must be
+    exactly those (:func:`check_weights`). The config is checked separately
     (:func:`polybundle.legacy.kerasfile.check_config`).
 
     Example:
@@ -699,7 +716,7 @@ def keras_stream(source: BinaryIO | MemberRange, *, where: str = "") -> BinaryIO
             "to disk: register a builder with @polybundle.architecture(name, "
             "backend='tensorflow') so only the weights are read, or pass into={role: model}."
         )
-    stored = check_weights(inner.open(WEIGHTS_H5), where=where)
+    stored = check_weights(inner.open(WEIGHTS_H5), where=where, specs=specs)
     budget.charge(sum(d.nbytes for d in stored), f"{where}: the weights Keras loads")
     source.seek(0)
     return _Unnamed(source)
