@@ -44,7 +44,7 @@ from .params import ARRAYS_MEMBER, encode_params
 from .registry import get_backend, get_registry
 from .schemas import validate
 from .verify import VerifyReport, check_format_two
-from .writer import ArchiveWriter, create_temp, write_error
+from .writer import ArchiveWriter, atomic_write_chunks
 
 
 @dataclass
@@ -205,31 +205,14 @@ def _copy_bundle(source: Path, target: Path) -> None:
     The copy is checked (manifest, every digest, the weights) before it
     replaces anything, so ``target`` is a verified bundle or is left as it was.
     """
-    try:
-        fd, temp = create_temp(target)
-    except OSError as exc:
-        raise write_error(exc, target) from None
-    try:
-        try:
-            with open(source, "rb") as stream:
-                for chunk in iter(lambda: stream.read(8 * 1024 * 1024), b""):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        finally:
-            os.close(fd)
+
+    def check_copy(temp: Path) -> None:
         with ArchiveReader(temp) as copy:
             _check_bundle(copy, f"the copy of {str(source)!r}")
-        os.replace(temp, target)
-    except BaseException as exc:
-        temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(exc, target) from exc
-        raise
+
+    with open(source, "rb") as stream:
+        chunks = iter(lambda: stream.read(8 * 1024 * 1024), b"")
+        atomic_write_chunks(target, chunks, check=check_copy)
 
 
 def _migrate_format_two(
