@@ -893,6 +893,8 @@ def mutate_zip(seed: Seed, mutation: tuple[Any, ...], env: Env, other: bytes) ->
         return finish(seed, raw_zip(entries), "same")
     target = entries[param % len(entries)]
     if op == "alias":  # more directory records sharing one local entry, listed in the manifest
+        others = [e for e in entries if e.name != "manifest.json"]  # written before the aliases
+        target = others[param % len(others)]
         count = 1 + param % 256
         aliases = [Entry(f"alias/{i}", target.data, alias_of=target.name) for i in range(count)]
         listed = [(n, d) for n, d in seed.members] + [(a.name, a.data) for a in aliases]

@@ -43,7 +43,7 @@ SECONDS_PER_STEP = 10.0
 """CPU-time bound of one entry point on one archive, checked in the worker (CPU time, not
 wall time, so a busy machine does not make a case fail; a hang is caught by the parent)."""
 
-SECONDS_PER_CASE = 30.0
+SECONDS_PER_CASE = 60.0
 """Wall-clock bound of one case (a dozen entry points), enforced by the parent, which kills
 the worker: a hang, or a step far past :data:`SECONDS_PER_STEP`."""
 
