@@ -9,7 +9,10 @@ members; every dataset of its weights goes through
 what in ``config.json`` would make Keras import or run code: ``Lambda``
 layers (they carry marshalled bytecode) and classes from modules other than
 Keras' own, unless the caller declares them (a legacy archive's
-``custom_objects.dill`` names its own).
+``custom_objects.dill`` names its own). A legacy archive has no manifest, so
+the only declaration of a variable's dtype is its layer's dtype policy in
+``config.json``: :func:`declared_dtypes` reads it and every floating dataset
+must hold exactly that dtype (:class:`IntegrityError` otherwise).
 
 Example:
     >>> keras_file = open_keras(data, where="net/model.keras")  # doctest: +SKIP
@@ -31,11 +34,14 @@ import numpy as np
 from .. import budget
 from ..archive import MAX_JSON_BYTES, MAX_RATIO, RATIO_FLOOR, check_member_kind, check_member_name
 from ..backend import TensorSpec
-from ..errors import FormatError, UnsafeContentError
+from ..errors import FormatError, IntegrityError, UnsafeContentError
 from ..layouts import OPAQUE, SCALAR
 from ..readers.keras_file import (
+    _MODELS,
     CONFIG_JSON,
     WEIGHTS_H5,
+    StoredDataset,
+    _snake_case,
     check_weights,
     keras_stream,
     read_stored,
@@ -44,10 +50,13 @@ from ..readers.keras_file import (
 __all__ = [
     "KerasFile",
     "check_config",
+    "check_dtypes",
     "config_problems",
+    "declared_dtypes",
     "keras_stream",
     "open_keras",
     "read_weights",
+    "variable_dtype",
     "weight_specs",
 ]
 
@@ -59,6 +68,8 @@ MAX_WEIGHTS_BYTES = 64 * 1024**3
 
 _KERAS_MODULES = ("keras", "keras.", "tf_keras.")
 _CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+_FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
+"""The floating dtypes a Keras variable can have (the ones checked against the config)."""
 
 
 @dataclass
@@ -216,6 +227,9 @@ def _datasets(
     anything is read; only the datasets under ``layers/`` are returned.
     """
     stream = io.BytesIO(keras_file.weights)
+    stored = check_weights(stream, where=keras_file.where)
+    layers = [dataset for dataset in stored if dataset.key.startswith("layers/")]
+    check_dtypes(keras_file, layers)
     return [
         (
             stored.key,
@@ -223,6 +237,111 @@ def _datasets(
             str(stored.dtype),
             read_stored(stream, stored, where=keras_file.where) if with_arrays else None,
         )
-        for stored in check_weights(stream, where=keras_file.where)
-        if stored.key.startswith("layers/")
+        for stored in layers
     ]
+
+
+def variable_dtype(policy: Any) -> str | None:
+    """Return the variables' floating dtype a layer's ``dtype`` config declares, or None.
+
+    ``policy`` is a dtype name or a ``DTypePolicy`` dict. Mixed policies keep
+    their variables in ``float32``; quantized ones (``int8_from_<policy>``, or a
+    ``QuantizedDTypePolicy`` with its ``source_name``) keep their floating
+    variables in the policy they were quantized from (their int8 kernels are
+    not floating, so never compared). None when nothing floating is declared.
+
+    Example:
+        >>> variable_dtype("float32")
+        'float32'
+        >>> variable_dtype({"class_name": "DTypePolicy", "config": {"name": "mixed_float16"}})
+        'float32'
+        >>> variable_dtype({"class_name": "DTypePolicy", "config": {"name": "int8_from_float16"}})
+        'float16'
+        >>> variable_dtype({"config": {"mode": "int8", "source_name": "mixed_bfloat16"}})
+        'float32'
+        >>> variable_dtype(None) is None
+        True
+    """
+    if isinstance(policy, dict):
+        config = policy.get("config")
+        config = config if isinstance(config, dict) else {}
+        policy = config.get("source_name", config.get("name"))
+    if not isinstance(policy, str):
+        return None
+    if "_from_" in policy:
+        policy = policy.split("_from_", 1)[1]
+    if policy.startswith("mixed_"):
+        return "float32"
+    return policy if policy in _FLOATS else None
+
+
+def declared_dtypes(
+    model: dict[str, Any], prefix: str = "", depth: int = 0
+) -> dict[str, tuple[str, str]]:
+    """Map each layer's ``<folder>/vars/`` in the weights file to (layer name, variable dtype).
+
+    Folders are named as Keras names them (and as
+    :func:`polybundle.readers.keras_file.read_keras_weights` finds them): the
+    layer class in snake case, numbered per model; nested models recurse.
+    Layers whose config declares no floating dtype are left out.
+
+    Example:
+        >>> declared_dtypes({"class_name": "Sequential", "config": {"layers": [
+        ...     {"class_name": "Dense", "config": {"name": "fc", "dtype": "float32"}},
+        ...     {"class_name": "Dense", "config": {"name": "out", "dtype": "float64"}}]}})
+        {'layers/dense/vars/': ('fc', 'float32'), 'layers/dense_1/vars/': ('out', 'float64')}
+    """
+    if depth > 50:
+        raise UnsafeContentError("a Keras config nests models deeper than 50 levels; refused.")
+    config = model.get("config")
+    layers = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(layers, list):
+        return {}
+    layers = [layer for layer in layers if isinstance(layer, dict)]
+    if model.get("class_name") == "Sequential":
+        layers = [layer for layer in layers if layer.get("class_name") != "InputLayer"]
+    found: dict[str, tuple[str, str]] = {}
+    used: dict[str, int] = {}
+    for layer in layers:
+        class_name = layer.get("class_name")
+        layer_config = layer.get("config")
+        if not isinstance(class_name, str) or not isinstance(layer_config, dict):
+            continue
+        base = _snake_case(class_name)
+        used[base] = used.get(base, -1) + 1
+        folder = f"{prefix}layers/{base}" + (f"_{used[base]}" if used[base] else "")
+        if class_name in _MODELS or "layers" in layer_config:
+            found.update(declared_dtypes(layer, f"{folder}/", depth + 1))
+            continue
+        dtype = variable_dtype(layer_config.get("dtype"))
+        if dtype is not None:
+            found[f"{folder}/vars/"] = (str(layer_config.get("name", base)), dtype)
+    return found
+
+
+def check_dtypes(keras_file: KerasFile, layers: list[StoredDataset]) -> None:
+    """Refuse a floating dataset whose dtype is not its layer's declared variable dtype.
+
+    Only a layer's own variables (``<folder>/vars/<i>``) of a floating dtype
+    are compared; integer or bool variables (seed states, counters) keep
+    their own dtype, and layers the config declares no dtype for are not
+    checked. Raises :class:`IntegrityError` before anything is read.
+
+    Example:
+        >>> check_dtypes(keras_file, check_weights(stream))  # doctest: +SKIP
+    """
+    declared = declared_dtypes(keras_file.config)
+    for stored in layers:
+        folder, _, index = stored.key.rpartition("/")
+        expected = declared.get(f"{folder}/")
+        found = str(stored.dtype)
+        if expected is None or not index.isdigit() or found not in _FLOATS:
+            continue
+        layer, dtype = expected
+        if found != dtype:
+            raise IntegrityError(
+                f"{keras_file.where}: {WEIGHTS_H5} {stored.key!r} holds {found} values, but "
+                f"layer {layer!r} in {CONFIG_JSON} keeps its variables in {dtype}; the archive "
+                "was altered or damaged, so nothing was read. Re-save the model from a trusted "
+                "copy."
+            )
