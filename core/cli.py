@@ -78,6 +78,29 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True)
 
 
+MAX_SHOWN_CHARACTERS = 2_000
+"""Longest params or config text the table view prints; ``--json`` prints everything."""
+
+MAX_SHOWN_TENSORS = 200
+"""Most tensor rows the table view prints; ``--json`` lists every tensor."""
+
+
+def shortened(text: str, limit: int = MAX_SHOWN_CHARACTERS) -> str:
+    """Return ``text`` cut to ``limit`` characters, saying how much was left out.
+
+    A bundle's params can be megabytes of JSON; a terminal needs the start.
+
+    Example:
+        >>> shortened("abcdef", 3)
+        'abc... (3 more characters; --json prints all)'
+        >>> shortened("abc", 3)
+        'abc'
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters; --json prints all)"
+
+
 def print_json(document: Any) -> None:
     r"""Print ``document`` as indented JSON, all but printable ASCII escaped (DEL too).
 
@@ -120,20 +143,21 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
     )
     for entry in report["manifest"]["models"]:
         arch = entry["architecture"]
-        label = f"{arch['name']} {_json(arch['config'])}" if arch else "not recorded"
+        label = f"{arch['name']} {shortened(_json(arch['config']))}" if arch else "not recorded"
         console.print(f"  role [green]{safe(entry['role'])}[/green]: architecture {safe(label)}")
-    console.print(f"  params: {safe(_json(report['params']))}")
+    console.print(f"  params: {safe(shortened(_json(report['params'])))}")
     table = Table(title="tensors")
     for column in ("role", "name", "shape", "dtype", "layout", "bytes"):
         table.add_column(column, justify="right" if column == "bytes" else "left")
-    total = 0
-    for row in report["tensors"]:
-        total += row["bytes"]
+    total = sum(row["bytes"] for row in report["tensors"])
+    for row in report["tensors"][:MAX_SHOWN_TENSORS]:
         cells = (row["role"], row["name"], "x".join(map(str, row["shape"])) or "()",
                  row["dtype"], row["layout"], _human_bytes(row["bytes"]))
         table.add_row(*map(_plain, cells))
     console.print(table)
-    console.print(f"{len(report['tensors'])} tensors, {_human_bytes(total)}")
+    hidden = len(report["tensors"]) - MAX_SHOWN_TENSORS
+    more = f" ({hidden} not shown; --json lists all)" if hidden > 0 else ""
+    console.print(f"{len(report['tensors'])} tensors, {_human_bytes(total)}{more}")
     for role, summary in report.get("optimizers", {}).items():
         slots = ", ".join(f"{slot} x{count}" for slot, count in summary["slots"].items())
         console.print(
@@ -142,7 +166,8 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
             f"{safe(slots or 'none')} ({_human_bytes(summary['slot_bytes'])}), schedule "
             f"{safe(summary['schedule'])}"
         )
-        console.print(f"    hyperparameters: {safe(_json(summary['hyperparameters']))}")
+        hyperparameters = shortened(_json(summary["hyperparameters"]))
+        console.print(f"    hyperparameters: {safe(hyperparameters)}")
     return 0
 
 

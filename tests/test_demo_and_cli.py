@@ -68,3 +68,23 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert "FormatError" in err and "not a zip" in err
+
+
+@needs_torch
+def test_inspect_shows_the_start_of_huge_params_and_tensor_lists(tmp_path, capsys):
+    """A 3 MB params.json and 300 tensors: the table view prints a bounded summary
+    (rich spent 18 s of CPU wrapping the whole JSON); --json still prints everything."""
+    import torch
+
+    params = {f"k{i}": i for i in range(200_000)}
+    net = torch.nn.Sequential(*[torch.nn.Linear(1, 1) for _ in range(150)])
+    path = tmp_path / "big.bundle"
+    polybundle.save(path, {"net": net}, params=params)
+    assert main(["inspect", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert len(shown) < 100_000
+    assert "more characters; --json prints all" in shown
+    assert "300 tensors" in shown and "100 not shown" in shown
+    assert main(["inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params"] == params and len(report["tensors"]) == 300

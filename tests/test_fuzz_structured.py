@@ -61,8 +61,6 @@ _KERAS_CONFIG = (
     "PolybundleError, and verify says ok (it does not check config.json against the manifest)"
 )
 KNOWN_OPEN: list[tuple[str, str, tuple[Any, ...], str]] = [
-    ("json", "v2_torch", ("json", "params.json", "big", "keys", 200_000),
-     "open: `polybundle inspect` spends ~18 s of CPU rendering a 3 MB params.json (rich)"),
     ("tensor_spec", "v2_keras", ("spec", 0, "drop", None),
      "open: verify says ok for a Keras weights file holding a dataset the manifest does not "
      "list; load refuses it (IntegrityError)"),
@@ -72,9 +70,6 @@ KNOWN_OPEN: list[tuple[str, str, tuple[Any, ...], str]] = [
     ("hdf5", "v2_keras", ("config", 3, "name", 2**31), _KERAS_CONFIG),
     ("hdf5", "v2_keras", ("config", 3, "use_bias", None), _KERAS_CONFIG),
     ("hdf5", "v2_keras", ("config", 3, "dtype", "exec"), _KERAS_CONFIG),
-    ("hdf5", "legacy_tf", ("hdf5", 4, "float64", 32),
-     "open: the legacy Keras reader gives a float64 dataset back as float64 where the model's "
-     "variable is float32 (format 2 refuses it since 034f2ce)"),
 ]
 """``(family, seed, mutation, reason)``: examples still failing while their fix is open.
 
