@@ -17,17 +17,32 @@ Example:
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from polybundle.archive import open_nested
 from polybundle.backend import Backend, TensorSpec
 from polybundle.canonical import keras_canonical
-from polybundle.errors import FormatError, TensorMismatchError, UnsafeContentError
+from polybundle.errors import (
+    BudgetExceededError,
+    FormatError,
+    PolybundleError,
+    TensorMismatchError,
+    UnsafeContentError,
+)
 from polybundle.hookspecs import hookimpl
 from polybundle.layouts import OPAQUE, SCALAR, conv_tag
 from polybundle.legacy.kerasfile import check_config
-from polybundle.readers.keras_file import keras_stream, read_config, read_datasets
+from polybundle.readers.keras_file import (
+    WEIGHTS_H5,
+    check_layer_fields,
+    check_layer_shapes,
+    keras_stream,
+    read_config,
+    read_datasets,
+)
 
 _CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
 _CONV_TRANSPOSE = {"Conv1DTranspose": 1, "Conv2DTranspose": 2, "Conv3DTranspose": 3}
@@ -258,32 +273,58 @@ class TensorFlowBackend(Backend):
         """Rebuild the model from the ``.keras`` file itself, with ``safe_mode=True``.
 
         The config is checked first without Keras (no ``Lambda`` layers, no
-        classes from non-Keras modules), and so is the weights file
-        (:func:`polybundle.readers.keras_file.keras_stream`: every dataset
-        passes the HDF5 checks, no member but config, metadata and weights),
-        so Keras never sees a hostile file. Keras gets a file object without a
-        name: it reads the weights in memory or from the zip and extracts
-        nothing to disk.
+        classes from non-Keras modules, layer fields of the types Keras takes:
+        :func:`polybundle.readers.keras_file.check_layer_fields`), and so is
+        the weights file (:func:`polybundle.readers.keras_file.keras_stream`:
+        every dataset passes the HDF5 checks, no member but config, metadata
+        and weights). Given the manifest's ``specs``, Keras rebuilds the model
+        from ``config.json`` with variable initialisation deferred (as
+        :meth:`build_and_load`), every variable's shape and dtype is compared
+        with the manifest before any variable memory exists, and each is then
+        created from the file. Without specs (a bare ``.keras`` file) Keras
+        loads the file object, which has no name, so nothing is extracted to
+        disk. Whatever Keras raises becomes a :class:`FormatError`.
         """
-        from keras.src.saving import saving_lib
-
         where = getattr(source, "name", "") or "model.keras"
-        check_config(read_config(source), where=where)
+        config = read_config(source)
+        check_config(config, where=where)
+        check_layer_fields(config, where=where)
         source.seek(0)
-        stream = keras_stream(source, where=where, specs=specs)
+        stream = keras_stream(source, where=where, specs=specs, charge=specs is None)
+        source.seek(0)
+        check_layer_shapes(config, open_nested(source, WEIGHTS_H5), where=where)
+        source.seek(0)
+        if specs is None:
+            from keras.src.saving import saving_lib
+
+            return _keras_call(
+                where, lambda: saving_lib.load_model(stream, safe_mode=True, compile=False)
+            )
+        source.seek(0)
+        return self._rebuild_deferred(config, source, specs, where)
+
+    def _rebuild_deferred(
+        self, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec], where: str
+    ) -> Any:
+        """Deserialize ``config`` with initialisation deferred; check, then fill each variable."""
+        from keras.src.backend.common import global_state
+        from keras.src.backend.common.stateless_scope import StatelessScope
+        from keras.src.backend.common.variables import initialize_all_variables
+
         try:
-            return saving_lib.load_model(stream, safe_mode=True, compile=False)
-        except ValueError as exc:
-            if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
-                raise UnsafeContentError(
-                    f"the Keras config holds code that safe_mode refuses ({exc}). Register "
-                    "a builder for the architecture instead of loading it from the file."
-                ) from None
-            raise FormatError(
-                f"Keras could not rebuild the model from model.keras ({exc}). Register a "
-                "builder with @polybundle.architecture(name, backend='tensorflow') and "
-                "save with it, or pass into={role: model}."
-            ) from None
+            with StatelessScope(initialize_variables=False):
+                model = _keras_call(where, lambda: _deserialize(config))
+            own = self._checked_variables(model, specs)
+            _check_dtypes(own, specs, model)
+            arrays = read_datasets(source, specs)
+            _keras_call(where, lambda: _fill(own, specs, arrays))
+        finally:  # whatever happened, leave no variable of this build pending
+            pending = global_state.get_global_attribute("uninitialized_variables") or []
+            global_state.set_global_attribute(
+                "uninitialized_variables", [v for v in pending if v._value is None]
+            )
+        _keras_call(where, initialize_all_variables)
+        return model
 
     def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
         """Return the neutral optimizer state (see :mod:`polybundle.backends.tensorflow_optim`)."""
@@ -310,6 +351,68 @@ class TensorFlowBackend(Backend):
         from polybundle.backends import tensorflow_optim
 
         tensorflow_optim.restore_rng(state)
+
+
+def _deserialize(config: dict[str, Any]) -> Any:
+    """Build the model ``config`` describes, as ``keras.saving.load_model`` does (no compile)."""
+    from keras.src.saving.serialization_lib import ObjectSharingScope, deserialize_keras_object
+
+    config = {**config, "compile_config": None}
+    with ObjectSharingScope():
+        return deserialize_keras_object(config, None, safe_mode=True)
+
+
+def _fill(own: dict[str, Any], specs: list[TensorSpec], arrays: list[np.ndarray]) -> None:
+    """Create (or assign) each variable of ``own`` from the array of its spec."""
+    for spec, array in zip(specs, arrays, strict=True):
+        variable = own[spec.key]
+        if variable._value is None:
+            variable._initialize(array)
+        else:
+            variable.assign(array)
+
+
+def _check_dtypes(own: dict[str, Any], specs: list[TensorSpec], model: Any) -> None:
+    """Refuse variables whose dtype is not the manifest's (shapes are checked already)."""
+    wrong = [
+        f"{spec.name} ({own[spec.key].dtype}, manifest {spec.dtype})"
+        for spec in specs
+        if str(own[spec.key].dtype) != spec.dtype
+    ]
+    if wrong:
+        raise TensorMismatchError(
+            mismatched=wrong, context=f"rebuilding {type(model).__name__} {model.name!r}"
+        )
+
+
+def _keras_call(where: str, call: Callable[[], Any]) -> Any:
+    """Run ``call`` (Keras work on a checked file); what it raises becomes a typed error."""
+    try:
+        return call()
+    except PolybundleError:
+        raise
+    except MemoryError:
+        raise BudgetExceededError(
+            f"{where}: Keras ran out of memory rebuilding the model its config describes; "
+            "load it with a registered builder, or on a machine with more memory."
+        ) from None
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            raise UnsafeContentError(
+                f"{where}: the Keras config holds code that safe_mode refuses ({exc}). Register "
+                "a builder for the architecture instead of loading it from the file."
+            ) from None
+        raise _rebuild_error(where, exc) from None
+    except Exception as exc:  # Keras' TypeError, TensorFlow's errors: hostile or odd config
+        raise _rebuild_error(where, exc) from None
+
+
+def _rebuild_error(where: str, exc: Exception) -> FormatError:
+    return FormatError(
+        f"Keras could not rebuild the model from {where} ({type(exc).__name__}: "
+        f"{str(exc)[:300]}). Register a builder with @polybundle.architecture(name, "
+        "backend='tensorflow') and save with it, or pass into={role: model}."
+    )
 
 
 @hookimpl

@@ -16,21 +16,25 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import budget
 from .archive import ArchiveReader
+from .backend import TensorSpec
 from .detection import FORMAT_NAME, PLAIN_FORMATS, Detection
 from .errors import PolybundleError
 from .legacy.era import read_member
-from .legacy.kerasfile import check_config, open_keras, read_weights
+from .legacy.kerasfile import KerasFile, check_config, open_keras, read_weights
 from .legacy.plugin import era_reader
 from .loading import detect, open_plain, plain_manifest
 from .manifest import read_manifest, verify_members
 from .params import ARRAYS_MEMBER, read_params
 from .progress import progress_bar
+from .readers.keras_file import check_layer_fields, check_layer_shapes
+from .readers.keras_file import check_weights as check_keras_weights
 from .readers.torch_zip import read_pth
 from .tensor_check import dtype_name
 
@@ -141,13 +145,28 @@ def check_weights(archive: ArchiveReader, manifest: dict[str, Any], report: Veri
                     f"{weights} uses custom objects migrated by name only ({', '.join(declared)}); "
                     "load it with a registered builder."
                 )
+            _check_keras_file(keras_file, entry)
             found = read_weights(keras_file)
-            found = {k: v for k, v in found.items() if k in {t["key"] for t in entry["tensors"]}}
         else:
             report.notes.append(f"{weights}: no framework-free reader for this file type")
             continue
         report.problems += _check_tensors(found, entry["tensors"], entry["role"])
         report.checked.append(f"{weights}: {len(found)} tensors read without a framework")
+
+
+def _check_keras_file(keras_file: KerasFile, entry: dict[str, Any]) -> None:
+    """Run the checks a Keras load runs before Keras, without Keras; raise the first failing.
+
+    The config's layer fields must be ones Keras takes and its declared sizes
+    the stored ones; the weights file must hold exactly the manifest's
+    datasets, shapes and dtypes (unlisted optimizer slots aside), as ``load``
+    (with or without a builder) and lazy reads require.
+    """
+    where = keras_file.where
+    check_layer_fields(keras_file.config, where=where)
+    check_layer_shapes(keras_file.config, io.BytesIO(keras_file.weights), where=where)
+    specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
+    check_keras_weights(io.BytesIO(keras_file.weights), where=where, specs=specs)
 
 
 def _verify_legacy(archive: ArchiveReader, format_name: str, report: VerifyReport) -> None:

@@ -35,7 +35,7 @@ import math
 import mmap
 import re
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -105,6 +105,91 @@ def _variable_names(class_name: str, config: dict[str, Any]) -> list[str] | None
     return None
 
 
+_BOOL_FIELDS = ("use_bias", "center", "scale", "trainable")
+_SIZE_FIELDS = ("units", "filters")
+_DTYPE_NAME = re.compile(r"(mixed_)?(b?float|u?int|complex)\d+(_\w+)?|bool|string")
+MAX_LAYER_SIZE = 2**31 - 1
+"""Largest ``units``/``filters`` a layer field may hold (the weights are checked against it too)."""
+
+
+def _layer_configs(value: Any, depth: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(class name, config)`` of every object in a Keras config that has both."""
+    if depth > 200:
+        raise UnsafeContentError("a Keras config nests deeper than 200 levels; refused.")
+    if isinstance(value, dict):
+        if isinstance(value.get("config"), dict) and "class_name" in value:
+            yield str(value["class_name"]), value["config"]
+        for item in value.values():
+            yield from _layer_configs(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _layer_configs(item, depth + 1)
+
+
+def _field_problem(key: str, value: Any) -> str | None:
+    """Describe what is wrong with one layer field (None when Keras can take it)."""
+    if key == "name" and not isinstance(value, str):
+        return "a name that is not a string"
+    if key in _BOOL_FIELDS and not isinstance(value, bool):
+        return "a value that is not true or false"
+    if key in _SIZE_FIELDS and (
+        type(value) is not int or not 1 <= value <= MAX_LAYER_SIZE
+    ):
+        return f"a value that is not an integer from 1 to {MAX_LAYER_SIZE}"
+    if key in ("kernel_size", "strides", "dilation_rate") and not (
+        key == "strides" and value is None
+    ):
+        items = value if isinstance(value, list) else [value]
+        if not items or any(type(v) is not int or not 1 <= v <= MAX_LAYER_SIZE for v in items):
+            return "a value that is not a positive integer or a list of them"
+    if key == "activation" and not isinstance(value, (str, dict, type(None))):
+        return "a value that is not an activation name"
+    if key == "dtype" and isinstance(value, str) and not _DTYPE_NAME.fullmatch(value):
+        return "a value that is not a dtype name"
+    if key == "dtype" and not isinstance(value, (str, dict, type(None))):
+        return "a value that is not a dtype name or policy"
+    return None
+
+
+def layer_field_problems(config: dict[str, Any]) -> list[str]:
+    """Return the layer fields of a Keras config that Keras cannot take (empty when fine).
+
+    Checks, without Keras, the fields whose wrong type makes Keras fail with
+    its own errors: ``name``, ``units``/``filters``, ``kernel_size``,
+    ``strides``, ``dilation_rate``, ``activation``, ``dtype`` and the
+    boolean switches (``use_bias``, ``center``, ``scale``, ``trainable``).
+
+    Example:
+        >>> layer_field_problems({"class_name": "Dense", "config": {"units": None}})
+        ["Dense 'units' = None: a value that is not an integer from 1 to 2147483647"]
+        >>> layer_field_problems({"class_name": "Dense", "config": {"units": 3, "name": "d"}})
+        []
+    """
+    problems = []
+    body = {k: v for k, v in config.items() if k != "compile_config"}
+    for class_name, fields in _layer_configs(body):
+        for key, value in fields.items():
+            problem = _field_problem(key, value)
+            if problem:
+                problems.append(f"{class_name} {key!r} = {str(value)[:40]}: {problem}")
+    return problems
+
+
+def check_layer_fields(config: dict[str, Any], *, where: str) -> None:
+    """Raise :class:`FormatError` when :func:`layer_field_problems` finds anything.
+
+    Example:
+        >>> check_layer_fields({"class_name": "Dense", "config": {"units": 4}}, where="x")
+    """
+    problems = layer_field_problems(config)
+    if problems:
+        raise FormatError(
+            f"{where}: {CONFIG_JSON} holds layer fields Keras cannot use "
+            f"({'; '.join(problems[:4])}); the file is damaged or was altered. Re-save the "
+            "model from a trusted copy, or register a builder for its architecture."
+        )
+
+
 @dataclass(frozen=True)
 class KerasWeight:
     """One stored variable of a ``.keras`` file.
@@ -133,8 +218,17 @@ class KerasWeight:
         return self.canonical.slot
 
 
-def _walk(model: dict[str, Any], prefix: str, h5: Any, out: list[KerasWeight]) -> None:
-    """Append the weights of every layer of ``model`` (a config dict) found under ``prefix``."""
+def _walk(
+    model: dict[str, Any],
+    prefix: str,
+    h5: Any,
+    out: list[KerasWeight],
+    configs: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Append the weights of every layer of ``model`` (a config dict) found under ``prefix``.
+
+    ``configs``, when given, gets ``{weights folder: layer config}`` of each layer.
+    """
     import h5py
 
     layers = model.get("config", {}).get("layers", [])
@@ -148,8 +242,10 @@ def _walk(model: dict[str, Any], prefix: str, h5: Any, out: list[KerasWeight]) -
         used[base] = used.get(base, -1) + 1
         folder = f"{prefix}layers/{base}" + (f"_{used[base]}" if used[base] else "")
         if class_name in _MODELS or "layers" in config:
-            _walk(layer, f"{folder}/", h5, out)
+            _walk(layer, f"{folder}/", h5, out, configs)
             continue
+        if configs is not None:
+            configs[f"{folder}/vars"] = config
         group = h5.get(f"{folder}/vars")
         if not isinstance(group, h5py.Group) or not len(group):
             continue
@@ -619,14 +715,34 @@ def check_weights(
         if specs is None:
             return [check_dataset(tree, key) for key in sorted(tree.datasets)]
         by_key = {spec.key: spec for spec in specs}
-        if set(by_key) != set(tree.datasets):
-            missing = sorted(set(by_key) - set(tree.datasets))
-            extra = sorted(set(tree.datasets) - set(by_key))
-            raise IntegrityError(
-                f"{where} holds datasets {extra[:4]} the manifest does not list and lacks "
-                f"{missing[:4]} that it does; the bundle was altered or damaged. Re-copy it."
-            )
-        return [check_dataset(tree, key, spec=by_key[key]) for key in sorted(tree.datasets)]
+        check_listed(tree, by_key)
+        return [check_dataset(tree, key, spec=by_key.get(key)) for key in sorted(tree.datasets)]
+
+
+def check_listed(tree: CheckedTree, listed: Iterable[str]) -> None:
+    """Refuse a weights file whose datasets are not exactly the manifest's ``listed`` keys.
+
+    Optimizer slots Keras wrote for a compiled model (``optimizer/...``, as
+    in legacy archives migrated byte for byte) may be there unlisted: no path
+    reads them. Anything else unlisted, or anything listed but absent, is an
+    :class:`~polybundle.errors.IntegrityError`; load, lazy reads and verify
+    all refuse it alike.
+
+    Example:
+        >>> with weights_file(stream) as h5:  # doctest: +SKIP
+        ...     check_listed(check_tree(h5, size=22384), ["layers/dense/vars/0"])
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.IntegrityError: ...
+    """
+    listed = set(listed)
+    missing = sorted(listed - tree.datasets)
+    extra = sorted(key for key in tree.datasets - listed if not key.startswith("optimizer/"))
+    if missing or extra:
+        raise IntegrityError(
+            f"{tree.where} holds datasets {extra[:4]} the manifest does not list and lacks "
+            f"{missing[:4]} that it does; the bundle was altered or damaged. Re-copy it."
+        )
 
 
 def read_datasets(
@@ -638,7 +754,9 @@ def read_datasets(
     dataset, its shape and dtype are checked) or a bare dataset key. The whole
     file's links and every listed dataset are checked (:func:`check_dataset`)
     before any is read; each is then read as :func:`read_stored` says (views
-    of ``mapped`` when given). A missing key raises :class:`FormatError`.
+    of ``mapped`` when given). A missing key raises :class:`FormatError`. Given
+    the manifest's specs, a dataset it does not list is refused
+    (:func:`check_listed`).
     Neither TensorFlow nor Keras is imported.
 
     Example:
@@ -652,6 +770,8 @@ def read_datasets(
     size = stream_size(stream)
     with weights_file(stream, where=where) as h5:
         tree = check_tree(h5, size=size, where=where)
+        if specs and all(isinstance(item, TensorSpec) for item in specs):
+            check_listed(tree, (item.key for item in specs))
         checked = [
             check_dataset(tree, item)
             if isinstance(item, str)
@@ -685,7 +805,11 @@ class _Unnamed(io.RawIOBase):
 
 
 def keras_stream(
-    source: BinaryIO | MemberRange, *, where: str = "", specs: list[TensorSpec] | None = None
+    source: BinaryIO | MemberRange,
+    *,
+    where: str = "",
+    specs: list[TensorSpec] | None = None,
+    charge: bool = True,
 ) -> BinaryIO:
     """Check a ``.keras`` file for Keras itself to load; return the file object to give it.
 
@@ -695,11 +819,12 @@ def keras_stream(
     assets, to a temporary folder, and nothing is extracted to disk), and
     every dataset of the weights file passes :func:`check_dataset`; their
     declared bytes are charged to :mod:`polybundle.budget`, since Keras
-    allocates them. The returned view has no file name, so Keras reads the
-    weights in memory or from the zip, never from a copy it extracts next to
-    the file. Given the manifest's ``specs``, the stored datasets must be
-    exactly those (:func:`check_weights`). The config is checked separately
-    (:func:`polybundle.legacy.kerasfile.check_config`).
+    allocates them (unless ``charge`` is False: the caller reads them itself
+    through :func:`read_stored`, which charges). The returned view has no
+    file name, so Keras reads the weights in memory or from the zip, never
+    from a copy it extracts next to the file. Given the manifest's ``specs``,
+    the stored datasets must be exactly those (:func:`check_weights`). The
+    config is checked separately (:func:`polybundle.legacy.kerasfile.check_config`).
 
     Example:
         >>> model = keras.saving.load_model(keras_stream(source), safe_mode=True)  # doctest: +SKIP
@@ -717,7 +842,8 @@ def keras_stream(
             "backend='tensorflow') so only the weights are read, or pass into={role: model}."
         )
     stored = check_weights(inner.open(WEIGHTS_H5), where=where, specs=specs)
-    budget.charge(sum(d.nbytes for d in stored), f"{where}: the weights Keras loads")
+    if charge:
+        budget.charge(sum(d.nbytes for d in stored), f"{where}: the weights Keras loads")
     source.seek(0)
     return _Unnamed(source)
 
@@ -749,6 +875,82 @@ def read_keras_weights(
         (w, read_stored(stream, stored, where=where) if with_arrays else None)
         for w, stored in zip(weights, checked, strict=True)
     ]
+
+
+def _declared_shape_problem(weight: KerasWeight, config: dict[str, Any]) -> str | None:
+    """Compare a stored variable with its layer's dtype, units/filters and kernel_size."""
+    size = config.get("units", config.get("filters"))
+    shape = weight.shape
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict) and isinstance(dtype.get("config"), dict):
+        dtype = dtype["config"].get("name")
+    if isinstance(dtype, str) and _DTYPE_NAME.fullmatch(dtype) and not dtype.startswith(
+        "mixed_"
+    ) and dtype != weight.dtype:
+        return f"{weight.name} is stored as {weight.dtype}; its layer declares dtype {dtype}"
+    if weight.variable == "bias" and type(size) is int and shape != (size,):
+        return f"{weight.name} is stored as {shape}; its layer declares {size} units"
+    if weight.variable != "kernel" or len(shape) < 2:
+        return None
+    axis = -2 if weight.layer_class.endswith("Transpose") else -1
+    if type(size) is int and shape[axis] != size:
+        return f"{weight.name} is stored as {shape}; its layer declares {size} units"
+    kernel_size = config.get("kernel_size")
+    if kernel_size is not None and len(shape) > 2:
+        declared = kernel_size if isinstance(kernel_size, list) else [kernel_size] * (
+            len(shape) - 2
+        )
+        if list(shape[:-2]) != declared:
+            return f"{weight.name} is stored as {shape}; its layer declares kernel {declared}"
+    return None
+
+
+def layer_shape_problems(
+    config: dict[str, Any], stream: BinaryIO | MemberRange, *, where: str = ""
+) -> list[str]:
+    """Return where ``config.json`` declares layer sizes its ``model.weights.h5`` does not hold.
+
+    For each stored kernel and bias of a Dense or convolution layer, its
+    ``units``/``filters`` and ``kernel_size`` must be the stored shape's:
+    Keras builds (and allocates) what the config declares, so a config that
+    claims more than the weights file holds is refused before Keras sees it.
+    Only metadata is read. Run :func:`layer_field_problems` first.
+
+    Example:
+        >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
+        ...     layer_shape_problems(read_config(f), open_nested(f, WEIGHTS_H5))
+        []
+    """
+    where = where or _where(stream)
+    size = stream_size(stream)
+    configs: dict[str, dict[str, Any]] = {}
+    weights: list[KerasWeight] = []
+    with weights_file(stream, where=where) as h5:
+        check_tree(h5, size=size, where=where)
+        _walk(config, "", h5, weights, configs)
+    problems = []
+    for weight in weights:
+        problem = _declared_shape_problem(weight, configs[weight.key.rpartition("/")[0]])
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def check_layer_shapes(
+    config: dict[str, Any], stream: BinaryIO | MemberRange, *, where: str
+) -> None:
+    """Raise :class:`FormatError` when :func:`layer_shape_problems` finds anything.
+
+    Example:
+        >>> check_layer_shapes(config, open_nested(f, WEIGHTS_H5), where="x")  # doctest: +SKIP
+    """
+    problems = layer_shape_problems(config, stream, where=where)
+    if problems:
+        raise FormatError(
+            f"{where}: {CONFIG_JSON} declares layers of other sizes than its weights hold "
+            f"({'; '.join(problems[:4])}); the file was altered or damaged. Re-save the model "
+            "from a trusted copy, or register a builder for its architecture."
+        )
 
 
 def read_keras(source: Source) -> dict[str, np.ndarray]:
