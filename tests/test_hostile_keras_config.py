@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.errors import FormatError, IntegrityError, PolybundleError, TensorMismatchError
+from polybundle.errors import FormatError, IntegrityError, PolybundleError
 
 from . import fuzz_mutators as fm
 from .conftest import needs_tensorflow
@@ -72,6 +72,8 @@ def _rewrite(seed: Path, out: Path, *, layer: str | None = None, field: str = ""
 
 FIELDS = [
     ("h", "kernel_size", None),
+    ("h", "kernel_size", 4),
+    ("d", "activation", "x"),
     ("d", "activation", -1),
     ("d", "name", 2**31),
     ("d", "use_bias", None),
@@ -199,3 +201,22 @@ def test_the_deferred_rebuild_compares_shapes_before_allocating(saved):
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "refused" in done.stdout and "d/kernel" in done.stdout
+
+
+def test_legacy_archive_with_a_hostile_config_is_not_migrated(legacy_dir, tmp_path):
+    """Migrate copies model.keras byte for byte: it refuses a config load and verify refuse."""
+    members = fm.members_of((legacy_dir / "tf_era_shared.zip").read_bytes())
+    name = "diffraction_to_obj/model.keras"
+    parts = fm.members_of(dict(members)[name])
+    config = json.loads(dict(parts)["config.json"])
+    dense = [item for item in config["config"]["layers"] if "units" in item["config"]
+             or "filters" in item["config"]]
+    dense[0]["config"]["kernel_size"] = "relu"
+    text = json.dumps(config).encode()
+    keras = fm.zip_of([(n, text if n == "config.json" else d) for n, d in parts])
+    source = tmp_path / "legacy.zip"
+    source.write_bytes(fm.zip_of([(n, keras if n == name else d) for n, d in members]))
+    with pytest.raises(FormatError, match="kernel_size"):
+        polybundle.migrate(source, tmp_path / "out.bundle")
+    assert not (tmp_path / "out.bundle").exists()
+    assert not polybundle.verify(source).ok

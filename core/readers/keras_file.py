@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -108,6 +109,15 @@ def _variable_names(class_name: str, config: dict[str, Any]) -> list[str] | None
 _BOOL_FIELDS = ("use_bias", "center", "scale", "trainable")
 _SIZE_FIELDS = ("units", "filters")
 _DTYPE_NAME = re.compile(r"(mixed_)?(b?float|u?int|complex)\d+(_\w+)?|bool|string")
+_CONV_FIELDS = frozenset({"kernel_size", "filters", "strides", "dilation_rate", "groups"})
+_ACTIVATIONS = frozenset({
+    "celu", "elu", "exponential", "gelu", "glu", "hard_shrink", "hard_sigmoid", "hard_silu",
+    "hard_swish", "hard_tanh", "leaky_relu", "linear", "log_sigmoid", "log_softmax", "mish",
+    "relu", "relu6", "selu", "sigmoid", "silu", "soft_shrink", "softmax", "softplus",
+    "softsign", "sparse_plus", "sparse_sigmoid", "sparsemax", "squareplus", "swish", "tanh",
+    "tanh_shrink", "threshold",
+})
+"""Keras 3's activation names (``keras.activations.get`` takes these strings)."""
 MAX_LAYER_SIZE = 2**31 - 1
 """Largest ``units``/``filters`` a layer field may hold (the weights are checked against it too)."""
 
@@ -142,12 +152,23 @@ def _field_problem(key: str, value: Any) -> str | None:
         items = value if isinstance(value, list) else [value]
         if not items or any(type(v) is not int or not 1 <= v <= MAX_LAYER_SIZE for v in items):
             return "a value that is not a positive integer or a list of them"
-    if key == "activation" and not isinstance(value, (str, dict, type(None))):
-        return "a value that is not an activation name"
+    if key == "activation" and not (
+        isinstance(value, (dict, type(None))) or value in _ACTIVATIONS
+    ):
+        return "a value that is not a Keras activation name"
     if key == "dtype" and isinstance(value, str) and not _DTYPE_NAME.fullmatch(value):
         return "a value that is not a dtype name"
     if key == "dtype" and not isinstance(value, (str, dict, type(None))):
         return "a value that is not a dtype name or policy"
+    return None
+
+
+def _foreign_field(class_name: str, key: str) -> str | None:
+    """Name a field Keras' Dense or convolution layers refuse as an unknown argument."""
+    if class_name == "Dense" and key in _CONV_FIELDS:
+        return "a field of convolution layers, which Dense does not take"
+    if class_name.startswith("Conv") and key == "units":
+        return "a field of Dense layers, which convolutions do not take"
     return None
 
 
@@ -169,7 +190,7 @@ def layer_field_problems(config: dict[str, Any]) -> list[str]:
     body = {k: v for k, v in config.items() if k != "compile_config"}
     for class_name, fields in _layer_configs(body):
         for key, value in fields.items():
-            problem = _field_problem(key, value)
+            problem = _field_problem(key, value) or _foreign_field(class_name, key)
             if problem:
                 problems.append(f"{class_name} {key!r} = {str(value)[:40]}: {problem}")
     return problems
@@ -914,7 +935,8 @@ def layer_shape_problems(
     ``units``/``filters`` and ``kernel_size`` must be the stored shape's:
     Keras builds (and allocates) what the config declares, so a config that
     claims more than the weights file holds is refused before Keras sees it.
-    Only metadata is read. Run :func:`layer_field_problems` first.
+    Every stored variable passes :func:`check_dataset` first. Only metadata is
+    read. Run :func:`layer_field_problems` first.
 
     Example:
         >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
@@ -926,11 +948,13 @@ def layer_shape_problems(
     configs: dict[str, dict[str, Any]] = {}
     weights: list[KerasWeight] = []
     with weights_file(stream, where=where) as h5:
-        check_tree(h5, size=size, where=where)
+        tree = check_tree(h5, size=size, where=where)
         _walk(config, "", h5, weights, configs)
+        dtypes = {weight.key: str(check_dataset(tree, weight.key).dtype) for weight in weights}
     problems = []
     for weight in weights:
-        problem = _declared_shape_problem(weight, configs[weight.key.rpartition("/")[0]])
+        stored = dataclasses.replace(weight, dtype=dtypes[weight.key])
+        problem = _declared_shape_problem(stored, configs[weight.key.rpartition("/")[0]])
         if problem:
             problems.append(problem)
     return problems
