@@ -26,6 +26,7 @@ from ..archive import MAX_JSON_BYTES
 from ..backend import TensorSpec
 from ..errors import FormatError, UnsafeContentError
 from ..layouts import OPAQUE, SCALAR
+from ..readers.keras_file import check_layer_fields, check_layer_shapes
 from ..readers.torch_zip import read_pth
 from ..unpickle import list_globals, safe_loads
 from .era import EraReader, LegacyContent, LegacyRole, check_roles, read_member
@@ -207,6 +208,8 @@ class TensorFlowDillEra(EraReader):
             weights = f"{role}/model.keras"
             keras_file = open_keras(read_member(archive, weights), where=weights)
             check_config(keras_file.config, where=weights, declared=custom)
+            check_layer_fields(keras_file.config, where=weights)
+            check_layer_shapes(keras_file.config, io.BytesIO(keras_file.weights), where=weights)
             params = _params(archive, f"{role}/params.dill")
             if archive.has(f"{role}/model.h5"):
                 ignored.append(f"{role}/model.h5")
