@@ -55,21 +55,7 @@ LEGACY_SEEDS = {
 CONVERT_TO = {"v2_torch": "tensorflow", "v2_keras_arch": "torch"}
 """Seeds recorded with a builder in both frameworks: their cases also run ``convert``."""
 
-_KERAS_CONFIG = (
-    "open: a Keras config.json whose layer fields Keras cannot use makes load raise Keras' own "
-    "TypeError (or TensorFlow's ResourceExhaustedError for units=2**31) instead of a "
-    "PolybundleError, and verify says ok (it does not check config.json against the manifest)"
-)
 KNOWN_OPEN: list[tuple[str, str, tuple[Any, ...], str]] = [
-    ("tensor_spec", "v2_keras", ("spec", 0, "drop", None),
-     "open: verify says ok for a Keras weights file holding a dataset the manifest does not "
-     "list; load refuses it (IntegrityError)"),
-    ("hdf5", "v2_keras", ("config", 0, "units", 2**31), _KERAS_CONFIG),
-    ("hdf5", "v2_keras", ("config", 2, "kernel_size", None), _KERAS_CONFIG),
-    ("hdf5", "v2_keras", ("config", 3, "activation", -1), _KERAS_CONFIG),
-    ("hdf5", "v2_keras", ("config", 3, "name", 2**31), _KERAS_CONFIG),
-    ("hdf5", "v2_keras", ("config", 3, "use_bias", None), _KERAS_CONFIG),
-    ("hdf5", "v2_keras", ("config", 3, "dtype", "exec"), _KERAS_CONFIG),
 ]
 """``(family, seed, mutation, reason)``: examples still failing while their fix is open.
 
