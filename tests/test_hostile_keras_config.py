@@ -22,7 +22,12 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.errors import FormatError, IntegrityError, PolybundleError
+from polybundle.errors import (
+    FormatError,
+    IntegrityError,
+    PolybundleError,
+    TensorMismatchError,
+)
 
 from . import fuzz_mutators as fm
 from .conftest import needs_tensorflow
@@ -167,9 +172,10 @@ def test_a_valid_bundle_still_loads_through_the_deferred_rebuild(saved):
 def test_dtype_in_config_other_than_the_manifest_is_refused(saved, tmp_path):
     seed, _ = saved
     path = _rewrite(seed, tmp_path / "f16.bundle", layer="d", field="dtype", value="float16")
-    with pytest.raises(FormatError, match="declares dtype float16"):
+    with pytest.raises(TensorMismatchError, match="float16"):
         polybundle.load(path)
-    assert not polybundle.verify(path).ok
+    report = polybundle.verify(path)
+    assert not report.ok and "holds float32 values" in report.problems[0], report.problems
 
 
 DEFERRED = """

@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import math
@@ -899,16 +898,12 @@ def read_keras_weights(
 
 
 def _declared_shape_problem(weight: KerasWeight, config: dict[str, Any]) -> str | None:
-    """Compare a stored variable with its layer's dtype, units/filters and kernel_size."""
+    """Compare a stored kernel or bias with its layer's units/filters and kernel_size.
+
+    Dtypes are compared by :func:`polybundle.legacy.kerasfile.check_dtypes`.
+    """
     size = config.get("units", config.get("filters"))
     shape = weight.shape
-    dtype = config.get("dtype")
-    if isinstance(dtype, dict) and isinstance(dtype.get("config"), dict):
-        dtype = dtype["config"].get("name")
-    if isinstance(dtype, str) and _DTYPE_NAME.fullmatch(dtype) and not dtype.startswith(
-        "mixed_"
-    ) and dtype != weight.dtype:
-        return f"{weight.name} is stored as {weight.dtype}; its layer declares dtype {dtype}"
     if weight.variable == "bias" and type(size) is int and shape != (size,):
         return f"{weight.name} is stored as {shape}; its layer declares {size} units"
     if weight.variable != "kernel" or len(shape) < 2:
@@ -950,11 +945,11 @@ def layer_shape_problems(
     with weights_file(stream, where=where) as h5:
         tree = check_tree(h5, size=size, where=where)
         _walk(config, "", h5, weights, configs)
-        dtypes = {weight.key: str(check_dataset(tree, weight.key).dtype) for weight in weights}
+        for weight in weights:  # unsafe storage or types are refused as such, first
+            check_dataset(tree, weight.key)
     problems = []
     for weight in weights:
-        stored = dataclasses.replace(weight, dtype=dtypes[weight.key])
-        problem = _declared_shape_problem(stored, configs[weight.key.rpartition("/")[0]])
+        problem = _declared_shape_problem(weight, configs[weight.key.rpartition("/")[0]])
         if problem:
             problems.append(problem)
     return problems
