@@ -79,6 +79,7 @@ FIELDS = [
     ("h", "kernel_size", None),
     ("h", "kernel_size", 4),
     ("d", "activation", "x"),
+    ("h", "activation", [3, 3]),
     ("d", "activation", -1),
     ("d", "name", 2**31),
     ("d", "use_bias", None),

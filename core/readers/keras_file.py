@@ -152,7 +152,7 @@ def _field_problem(key: str, value: Any) -> str | None:
         if not items or any(type(v) is not int or not 1 <= v <= MAX_LAYER_SIZE for v in items):
             return "a value that is not a positive integer or a list of them"
     if key == "activation" and not (
-        isinstance(value, (dict, type(None))) or value in _ACTIVATIONS
+        isinstance(value, (dict, type(None))) or (isinstance(value, str) and value in _ACTIVATIONS)
     ):
         return "a value that is not a Keras activation name"
     if key == "dtype" and isinstance(value, str) and not _DTYPE_NAME.fullmatch(value):
