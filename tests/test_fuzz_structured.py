@@ -19,9 +19,10 @@ example runs, and a failing family lists, per distinct problem, the smallest
 mutation that shows it, e.g.
 ``hdf5 v2_keras ('hdf5', 0, 'external_abs', 0): load(lazy=True).tensors holds
 bytes of the secret file``. ``POLYBUNDLE_FUZZ_EXAMPLES`` sets the examples per
-family (default 20). Counts and timings are printed at the end of the run. To
-replay one example alone, add ``(family, seed, mutation, reason)`` to
-:data:`KNOWN_OPEN` and run ``pytest -k known_open``.
+family (default 20). Counts and timings are printed at the end of the run.
+Examples the fuzzer found and that were then fixed stay as replays in
+:data:`FOUND` (``pytest -k found_examples`` runs them alone; add one there to
+replay it).
 """
 
 from __future__ import annotations
@@ -55,13 +56,25 @@ LEGACY_SEEDS = {
 CONVERT_TO = {"v2_torch": "tensorflow", "v2_keras_arch": "torch"}
 """Seeds recorded with a builder in both frameworks: their cases also run ``convert``."""
 
-KNOWN_OPEN: list[tuple[str, str, tuple[Any, ...], str]] = [
+FOUND: list[tuple[str, str, tuple[Any, ...], str]] = [
+    ("json", "v2_torch", ("json", "params.json", "big", "keys", 200_000),
+     "`polybundle inspect` spent 18 s of CPU rendering a 3 MB params.json"),
+    ("tensor_spec", "v2_keras", ("spec", 0, "drop", None),
+     "verify said ok for a Keras weights file holding a dataset the manifest does not list"),
+    ("hdf5", "v2_keras", ("config", 0, "units", 2**31),
+     "Keras allocated a [3, 2**31] kernel from config.json: ResourceExhaustedError"),
+    ("hdf5", "v2_keras", ("config", 2, "kernel_size", None), "Keras' raw TypeError"),
+    ("hdf5", "v2_keras", ("config", 3, "activation", -1), "Keras' raw TypeError"),
+    ("hdf5", "v2_keras", ("config", 3, "name", 2**31), "Keras' raw TypeError"),
+    ("hdf5", "v2_keras", ("config", 3, "use_bias", None), "verify ok, load failed"),
+    ("hdf5", "v2_keras", ("config", 3, "dtype", "exec"), "Keras' raw TypeError"),
+    ("hdf5", "legacy_tf", ("hdf5", 4, "float64", 32),
+     "the legacy Keras reader returned float64 where the layer keeps float32"),
 ]
-"""``(family, seed, mutation, reason)``: examples still failing while their fix is open.
+"""``(family, seed, mutation, what it found)``: examples the fuzzer found, since fixed.
 
-Each is run by :func:`test_known_open` as ``xfail(strict=True)`` (so it fails
-once fixed, and the entry must go); its family's fuzz run skips every example of
-the same kind (e.g. ``("config", "units")``, any seed) until then.
+:func:`test_found_examples_stay_fixed` replays each one, whatever the drawn
+examples of a later run happen to be.
 """
 
 
@@ -273,8 +286,6 @@ def run_family(
 
     def one(drawn: tuple[str, tuple[Any, ...]]) -> None:
         seed, mutation = drawn
-        if (family, _kind(mutation)) in _KNOWN_OPEN_KINDS:
-            return
         problems = fuzz.run(family, seed, mutation)
         if problems:
             key = f"{seed} {_kind(mutation)} {_signature(problems[0])}"
@@ -594,9 +605,6 @@ def test_checkpoint_index(fuzz: Fuzz) -> None:
     )
 
 
-_KNOWN_OPEN_KINDS = {(family, _kind(mutation)) for family, _, mutation, _ in KNOWN_OPEN}
-
-
 changed_mutations = st.tuples(st.just("changed"), st.integers(0, 3), st.integers(0, 63))
 
 
@@ -620,19 +628,14 @@ def test_paths(fuzz: Fuzz) -> None:
     )
 
 
-def _known_open_params() -> list[Any]:
-    return [
-        pytest.param(
-            *known[:3], marks=pytest.mark.xfail(strict=True, reason=known[3]),
-            id=repr(known[:3])[:80],
-        )
-        for known in KNOWN_OPEN
-    ] or [pytest.param(None, None, None, marks=pytest.mark.skip(reason="no known-open case"))]
-
-
-@pytest.mark.parametrize(("family", "seed", "mutation"), _known_open_params())
-def test_known_open(fuzz: Fuzz, family: str, seed: str, mutation: tuple[Any, ...]) -> None:
-    """Each example still failing while its fix is open; strict, so a fix makes it fail."""
+@pytest.mark.parametrize(
+    ("family", "seed", "mutation"),
+    [pytest.param(*found[:3], id=repr(found[:3])[:80]) for found in FOUND],
+)
+def test_found_examples_stay_fixed(
+    fuzz: Fuzz, family: str, seed: str, mutation: tuple[Any, ...]
+) -> None:
+    """Each example the fuzzer once found (see :data:`FOUND`) gives no problem now."""
     problems = fuzz.run(family, seed, mutation)
     assert not problems, "\n".join(problems)
 
