@@ -93,11 +93,16 @@ def resolve_dtype(name: Any, *, where: str = "tensor") -> np.dtype:
 def dtype_label(dtype: Any) -> str:
     """Return the manifest name of a NumPy or ``ml_dtypes`` dtype (``"bfloat16"``).
 
+    A manifest name is returned as it is; another dtype string (``"<f4"``) is
+    named through NumPy.
+
     Example:
         >>> import ml_dtypes
-        >>> dtype_label(np.float32), dtype_label(ml_dtypes.bfloat16)
-        ('float32', 'bfloat16')
+        >>> dtype_label(np.float32), dtype_label(ml_dtypes.bfloat16), dtype_label("<f4")
+        ('float32', 'bfloat16', 'float32')
     """
+    if isinstance(dtype, str) and dtype in NUMPY_DTYPES + ML_DTYPES:
+        return dtype
     return np.dtype(dtype).name
 
 

@@ -21,25 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from .backend import TensorSpec
+from .backend import TensorSpec, dtype_label
 from .errors import IntegrityError
-
-
-def dtype_name(dtype: Any) -> str:
-    """Return the manifest name of a NumPy (or ml_dtypes) dtype, or of a dtype name.
-
-    Example:
-        >>> dtype_name(np.float32), dtype_name("<f4"), dtype_name("float16")
-        ('float32', 'float32', 'float16')
-    """
-    if isinstance(dtype, str):
-        try:
-            return np.dtype(dtype).name
-        except TypeError:
-            return dtype
-    return np.dtype(dtype).name
 
 
 def check_stored(
@@ -52,10 +35,10 @@ def check_stored(
 
     Example:
         >>> spec = TensorSpec("b", "b", (2,), "float16", "out")
-        >>> check_stored(spec, [2], np.dtype("<f2"), where="net/model.keras")
+        >>> check_stored(spec, [2], "<f2", where="net/model.keras")
     """
     stored_shape = tuple(int(axis) for axis in shape)
-    stored_dtype = dtype_name(dtype)
+    stored_dtype = dtype_label(dtype)
     if stored_shape == tuple(spec.shape) and stored_dtype == spec.dtype:
         return
     raise IntegrityError(

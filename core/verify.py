@@ -23,7 +23,7 @@ from typing import Any
 
 from . import budget
 from .archive import ArchiveReader
-from .backend import TensorSpec
+from .backend import TensorSpec, dtype_label
 from .detection import FORMAT_NAME, PLAIN_FORMATS, Detection
 from .errors import PolybundleError
 from .legacy.era import read_member
@@ -36,7 +36,6 @@ from .progress import progress_bar
 from .readers.keras_file import check_layer_fields, check_layer_shapes
 from .readers.keras_file import check_weights as check_keras_weights
 from .readers.torch_zip import read_pth
-from .tensor_check import dtype_name
 
 
 @dataclass
@@ -93,9 +92,9 @@ def _check_tensors(found: dict[str, Any], listed: list[dict[str, Any]], role: st
                 f"{role}: tensor {key!r} has shape {list(found[key].shape)}, "
                 f"manifest says {by_key[key]['shape']}"
             )
-        elif dtype_name(found[key].dtype) != by_key[key]["dtype"]:
+        elif dtype_label(found[key].dtype) != by_key[key]["dtype"]:
             problems.append(
-                f"{role}: tensor {key!r} has dtype {dtype_name(found[key].dtype)}, "
+                f"{role}: tensor {key!r} has dtype {dtype_label(found[key].dtype)}, "
                 f"manifest says {by_key[key]['dtype']}"
             )
     return problems

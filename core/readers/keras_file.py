@@ -50,7 +50,7 @@ from ..archive import (
     check_member_name,
     open_nested,
 )
-from ..backend import TensorSpec
+from ..backend import TensorSpec, resolve_dtype
 from ..canonical import Canonical, keras_canonical
 from ..errors import FormatError, IntegrityError, PolybundleError, UnsafeContentError
 from ..tensor_check import check_stored
@@ -566,14 +566,7 @@ def _check_dtype(dataset: Any, key: str, where: str) -> np.dtype:
     if _is_bool(stored):
         return np.dtype(bool)
     if _is_bfloat16(dataset, stored):
-        try:
-            import ml_dtypes
-        except ImportError:
-            raise FormatError(
-                f"{where}: {WEIGHTS_H5} {key!r} holds bfloat16 values, which need the "
-                "ml_dtypes package (pip install ml_dtypes)."
-            ) from None
-        return np.dtype(ml_dtypes.bfloat16)
+        return resolve_dtype("bfloat16", where=f"{where}: {WEIGHTS_H5} {key!r}")
     try:
         shown = str(dataset.dtype)
     except Exception:  # a type NumPy cannot express at all
