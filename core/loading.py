@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import budget
-from .archive import ArchiveReader, MemberRange
+from .archive import ArchiveReader, MemberRange, NestedZip
 from .backend import Backend, TensorSpec
 from .bundle import Bundle, model_entry
 from .detection import (
@@ -42,7 +42,7 @@ from .params import read_params
 from .plugins import get_plugin_manager
 from .progress import progress_bar
 from .readers.keras_file import read_keras_weights
-from .readers.torch_zip import index_pth
+from .readers.torch_zip import MAX_PICKLE_BYTES, index_pth
 from .registry import get_backend, get_registry, remember_architecture
 from .transfer import converted_model
 from .unpickle import list_globals
@@ -123,9 +123,6 @@ def _plain_specs(detection: Detection, source: Any, where: str) -> list[TensorSp
 
 def _whole_model_hint(source: Any, where: str, exc: UnsafeContentError) -> str:
     """Say "save a state_dict" when ``torch.save(model)`` pickled a whole module."""
-    from .archive import NestedZip
-    from .readers.torch_zip import MAX_PICKLE_BYTES
-
     try:
         source.seek(0)
         inner = NestedZip(source)
