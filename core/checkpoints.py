@@ -46,6 +46,7 @@ from .errors import CheckpointError, FormatError, PolybundleError
 from .jsondoc import load_json
 from .loading import load
 from .saving import save
+from .verify import verify
 from .writer import atomic_write_bytes, write_error
 
 INDEX_NAME = "checkpoints.json"
@@ -277,7 +278,6 @@ class CheckpointManager:
 
     def _scan(self) -> list[dict[str, Any]]:
         """Return index records of the directory's checkpoint bundles that pass verify."""
-        from .verify import verify
 
         found: dict[int, dict[str, Any]] = {}
         try:

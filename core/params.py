@@ -38,6 +38,7 @@ from .backend import ML_DTYPES, NUMPY_DTYPES, check_shape, dtype_label, resolve_
 from .errors import FormatError, ParamsError
 from .jsondoc import MAX_DEPTH, load_json
 from .manifest import PARAMS_MEMBER
+from .optimizer import MAX_HEADER_BYTES, SAFETENSORS_DTYPES, load_arrays, save_arrays
 from .schemas import validate
 
 if TYPE_CHECKING:
@@ -87,7 +88,6 @@ def storage(dtype: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         >>> storage("complex64", (16, 16)), storage("float32", (3,))
         (('float32', (16, 16, 2)), ('float32', (3,)))
     """
-    from .optimizer import SAFETENSORS_DTYPES
 
     if dtype in ("complex64", "complex128"):
         return ("float32" if dtype == "complex64" else "float64"), (*shape, 2)
@@ -227,7 +227,6 @@ def encode_params(params: dict[str, Any]) -> EncodedParams:
     validate("params", document, where="params")
     data = None
     if arrays:
-        from .optimizer import save_arrays
 
         data = save_arrays({key: _stored_view(array) for key, array in arrays.items()})
     return EncodedParams(json.dumps(document, allow_nan=False).encode("utf-8"), data)
@@ -353,7 +352,6 @@ def resolve_arrays(document: dict[str, Any], data: bytes | None, *, where: str) 
         >>> resolve_arrays({"N": 4}, None, where="params.safetensors")
         {'N': 4}
     """
-    from .optimizer import load_arrays
 
     declared = references(document, where=PARAMS_MEMBER)
     stored = {} if data is None else load_arrays(data, where=where)
@@ -372,7 +370,6 @@ def resolve_arrays(document: dict[str, Any], data: bytes | None, *, where: str) 
 
 def _read_header(archive: ArchiveReader, where: str) -> dict[str, Any]:
     """Read only the safetensors header of ``where`` (the tensor bytes stay unread)."""
-    from .optimizer import MAX_HEADER_BYTES
 
     size = archive.size(where)
     with archive.open(where) as stream:
@@ -393,7 +390,6 @@ def _read_header(archive: ArchiveReader, where: str) -> dict[str, Any]:
 
 def _check_header(declared: dict[str, Any], header: dict[str, Any], where: str) -> None:
     """Compare each reference with its header entry (dtype code and shape)."""
-    from .optimizer import SAFETENSORS_DTYPES
 
     _check_keys(set(declared), set(header), where)
     for key, (dtype, shape, _) in declared.items():

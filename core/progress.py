@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from .cli import printable
+
 THRESHOLD = 64 * 1024 * 1024
 """Bytes from which ``progress=True`` shows a bar."""
 
@@ -53,7 +55,6 @@ def progress_bar(
         TransferSpeedColumn,
     )
 
-    from .cli import printable
 
     columns = (
         TextColumn("{task.description}", markup=False),

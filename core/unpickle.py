@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from . import budget
+from .backend import resolve_dtype
 from .errors import FormatError, PolybundleError, UnsafeContentError
 
 MAX_OPS = 5_000_000
@@ -227,7 +229,6 @@ def _array_from_bytes(
         ...
         polybundle.errors.FormatError: a pickled NumPy array declares shape (268435456,) ...
     """
-    from . import budget  # a leaf module; imported here to keep this module's imports lean
 
     if not isinstance(dtype, _DtypeBuilder):
         raise UnsafeContentError(
@@ -285,8 +286,6 @@ class TorchStorage(_Refuses):
         """Return the bytes of one element (``bfloat16``: 2, without NumPy knowing it)."""
         if self.dtype == UNTYPED:  # torch.UntypedStorage: numel counts bytes
             return 1
-        from .backend import resolve_dtype  # bfloat16 and float8 through ml_dtypes
-
         return resolve_dtype(self.dtype, where=f"torch storage {self.key!r}").itemsize
 
     @property
@@ -481,7 +480,6 @@ class TensorViews:
                 )
             self._copied[id(storage)] = copied
             if self.copy:
-                from . import budget  # a leaf module
 
                 budget.charge(tensor.nbytes, f"{self.where} tensor of shape {tensor.shape}")
         self._arrays[key] = None

@@ -31,6 +31,7 @@ from .legacy.kerasfile import KerasFile, check_config, open_keras, read_weights
 from .legacy.plugin import era_reader
 from .loading import detect, open_plain, plain_manifest
 from .manifest import read_manifest, verify_members
+from .optimizer import check_training_members
 from .params import ARRAYS_MEMBER, read_params
 from .progress import progress_bar
 from .readers.keras_file import check_layer_fields, check_layer_shapes
@@ -115,7 +116,6 @@ def check_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
         "params.json" + (" and params.safetensors" if ARRAYS_MEMBER in manifest["members"] else "")
     )
     check_weights(archive, manifest, report)
-    from .optimizer import check_training_members  # optimizer.* and rng.json, as restored
 
     report.checked += check_training_members(archive, manifest)
 

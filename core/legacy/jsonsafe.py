@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ..params import DTYPES
+
 
 @dataclass
 class JsonResult:
@@ -90,7 +92,6 @@ def _label(path: str) -> str:
 
 def _keep_array(value: Any, path: str, result: JsonResult) -> Any:
     """Keep a NumPy array or scalar for ``params.safetensors``; drop what it cannot hold."""
-    from ..params import DTYPES
 
     array = np.asarray(value)
     kind = "scalar" if isinstance(value, np.generic) else "array"
