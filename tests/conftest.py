@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import polybundle.plugins
+import polybundle.hooks.manager
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY_DIR = REPO / "tests" / "fixtures" / "legacy"
@@ -48,9 +48,9 @@ def legacy_dir() -> Path:
 @pytest.fixture
 def fresh_plugins():
     """Forget discovered plugins before and after the test (for entry-point tests)."""
-    polybundle.plugins.reset()
+    polybundle.hooks.manager.reset()
     yield
-    polybundle.plugins.reset()
+    polybundle.hooks.manager.reset()
 
 
 def snapshot_tree(folder: Path) -> dict[str, int]:

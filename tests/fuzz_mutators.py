@@ -336,7 +336,7 @@ def mutate_member_record(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mut
 
 def mutate_legacy_manifest(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
     """``("roles", how, value)``: the role list or version of a legacy ``manifest.dill``."""
-    from polybundle.unpickle import safe_loads
+    from polybundle.safety.unpickle import safe_loads
 
     _, how, value = mutation
     manifest = safe_loads(seed.member("manifest.dill"), where="manifest.dill")
@@ -842,7 +842,7 @@ def array_state(how: str) -> ArrayState:
 
 def mutate_legacy_params(seed: Seed, mutation: tuple[Any, ...], env: Env) -> Mutated:
     """``("params", how, size)``: add one hostile value to a legacy ``params.dill``."""
-    from polybundle.unpickle import safe_loads
+    from polybundle.safety.unpickle import safe_loads
 
     _, how, size = mutation
     member = seed.find("params.dill")[0]

@@ -516,7 +516,7 @@ def _cli(case: Case, command: str, path: str) -> None:
     import contextlib
     import io
 
-    from polybundle import cli
+    from polybundle.tools import cli
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

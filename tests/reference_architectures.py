@@ -264,7 +264,7 @@ def randomize(model: Any, seed: int = 0) -> Any:
         >>> randomize(polybundle.build("ref-mlp", {}, backend="torch"))  # doctest: +SKIP
     """
     rng = np.random.default_rng(seed)
-    backend = polybundle.registry.backend_for_model(model)
+    backend = polybundle.hooks.registry.backend_for_model(model)
     arrays = {}
     for spec in backend.describe(model):
         if spec.dtype.startswith("int"):

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 import polybundle
-from polybundle.archive import ArchiveReader
+from polybundle.format.archive import ArchiveReader
 from tests import models
 from tests.conftest import needs_tensorflow, needs_torch, snapshot_tree
 

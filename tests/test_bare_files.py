@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.archive import ArchiveReader
-from polybundle.cli import main
-from polybundle.detection import PLAIN_ROLE, Detection
+from polybundle.api.lazy import LazyTensors
 from polybundle.errors import FormatError, UnknownArchitectureError, UnsafeContentError
-from polybundle.lazy import LazyTensors
-from polybundle.plugins import get_plugin_manager
-from polybundle.registry import get_registry
+from polybundle.format.archive import ArchiveReader
+from polybundle.format.detection import PLAIN_ROLE, Detection
+from polybundle.hooks.manager import get_plugin_manager
+from polybundle.hooks.registry import get_registry
+from polybundle.tools.cli import main
 
 from . import models
 from .conftest import needs_tensorflow, needs_torch, snapshot_tree

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import polybundle
-from polybundle.cli import main as cli_main
-from polybundle.writer import TEMP_MARK
+from polybundle.format.writer import TEMP_MARK
+from polybundle.tools.cli import main as cli_main
 from tests.conftest import needs_torch, snapshot_tree
 
 CRASH_SUPERVISOR = """

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 import polybundle
-from polybundle.cli import main, markup_safe, printable
-from polybundle.progress import progress_bar
+from polybundle.tools.cli import main, markup_safe, printable
+from polybundle.tools.progress import progress_bar
 from tests.conftest import REPO, needs_torch
 
 OSC8 = "\x1b]8;;http://evil-example/\x1b\\click\x1b]8;;\x1b\\"
@@ -139,7 +139,7 @@ def test_the_installed_command_prints_no_raw_escape_bytes(hostile: Path) -> None
     for command, target in (("inspect", "e.bundle"), ("verify", "added.bundle"),
                             ("checkpoints", "ckpt")):
         done = subprocess.run(
-            [sys.executable, "-m", "polybundle.cli", command, str(hostile / target)],
+            [sys.executable, "-m", "polybundle.tools.cli", command, str(hostile / target)],
             capture_output=True, cwd=REPO, env=env, timeout=120,
         )
         output = (done.stdout + done.stderr).decode("utf-8")
@@ -171,8 +171,9 @@ def test_checkpoints_command_lists_verified_bundles_when_the_index_is_hostile(
     (folder / "checkpoints.json").write_text(json.dumps(index))
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
     env.update(COLUMNS="400", NO_COLOR="1")
-    done = subprocess.run([sys.executable, "-m", "polybundle.cli", "checkpoints", str(folder)],
-                          capture_output=True, cwd=REPO, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "polybundle.tools.cli", "checkpoints", str(folder)],
+        capture_output=True, cwd=REPO, env=env, timeout=120)
     output = (done.stdout + done.stderr).decode("utf-8")
     assert done.returncode == 0, output
     assert "DamagedIndexWarning" in output and "is not a plain checkpoint-<step>.bundle" in output

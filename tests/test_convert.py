@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.cli import main
 from polybundle.errors import (
     BackendMismatchError,
     ConversionError,
     ConversionUnavailableError,
     TensorMismatchError,
 )
-from polybundle.parity import errors
+from polybundle.tools.cli import main
+from polybundle.tools.parity import errors
 from tests import reference_architectures as ref
 from tests.conftest import needs_tensorflow, needs_torch
 
@@ -67,7 +67,7 @@ def test_convert_writes_a_native_bundle_that_round_trips(tmp_path):
 def test_batchnorm_counter_is_dropped_when_converting_to_keras(tmp_path):
     models = _models("ref-resnet", "torch")
     polybundle.save(tmp_path / "pt.bundle", models)
-    report = polybundle.transfer.plan_bundle(tmp_path / "pt.bundle", "tensorflow")
+    report = polybundle.api.transfer.plan_bundle(tmp_path / "pt.bundle", "tensorflow")
     drops = [r for r in report["roles"][0]["rows"] if r["action"] == "drop"]
     assert drops and all(r["source"].endswith("num_batches_tracked") for r in drops)
     assert not report["roles"][0]["unexpected"]
@@ -143,7 +143,7 @@ def test_explicit_map_converts_a_layer_without_canonical_kind(tmp_path):
     polybundle.save(tmp_path / "s.bundle", {"net": net})
     with pytest.raises(ConversionError):
         polybundle.load(tmp_path / "s.bundle", backend="tensorflow")
-    polybundle.conversion.register_tensor_map(
+    polybundle.model.conversion.register_tensor_map(
         "scaled", source="torch", target="tensorflow",
         mapping={"0.w": ("scaled/proj/kernel", "out,in", "in,out")},
     )

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import polybundle
-from polybundle import demo
-from polybundle.cli import main
+from polybundle.tools import demo
+from polybundle.tools.cli import main
 from tests import models
 from tests.conftest import HAS_TENSORFLOW, HAS_TORCH, needs_torch
 
@@ -40,7 +40,8 @@ def test_demo_command_line_exit_status(tmp_path):
     if not (HAS_TORCH or HAS_TENSORFLOW):
         pytest.skip("the demo needs PyTorch or TensorFlow")
     result = subprocess.run(
-        [sys.executable, "-m", "polybundle.cli", "demo", "--steps", "1", "--out", str(tmp_path)],
+        [sys.executable, "-m", "polybundle.tools.cli", "demo", "--steps", "1",
+         "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

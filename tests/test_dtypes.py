@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.backend import TensorSpec
 from polybundle.errors import FormatError, PolybundleError, UnsafeContentError
-from polybundle.optimizer import load_arrays, save_arrays
+from polybundle.model.backend import TensorSpec
+from polybundle.model.optimizer import load_arrays, save_arrays
 from tests.conftest import needs_tensorflow, needs_torch
 
 # --- TensorSpec: sizes with Python ints, typed errors ----------------------------------------
@@ -239,7 +239,7 @@ def test_hostile_v3_tensors_over_untyped_storages_are_typed_errors() -> None:
 
     import torch
 
-    from polybundle.readers import read_pth
+    from polybundle_torch.pth_reader import read_pth
 
     good = _float8_file(w=torch.zeros(3, dtype=torch.float8_e4m3fn))
     assert read_pth(good)["w"].dtype == np.dtype(ml_dtypes.float8_e4m3fn)
@@ -382,7 +382,7 @@ def test_torch_bfloat16_parity_inputs_and_outputs_are_stored_and_read_back(tmp_p
     """parity.safetensors of a bfloat16 model held BF16 arrays the reader raised KeyError on."""
     import torch
 
-    from polybundle.parity import read_parity
+    from polybundle.tools.parity import read_parity
 
     model = _torch_model(torch.bfloat16)
     inputs = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4).astype(ml_dtypes.bfloat16)

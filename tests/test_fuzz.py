@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import polybundle
 from polybundle.errors import PolybundleError
-from polybundle.unpickle import safe_loads
+from polybundle.safety.unpickle import safe_loads
 
 from .conftest import LEGACY_DIR
 

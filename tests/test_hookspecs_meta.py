@@ -1,6 +1,6 @@
 """Every hook spec is documented and exercised by a test.
 
-The meta-tests introspect :mod:`polybundle.hookspecs` and search the test
+The meta-tests introspect :mod:`polybundle.hooks.hookspecs` and search the test
 files (``tests/`` and each plugin's ``tests/``) for a test that calls the hook
 (``.hook.<name>(``) or a plugin in a test that implements it
 (``def <name>(``). The hooks no other test file reaches are called here.
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import polybundle
-from polybundle import hookspecs
-from polybundle.plugins import get_plugin_manager
+from polybundle.hooks import hookspecs
+from polybundle.hooks.manager import get_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_FILES = sorted([*REPO.glob("tests/**/*.py"), *REPO.glob("plugins/*/tests/**/*.py")])
@@ -68,11 +68,11 @@ def test_register_architectures_hook_feeds_the_registry(fresh_plugins):
     plugin = BuilderPlugin()
     manager.register(plugin)
     try:
-        polybundle.registry.reset()
+        polybundle.hooks.registry.reset()
         assert polybundle.build("meta-hook-arch", {"k": 1}, backend="pt") == ("built", {"k": 1})
     finally:
         manager.unregister(plugin)
-        polybundle.registry.reset()
+        polybundle.hooks.registry.reset()
     with pytest.raises(polybundle.UnknownArchitectureError):
         polybundle.build("meta-hook-arch", {}, backend="torch")
 

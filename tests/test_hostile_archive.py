@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 
 import polybundle
-from polybundle.archive import ArchiveReader, NestedZip
-from polybundle.bundle import Bundle
+from polybundle.api.bundle import Bundle
 from polybundle.errors import (
     FormatError,
     IntegrityError,
@@ -35,8 +34,9 @@ from polybundle.errors import (
     UnsafeContentError,
     UnsupportedVersionError,
 )
-from polybundle.jsondoc import load_json, nesting_depth
-from polybundle.params import decode_params, encode_params
+from polybundle.format.archive import ArchiveReader, NestedZip
+from polybundle.format.jsondoc import load_json, nesting_depth
+from polybundle.format.params import decode_params, encode_params
 
 from .conftest import needs_torch
 

@@ -32,17 +32,17 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle import budget
-from polybundle.archive import ArchiveReader
-from polybundle.backend import TensorSpec
 from polybundle.errors import (
     FormatError,
     IntegrityError,
     PolybundleError,
     UnsafeContentError,
 )
-from polybundle.readers import keras_file
-from polybundle.readers.keras_file import check_weights, read_datasets
+from polybundle.format.archive import ArchiveReader
+from polybundle.model.backend import TensorSpec
+from polybundle.safety import budget
+from polybundle_tensorflow import keras_file
+from polybundle_tensorflow.keras_file import check_weights, read_datasets, read_keras_weights
 
 from .conftest import LEGACY_DIR, needs_tensorflow, needs_torch, snapshot_tree
 from .hostile_corpus import write_zip
@@ -569,7 +569,7 @@ def test_what_keras_writes_for_each_dtype_passes_the_gate_and_reads_back(tmp_pat
             weights = inner.read(WEIGHTS)
         stored = check_weights(io.BytesIO(weights))
         assert {str(d.dtype) for d in stored} >= {dtype}
-        arrays = [a for _, a in polybundle.readers.read_keras_weights(path.read_bytes())]
+        arrays = [a for _, a in read_keras_weights(path.read_bytes())]
         assert len(arrays) == len(model.weights) == 2
         for array, variable in zip(arrays, model.weights, strict=True):
             np.testing.assert_array_equal(array, np.asarray(variable))

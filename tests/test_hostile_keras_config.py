@@ -182,8 +182,8 @@ def test_dtype_in_config_other_than_the_manifest_is_refused(saved, tmp_path):
 DEFERRED = """
 import io, json, resource, sys, zipfile
 import keras, polybundle
-from polybundle.backend import TensorSpec
-from polybundle.backends.tensorflow import TensorFlowBackend
+from polybundle.model.backend import TensorSpec
+from polybundle_tensorflow.backend import TensorFlowBackend
 from polybundle.errors import TensorMismatchError
 resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
 with zipfile.ZipFile(sys.argv[1]) as archive:

@@ -109,7 +109,7 @@ def _legacy_params(extra: dict[str, Any]) -> bytes:
     """The fixture's params.dill, rewritten with dill and ``extra`` entries added."""
     import dill
 
-    from polybundle.unpickle import safe_loads
+    from polybundle.safety.unpickle import safe_loads
 
     with zipfile.ZipFile(LEGACY_DIR / TORCH_ERA) as archive:
         params = safe_loads(archive.read("autoencoder/params.dill"), where="params.dill")
@@ -365,13 +365,16 @@ def test_crafted_deflated_storages_are_what_torch_reads():
 
 def test_deflated_storages_are_charged_to_the_budget_before_decompressing():
     from polybundle.errors import BudgetExceededError
-    from polybundle.readers.torch_zip import read_pth
+    from polybundle_torch.pth_reader import read_pth
 
     pth = _deflated_storages(8, 16384)  # 8 x 64 KiB of zeros: under every ratio floor
-    with polybundle.budget.limit(8 * 65536 + 4096) as budget:
+    with polybundle.safety.budget.limit(8 * 65536 + 4096) as budget:
         assert len(read_pth(pth)) == 8
     assert budget.spent >= 8 * 65536
-    with polybundle.budget.limit(3 * 65536), pytest.raises(BudgetExceededError, match="storage"):
+    with (
+        polybundle.safety.budget.limit(3 * 65536),
+        pytest.raises(BudgetExceededError, match="storage"),
+    ):
         read_pth(pth)
 
 
@@ -379,12 +382,12 @@ def test_copied_views_are_charged_to_the_budget():
     import torch
 
     from polybundle.errors import BudgetExceededError
-    from polybundle.readers.torch_zip import read_pth
+    from polybundle_torch.pth_reader import read_pth
 
     pth = _saved({"t": torch.zeros(256, 256).t()})  # one 256 KiB storage, one copied view
-    with polybundle.budget.limit(2 * 262144 + 4096):
+    with polybundle.safety.budget.limit(2 * 262144 + 4096):
         assert read_pth(pth)["t"].shape == (256, 256)
-    with polybundle.budget.limit(262144 + 4096), pytest.raises(BudgetExceededError):
+    with polybundle.safety.budget.limit(262144 + 4096), pytest.raises(BudgetExceededError):
         read_pth(pth)
 
 
@@ -511,7 +514,7 @@ def test_ordered_dict_build_state_that_hides_tensors_is_refused(tmp_path, kind):
     import torch
 
     from polybundle.errors import UnsafeContentError
-    from polybundle.readers.torch_zip import read_pth
+    from polybundle_torch.pth_reader import read_pth
 
     pth = _saved(_Hiding({"bias": torch.ones(4)}, _hiding_states()[kind]))
     ops = [op.name for op, _, _ in pickletools.genops(_pickle_ops(pth))]
@@ -589,7 +592,7 @@ def test_tied_shared_and_transposed_tensors_round_trip_bit_for_bit(tmp_path):
 def test_read_pth_reads_real_views_of_shared_storages(zipped):
     import torch
 
-    from polybundle.readers.torch_zip import read_pth
+    from polybundle_torch.pth_reader import read_pth
 
     base = torch.arange(48.0).reshape(6, 8)
     state = {
@@ -610,7 +613,7 @@ def test_real_state_dict_metadata_is_set_by_build_and_still_loads():
 
     import torch
 
-    from polybundle.readers.torch_zip import read_pth
+    from polybundle_torch.pth_reader import read_pth
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     pth = _saved(model.state_dict())

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.archive import ArchiveReader, check_member_name
-from polybundle.layouts import conv_tag, permutation
-from polybundle.writer import ArchiveWriter
+from polybundle.format.archive import ArchiveReader, check_member_name
+from polybundle.format.writer import ArchiveWriter
+from polybundle.model.layouts import conv_tag, permutation
 from tests.conftest import snapshot_tree
 
 

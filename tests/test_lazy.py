@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.archive import ArchiveReader
-from polybundle.writer import ALIGNMENT
+from polybundle.format.archive import ArchiveReader
+from polybundle.format.writer import ALIGNMENT
 from tests.conftest import needs_tensorflow, needs_torch
 
 

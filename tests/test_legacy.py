@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.cli import main
 from polybundle.errors import UnsafeContentError
-from polybundle.unpickle import safe_loads
+from polybundle.safety.unpickle import safe_loads
+from polybundle.tools.cli import main
 
 from .conftest import needs_tensorflow, needs_torch, snapshot_tree
 
@@ -30,7 +30,7 @@ ROLES = ("autoencoder", "diffraction_to_obj")
 @pytest.fixture
 def builders():
     """Forget the builders a test registers (they are named after legacy roles)."""
-    from polybundle import registry
+    from polybundle.hooks import registry
 
     declared, known = list(registry._declared), dict(registry.get_registry().builders)
     yield

@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle import budget
-from polybundle.cli import main
 from polybundle.errors import (
     BudgetExceededError,
     FormatError,
     UnsafeContentError,
 )
-from polybundle.unpickle import list_globals, safe_loads
+from polybundle.safety import budget
+from polybundle.safety.unpickle import list_globals, safe_loads
+from polybundle.tools.cli import main
 
 from .conftest import needs_tensorflow, needs_torch, snapshot_tree
 
@@ -410,7 +410,7 @@ def test_hostile_reducers_run_nothing(tmp_path):
 
 
 def test_legacy_members_are_charged_to_the_budget(legacy_dir):
-    from polybundle.archive import ArchiveReader
+    from polybundle.format.archive import ArchiveReader
     from polybundle.legacy.era import read_member
 
     name = "autoencoder/model.keras"

@@ -13,8 +13,8 @@ import shutil
 import pytest
 
 import polybundle
-from polybundle.cli import main
 from polybundle.errors import IntegrityError, PolybundleError
+from polybundle.tools.cli import main
 
 from .conftest import LEGACY_DIR, snapshot_tree
 
@@ -64,7 +64,7 @@ def test_migrate_damaged_format_two_writes_nothing(bundle, tmp_path):
     damaged = tmp_path / "damaged.bundle"
     shutil.copy(bundle, damaged)
     data = bytearray(damaged.read_bytes())
-    with polybundle.archive.ArchiveReader(damaged) as archive:
+    with polybundle.format.archive.ArchiveReader(damaged) as archive:
         offset = archive.data_offset("autoencoder/model.pth") + 200
     data[offset] ^= 0xFF
     damaged.write_bytes(bytes(data))

@@ -42,7 +42,7 @@ def test_import_and_inspect_without_any_framework(tmp_path):
     code = f"""
 import json, sys
 import polybundle
-from polybundle.cli import main
+from polybundle.tools.cli import main
 report = polybundle.inspect({str(path)!r})
 main(["inspect", {str(path)!r}])
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {sorted(FRAMEWORK_MODULES)!r})

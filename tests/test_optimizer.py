@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.optimizer import (
+from polybundle.model.optimizer import (
     OptimizerState,
     decode_optimizer,
     encode_optimizer,

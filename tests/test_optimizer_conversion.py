@@ -9,7 +9,11 @@ import pytest
 
 import polybundle
 from polybundle.errors import ConversionError, OptimizerMismatchError, UnsupportedOptimizerError
-from polybundle.optimizer_conversion import NATIVE_CLASSES, convert_optimizer, optimizer_state_for
+from polybundle.model.optimizer_conversion import (
+    NATIVE_CLASSES,
+    convert_optimizer,
+    optimizer_state_for,
+)
 from tests import reference_architectures as ref
 from tests.conftest import needs_tensorflow, needs_torch
 from tests.test_training_continuation import (

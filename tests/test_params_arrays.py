@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.cli import main
 from polybundle.errors import BudgetExceededError, FormatError, ParamsError, PolybundleError
+from polybundle.tools.cli import main
 
 from . import models
 from .conftest import needs_tensorflow, needs_torch, snapshot_tree
@@ -235,14 +235,14 @@ def test_save_refuses_what_would_not_come_back(tmp_path, value, match):
 
 
 def test_arrays_at_the_deepest_level_are_refused_not_written_unreadable():
-    from polybundle.params import encode_params
+    from polybundle.format.params import encode_params
 
     def nest(depth: int, leaf: Any) -> Any:
         for _ in range(depth):
             leaf = [leaf]
         return leaf
 
-    from polybundle.params import decode_params, resolve_arrays
+    from polybundle.format.params import decode_params, resolve_arrays
 
     encoded = encode_params({"a": nest(61, np.ones(2))})  # deepest that reads back
     document = decode_params(encoded.document, where="params.json")
@@ -407,7 +407,7 @@ def test_to_params_keeps_what_json_cannot_hold():
     assert len(result.dropped) == 3, result.dropped
     assert "raw: bytes" in result.dropped[0] and "[3]: key is not a string" in result.dropped[1]
     assert "reserved" in result.dropped[2]
-    from polybundle.params import encode_params
+    from polybundle.format.params import encode_params
 
     assert encode_params(result.value).arrays is not None
 
@@ -434,7 +434,7 @@ def test_convert_carries_array_params_across_frameworks(tmp_path, source, target
 
 
 def test_member_bytes_are_independent_of_memory_order():
-    from polybundle.params import encode_params
+    from polybundle.format.params import encode_params
 
     c_order = np.arange(6, dtype=np.float64).reshape(2, 3)
     a = encode_params({"x": c_order, "y": np.arange(3, dtype="<i4")})
@@ -448,8 +448,8 @@ def test_member_bytes_are_independent_of_memory_order():
 def test_every_reference_written_matches_the_shipped_schema():
     import jsonschema
 
-    from polybundle.params import DTYPES, encode_params, references
-    from polybundle.schemas import load_schema
+    from polybundle.format.params import DTYPES, encode_params, references
+    from polybundle.format.schemas import load_schema
 
     schema = load_schema("params")
     reference = {**schema["$defs"]["reference"], "$schema": schema["$schema"]}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.cli import main
-from polybundle.inspection import inspect
-from polybundle.parity import compare, read_parity
+from polybundle.api.inspection import inspect
+from polybundle.tools.cli import main
+from polybundle.tools.parity import compare, read_parity
 from tests import reference_architectures as ref
 from tests.conftest import needs_tensorflow, needs_torch
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import polybundle
-from polybundle.backend import Backend
-from polybundle.plugins import get_plugin_manager
-from polybundle.registry import Registry, get_registry
+from polybundle.hooks.manager import get_plugin_manager
+from polybundle.hooks.registry import Registry, get_registry
+from polybundle.model.backend import Backend
 from tests.conftest import needs_torch
 
 FAKE_PLUGIN = textwrap.dedent(
@@ -21,7 +21,7 @@ FAKE_PLUGIN = textwrap.dedent(
     import numpy as np
 
     import polybundle
-    from polybundle.backend import Backend, TensorSpec
+    from polybundle.model.backend import Backend, TensorSpec
 
     DETECT_CALLS = []
 
@@ -109,7 +109,7 @@ def test_third_party_backend_is_found_detected_first_and_used(fake_plugin, tmp_p
 
     impls = get_plugin_manager().hook.polybundle_detect_archive.get_hookimpls()
     order = [impl.plugin_name for impl in reversed(impls)]  # pluggy calls the last one first
-    assert order.index("arrays") < order.index("polybundle.detection")
+    assert order.index("arrays") < order.index("polybundle.format.detection")
     assert impls[0].trylast
 
     model = fake_plugin.ArrayModel({"w": np.eye(2, dtype=np.float32), "b": np.ones(2, np.float32)})
@@ -184,10 +184,10 @@ def test_architecture_decorator_survives_plugin_reset(fresh_plugins):
     def build_survivor(config):
         return Model(config)
 
-    polybundle.plugins.reset()
+    polybundle.hooks.manager.reset()
     model = polybundle.build("survivor", {"a": 1}, backend="keras")
     assert model.config == {"a": 1}
-    assert polybundle.registry.remembered_architecture(model) == ("survivor", {"a": 1})
+    assert polybundle.hooks.registry.remembered_architecture(model) == ("survivor", {"a": 1})
 
 
 @needs_torch

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import polybundle
-from polybundle import progress
-from polybundle.progress import progress_bar
+from polybundle.tools import progress
+from polybundle.tools.progress import progress_bar
 from tests.conftest import needs_torch
 
 
@@ -41,7 +41,7 @@ def test_load_with_progress_reports_every_byte_read(tmp_path, monkeypatch):
 
     import torch
 
-    from polybundle import loading
+    from polybundle.api import loading
 
     path = tmp_path / "p.bundle"
     polybundle.save(path, {"a": torch.nn.Linear(64, 64), "b": torch.nn.Linear(32, 8)})

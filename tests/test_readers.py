@@ -12,9 +12,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from polybundle.archive import ArchiveReader
 from polybundle.errors import FormatError, UnsafeContentError
-from polybundle.readers import read_keras, read_keras_weights, read_pth
+from polybundle.format.archive import ArchiveReader
+from polybundle_tensorflow.keras_file import read_keras, read_keras_weights
+from polybundle_torch.pth_reader import read_pth
 from tests.conftest import REPO, needs_tensorflow, needs_torch
 
 
@@ -82,9 +83,9 @@ def test_bundle_tensors_read_without_torch_equal_state_dict(tmp_path):
                     raise ImportError('blocked ' + name)
         sys.meta_path.insert(0, Block())
         import numpy as np, polybundle
-        from polybundle.archive import ArchiveReader
-        from polybundle.backend import TensorSpec
-        from polybundle.manifest import read_manifest
+        from polybundle.format.archive import ArchiveReader
+        from polybundle.model.backend import TensorSpec
+        from polybundle.format.manifest import read_manifest
         with ArchiveReader({str(tmp_path / 't.bundle')!r}) as archive:
             entry = read_manifest(archive)["models"][0]
             specs = [TensorSpec.from_json(t) for t in entry["tensors"]]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from polybundle.errors import FormatError
-from polybundle.rng import capture_rng, decode_rng, encode_rng, restore_rng
+from polybundle.training.rng import capture_rng, decode_rng, encode_rng, restore_rng
 from tests.conftest import needs_tensorflow, needs_torch
 
 
@@ -54,7 +54,7 @@ _DETERMINISM_PROCESS = """
 import os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras, tensorflow as tf
-from polybundle.rng import capture_rng, decode_rng, encode_rng, restore_rng
+from polybundle.training.rng import capture_rng, decode_rng, encode_rng, restore_rng
 tf.config.experimental.enable_op_determinism()
 keras.utils.set_random_seed(3)
 keras.random.normal((2,))  # Keras' global seed generator exists; TensorFlow's does not

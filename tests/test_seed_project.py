@@ -71,7 +71,8 @@ def doc_blocks() -> tuple[list[str], dict[str, str]]:
 @contextlib.contextmanager
 def restored_registry() -> Iterator[None]:
     """Forget the builders and tensor maps registered inside (legacy ones are named after roles)."""
-    from polybundle import conversion, registry
+    from polybundle.hooks import registry
+    from polybundle.model import conversion
 
     declared, known = list(registry._declared), dict(registry.get_registry().builders)
     maps = dict(conversion._MAPS)
@@ -237,7 +238,7 @@ def _epsilon_prediction(
     ``(sqrt(v) + eps) / (sqrt(v) + eps * sqrt(bc2))``, with ``v`` the second
     moment after the step (Keras' slot, moved to PyTorch's layout).
     """
-    from polybundle.canonical import relayout
+    from polybundle.model.canonical import relayout
 
     optimizer = keras_model.optimizer
     eps, beta_2 = float(optimizer.epsilon), float(optimizer.beta_2)
@@ -488,8 +489,8 @@ def test_doc_walkthrough_runs_and_prints_the_migrate_report(walkthrough):
     assert walkthrough["printed"] == shown[:shown.index("```")]
     assert (walkthrough["folder"] / "wts-torch.bundle").exists()
     # the walkthrough's role-named builders and maps do not leak into other tests
-    from polybundle.conversion import tensor_map
-    from polybundle.registry import get_registry
+    from polybundle.hooks.registry import get_registry
+    from polybundle.model.conversion import tensor_map
 
     assert not get_registry().has_builder("autoencoder", "tensorflow")
     assert tensor_map("autoencoder", "torch", "tensorflow") == {}

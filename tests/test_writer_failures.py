@@ -29,14 +29,14 @@ from pathlib import Path
 import pytest
 
 import polybundle
-from polybundle.writer import TEMP_MARK, ArchiveWriter, remove_stale_temps
+from polybundle.format.writer import TEMP_MARK, ArchiveWriter, remove_stale_temps
 from tests.conftest import REPO, needs_torch, snapshot_tree
 
 PRELUDE = """
 import hashlib, json, os, subprocess, sys
 from pathlib import Path
 import polybundle
-from polybundle.writer import ArchiveWriter
+from polybundle.format.writer import ArchiveWriter
 
 def mount(where, options):
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
@@ -245,7 +245,7 @@ while True:
 
 LIVE_WRITER = """
 import sys
-from polybundle.writer import ArchiveWriter
+from polybundle.format.writer import ArchiveWriter
 with ArchiveWriter(sys.argv[1]) as writer:
     writer.write_bytes("a.bin", bytes(1000))
     print(writer.temp_path, flush=True)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from polybundle import Backend, FormatError, TensorMismatchError, TensorSpec
-from polybundle.canonical import Canonical
+from polybundle.model.canonical import Canonical
 
 from .layouts import flax_canonical
 

@@ -16,8 +16,8 @@ Example:
 
 from __future__ import annotations
 
-from polybundle.canonical import Canonical
-from polybundle.layouts import OPAQUE, SCALAR, conv_tag
+from polybundle.model.canonical import Canonical
+from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
 
 _NORMS = {"BatchNorm": "batchnorm", "LayerNorm": "layernorm", "GroupNorm": "groupnorm"}
 _NORM_SLOTS = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
-from polybundle.optimizer import OptimizerState
+from polybundle.model.optimizer import OptimizerState
 
 _SLOTS = {"mu": "m", "nu": "v", "trace": "momentum"}
 _NATIVE_SLOTS = {neutral: native for native, neutral in _SLOTS.items()}

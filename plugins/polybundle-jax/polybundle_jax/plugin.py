@@ -19,7 +19,7 @@ from typing import Any
 
 import polybundle
 from polybundle import Backend, Detection
-from polybundle.detection import peek_format2_manifest
+from polybundle.format.detection import peek_format2_manifest
 
 from .backend import WEIGHTS_MEMBER, JaxBackend
 

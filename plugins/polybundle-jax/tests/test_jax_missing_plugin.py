@@ -26,15 +26,15 @@ HIDE_PLUGIN = textwrap.dedent(
     importlib.metadata.distributions = lambda **kw: [
         d for d in real(**kw) if d.metadata["Name"] != "polybundle-jax"
     ]
-    import polybundle, polybundle.plugins
-    polybundle.plugins.reset()
+    import polybundle, polybundle.hooks.manager
+    polybundle.hooks.manager.reset()
     try:
         polybundle.load(sys.argv[1])
     except polybundle.PolybundleError as err:
         print(type(err).__name__ + ": " + str(err))
     else:
         print("loaded")
-    print(sorted(polybundle.registry.get_registry().backends))
+    print(sorted(polybundle.hooks.registry.get_registry().backends))
     """
 )
 

@@ -16,7 +16,7 @@ import jax_reference
 import pytest
 
 import polybundle
-from polybundle.parity import errors
+from polybundle.tools.parity import errors
 
 REPO = Path(__file__).resolve().parents[3]
 if str(REPO) not in sys.path:

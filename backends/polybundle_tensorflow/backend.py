@@ -1,0 +1,414 @@
+"""TensorFlow backend: ``<role>/model.keras`` is a Keras 3 native file.
+
+Saving writes the whole ``.keras`` file (config and weights). Loading into a
+model built by a registered builder (or passed with ``into=``) reads
+``model.weights.h5`` (every dataset checked against the manifest and the
+HDF5 safety rules of :func:`polybundle_tensorflow.keras_file.check_dataset`)
+and assigns each variable, checking names and shapes first; without a builder
+the model is rebuilt by Keras with ``safe_mode=True``, from memory, after the
+same checks over the whole weights file. Reading tensors needs only h5py,
+never TensorFlow.
+
+Example:
+    >>> import polybundle, keras
+    >>> polybundle.save("m.bundle", {"net": keras.Sequential([...])})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from polybundle.errors import (
+    BudgetExceededError,
+    FormatError,
+    PolybundleError,
+    TensorMismatchError,
+    UnsafeContentError,
+)
+from polybundle.format.archive import open_nested
+from polybundle.legacy.kerasfile import check_config
+from polybundle.model.backend import Backend, TensorSpec
+from polybundle.model.canonical import keras_canonical
+from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
+from polybundle_tensorflow.keras_file import (
+    WEIGHTS_H5,
+    check_layer_fields,
+    check_layer_shapes,
+    keras_stream,
+    read_config,
+    read_datasets,
+)
+
+_CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
+_CONV_TRANSPOSE = {"Conv1DTranspose": 1, "Conv2DTranspose": 2, "Conv3DTranspose": 3}
+_VECTOR_LAYERS = {"BatchNormalization", "LayerNormalization", "GroupNormalization", "PReLU"}
+
+
+def _layout(layer: Any, variable_name: str, ndim: int) -> str:
+    """Return the layout tag of ``layer``'s variable ``variable_name``."""
+    kind = type(layer).__name__
+    if ndim == 0:
+        return SCALAR
+    if kind in _VECTOR_LAYERS and ndim == 1:
+        return "c"
+    if variable_name == "bias" and ndim == 1:
+        return "out"
+    if kind == "Dense" and variable_name == "kernel":
+        return "in,out"
+    if kind in _CONV and variable_name == "kernel":
+        return conv_tag(_CONV[kind], channels_first=False, transposed=False)
+    if kind in _CONV_TRANSPOSE and variable_name == "kernel":
+        return conv_tag(_CONV_TRANSPOSE[kind], channels_first=False, transposed=True)
+    if kind == "Embedding" and variable_name == "embeddings":
+        return "vocab,dim"
+    return OPAQUE
+
+
+def _variables(model: Any) -> list[tuple[str, Any, Any]]:
+    """Return ``(h5 key, variable, owning layer)`` for each of ``model.weights``.
+
+    The keys are where Keras' own saver puts each variable in
+    ``model.weights.h5``: the same walk is run with an in-memory store.
+    """
+    from keras.src.saving import saving_lib
+
+    store = saving_lib.NpzIOStore("polybundle-walk", mode="w")
+    saving_lib._save_state(
+        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
+    )
+    weights = {id(v) for v in model.weights}
+    owners: dict[int, Any] = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for variable in layer._trainable_variables + layer._non_trainable_variables:
+            owners.setdefault(id(variable), layer)
+    entries = []
+    for path, slots in store.contents.items():
+        prefix = "" if path == "__root__" else f"{path}/"
+        for index, variable in slots.items():
+            if id(variable) in weights:
+                entries.append((f"{prefix}vars/{index}", variable, owners.get(id(variable))))
+    return entries
+
+
+def _specs(model: Any) -> list[TensorSpec]:
+    specs = []
+    seen: set[str] = set()
+    for key, variable, layer in _variables(model):
+        name = variable.path if variable.path not in seen else key
+        seen.add(name)
+        shape = tuple(int(d) for d in variable.shape)
+        kernel = tuple(getattr(getattr(layer, "kernel", None), "shape", ()) or ())
+        canonical = keras_canonical(
+            type(layer).__name__, variable.name, shape,
+            groups=int(getattr(layer, "groups", 1) or 1),
+            group_channels=int(kernel[-2]) if len(kernel) >= 2 else 0,
+        )
+        layout = canonical.layout if canonical.kind else _layout(layer, variable.name, len(shape))
+        owner = variable.path.rpartition("/")[0] if canonical.kind else ""
+        specs.append(
+            TensorSpec(name, key, shape, str(variable.dtype), layout, canonical.kind, owner,
+                       canonical.slot)
+        )
+    return specs
+
+
+class TensorFlowBackend(Backend):
+    """The TensorFlow/Keras 3 backend (aliases ``tf``, ``keras``).
+
+    Example:
+        >>> TensorFlowBackend().weights_member
+        'model.keras'
+    """
+
+    name = "tensorflow"
+    aliases = ("tf", "keras")
+    extra = "polybundle[tensorflow]"
+    modules = ("tensorflow", "keras")
+    distribution = "keras"
+    weights_member = "model.keras"
+
+    def framework_version(self) -> str:
+        """Return ``"tensorflow <v>, keras <v>"`` from the installed distributions."""
+        import importlib.metadata as metadata
+
+        versions = []
+        for dist in ("tensorflow-cpu", "tensorflow", "keras"):
+            try:
+                versions.append(f"{dist} {metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                continue
+        return ", ".join(versions) or "unknown"
+
+    def owns(self, model: Any) -> bool:
+        """Return True for a ``keras.Model`` (never imports keras)."""
+        keras = sys.modules.get("keras")
+        return keras is not None and isinstance(model, keras.Model)
+
+    def describe(self, model: Any) -> list[TensorSpec]:
+        """Describe every variable of ``model.weights``, keyed as Keras saves it."""
+        return _specs(model)
+
+    def write(self, model: Any, stream: BinaryIO) -> None:
+        """Write the Keras 3 native ``.keras`` file (config and weights) to ``stream``.
+
+        A compiled model's optimizer variables are left out: optimizer state
+        lives only in the neutral ``optimizer.*`` members (see
+        ``docs/training-state.md``).
+        """
+        from keras.src.saving import saving_lib
+
+        from polybundle_tensorflow.optim import without_optimizer
+
+        with without_optimizer(model):
+            saving_lib.save_model(model, stream)
+
+    def build_and_load(
+        self, builder: Any, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec]
+    ) -> Any:
+        """Build with variable initialisation deferred, then create each variable from the file.
+
+        Inside Keras' ``StatelessScope`` a builder creates its variables without
+        running their initialisers (random kernels of hundreds of MB cost more
+        than reading them); each is then created holding the loaded array.
+        Variables the bundle does not hold (none, for a strict match) get their
+        own initialiser. Falls back to an ordinary build when the builder cannot
+        run in that scope.
+        """
+        from keras.src.backend.common import global_state
+        from keras.src.backend.common.stateless_scope import StatelessScope
+        from keras.src.backend.common.variables import initialize_all_variables
+
+        try:
+            with StatelessScope(initialize_variables=False):
+                model = builder(config)
+        except Exception:  # e.g. a builder that calls the model on data; build normally
+            global_state.set_global_attribute("uninitialized_variables", [])
+            return super().build_and_load(builder, config, source, specs)
+        try:
+            own = self._checked_variables(model, specs)
+            keys = [spec.key for spec in specs]
+            for key, array in zip(keys, read_datasets(source, specs), strict=True):
+                variable = own[key]
+                if variable._value is None:
+                    variable._initialize(array)
+                else:
+                    variable.assign(array)
+        finally:  # whatever happened, leave no variable of this build pending
+            pending = global_state.get_global_attribute("uninitialized_variables") or []
+            global_state.set_global_attribute(
+                "uninitialized_variables", [v for v in pending if v._value is None]
+            )
+        initialize_all_variables()
+        return model
+
+    def _checked_variables(self, model: Any, specs: list[TensorSpec]) -> dict[str, Any]:
+        """Return ``{h5 key: variable}`` of ``model`` after checking it matches ``specs``."""
+        own = {key: variable for key, variable, _ in _variables(model)}
+        archived = {spec.key: spec for spec in specs}
+        own_names = {key: variable.path for key, variable in own.items()}
+        mismatched = [
+            archived[key].name
+            for key in own.keys() & archived.keys()
+            if tuple(int(d) for d in own[key].shape) != archived[key].shape
+        ]
+        if own.keys() != archived.keys() or mismatched:
+            raise TensorMismatchError(
+                missing=[own_names[k] for k in own.keys() - archived.keys()],
+                unexpected=[archived[k].name for k in archived.keys() - own.keys()],
+                mismatched=mismatched,
+                context=f"loading into {type(model).__name__} {model.name!r}",
+            )
+        return own
+
+    def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
+        """Assign the bundle's weights to ``model``'s variables after checking all of them."""
+        own = self._checked_variables(model, specs)
+        keys = [spec.key for spec in specs]
+        for key, array in zip(keys, read_datasets(source, specs), strict=True):
+            own[key].assign(array)
+
+    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        """Read every listed tensor from ``model.weights.h5`` with h5py (no TensorFlow)."""
+        arrays = read_datasets(source, specs)
+        return {spec.name: array for spec, array in zip(specs, arrays, strict=True)}
+
+    def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Assign ``{variable path: array}`` to ``model``'s variables, all checked first."""
+        own = {
+            spec.name: (spec, variable)
+            for spec, (_, variable, _) in zip(_specs(model), _variables(model), strict=True)
+        }
+        mismatched = [
+            name for name in own.keys() & arrays.keys()
+            if tuple(np.shape(arrays[name])) != own[name][0].shape
+        ]
+        if own.keys() != arrays.keys() or mismatched:
+            raise TensorMismatchError(
+                missing=own.keys() - arrays.keys(),
+                unexpected=arrays.keys() - own.keys(),
+                mismatched=mismatched,
+                context=f"loading into {type(model).__name__} {model.name!r}",
+            )
+        for name, (spec, variable) in own.items():
+            variable.assign(np.asarray(arrays[name], dtype=spec.dtype))
+
+    def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call ``model(..., training=False)`` on ``inputs``; outputs as arrays."""
+        from polybundle.tools.parity import input_names
+
+        args = [inputs[name] for name in input_names(inputs)]
+        outputs = model(args[0] if len(args) == 1 else args, training=False)
+        if isinstance(outputs, (list, tuple)):
+            return {f"output.{i}": np.asarray(o) for i, o in enumerate(outputs)}
+        if isinstance(outputs, dict):
+            return {f"output.{k}": np.asarray(o) for k, o in outputs.items()}
+        return {"output": np.asarray(outputs)}
+
+    def load_standalone(self, source: BinaryIO, specs: list[TensorSpec] | None = None) -> Any:
+        """Rebuild the model from the ``.keras`` file itself, with ``safe_mode=True``.
+
+        The config is checked first without Keras (no ``Lambda`` layers, no
+        classes from non-Keras modules, layer fields of the types Keras takes:
+        :func:`polybundle_tensorflow.keras_file.check_layer_fields`), and so is
+        the weights file (:func:`polybundle_tensorflow.keras_file.keras_stream`:
+        every dataset passes the HDF5 checks, no member but config, metadata
+        and weights). Given the manifest's ``specs``, Keras rebuilds the model
+        from ``config.json`` with variable initialisation deferred (as
+        :meth:`build_and_load`), every variable's shape and dtype is compared
+        with the manifest before any variable memory exists, and each is then
+        created from the file. Without specs (a bare ``.keras`` file) Keras
+        loads the file object, which has no name, so nothing is extracted to
+        disk. Whatever Keras raises becomes a :class:`FormatError`.
+        """
+        where = getattr(source, "name", "") or "model.keras"
+        config = read_config(source)
+        check_config(config, where=where)
+        check_layer_fields(config, where=where)
+        source.seek(0)
+        stream = keras_stream(source, where=where, specs=specs, charge=specs is None)
+        source.seek(0)
+        check_layer_shapes(config, open_nested(source, WEIGHTS_H5), where=where)
+        source.seek(0)
+        if specs is None:
+            from keras.src.saving import saving_lib
+
+            return _keras_call(
+                where, lambda: saving_lib.load_model(stream, safe_mode=True, compile=False)
+            )
+        source.seek(0)
+        return self._rebuild_deferred(config, source, specs, where)
+
+    def _rebuild_deferred(
+        self, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec], where: str
+    ) -> Any:
+        """Deserialize ``config`` with initialisation deferred; check, then fill each variable."""
+        from keras.src.backend.common import global_state
+        from keras.src.backend.common.stateless_scope import StatelessScope
+        from keras.src.backend.common.variables import initialize_all_variables
+
+        try:
+            with StatelessScope(initialize_variables=False):
+                model = _keras_call(where, lambda: _deserialize(config))
+            own = self._checked_variables(model, specs)
+            _check_dtypes(own, specs, model)
+            arrays = read_datasets(source, specs)
+            _keras_call(where, lambda: _fill(own, specs, arrays))
+        finally:  # whatever happened, leave no variable of this build pending
+            pending = global_state.get_global_attribute("uninitialized_variables") or []
+            global_state.set_global_attribute(
+                "uninitialized_variables", [v for v in pending if v._value is None]
+            )
+        _keras_call(where, initialize_all_variables)
+        return model
+
+    def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
+        """Return the neutral optimizer state (see :mod:`polybundle_tensorflow.optim`)."""
+        from polybundle_tensorflow import optim as tensorflow_optim
+
+        return tensorflow_optim.export_optimizer(model, optimizer, scheduler)
+
+    def restore_optimizer(
+        self, model: Any, optimizer: Any, state: Any, specs: list[TensorSpec], scheduler: Any = None
+    ) -> None:
+        """Load neutral optimizer state into a fresh optimizer bound to ``model``."""
+        from polybundle_tensorflow import optim as tensorflow_optim
+
+        tensorflow_optim.restore_optimizer(model, optimizer, state, specs, scheduler)
+
+    def capture_rng(self) -> dict[str, Any]:
+        """Return the framework's global generator state as plain data."""
+        from polybundle_tensorflow import optim as tensorflow_optim
+
+        return tensorflow_optim.capture_rng()
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """Put back a state returned by :meth:`capture_rng`."""
+        from polybundle_tensorflow import optim as tensorflow_optim
+
+        tensorflow_optim.restore_rng(state)
+
+
+def _deserialize(config: dict[str, Any]) -> Any:
+    """Build the model ``config`` describes, as ``keras.saving.load_model`` does (no compile)."""
+    from keras.src.saving.serialization_lib import ObjectSharingScope, deserialize_keras_object
+
+    config = {**config, "compile_config": None}
+    with ObjectSharingScope():
+        return deserialize_keras_object(config, None, safe_mode=True)
+
+
+def _fill(own: dict[str, Any], specs: list[TensorSpec], arrays: list[np.ndarray]) -> None:
+    """Create (or assign) each variable of ``own`` from the array of its spec."""
+    for spec, array in zip(specs, arrays, strict=True):
+        variable = own[spec.key]
+        if variable._value is None:
+            variable._initialize(array)
+        else:
+            variable.assign(array)
+
+
+def _check_dtypes(own: dict[str, Any], specs: list[TensorSpec], model: Any) -> None:
+    """Refuse variables whose dtype is not the manifest's (shapes are checked already)."""
+    wrong = [
+        f"{spec.name} ({own[spec.key].dtype}, manifest {spec.dtype})"
+        for spec in specs
+        if str(own[spec.key].dtype) != spec.dtype
+    ]
+    if wrong:
+        raise TensorMismatchError(
+            mismatched=wrong, context=f"rebuilding {type(model).__name__} {model.name!r}"
+        )
+
+
+def _keras_call(where: str, call: Callable[[], Any]) -> Any:
+    """Run ``call`` (Keras work on a checked file); what it raises becomes a typed error."""
+    try:
+        return call()
+    except PolybundleError:
+        raise
+    except MemoryError:
+        raise BudgetExceededError(
+            f"{where}: Keras ran out of memory rebuilding the model its config describes; "
+            "load it with a registered builder, or on a machine with more memory."
+        ) from None
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            raise UnsafeContentError(
+                f"{where}: the Keras config holds code that safe_mode refuses ({exc}). Register "
+                "a builder for the architecture instead of loading it from the file."
+            ) from None
+        raise _rebuild_error(where, exc) from None
+    except Exception as exc:  # Keras' TypeError, TensorFlow's errors: hostile or odd config
+        raise _rebuild_error(where, exc) from None
+
+
+def _rebuild_error(where: str, exc: Exception) -> FormatError:
+    return FormatError(
+        f"Keras could not rebuild the model from {where} ({type(exc).__name__}: "
+        f"{str(exc)[:300]}). Register a builder with @polybundle.architecture(name, "
+        "backend='tensorflow') and save with it, or pass into={role: model}."
+    )

@@ -1,0 +1,306 @@
+"""PyTorch backend: ``<role>/model.pth`` holds the model's state_dict (``torch.save``).
+
+Loading always passes ``weights_only=True`` to ``torch.load``, so no pickled
+code runs. Layout tags come from the module that owns each tensor.
+
+Example:
+    >>> import polybundle, torch
+    >>> polybundle.save("m.bundle", {"net": torch.nn.Linear(3, 2)})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from polybundle.errors import FormatError, TensorMismatchError
+from polybundle.model.backend import ML_DTYPES, Backend, TensorSpec, dtype_label, resolve_dtype
+from polybundle.model.canonical import Canonical, torch_canonical
+from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
+
+_VECTOR_MODULES = {
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "PReLU",
+}
+
+
+def _layout(module: Any, attribute: str, ndim: int) -> str:
+    """Return the layout tag of ``module.<attribute>`` with ``ndim`` axes."""
+    kind = type(module).__name__
+    if ndim == 0:
+        return SCALAR
+    if kind in _VECTOR_MODULES and ndim == 1:
+        return "c"
+    if attribute == "bias" and ndim == 1:
+        return "out"
+    if kind == "Linear" and attribute == "weight":
+        return "out,in"
+    if kind in ("Conv1d", "Conv2d", "Conv3d") and attribute == "weight":
+        return conv_tag(ndim - 2, channels_first=True, transposed=False)
+    if kind in ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d") and attribute == "weight":
+        return conv_tag(ndim - 2, channels_first=True, transposed=True)
+    if kind == "Embedding" and attribute == "weight":
+        return "vocab,dim"
+    return OPAQUE
+
+
+def _canonical(module: Any, attribute: str, shape: tuple[int, ...]) -> Canonical:
+    """Return the canonical kind, slot and layout of ``module.<attribute>``."""
+    groups = int(getattr(module, "groups", 1) or 1)
+    in_channels = int(getattr(module, "in_channels", 0) or 0)
+    return torch_canonical(
+        type(module).__name__, attribute, shape, groups=groups, group_channels=in_channels // groups
+    )
+
+
+def to_numpy(tensor: Any) -> np.ndarray:
+    """Return a CPU copy-free NumPy view of ``tensor``; bfloat16 and float8 via ``ml_dtypes``.
+
+    NumPy has no bfloat16, so ``tensor.numpy()`` refuses it: the bits are
+    viewed as ``int16`` (``uint8`` for float8) and re-viewed as the
+    ``ml_dtypes`` type, bit for bit.
+
+    Example:
+        >>> import torch
+        >>> to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype.name
+        'bfloat16'
+    """
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name in ML_DTYPES:
+        bits = torch.int16 if tensor.element_size() == 2 else torch.uint8
+        return tensor.view(bits).numpy().view(resolve_dtype(name))
+    return tensor.numpy()
+
+
+def from_numpy(array: np.ndarray) -> Any:
+    """Return a new torch tensor holding ``array``'s values bit for bit (``ml_dtypes`` too).
+
+    Example:
+        >>> import ml_dtypes
+        >>> from_numpy(np.ones(2, ml_dtypes.bfloat16)).dtype
+        torch.bfloat16
+    """
+    import torch
+
+    array = np.asarray(array)
+    name = dtype_label(array.dtype)
+    if name in ML_DTYPES:
+        kind = getattr(torch, name, None)
+        if kind is None:
+            raise FormatError(
+                f"the tensor is {name}, which torch {torch.__version__} lacks; upgrade torch."
+            )
+        bits = np.int16 if array.dtype.itemsize == 2 else np.uint8
+        return torch.from_numpy(np.array(array.view(bits), order="C")).view(kind)
+    return torch.from_numpy(np.array(array, order="C"))
+
+
+def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:
+    """Return a model's outputs (a tensor, or tuples/lists/dicts of them) as named arrays."""
+    if isinstance(value, (tuple, list)):
+        value = {str(i): item for i, item in enumerate(value)}
+    if isinstance(value, dict):
+        out: dict[str, np.ndarray] = {}
+        for key, item in value.items():
+            out.update(_flat_outputs(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: to_numpy(value)}
+
+
+class TorchBackend(Backend):
+    """The PyTorch backend (aliases ``pytorch``, ``pt``).
+
+    Example:
+        >>> TorchBackend().weights_member
+        'model.pth'
+    """
+
+    name = "torch"
+    aliases = ("pytorch", "pt")
+    extra = "polybundle[torch]"
+    modules = ("torch",)
+    distribution = "torch"
+    weights_member = "model.pth"
+
+    def owns(self, model: Any) -> bool:
+        """Return True for a ``torch.nn.Module`` (never imports torch)."""
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(model, torch.nn.Module)
+
+    def describe(self, model: Any) -> list[TensorSpec]:
+        """Describe every entry of ``model.state_dict()`` with its layout tag."""
+        modules = dict(model.named_modules())
+        specs = []
+        for key, tensor in model.state_dict().items():
+            owner, _, attribute = key.rpartition(".")
+            shape = tuple(tensor.shape)
+            canonical = _canonical(modules.get(owner), attribute, shape)
+            layout = _layout(modules.get(owner), attribute, len(shape))
+            layout = canonical.layout if canonical.kind else layout
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            specs.append(
+                TensorSpec(key, key, shape, dtype, layout, canonical.kind,
+                           owner if canonical.kind else "", canonical.slot)
+            )
+        return specs
+
+    def write(self, model: Any, stream: BinaryIO) -> None:
+        """Write ``model.state_dict()`` with ``torch.save``."""
+        import torch
+
+        torch.save(model.state_dict(), stream)
+
+    def _load_state_dict(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, Any]:
+        import torch
+
+        from polybundle_torch.pth_reader import check_pth
+
+        # manifest, geometry, sizes and memory budget, before torch allocates anything
+        check_pth(source, specs=specs)
+        source.seek(0)
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
+            raise FormatError(
+                f"model.pth could not be read as a weights-only state_dict ({exc}). "
+                "Expected a file written by torch.save(model.state_dict())."
+            ) from None
+        if not isinstance(state, dict):
+            raise FormatError(
+                f"model.pth holds a {type(state).__name__}; expected a state_dict (a dict "
+                "of tensors)."
+            )
+        return state
+
+    def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
+        """Load the state_dict strictly; shapes and names are checked first."""
+        self._load_state(model, self._load_state_dict(source, specs))
+
+    def build_and_load(
+        self, builder: Any, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec]
+    ) -> Any:
+        """Build on the ``meta`` device and adopt the loaded tensors (no init, no copy).
+
+        Falls back to an ordinary build and copy when the builder cannot run on
+        the meta device (it reads tensor values while building, e.g.
+        torchvision's ``regnet_y_400mf`` calls ``.tolist()`` on computed
+        widths: ``NotImplementedError: Cannot copy out of meta tensor``), or
+        when the meta-built model would not be whole: tensors outside the
+        state_dict (non-persistent buffers), tied parameters, or dtypes that
+        differ from the file's.
+        """
+        state = self._load_state_dict(source, specs)
+        model = self._build_on_meta(builder, config)
+        if model is None:
+            model = builder(config)
+            self._load_state(model, state)
+            return model
+        own = model.state_dict()
+        named = list(model.named_parameters(remove_duplicate=False))
+        adoptable = (
+            own.keys() == state.keys()
+            and len({id(p) for _, p in named}) == len(named)
+            and all(own[key].dtype == state[key].dtype for key in own)
+        )
+        if adoptable:
+            self._load_state(model, state, assign=True)
+            tensors = [*model.parameters(), *model.buffers()]
+            if not any(t.is_meta for t in tensors):
+                return model
+        model = builder(config)
+        self._load_state(model, state)
+        return model
+
+    @staticmethod
+    def _build_on_meta(builder: Any, config: dict[str, Any]) -> Any | None:
+        """Return ``builder(config)`` built on the meta device, or None if it cannot be.
+
+        Any exception means the builder needs real tensors while building;
+        the caller then builds normally, where a genuine error of the builder
+        surfaces as it is.
+        """
+        import torch
+
+        try:
+            with torch.device("meta"):
+                return builder(config)
+        except Exception:  # e.g. NotImplementedError: Cannot copy out of meta tensor
+            return None
+
+    def _load_state(self, model: Any, state: dict[str, Any], *, assign: bool = False) -> None:
+        own = model.state_dict()
+        shared = own.keys() & state.keys()
+        mismatched = [key for key in shared if tuple(own[key].shape) != tuple(state[key].shape)]
+        if own.keys() != state.keys() or mismatched:
+            raise TensorMismatchError(
+                missing=own.keys() - state.keys(),
+                unexpected=state.keys() - own.keys(),
+                mismatched=mismatched,
+                context=f"loading into {type(model).__name__}",
+            )
+        model.load_state_dict(state, strict=True, assign=assign)
+
+    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        """Return the state_dict's tensors as NumPy arrays, keyed by name (torch not imported).
+
+        The file must hold exactly the tensors ``specs`` declares, with their
+        shapes and dtypes, checked before any tensor is read (else
+        :class:`~polybundle.errors.IntegrityError`).
+        """
+        from polybundle_torch.pth_reader import read_pth
+
+        name = getattr(source, "name", None)
+        state = read_pth(source, where=name if isinstance(name, str) else "model.pth", specs=specs)
+        by_key = {spec.key: spec.name for spec in specs}
+        return {by_key.get(key, key): array for key, array in state.items()}
+
+    def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Load ``{state_dict key: array}`` strictly, cast to each tensor's dtype."""
+        own = model.state_dict()
+        state = {
+            key: from_numpy(array).to(own[key].dtype) if key in own else from_numpy(array)
+            for key, array in arrays.items()
+        }
+        self._load_state(model, state)
+
+    def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``model.eval()`` under ``torch.no_grad()`` on ``inputs``; outputs as arrays."""
+        import torch
+
+        from polybundle.tools.parity import input_names
+
+        model.eval()
+        args = [from_numpy(inputs[k]) for k in input_names(inputs)]
+        with torch.no_grad():
+            return _flat_outputs(model(*args))
+
+    def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
+        """Return the neutral optimizer state (see :mod:`polybundle_torch.optim`)."""
+        from polybundle_torch import optim as torch_optim
+
+        return torch_optim.export_optimizer(model, optimizer, scheduler)
+
+    def restore_optimizer(
+        self, model: Any, optimizer: Any, state: Any, specs: list[TensorSpec], scheduler: Any = None
+    ) -> None:
+        """Load neutral optimizer state into a fresh optimizer bound to ``model``."""
+        from polybundle_torch import optim as torch_optim
+
+        torch_optim.restore_optimizer(model, optimizer, state, specs, scheduler)
+
+    def capture_rng(self) -> dict[str, Any]:
+        """Return the framework's global generator state as plain data."""
+        from polybundle_torch import optim as torch_optim
+
+        return torch_optim.capture_rng()
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """Put back a state returned by :meth:`capture_rng`."""
+        from polybundle_torch import optim as torch_optim
+
+        torch_optim.restore_rng(state)

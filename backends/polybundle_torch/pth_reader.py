@@ -1,0 +1,507 @@
+"""Read PyTorch weights files (``model.pth``) into NumPy arrays without torch.
+
+Both layouts torch has written are read. ``torch.save`` (torch 1.6 on)
+writes a zip: ``<prefix>/data.pkl`` is a pickle that describes the tensors,
+``<prefix>/data/<key>`` holds each storage's raw bytes and
+``<prefix>/byteorder`` their byte order. Older files, found in legacy
+archives and inside a tensor pickled into ``params.dill``, are one stream: a
+magic number, the protocol, system info, the object's pickle, the storage
+keys, then each storage as an element count and its bytes.
+
+Every pickle goes through :func:`polybundle.safety.unpickle.safe_loads` with the
+exact allow-list :data:`polybundle.safety.unpickle.TORCH_WEIGHTS`: a static scan
+first, then only tensor-rebuilding globals, storage types and storage
+persistent ids; anything else is refused before it is called.
+
+Before a storage is read or mapped, every tensor's geometry is checked
+(:class:`polybundle.safety.unpickle.TorchTensor`, :class:`~polybundle.safety.unpickle.TensorViews`:
+inside its storage, no stride-0 or overlapping view larger than the storage),
+each storage's declared size is checked against the bytes its member really
+holds, the deflated members of the inner zip together must pass the archive's
+compression-ratio rule, and, given the manifest's ``specs``, every tensor's
+name, shape and dtype must be the declared ones. What is then allocated (each
+storage, each copied view) is charged to :mod:`polybundle.safety.budget` first.
+:func:`index_pth` reads only the pickle and says where each tensor's
+elements lie; :func:`read_pth` reads them into arrays, or views them in a
+read-only memory map of the file. A STORED member of a bundle is reached
+through a sub-range of the outer file, so nothing is copied on the way.
+
+Example:
+    >>> with open("model.pth", "rb") as f:  # doctest: +SKIP
+    ...     read_pth(f)["0.bias"]
+    array([0.1, -0.2], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import mmap
+import os
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from polybundle.errors import FormatError, IntegrityError, PolybundleError, UnsafeContentError
+from polybundle.format.archive import (
+    MAX_RATIO,
+    RATIO_FLOOR,
+    MemberRange,
+    NestedZip,
+    check_member_name,
+)
+from polybundle.format.tensor_check import check_stored
+from polybundle.model.backend import TensorSpec, resolve_dtype
+from polybundle.safety import budget
+from polybundle.safety.unpickle import (
+    TORCH_WEIGHTS,
+    UNTYPED,
+    TensorViews,
+    TorchStorage,
+    TorchTensor,
+    finalize,
+    safe_loads,
+    scan,
+    storage_dtype,
+)
+
+MAX_PICKLE_BYTES = 64 * 1024 * 1024
+"""Largest ``data.pkl`` read; a state_dict's pickle is a few bytes per tensor."""
+
+MAX_WEIGHTS_MEMBERS = 100_000
+"""Most members accepted inside a PyTorch zip weights file."""
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+"""The first value pickled in PyTorch's pre-zip file layout."""
+
+Source = bytes | BinaryIO | MemberRange
+"""A weights file: its bytes, or a seekable binary file or bundle member."""
+
+_NATIVE = "little" if np.little_endian else "big"
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == UNTYPED:  # bytes no tensor gave a dtype
+        return np.dtype(np.uint8)
+    return resolve_dtype(name, where="a model.pth storage")  # bfloat16, float8: ml_dtypes
+
+
+def _container(source: Source) -> BinaryIO | MemberRange:
+    """Return ``source`` as a seekable file; a plain file becomes a range over it (zero copy)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source)
+    if isinstance(source, (MemberRange, io.BytesIO)):
+        return source
+    try:
+        fd = source.fileno()
+        size = os.fstat(fd).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return source
+    return MemberRange(fd, 0, size, getattr(source, "name", "model.pth"))
+
+
+@contextlib.contextmanager
+def _reading(where: str) -> Iterator[None]:
+    """Turn what a damaged zip or stream raises into :class:`FormatError`."""
+    try:
+        yield
+    except PolybundleError:
+        raise
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        struct.error,
+        EOFError,
+        NotImplementedError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
+        raise FormatError(
+            f"{where} could not be read ({type(exc).__name__}: {str(exc)[:120]}); the "
+            "weights file is damaged."
+        ) from None
+
+
+def _storage_resolver(storages: dict[str, TorchStorage], where: str):
+    """Return the ``persistent_load`` that accepts only storage ids, one storage per key."""
+
+    def resolve(pid: Any) -> TorchStorage:
+        # the pre-zip layout appends view metadata, None unless a storage view was saved
+        if (
+            not isinstance(pid, tuple)
+            or len(pid) not in (5, 6)
+            or pid[0] != "storage"
+            or pid[5:] not in ((), (None,))
+        ):
+            raise UnsafeContentError(
+                f"{where} holds a persistent id {pid!r:.80}; only storages "
+                "('storage', <type>, key, location, numel) are accepted."
+            )
+        _, kind, key, _location, numel = pid[:5]
+        if not isinstance(key, str) or type(numel) is not int or numel < 0:
+            raise FormatError(f"{where} holds a malformed storage id {pid!r:.80}.")
+        dtype = storage_dtype(kind)
+        known = storages.get(key)
+        if known is None:
+            known = storages[key] = TorchStorage(key, dtype, numel)
+        elif dtype == UNTYPED and known.nbytes == numel:
+            pass  # an untyped storage a v3 tensor already gave its dtype
+        elif known.dtype != dtype or known.numel != numel:
+            raise FormatError(f"{where} describes storage {key!r} twice, differently.")
+        return known
+
+    return resolve
+
+
+def _check_ratio(infos: list[zipfile.ZipInfo], where: str) -> None:
+    """Apply the archive's ratio rule to the deflated members of one inner zip together.
+
+    Each member under :data:`~polybundle.format.archive.RATIO_FLOOR` is exempt on its
+    own, so 1,024 deflated 1 MiB storages of zeros pass one by one; their sum
+    does not. ``torch.save`` never deflates, so only a re-packed file has any.
+    """
+    deflated = [info for info in infos if info.compress_type == zipfile.ZIP_DEFLATED]
+    total = sum(info.file_size for info in deflated)
+    packed = sum(info.compress_size for info in deflated)
+    if total > RATIO_FLOOR and total > MAX_RATIO * max(packed, 1):
+        raise UnsafeContentError(
+            f"{where}: its {len(deflated)} deflated members declare {total} bytes from "
+            f"{packed} compressed (over {MAX_RATIO}:1 together); that is a decompression "
+            "bomb, not model weights (torch.save does not compress). Refused before "
+            "decompressing; re-save the weights with torch.save."
+        )
+
+
+def _locate_storages(
+    storages: dict[str, TorchStorage], sizes: dict[str, int], prefix: str, where: str
+) -> None:
+    """Point each storage at ``<prefix>/data/<key>``, which must hold its declared bytes.
+
+    The member must hold exactly the declared elements' bytes, as
+    ``torch.load`` also requires.
+    """
+    for key, storage in storages.items():
+        storage.member = f"{prefix}data/{key}"
+        check_member_name(storage.member)
+        size = sizes.get(storage.member)
+        if size is None:
+            raise FormatError(
+                f"{where} describes storage {key!r} but holds no member {storage.member!r}; "
+                "the weights file is damaged."
+            )
+        if size != storage.nbytes:
+            raise FormatError(
+                f"{where}: storage {key!r} declares {storage.numel} x {storage.dtype} "
+                f"({storage.nbytes} bytes) but its member {storage.member!r} holds {size} "
+                "bytes; the weights file is damaged or hostile. Refused before reading."
+            )
+
+
+def _zip_state(inner: NestedZip, where: str) -> Any:
+    """Unpickle ``<prefix>/data.pkl``; locate each storage at ``<prefix>/data/<key>``."""
+    infos = inner.infolist()
+    names = [info.filename for info in infos]
+    if len(names) > MAX_WEIGHTS_MEMBERS:
+        raise UnsafeContentError(f"{where} holds {len(names)} members; refused.")
+    if len(set(names)) != len(names):
+        raise UnsafeContentError(f"{where} holds a member name twice; refused.")
+    _check_ratio(infos, where)
+    sizes = {info.filename: info.file_size for info in infos}
+    pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
+    if len(pickles) != 1:
+        raise FormatError(
+            f"{where} holds {len(pickles)} '<prefix>/data.pkl' members; expected exactly one "
+            "(a file written by torch.save)."
+        )
+    prefix = pickles[0][: -len("data.pkl")]
+    byteorder = "little"
+    if f"{prefix}byteorder" in names:
+        with inner.open(f"{prefix}byteorder") as stream:
+            byteorder = stream.read(16).decode("ascii", "replace")
+    if byteorder not in ("little", "big"):
+        raise FormatError(f"{where} says byteorder {byteorder!r}; expected 'little' or 'big'.")
+    if sizes[pickles[0]] > MAX_PICKLE_BYTES:
+        raise UnsafeContentError(f"{where}: data.pkl is over {MAX_PICKLE_BYTES} bytes; refused.")
+    budget.charge(sizes[pickles[0]], f"{where} {pickles[0]}")
+    with inner.open(pickles[0]) as stream:
+        payload = stream.read(sizes[pickles[0]] + 1)
+    if len(payload) != sizes[pickles[0]]:
+        raise FormatError(
+            f"{where}: {pickles[0]} holds {len(payload)} bytes, not the {sizes[pickles[0]]} "
+            "its zip record declares; the weights file is damaged."
+        )
+    storages: dict[str, TorchStorage] = {}
+    state = safe_loads(
+        payload,
+        where=where,
+        allowed=TORCH_WEIGHTS,
+        persistent=_storage_resolver(storages, where),
+        raw=True,
+    )
+    _locate_storages(storages, sizes, prefix, where)
+    for storage in storages.values():
+        storage.byteorder = byteorder
+    return state
+
+
+def _next_pickle(data: bytes, offset: int, where: str, **options: Any) -> tuple[Any, int]:
+    end = scan(data, where=where, start=offset, persistent="persistent" in options)
+    return safe_loads(data[offset:end], where=where, raw=True, **options), end
+
+
+def _stream_state(data: bytes, where: str) -> Any:
+    """Unpickle the pre-zip layout; locate each storage's bytes after the pickles."""
+    magic, offset = _next_pickle(data, 0, where)
+    protocol, offset = _next_pickle(data, offset, where)
+    system, offset = _next_pickle(data, offset, where)
+    if magic != LEGACY_MAGIC or protocol != 1001 or not isinstance(system, dict):
+        raise FormatError(f"{where} is not a PyTorch file: its header is not torch's.")
+    if system.get("little_endian") is not True:
+        raise FormatError(f"{where} was written on a big-endian machine; not supported.")
+    storages: dict[str, TorchStorage] = {}
+    main, offset = _next_pickle(
+        data, offset, where, allowed=TORCH_WEIGHTS, persistent=_storage_resolver(storages, where)
+    )
+    keys, offset = _next_pickle(data, offset, where)
+    if not isinstance(keys, list) or len(keys) != len(storages) or set(keys) != set(storages):
+        raise FormatError(f"{where} lists storages that its pickle does not use, or the reverse.")
+    for key in keys:
+        storage = storages[key]
+        count = int.from_bytes(data[offset : offset + 8], "little")
+        size = storage.nbytes
+        if count != storage.numel or offset + 8 + size > len(data):
+            raise FormatError(f"{where}: storage {key!r} is truncated or lies about its size.")
+        storage.start = offset + 8
+        offset += 8 + size
+    if offset != len(data):
+        raise FormatError(f"{where} has {len(data) - offset} unexpected bytes at its end.")
+    return main
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, TorchTensor], where: str) -> None:
+    if isinstance(value, TorchTensor):
+        if prefix in out:
+            raise FormatError(f"{where} names tensor {prefix!r} twice.")
+        out[prefix] = value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise FormatError(
+                    f"{where} has a non-string key {key!r:.60}; expected a state_dict."
+                )
+            _flatten(item, f"{prefix}.{key}" if prefix else key, out, where)
+    else:
+        raise FormatError(
+            f"{where} holds a {type(value).__name__} at {prefix or 'the top'}; expected a "
+            "state_dict (a dict of tensors), as torch.save(model.state_dict()) writes."
+        )
+
+
+class _PthFile:
+    """One opened weights file: its unpickled state and the way to its storages."""
+
+    def __init__(self, source: Source, where: str) -> None:
+        self.where = where
+        self.container = _container(source)
+        self.container.seek(0)
+        self.inner: NestedZip | None = None
+        if self.container.read(4) == b"PK\x03\x04":
+            self.inner = NestedZip(self.container)
+            self.state = _zip_state(self.inner, where)
+        else:
+            self.state = _stream_state(self._whole(), where)
+
+    def _whole(self) -> bytes:
+        """Return the whole file (the pre-zip layout is parsed in memory), charged first."""
+        if isinstance(self.container, io.BytesIO):
+            return self.container.getvalue()  # already in memory: no copy
+        size = self.container.seek(0, io.SEEK_END)
+        budget.charge(size, f"{self.where} (a pre-zip PyTorch file)")
+        self.container.seek(0)
+        return self.container.read()
+
+    def tensors(self) -> dict[str, TorchTensor]:
+        """Return the state_dict's tensors by (``.``-joined) name, storages unread."""
+        tensors: dict[str, TorchTensor] = {}
+        _flatten(finalize(self.state, where=self.where, tensors=False), "", tensors, self.where)
+        return tensors
+
+    def checked(
+        self, specs: Sequence[TensorSpec] | None, views: TensorViews
+    ) -> dict[str, TorchTensor]:
+        """Return :meth:`tensors` once each passes the manifest and ``views``; read nothing."""
+        tensors = self.tensors()
+        if specs is not None:
+            _check_specs(tensors, specs, self.where)
+        for tensor in tensors.values():
+            views.admit(tensor)
+        return tensors
+
+    @contextlib.contextmanager
+    def _open(self, storage: TorchStorage) -> Iterator[BinaryIO | MemberRange]:
+        """Yield a stream positioned at the storage's first byte."""
+        if self.inner is None:
+            self.container.seek(storage.start)
+            yield self.container
+        else:
+            with self.inner.open(storage.member) as stream:
+                yield stream
+
+    def read(self, storage: TorchStorage) -> np.ndarray:
+        """Read the storage's elements into a new array in native byte order (charged first)."""
+        dtype = _numpy_dtype(storage.dtype)
+        budget.charge(storage.nbytes, f"{self.where} storage {storage.key!r}")
+        array = np.empty(storage.numel, dtype=dtype)
+        view = memoryview(array.view(np.uint8))
+        done = 0
+        with self._open(storage) as stream:
+            while done < array.nbytes:
+                count = stream.readinto(view[done:])
+                if not count:
+                    raise FormatError(
+                        f"{self.where}: storage {storage.key!r} holds {done} bytes; expected "
+                        f"{array.nbytes} ({storage.numel} x {storage.dtype}). The file is damaged."
+                    )
+                done += count
+        return array.byteswap() if storage.byteorder != _NATIVE else array
+
+    def map(self, storage: TorchStorage, mapped: mmap.mmap) -> np.ndarray:
+        """Return the storage's elements as a read-only window of ``mapped``."""
+        dtype = _numpy_dtype(storage.dtype)
+        if storage.byteorder != _NATIVE:
+            raise FormatError(
+                f"{self.where} is {storage.byteorder}-endian; memory mapping views bytes as "
+                "they are stored."
+            )
+        with self._open(storage) as stream:
+            if not isinstance(stream, MemberRange) or stream.size() < (
+                storage.start + storage.numel * dtype.itemsize
+            ):
+                raise FormatError(
+                    f"storage {storage.key!r} of {self.where} is compressed or short; memory "
+                    "mapping needs STORED storages (as torch.save writes them)."
+                )
+            start = stream.offset + stream.tell()
+        return np.frombuffer(mapped, dtype=dtype, count=storage.numel, offset=start)
+
+
+def _check_specs(
+    tensors: dict[str, TorchTensor], specs: Sequence[TensorSpec], where: str
+) -> None:
+    """Refuse a file whose tensor names, shapes or dtypes are not the manifest's ``specs``."""
+    expected = {spec.key: spec for spec in specs}
+    missing = sorted(expected.keys() - tensors.keys())
+    extra = sorted(tensors.keys() - expected.keys())
+    if missing or extra:
+        raise IntegrityError(
+            f"{where} does not hold the tensors its manifest declares (missing from the file: "
+            f"{missing[:10]}; in the file but not in the manifest: {extra[:10]}); the bundle "
+            "was altered or damaged. Re-copy it or re-save it from the model."
+        )
+    for key, tensor in tensors.items():
+        check_stored(expected[key], tensor.shape, tensor.storage.dtype, where=where)
+
+
+def index_pth(source: Source, *, where: str = "model.pth") -> dict[str, TorchTensor]:
+    """Return where each tensor of a weights file lies, reading no tensor bytes.
+
+    Each :class:`~polybundle.safety.unpickle.TorchTensor` gives ``offset``,
+    ``shape`` and ``strides`` (in elements) and its ``storage``: ``member``
+    (the zip member with the bytes; ``""`` in the pre-zip layout, where they
+    lie at byte ``start`` of the file), ``dtype``, ``numel`` and
+    ``byteorder``. Tensors sharing a storage share one object.
+
+    Example:
+        >>> import io, torch  # doctest: +SKIP
+        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2, 3)}, buffer)  # doctest: +SKIP
+        >>> entry = index_pth(buffer)["w"]  # doctest: +SKIP
+        >>> entry.storage.member, entry.storage.dtype, entry.shape, entry.strides  # doctest: +SKIP
+        ('archive/data/0', 'float32', (2, 3), (3, 1))
+    """
+    with _reading(where):
+        return _PthFile(source, where).checked(None, TensorViews(where, copy=False))
+
+
+def check_pth(
+    source: Source, *, where: str = "model.pth", specs: Sequence[TensorSpec] | None = None
+) -> dict[str, TorchTensor]:
+    """Check a weights file as :func:`read_pth` does and charge its storages; read no tensor.
+
+    For a caller that hands the file to torch next (``torch.load`` allocates
+    every storage): the pickle is read with the allow-list, every tensor's
+    geometry and every storage's size are checked, the inner zip's deflated
+    members pass the ratio rule, ``specs`` (if given) match, and each
+    storage's bytes are charged to :mod:`polybundle.safety.budget`. Returns what
+    :func:`index_pth` returns; the caller rewinds ``source`` itself.
+
+    Example:
+        >>> with open("model.pth", "rb") as f:  # doctest: +SKIP
+        ...     sorted(check_pth(f))
+        ['0.bias', '0.weight']
+    """
+    with _reading(where):
+        tensors = _PthFile(source, where).checked(specs, TensorViews(where, copy=False))
+        for storage in {id(t.storage): t.storage for t in tensors.values()}.values():
+            budget.charge(storage.nbytes, f"{where} storage {storage.key!r}")
+        return tensors
+
+
+def read_pth(
+    source: Source,
+    *,
+    where: str = "model.pth",
+    mapped: mmap.mmap | None = None,
+    specs: Sequence[TensorSpec] | None = None,
+) -> dict[str, np.ndarray]:
+    """Return the tensors of the state_dict in the weights file ``source`` by name.
+
+    ``source`` is the file's bytes or a seekable binary file: an open
+    ``model.pth``, a bundle member, or a :class:`io.BytesIO`. Both torch
+    layouts are read; torch is never imported, and the pickle can only
+    rebuild tensors. Nested dicts are flattened with ``.``. ``where`` names
+    the file in errors. Given ``mapped``, a read-only memory map of the file
+    ``source`` lies in, tensors are read-only views of it and no bytes are
+    read now. Given ``specs`` (the manifest's
+    :class:`~polybundle.model.backend.TensorSpec` list), the file must hold exactly
+    those tensors (by ``key``) with those shapes and dtypes, checked before
+    any storage is read. Raises only :class:`~polybundle.errors.PolybundleError`
+    subclasses (:class:`~polybundle.errors.IntegrityError` for a manifest
+    mismatch).
+
+    Example:
+        >>> import io, torch  # doctest: +SKIP
+        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2)}, buffer)  # doctest: +SKIP
+        >>> read_pth(buffer)["w"]  # doctest: +SKIP
+        array([1., 1.], dtype=float32)
+    """
+    with _reading(where):
+        pth = _PthFile(source, where)
+        views = TensorViews(where, copy=mapped is None)
+        tensors = pth.checked(specs, views)
+        for storage in {id(t.storage): t.storage for t in tensors.values()}.values():
+            storage.array = pth.read(storage) if mapped is None else pth.map(storage, mapped)
+        return {name: views.array(tensor) for name, tensor in tensors.items()}
+
+
+def read_pickled_storage(data: bytes) -> TorchStorage:
+    """Read the bytes given to ``torch.storage._load_from_bytes`` (a pickled storage).
+
+    Used by :mod:`polybundle.safety.unpickle` for tensors pickled into params files.
+
+    Example:
+        >>> read_pickled_storage(blob).array  # doctest: +SKIP
+        array([1., 2.], dtype=float32)
+    """
+    where = "a pickled torch storage"
+    with _reading(where):
+        pth = _PthFile(data, where)
+        if not isinstance(pth.state, TorchStorage):
+            raise UnsafeContentError("torch.storage._load_from_bytes did not hold a storage.")
+        pth.state.array = pth.read(pth.state)
+        return pth.state

@@ -1,0 +1,106 @@
+"""polybundle: one archive format for trained models, any framework.
+
+Save a set of named models of PyTorch or TensorFlow/Keras with their params,
+and load any bundle back with one call, whichever framework wrote it.
+
+Quick start:
+    >>> import polybundle, torch
+    >>> net = torch.nn.Linear(3, 1)
+    >>> polybundle.save("run.bundle", {"net": net}, params={"lr": 1e-3})  # doctest: +SKIP
+    >>> bundle = polybundle.load(  # doctest: +SKIP
+    ...     "run.bundle", into={"net": torch.nn.Linear(3, 1)}
+    ... )
+    >>> bundle.params
+    {'lr': 0.001}
+
+For plugin authors: hooks are specified in :mod:`polybundle.hooks.hookspecs`; a
+backend subclasses :class:`polybundle.model.backend.Backend` and is registered from
+a plugin module found through the ``"polybundle"`` entry-point group (see
+:mod:`polybundle.hooks.manager` and ``docs/plugins.md``). The core never imports a
+framework at module level.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from polybundle.api.bundle import Bundle
+from polybundle.api.inspection import inspect
+from polybundle.api.loading import load
+from polybundle.api.migrate import migrate
+from polybundle.api.saving import save
+from polybundle.api.transfer import convert
+from polybundle.api.verify import verify
+from polybundle.errors import (
+    BackendError,
+    BackendMismatchError,
+    BackendUnavailableError,
+    BudgetExceededError,
+    CheckpointError,
+    ConversionError,
+    ConversionUnavailableError,
+    FormatError,
+    IntegrityError,
+    OptimizerError,
+    OptimizerMismatchError,
+    ParamsError,
+    PolybundleError,
+    SchemaError,
+    TensorMismatchError,
+    UnknownArchitectureError,
+    UnknownBackendError,
+    UnsafeContentError,
+    UnsupportedOptimizerError,
+    UnsupportedVersionError,
+    WriteError,
+)
+from polybundle.format.detection import Detection
+from polybundle.hooks.hookspecs import hookimpl
+from polybundle.hooks.registry import architecture, build, get_backend
+from polybundle.model.backend import Backend, TensorSpec
+from polybundle.model.optimizer import OptimizerState
+from polybundle.tools import parity
+from polybundle.training.checkpoints import Checkpoint, CheckpointManager
+
+__all__ = [
+    "__version__",
+    "save",
+    "load",
+    "convert",
+    "parity",
+    "inspect",
+    "migrate",
+    "verify",
+    "architecture",
+    "build",
+    "get_backend",
+    "hookimpl",
+    "Backend",
+    "TensorSpec",
+    "Bundle",
+    "CheckpointManager",
+    "Checkpoint",
+    "OptimizerState",
+    "Detection",
+    "PolybundleError",
+    "FormatError",
+    "SchemaError",
+    "UnsupportedVersionError",
+    "IntegrityError",
+    "UnsafeContentError",
+    "BudgetExceededError",
+    "BackendError",
+    "UnknownBackendError",
+    "BackendUnavailableError",
+    "BackendMismatchError",
+    "ConversionError",
+    "ConversionUnavailableError",
+    "UnknownArchitectureError",
+    "TensorMismatchError",
+    "ParamsError",
+    "OptimizerError",
+    "UnsupportedOptimizerError",
+    "OptimizerMismatchError",
+    "CheckpointError",
+    "WriteError",
+]

@@ -1,0 +1,217 @@
+"""The :class:`Bundle` that :func:`polybundle.load` returns.
+
+Example:
+    >>> bundle = polybundle.load("run.bundle")  # doctest: +SKIP
+    >>> bundle.backend, bundle.roles
+    ('torch', ['net'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polybundle.api.lazy import lazy_tensors
+from polybundle.errors import IntegrityError, OptimizerError, PolybundleError
+from polybundle.format.archive import ArchiveReader
+from polybundle.format.manifest import read_manifest, verify_member
+from polybundle.hooks.registry import get_backend
+from polybundle.model.backend import TensorSpec
+from polybundle.model.conversion import ConversionPlan
+from polybundle.model.optimizer import OptimizerState, decode_optimizer
+from polybundle.safety import budget
+from polybundle.training.rng import decode_rng, restore_rng
+
+
+def model_entry(manifest: dict[str, Any], role: str) -> dict[str, Any]:
+    """Return the manifest entry of ``role``; raise listing the roles when absent.
+
+    Example:
+        >>> model_entry(manifest, "net")["weights"]  # doctest: +SKIP
+        'net/model.pth'
+    """
+    for entry in manifest["models"]:
+        if entry["role"] == role:
+            return entry
+    roles = [entry["role"] for entry in manifest["models"]]
+    raise PolybundleError(f"the bundle has no role {role!r}; its roles are {roles}.")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its manifest, params and models, and access to its tensors.
+
+    ``models`` maps each loaded role to a native model of :attr:`backend`.
+    ``params`` is the params dict; NumPy arrays saved in it (format 2.1,
+    ``params.safetensors``) come back as writable, C-ordered arrays with the
+    saved dtype, shape and bytes, and NumPy scalars as NumPy scalars.
+
+    Example:
+        >>> bundle = polybundle.load("run.bundle")  # doctest: +SKIP
+        >>> bundle.models["net"](x)
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    params: dict[str, Any]
+    backend: str
+    models: dict[str, Any] = field(default_factory=dict)
+    lazy: bool = False
+    """True when opened with ``load(..., lazy=True)``: no models, mapped tensors."""
+    conversions: dict[str, ConversionPlan] = field(default_factory=dict)
+    """The weights' conversion plan of each role loaded in a framework other than the writer's."""
+    _verified: dict[str, tuple[int, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """Weights members whose sha256 matched, with the file identity they matched in."""
+    max_bytes: int | None = None
+    """The ``max_bytes=`` the bundle was loaded with; later reads (:meth:`tensors`) keep it."""
+
+    @property
+    def roles(self) -> list[str]:
+        """Return every role the bundle holds, in manifest order."""
+        return [entry["role"] for entry in self.manifest["models"]]
+
+    def tensor_specs(self, role: str) -> list[TensorSpec]:
+        """Return the :class:`TensorSpec` of each tensor of ``role``.
+
+        Example:
+            >>> [s.layout for s in bundle.tensor_specs("net")]  # doctest: +SKIP
+            ['out,in', 'out']
+        """
+        return [TensorSpec.from_json(t) for t in model_entry(self.manifest, role)["tensors"]]
+
+    def tensors(self, role: str) -> Mapping[str, np.ndarray]:
+        """Read the tensors of ``role`` from the file as ``{name: numpy array}``.
+
+        The file is re-opened; it must still hold the manifest this bundle was
+        loaded with, and the weights member's sha256 is checked against it
+        before any tensor is handed out (a file changed since loading, even to
+        the same size, raises :class:`~polybundle.errors.IntegrityError`). A lazy
+        bundle returns a :class:`~polybundle.api.lazy.LazyTensors` of read-only
+        arrays memory-mapped from the file just checked: only what is touched
+        is copied, but the whole member is hashed here (once while the file's
+        identity, including its ``ctime``, stays the same).
+
+        Example:
+            >>> bundle.tensors("net")["weight"].shape  # doctest: +SKIP
+            (1, 3)
+        """
+        entry = model_entry(self.manifest, role)
+        with budget.limit(self.max_bytes), ArchiveReader(self.path) as archive:
+            if read_manifest(archive) != self.manifest:
+                raise IntegrityError(
+                    f"{str(self.path)!r} changed since it was loaded; load it again."
+                )
+            self._verify_weights(archive, entry["weights"])
+            if self.lazy:
+                return lazy_tensors(archive, entry["weights"], self.tensor_specs(role))
+            with archive.open(entry["weights"]) as source:
+                writer = get_backend(self.manifest["backend"])
+                return writer.read_tensors(source, self.tensor_specs(role))
+
+    def _verify_weights(self, archive: ArchiveReader, name: str) -> None:
+        """Check a weights member's sha256, once per unchanged file (see ``identity``)."""
+        identity = archive.identity()
+        if self._verified.get(name) != identity:
+            verify_member(archive, self.manifest, name)
+            self._verified[name] = identity
+
+    def _read_checked(self, names: list[str]) -> list[bytes]:
+        """Read whole members, checking the manifest and each member's sha256."""
+        with ArchiveReader(self.path) as archive:
+            if read_manifest(archive) != self.manifest:
+                raise IntegrityError(
+                    f"{str(self.path)!r} changed since it was loaded; load it again."
+                )
+            contents = []
+            for name in names:
+                data = archive.read(name, limit=archive.size(name))
+                if hashlib.sha256(data).hexdigest() != self.manifest["members"][name]["sha256"]:
+                    raise IntegrityError(
+                        f"member {name!r} of {str(self.path)!r} does not match the sha256 its "
+                        "manifest records; the bundle was altered or damaged. Re-copy it."
+                    )
+                contents.append(data)
+            return contents
+
+    def has_optimizer(self, role: str) -> bool:
+        """Return True when the bundle holds optimizer state for ``role``.
+
+        Example:
+            >>> bundle.has_optimizer("net")  # doctest: +SKIP
+            True
+        """
+        return "optimizer" in model_entry(self.manifest, role)
+
+    def optimizer_state(self, role: str) -> OptimizerState:
+        """Return the neutral optimizer state saved for ``role`` (no framework needed).
+
+        Example:
+            >>> state = bundle.optimizer_state("net")  # doctest: +SKIP
+            >>> state.algorithm, state.step, state.slots["0.weight"]["m"].shape
+            ('adam', 100, (16, 8))
+        """
+        entry = model_entry(self.manifest, role)
+        if "optimizer" not in entry:
+            with_state = [r for r in self.roles if self.has_optimizer(r)]
+            raise OptimizerError(
+                f"the bundle holds no optimizer state for role {role!r} (roles with one: "
+                f"{with_state}). Save with optimizers={{{role!r}: optimizer}} to keep it."
+            )
+        document, arrays = self._read_checked(
+            [entry["optimizer"]["state"], entry["optimizer"]["slots"]]
+        )
+        return decode_optimizer(document, arrays, where=role, specs=self.tensor_specs(role))
+
+    def restore_optimizer(self, role: str, optimizer: Any, scheduler: Any | None = None) -> None:
+        """Restore ``role``'s saved state into a fresh ``optimizer`` (and ``scheduler``).
+
+        ``optimizer`` must be of the saved kind and bound to the parameters of
+        ``self.models[role]`` (the model loaded from this bundle); moments,
+        step and hyperparameters are restored. On a mismatch an
+        :class:`~polybundle.errors.OptimizerMismatchError` is raised first.
+        When the bundle was loaded in the other framework
+        (``load(path, backend=...)``), ``optimizer`` is of that framework and
+        the state is converted with the weights' plan
+        (:mod:`polybundle.model.optimizer_conversion`).
+
+        Example:
+            >>> net = bundle.models["net"]  # doctest: +SKIP
+            >>> opt = torch.optim.Adam(net.parameters())
+            >>> bundle.restore_optimizer("net", opt)
+        """
+        if role not in self.models:
+            raise OptimizerError(
+                f"role {role!r} was not loaded (loaded: {sorted(self.models)}); load it first, "
+                "so the optimizer can be bound to its parameters."
+            )
+        backend = get_backend(self.backend)
+        if role in self.conversions:  # loaded across frameworks: convert with the weights' plan
+            from polybundle.model.optimizer_conversion import optimizer_state_for
+
+            state = optimizer_state_for(self, role)
+            specs = backend.describe(self.models[role])
+        else:
+            state = self.optimizer_state(role)
+            specs = self.tensor_specs(role)
+        backend.restore_optimizer(self.models[role], optimizer, state, specs, scheduler)
+
+    def restore_rng(self) -> None:
+        """Put back the random-generator state saved with the bundle.
+
+        Example:
+            >>> bundle.restore_rng()  # doctest: +SKIP
+        """
+        if "rng" not in self.manifest:
+            raise PolybundleError(
+                f"{str(self.path)!r} holds no RNG state; save with rng=True (checkpoints do "
+                "by default) to keep it."
+            )
+        (data,) = self._read_checked([self.manifest["rng"]])
+        restore_rng(decode_rng(data))

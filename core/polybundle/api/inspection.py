@@ -1,0 +1,99 @@
+"""``polybundle.inspect``: describe a bundle without importing any framework.
+
+Example:
+    >>> report = polybundle.inspect("run.bundle")  # doctest: +SKIP
+    >>> report["backend"], [t["name"] for t in report["tensors"]][:2]
+    ('torch', ['0.weight', '0.bias'])
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from polybundle.api.loading import detect, open_plain, plain_manifest
+from polybundle.errors import FormatError
+from polybundle.format.archive import ArchiveReader
+from polybundle.format.detection import FORMAT_NAME, PLAIN_FORMATS
+from polybundle.format.manifest import read_manifest
+from polybundle.format.params import read_params
+from polybundle.model.backend import TensorSpec
+from polybundle.model.optimizer import summarize_document
+from polybundle.safety import budget
+
+
+def _params_and_optimizers(
+    archive: ArchiveReader, manifest: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read params.json and each role's optimizer summary, charging what is read."""
+    params = read_params(archive, manifest, arrays=False)
+    optimizers = {}
+    for entry in manifest["models"]:
+        if "optimizer" not in entry:
+            continue
+        state = entry["optimizer"]["state"]
+        budget.charge(archive.size(state), state)
+        optimizers[entry["role"]] = {
+            **summarize_document(archive.read(state), where=entry["role"]),
+            "slot_bytes": archive.size(entry["optimizer"]["slots"]),
+        }
+    return params, optimizers
+
+
+def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> dict[str, Any]:
+    """Return the manifest, the params and a table of tensors of the bundle at ``path``.
+
+    Reads only JSON members and the zip directory: neither torch nor
+    tensorflow is imported, and sizes are checked against the manifest (run
+    :func:`polybundle.load` to check sha256 too). Each tensor row has
+    ``role``, ``name``, ``shape``, ``dtype``, ``layout`` and ``bytes``.
+    ``optimizers`` maps each role saved with optimizer state to its summary
+    (algorithm, class, step, hyperparameters, slot counts, slot bytes).
+
+    A plain framework file (Keras ``model.save`` or ``torch.save(state_dict)``)
+    is described from its index alone (``data.pkl`` or the HDF5 metadata): one
+    role ``model``, no params. ``max_bytes`` caps the memory read from
+    declared sizes (see :mod:`polybundle.safety.budget`).
+
+    Example:
+        >>> polybundle.inspect("run.bundle")["tensors"][0]  # doctest: +SKIP
+        {'role': 'net', 'name': 'weight', 'shape': [1, 3], 'dtype': 'float32', ...}
+    """
+    with budget.limit(max_bytes), ArchiveReader(path) as archive:
+        detection = detect(archive)
+        if detection.format in PLAIN_FORMATS:
+            with open_plain(path, detection) as plain:
+                manifest, params, optimizers = plain_manifest(plain, detection), {}, {}
+        elif detection.format != FORMAT_NAME:
+            raise FormatError(
+                f"{str(path)!r} is {detection.format!r}; inspect reads format-2 bundles and "
+                "plain framework files. Use polybundle.verify to check it, or "
+                "polybundle.migrate to make it a format-2 bundle."
+            )
+        else:
+            manifest = read_manifest(archive)
+            params, optimizers = _params_and_optimizers(archive, manifest)
+    tensors = []
+    for entry in manifest["models"]:
+        for document in entry["tensors"]:
+            spec = TensorSpec.from_json(document)
+            tensors.append(
+                {
+                    "role": entry["role"],
+                    "name": spec.name,
+                    "shape": list(spec.shape),
+                    "dtype": spec.dtype,
+                    "layout": spec.layout,
+                    "bytes": spec.nbytes,
+                }
+            )
+    return {
+        "path": str(path),
+        "format": manifest["format"],
+        "format_version": manifest["format_version"],
+        "backend": manifest["backend"],
+        "manifest": manifest,
+        "params": params,
+        "tensors": tensors,
+        "optimizers": optimizers,
+    }

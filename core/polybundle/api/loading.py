@@ -1,0 +1,502 @@
+"""``polybundle.load``: detect what wrote a bundle and bring its models back.
+
+Example:
+    >>> bundle = polybundle.load("run.bundle")  # doctest: +SKIP
+    >>> bundle.models["net"]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from polybundle.api.bundle import Bundle, model_entry
+from polybundle.api.lazy import lazy_tensors
+from polybundle.api.transfer import converted_model
+from polybundle.errors import (
+    BackendMismatchError,
+    FormatError,
+    IntegrityError,
+    PolybundleError,
+    UnknownArchitectureError,
+    UnknownBackendError,
+    UnsafeContentError,
+)
+from polybundle.format.archive import ArchiveReader, MemberRange, NestedZip
+from polybundle.format.detection import (
+    FORMAT_NAME,
+    KNOWN_FORMATS,
+    PLAIN_FORMATS,
+    PLAIN_ROLE,
+    TORCH_FILE,
+    Detection,
+)
+from polybundle.format.manifest import read_manifest, verify_members, verifying_members
+from polybundle.format.params import read_params
+from polybundle.hooks.manager import get_plugin_manager
+from polybundle.hooks.registry import get_backend, get_registry, remember_architecture
+from polybundle.legacy.loading import LegacyModels, load_legacy
+from polybundle.legacy.plugin import era_reader
+from polybundle.model.backend import Backend, TensorSpec
+from polybundle.model.layouts import OPAQUE, SCALAR
+from polybundle.safety import budget
+from polybundle.safety.unpickle import list_globals
+from polybundle.tools.progress import progress_bar
+from polybundle_tensorflow.keras_file import read_keras_weights
+from polybundle_torch.pth_reader import MAX_PICKLE_BYTES, index_pth
+
+
+def detect(archive: ArchiveReader) -> Detection:
+    """Ask the detector plugins what wrote ``archive``; raise when none knows.
+
+    Example:
+        >>> with ArchiveReader("run.bundle") as archive:  # doctest: +SKIP
+        ...     detect(archive)
+        Detection(format='polybundle', backend='torch')
+    """
+    detection = get_plugin_manager().hook.polybundle_detect_archive(archive=archive)
+    if detection is None:
+        raise FormatError(
+            f"{str(archive.path)!r} is a zip, but no known format: members "
+            f"{archive.names()[:8]}. polybundle reads: {'; '.join(KNOWN_FORMATS)}. "
+            "A third-party format needs its plugin installed."
+        )
+    return detection
+
+
+class WholeFileArchive(ArchiveReader):
+    """A plain framework file seen as a one-member bundle: the whole file is ``weights``.
+
+    Member ``weights`` (``model.pth`` or ``model.keras``) is the file itself,
+    opened as a :class:`~polybundle.format.archive.MemberRange` from byte 0, so the
+    format-2 readers (eager, lazy, converted) read a plain file unchanged.
+
+    Example:
+        >>> with WholeFileArchive("model.pth", "model.pth") as archive:  # doctest: +SKIP
+        ...     archive.size("model.pth") == os.path.getsize("model.pth")
+        True
+    """
+
+    def __init__(self, path: str | os.PathLike[str], weights: str) -> None:
+        super().__init__(path)
+        self.weights = weights
+
+    def has(self, name: str) -> bool:
+        """Return True for ``weights`` and for every zip member."""
+        return name == self.weights or super().has(name)
+
+    def size(self, name: str) -> int:
+        """Return the file's size for ``weights``, a member's size otherwise."""
+        return self.file_size() if name == self.weights else super().size(name)
+
+    def open(self, name: str) -> Any:
+        """Open ``weights`` as the whole (checked, still open) file, anything else as a member."""
+        if name != self.weights:
+            return super().open(name)
+        member = MemberRange(self.fileno(), 0, self.file_size(), name)
+        member.on_read = self.on_read
+        return member
+
+
+def _plain_specs(detection: Detection, source: Any, where: str) -> list[TensorSpec]:
+    """Describe a plain file's tensors from its index (no tensor bytes read)."""
+    if detection.format == TORCH_FILE:
+        try:
+            index = index_pth(source, where=where)
+        except UnsafeContentError as exc:
+            raise UnsafeContentError(_whole_model_hint(source, where, exc)) from None
+        return [
+            TensorSpec(name, name, tuple(t.shape), t.storage.dtype, OPAQUE if t.shape else SCALAR)
+            for name, t in index.items()
+        ]
+    return [
+        TensorSpec(
+            w.name, w.key, w.shape, w.dtype,
+            w.canonical.layout if w.canonical.kind else (OPAQUE if w.shape else SCALAR),
+            w.canonical.kind, w.layer if w.canonical.kind else "", w.canonical.slot,
+        )
+        for w, _ in read_keras_weights(source, with_arrays=False)
+    ]
+
+
+def _whole_model_hint(source: Any, where: str, exc: UnsafeContentError) -> str:
+    """Say "save a state_dict" when ``torch.save(model)`` pickled a whole module."""
+    try:
+        source.seek(0)
+        inner = NestedZip(source)
+        pickle_name = next(n for n in inner.names() if n.endswith("/data.pkl"))
+        with inner.open(pickle_name) as stream:
+            names = list_globals(stream.read(MAX_PICKLE_BYTES), where=where)
+    except (PolybundleError, StopIteration, OSError, ValueError):
+        return str(exc)
+    modules = [name for name in names if name.startswith(("torch.nn.modules.", "__main__."))]
+    if not modules:
+        return str(exc)
+    return (
+        f"{where} holds a whole pickled model ({', '.join(modules[:4])}), as torch.save(model) "
+        "writes it; unpickling it would import and run code, so polybundle does not. Save "
+        "the weights instead: torch.save(model.state_dict(), path), then load them with a "
+        f"builder (@polybundle.architecture({PLAIN_ROLE!r}, backend='torch')) or "
+        f"into={{{PLAIN_ROLE!r}: model}}. ({exc})"
+    )
+
+
+def _plain_architecture() -> dict[str, Any] | None:
+    """The architecture of a plain file's role: a builder named ``model``, when registered."""
+    if any(name == PLAIN_ROLE for name, _ in get_registry().builders):
+        return {"name": PLAIN_ROLE, "config": {}}
+    return None
+
+
+def plain_manifest(archive: WholeFileArchive, detection: Detection) -> dict[str, Any]:
+    """Return the manifest-like description of a plain framework file (one role, no params).
+
+    ``format`` is the detection's (``torch-file`` or ``keras-file``),
+    ``format_version`` is ``"plain"``, the writer and creation time are
+    unknown, the one role is :data:`~polybundle.format.detection.PLAIN_ROLE`, ``members`` is empty
+    (a plain file records no digests) and the tensors come from the file's
+    index: names, shapes and dtypes; Keras layout tags from ``config.json``,
+    PyTorch ones ``opaque`` (a registered ``model`` builder gives real ones
+    when converting).
+
+    Example:
+        >>> with WholeFileArchive("net.pth", "model.pth") as archive:  # doctest: +SKIP
+        ...     plain_manifest(archive, detect(archive))["models"][0]["role"]
+        'model'
+    """
+    backend = get_backend(PLAIN_FORMATS[detection.format])
+    with archive.open(archive.weights) as source:
+        specs = _plain_specs(detection, source, archive.path.name)
+    return {
+        "format": detection.format,
+        "format_version": "plain",
+        "backend": backend.name,
+        "writer": {"polybundle": None, "framework": backend.distribution,
+                   "framework_version": "unknown (a plain file)"},
+        "created": "unknown",
+        "models": [
+            {
+                "role": PLAIN_ROLE,
+                "architecture": _plain_architecture(),
+                "weights": archive.weights,
+                "tensors": [spec.to_json() for spec in specs],
+            }
+        ],
+        "members": {},
+    }
+
+
+def open_plain(path: str | os.PathLike[str], detection: Detection) -> WholeFileArchive:
+    """Open a plain framework file that ``detection`` recognised as a whole-file archive.
+
+    Example:
+        >>> with open_plain("net.pth", Detection("torch-file", "torch")) as archive:
+        ...     archive.weights  # doctest: +SKIP
+        'model.pth'
+    """
+    return WholeFileArchive(path, get_backend(PLAIN_FORMATS[detection.format]).weights_member)
+
+
+def _tensor_rows(manifest: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (t["name"], t["key"], tuple(t["shape"]), t["dtype"])
+        for entry in manifest["models"] for t in entry["tensors"]
+    ]
+
+
+def with_builder_tags(manifest: dict[str, Any], backend: Backend) -> dict[str, Any]:
+    """Give a plain file's tensors the layout tags of its registered ``model`` builder.
+
+    A ``torch.save`` state_dict says nothing about what its axes mean; the
+    model the builder makes does. Without such a builder, or when the
+    builder's tensors differ from the file's, ``manifest`` is returned as is.
+
+    Example:
+        >>> with_builder_tags(manifest, get_backend("torch"))["models"][0]["tensors"][0]["layout"]
+        ... # doctest: +SKIP
+        'out,in'
+    """
+    registry = get_registry()
+    if not registry.has_builder(PLAIN_ROLE, backend.name):
+        return manifest
+    backend.require()
+    described = backend.describe(registry.builder(PLAIN_ROLE, backend.name)({}))
+    rows = [(s.name, s.key, tuple(s.shape), s.dtype) for s in described]
+    if rows != _tensor_rows(manifest):
+        return manifest
+    entry = {**manifest["models"][0], "tensors": [spec.to_json() for spec in described]}
+    return {**manifest, "models": [entry]}
+
+
+class PlainBundle(Bundle):
+    """A :class:`Bundle` of a plain framework file (format ``torch-file`` or ``keras-file``).
+
+    Its one role is ``model``; it has no params and no optimizer state.
+
+    Example:
+        >>> polybundle.load("model.keras", lazy=True).tensors("model")  # doctest: +SKIP
+    """
+
+    def tensors(self, role: str) -> Any:
+        """Read ``role``'s tensors from the file (memory-mapped when loaded lazily).
+
+        Example:
+            >>> bundle.tensors("model")["fc.weight"].shape  # doctest: +SKIP
+            (4, 3)
+        """
+        entry = model_entry(self.manifest, role)
+        with budget.limit(self.max_bytes), ArchiveReader(self.path) as probe:
+            detection = detect(probe)
+        if detection.format != self.manifest["format"]:
+            raise IntegrityError(f"{str(self.path)!r} changed since it was loaded; load it again.")
+        with budget.limit(self.max_bytes), open_plain(self.path, detection) as archive:
+            if _tensor_rows(plain_manifest(archive, detection)) != _tensor_rows(self.manifest):
+                raise IntegrityError(
+                    f"{str(self.path)!r} changed since it was loaded; load it again."
+                )
+            specs = self.tensor_specs(role)
+            if self.lazy:
+                return lazy_tensors(archive, entry["weights"], specs)
+            budget.check(_declared_bytes(self.manifest, [role]), f"the tensors of {role!r}")
+            with archive.open(entry["weights"]) as source:
+                return get_backend(self.manifest["backend"]).read_tensors(source, specs)
+
+
+def _declared_bytes(manifest: dict[str, Any], roles: list[str]) -> int:
+    return sum(
+        TensorSpec.from_json(t).nbytes for role in roles
+        for t in model_entry(manifest, role)["tensors"]
+    )
+
+
+def _archived_backend(name: str) -> Backend:
+    try:
+        return get_backend(name)
+    except UnknownBackendError:
+        raise UnknownBackendError(
+            f"this bundle was written by the {name!r} backend, which is not installed. "
+            f"Install its plugin package (for example: pip install polybundle-{name})."
+        ) from None
+
+
+def _select_roles(manifest: dict[str, Any], roles: Iterable[str] | None) -> list[str]:
+    available = [entry["role"] for entry in manifest["models"]]
+    if roles is None:
+        return available
+    wanted = list(roles)
+    unknown = [role for role in wanted if role not in available]
+    if unknown:
+        raise PolybundleError(f"roles {unknown} are not in the bundle; it holds {available}.")
+    return wanted
+
+
+def _build_model(
+    archive: ArchiveReader, backend: Backend, entry: dict[str, Any], given: Any | None
+) -> Any:
+    specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
+    architecture = entry["architecture"]
+    registry = get_registry()
+    with archive.open(entry["weights"]) as source:
+        if given is not None:
+            backend.load_into(given, source, specs)
+            return given
+        if architecture and registry.has_builder(architecture["name"], backend.name):
+            builder = registry.builder(architecture["name"], backend.name)
+            model = backend.build_and_load(builder, architecture["config"], source, specs)
+            remember_architecture(model, architecture["name"], architecture["config"])
+            return model
+        model = backend.load_standalone(source, specs)
+        if architecture:
+            remember_architecture(model, architecture["name"], architecture["config"])
+        return model
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    backend: str | None = None,
+    roles: Iterable[str] | None = None,
+    into: dict[str, Any] | None = None,
+    verify: bool | None = None,
+    lazy: bool = False,
+    trust_code: bool = False,
+    progress: bool = False,
+    max_bytes: int | None = None,
+) -> Bundle:
+    """Load the bundle at ``path``, whichever registered backend wrote it.
+
+    ``backend`` (name or alias) asks for a framework. When it is not the one
+    that wrote the bundle, each model is built with ``backend``'s builder for
+    the same architecture and config and loaded with the converted weights
+    (see :mod:`polybundle.api.transfer`); without such a builder
+    :class:`~polybundle.errors.ConversionUnavailableError` (a
+    :class:`~polybundle.errors.BackendMismatchError`) names both backends.
+    ``roles`` limits which models are built. ``into`` gives
+    ready instances to load weights into; other roles are rebuilt with the
+    registered builder of their architecture, or (Keras) from the ``.keras``
+    file with ``safe_mode=True``. ``verify`` checks every member's sha256
+    (on by default): beside the framework's read in a background thread for
+    models built here (they are discarded on a mismatch), before anything is
+    loaded when ``into`` gives models the caller owns. Nothing is ever unpickled.
+
+    ``progress=True`` shows a progress bar of the bytes read (hashing and
+    loading) for bundles of 64 MiB and more (:mod:`polybundle.tools.progress`).
+
+    ``max_bytes`` caps the memory the call may allocate from the sizes the
+    archive declares (None: :data:`polybundle.safety.budget.DEFAULT_MAX_BYTES`);
+    past it :class:`~polybundle.errors.BudgetExceededError` is raised before
+    the allocation. A lazy bundle keeps the cap for its later reads.
+
+    ``lazy=True`` builds no models and imports no framework: ``tensors(role)``
+    then memory-maps the weights, reading only what is touched. A lazy load
+    does not hash the members unless ``verify=True`` is passed (which reads
+    every byte up front); ``verify`` defaults to ``not lazy``.
+
+    Plain framework files load too: a Keras 3 ``model.save("model.keras")``
+    file or a ``torch.save(model.state_dict())`` file is a one-role bundle
+    (role ``"model"``, no params, nothing to verify against). Its model is
+    built from ``into={"model": net}``, from a builder registered under the
+    name ``"model"``, or (Keras) from the file with ``safe_mode=True``;
+    ``bundle.tensors("model")`` reads the weights without any of them.
+
+    Legacy archives (TensorFlow dill, PyTorch dill, PyTorch JSON eras) go to
+    their registered era reader (:mod:`polybundle.legacy`): params and
+    tensors always load, with no pickled code run; a role's model is built
+    from ``into``, from a builder registered under the role's name, or (Keras)
+    from the file. ``trust_code=True`` allows unpickling a TensorFlow-era
+    ``custom_objects.dill``, which imports and can run the code it names.
+
+    Example:
+        >>> bundle = polybundle.load("run.bundle", roles=["net"])  # doctest: +SKIP
+        >>> bundle.models["net"].eval()
+    """
+    into = dict(into or {})
+    if lazy and into:
+        raise PolybundleError("lazy=True builds no models, so into= cannot be given with it.")
+    options = {
+        "backend": backend, "roles": roles, "into": into, "lazy": lazy,
+        "check": not lazy if verify is None else verify, "progress": progress,
+    }
+    with budget.limit(max_bytes):
+        with ArchiveReader(path) as archive:
+            detection = detect(archive)
+            if detection.format in PLAIN_FORMATS:
+                with open_plain(path, detection) as plain:
+                    bundle = _load_bundle(plain, plain_manifest(plain, detection), None, **options)
+            elif detection.format != FORMAT_NAME:
+                budget.check(sum(archive.size(n) for n in archive.names()), "the archive's members")
+                bundle = load_legacy(
+                    archive, era_reader(detection.format), backend=backend,
+                    roles=[] if lazy else roles, into=into, trust_code=trust_code,
+                )
+            else:
+                bundle = _load_bundle(archive, read_manifest(archive), detection, **options)
+    bundle.max_bytes = max_bytes
+    get_plugin_manager().hook.polybundle_params_loaded(
+        params=bundle.params, manifest=bundle.manifest, path=str(path)
+    )
+    return bundle
+
+
+def _load_bundle(
+    archive: ArchiveReader,
+    manifest: dict[str, Any],
+    detection: Detection | None,
+    *,
+    backend: str | None,
+    roles: Iterable[str] | None,
+    into: dict[str, Any],
+    lazy: bool,
+    check: bool,
+    progress: bool,
+) -> Bundle:
+    """Load a format-2 bundle, or a plain framework file (``detection`` None) seen as one."""
+    path = archive.path
+    plain = detection is None
+    archived = _archived_backend(manifest["backend"])
+    if detection and detection.backend and get_backend(detection.backend).name != archived.name:
+        raise FormatError(
+            f"a detector says {detection.backend!r} wrote {str(path)!r}, but its manifest "
+            f"says {archived.name!r}; the bundle is inconsistent."
+        )
+    requested = archived if backend is None else get_backend(backend)
+    if requested.name != archived.name and lazy:
+        raise BackendMismatchError(
+            archived.name, requested.name,
+            "lazy=True gives the tensors as stored; load without lazy to convert them.",
+        )
+    if plain and requested.name != archived.name:
+        manifest = with_builder_tags(manifest, archived)
+    selected = _select_roles(manifest, roles)
+    stray = set(into) - set(selected)
+    if stray:
+        raise PolybundleError(
+            f"into names roles {sorted(stray)} that are not being loaded ({selected})."
+        )
+    check = check and not plain  # a plain file records no digests to check against
+    if not lazy:
+        budget.check(_declared_bytes(manifest, selected), f"the tensors of roles {selected}")
+    to_read = sum(archive.size(model_entry(manifest, r)["weights"]) for r in selected)
+    if check:
+        to_read += sum(record["size"] for record in manifest["members"].values())
+    bar = progress_bar(f"loading {Path(path).name}", 0 if lazy else to_read, enabled=progress)
+    with bar as advance:
+        archive.on_read = advance
+        if check and (into or lazy):  # models the caller owns change only after the check
+            verify_members(archive, manifest)
+        models, plans, params = _load_models(
+            archive, manifest, archived, requested, selected, into,
+            verify=check and not into and not lazy, lazy=lazy, plain=plain,
+        )
+    kind = PlainBundle if plain else Bundle
+    return kind(Path(path), manifest, params, requested.name, models, lazy=lazy,
+                conversions=plans)
+
+
+def _plain_reason(role: str, backend: Backend, exc: PolybundleError) -> PolybundleError:
+    return UnknownArchitectureError(
+        f"a plain {backend.name} weights file does not say which architecture it holds, so "
+        f"role {role!r} cannot be rebuilt from it ({exc}). Register a builder named "
+        f"{PLAIN_ROLE!r}: @polybundle.architecture({PLAIN_ROLE!r}, backend={backend.name!r}), "
+        f"or pass into={{{role!r}: model}}; bundle.tensors({role!r}) reads the weights "
+        "without one."
+    )
+
+
+def _load_models(
+    archive: ArchiveReader,
+    manifest: dict[str, Any],
+    archived: Backend,
+    requested: Backend,
+    selected: list[str],
+    into: dict[str, Any],
+    *,
+    verify: bool,
+    lazy: bool,
+    plain: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Read params and build the selected roles' models, hashing alongside when asked."""
+    with verifying_members(archive, manifest, enabled=verify):
+        params: dict[str, Any] = {}
+        if not plain:
+            params = read_params(archive, manifest)
+        if not lazy:
+            requested.require()
+        models: dict[str, Any] = LegacyModels({}) if plain else {}
+        plans: dict[str, Any] = {}
+        for role in [] if lazy else selected:
+            entry = model_entry(manifest, role)
+            try:
+                if requested is archived:
+                    models[role] = _build_model(archive, archived, entry, into.get(role))
+                else:
+                    models[role], plans[role] = converted_model(
+                        archive, entry, archived, requested, into.get(role)
+                    )
+            except UnknownArchitectureError as exc:
+                if not plain or role in into or requested is not archived:
+                    raise
+                models.reasons[role] = _plain_reason(role, archived, exc)
+    return models, plans, params

@@ -1,0 +1,254 @@
+"""``polybundle.save``: write a set of named models of one framework as a bundle.
+
+Example:
+    >>> import polybundle, torch
+    >>> manifest = polybundle.save("run.bundle", {"net": torch.nn.Linear(3, 1)},
+    ...                            params={"lr": 1e-3})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from polybundle.errors import BackendError, PolybundleError
+from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
+from polybundle.format.params import ARRAYS_MEMBER, encode_params
+from polybundle.format.writer import ArchiveWriter
+from polybundle.hooks.registry import backend_for_model, remembered_architecture
+from polybundle.model.backend import Backend, TensorSpec
+from polybundle.model.optimizer import SLOTS_MEMBER, STATE_MEMBER, OptimizerState, encode_optimizer
+from polybundle.tools.progress import progress_bar
+from polybundle.training.rng import RNG_MEMBER, capture_rng, encode_rng
+
+_ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+ArchitectureSpec = tuple[str, dict[str, Any]] | dict[str, Any]
+
+
+def _check_roles(models: dict[str, Any]) -> None:
+    if not isinstance(models, dict) or not models:
+        raise PolybundleError(
+            f"models is {models!r}; expected a non-empty dict {{role: model}}, e.g. "
+            "{'autoencoder': model}."
+        )
+    for role in models:
+        if not isinstance(role, str) or not _ROLE.match(role) or len(role) > 128:
+            raise PolybundleError(
+                f"role {role!r} is not a valid role name; use letters, digits, '_', '-' and "
+                "'.', not starting with '.' or '-' (it becomes a folder in the bundle)."
+            )
+
+
+def _infer_backend(models: dict[str, Any]) -> Backend:
+    owners = {role: backend_for_model(model) for role, model in models.items()}
+    names = {backend.name for backend in owners.values()}
+    if len(names) > 1:
+        detail = ", ".join(f"{role}: {backend.name}" for role, backend in owners.items())
+        raise BackendError(
+            f"a bundle holds models of one framework, but these mix {sorted(names)} "
+            f"({detail}). Save each framework's models to its own bundle."
+        )
+    return next(iter(owners.values()))
+
+
+def _architecture(role: str, model: Any, given: ArchitectureSpec | None) -> dict[str, Any] | None:
+    if given is None:
+        remembered = remembered_architecture(model)
+        if remembered is None:
+            return None
+        given = remembered
+    if isinstance(given, tuple) and len(given) == 2:
+        name, config = given
+    elif isinstance(given, dict) and "name" in given:
+        name, config = given["name"], given.get("config", {})
+    else:
+        raise PolybundleError(
+            f"architectures[{role!r}] is {given!r}; expected (name, config) or "
+            "{'name': ..., 'config': {...}}."
+        )
+    try:
+        json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PolybundleError(
+            f"the config of architecture {name!r} for role {role!r} is not plain JSON ({exc})."
+        ) from None
+    return {"name": name, "config": config}
+
+
+def _optimizer_members(
+    backend: Backend,
+    models: dict[str, Any],
+    optimizers: dict[str, Any] | None,
+    schedulers: dict[str, Any] | None,
+) -> dict[str, tuple[bytes, bytes, dict[str, Any]]]:
+    """Export and encode each role's optimizer: ``{role: (json, safetensors, summary)}``."""
+    optimizers = dict(optimizers or {})
+    schedulers = dict(schedulers or {})
+    for label, given in (("optimizers", optimizers), ("schedulers", schedulers)):
+        unknown = set(given) - set(models)
+        if unknown:
+            raise PolybundleError(
+                f"{label} names roles {sorted(unknown)} that are not in models "
+                f"({sorted(models)}); use the same role names."
+            )
+    stray = set(schedulers) - set(optimizers)
+    if stray:
+        raise PolybundleError(
+            f"schedulers are given for roles {sorted(stray)} without an optimizer; pass "
+            "optimizers={role: optimizer} for them too."
+        )
+    encoded = {}
+    for role, optimizer in optimizers.items():
+        if isinstance(optimizer, OptimizerState):  # neutral already (e.g. converted)
+            if role in schedulers:
+                raise PolybundleError(
+                    f"optimizers[{role!r}] is a neutral OptimizerState, which carries its own "
+                    "schedule; pass no scheduler for it."
+                )
+            from polybundle.model.optimizer_conversion import check_state_fits
+
+            check_state_fits(optimizer, backend.name, backend.describe(models[role]))
+            state = optimizer
+        else:
+            state = backend.export_optimizer(models[role], optimizer, schedulers.get(role))
+        document, arrays = encode_optimizer(state)
+        encoded[role] = (document, arrays, {"algorithm": state.algorithm, "step": state.step})
+    return encoded
+
+
+def _check_target(path: Path) -> None:
+    if path.is_dir():
+        raise PolybundleError(f"{str(path)!r} is a directory; expected a file path for the bundle.")
+    if not path.parent.is_dir():
+        raise PolybundleError(
+            f"the folder {str(path.parent)!r} does not exist; create it before saving there."
+        )
+
+
+def _parity_members(
+    backend: Backend, models: dict[str, Any], inputs: Any
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """Run each model on its parity inputs; return ``{role: (member bytes, manifest record)}``."""
+    if inputs is None:
+        return {}
+    from polybundle.tools.parity import PARITY_MEMBER, encode_parity, per_role_inputs
+
+    members = {}
+    for role, named in per_role_inputs(inputs, models).items():
+        outputs = backend.predict(models[role], named)
+        record = {"member": f"{role}/{PARITY_MEMBER}", "inputs": sorted(named),
+                  "outputs": sorted(outputs), "backend": backend.name}
+        members[role] = (encode_parity(named, outputs), record)
+    return members
+
+
+def save(
+    path: str | os.PathLike[str],
+    models: dict[str, Any],
+    *,
+    params: dict[str, Any] | None = None,
+    architectures: dict[str, ArchitectureSpec] | None = None,
+    optimizers: dict[str, Any] | None = None,
+    schedulers: dict[str, Any] | None = None,
+    rng: bool = False,
+    progress: bool = False,
+    parity_inputs: Any = None,
+) -> dict[str, Any]:
+    """Save ``{role: native model}`` and ``params`` as a format-2 bundle at ``path``.
+
+    ``params`` is a dict of JSON values and NumPy arrays and scalars at any
+    depth (dtypes of :data:`polybundle.format.params.DTYPES`: complex, bool,
+    bfloat16 and float8 included); arrays go to ``params.safetensors`` and
+    come back bit for bit (see :mod:`polybundle.format.params`).
+
+    The backend is inferred from the models' types. ``architectures`` maps a
+    role to ``(name, config)`` so :func:`polybundle.load` can rebuild it with
+    a registered builder; models made with :func:`polybundle.build` remember
+    theirs. ``optimizers`` maps a role to the native optimizer training it
+    (stored as neutral state in ``<role>/optimizer.json`` and
+    ``<role>/optimizer.safetensors``; a neutral
+    :class:`~polybundle.model.optimizer.OptimizerState` of this backend is stored
+    as given); ``schedulers`` maps a role to its
+    PyTorch ``lr_scheduler`` (Keras keeps its schedule in the optimizer).
+    ``rng=True`` records the global random generators (``rng.json``). Every
+    input is checked before anything is written, and the file appears
+    atomically. ``progress=True`` shows a progress bar for weights of 64 MiB
+    and more (:mod:`polybundle.tools.progress`). ``parity_inputs`` (an array, a
+    list of arrays, or ``{role: ...}``) runs each model on them in inference
+    mode and stores inputs and outputs in ``<role>/parity.safetensors`` as the
+    reference for :func:`polybundle.tools.parity.compare` and ``polybundle verify
+    --parity``. Returns the manifest written.
+
+    Example:
+        >>> net = polybundle.build("mlp", {"inputs": 3}, backend="torch")  # doctest: +SKIP
+        >>> polybundle.save("run.bundle", {"net": net}, params={"lr": 1e-3})["backend"]
+        'torch'
+    """
+    target = Path(path)
+    _check_roles(models)
+    backend = _infer_backend(models)
+    encoded_params = encode_params({} if params is None else params)
+    architectures = dict(architectures or {})
+    unknown = set(architectures) - set(models)
+    if unknown:
+        raise PolybundleError(
+            f"architectures names roles {sorted(unknown)} that are not in models "
+            f"({sorted(models)}); use the same role names."
+        )
+    entries = []
+    for role, model in models.items():
+        entries.append(
+            {
+                "role": role,
+                "architecture": _architecture(role, model, architectures.get(role)),
+                "weights": f"{role}/{backend.weights_member}",
+                "tensors": [spec.to_json() for spec in backend.describe(model)],
+            }
+        )
+    optimizer_members = _optimizer_members(backend, models, optimizers, schedulers)
+    rng_bytes = encode_rng(capture_rng()) if rng else None
+    parity = _parity_members(backend, models, parity_inputs)
+    for entry in entries:
+        if entry["role"] in parity:
+            entry["parity"] = parity[entry["role"]][1]
+        if entry["role"] in optimizer_members:
+            summary = optimizer_members[entry["role"]][2]
+            entry["optimizer"] = {
+                "state": f"{entry['role']}/{STATE_MEMBER}",
+                "slots": f"{entry['role']}/{SLOTS_MEMBER}",
+                **summary,
+            }
+    _check_target(target)
+    weights_bytes = sum(TensorSpec.from_json(t).nbytes for e in entries for t in e["tensors"])
+    bar = progress_bar(f"saving {target.name}", weights_bytes, enabled=progress)
+    with ArchiveWriter(target) as writer, bar as advance:
+        writer.write_bytes(PARAMS_MEMBER, encoded_params.document, compress=True)
+        if encoded_params.arrays is not None:
+            writer.write_bytes(ARRAYS_MEMBER, encoded_params.arrays)
+        for entry in entries:
+            with writer.stream(entry["weights"]) as stream:
+                stream.on_write = advance
+                backend.write(models[entry["role"]], stream)
+            if "optimizer" in entry:
+                document, arrays, _ = optimizer_members[entry["role"]]
+                writer.write_bytes(entry["optimizer"]["state"], document, compress=True)
+                writer.write_bytes(entry["optimizer"]["slots"], arrays)
+            if "parity" in entry:
+                writer.write_bytes(entry["parity"]["member"], parity[entry["role"]][0])
+        if rng_bytes is not None:
+            writer.write_bytes(RNG_MEMBER, rng_bytes, compress=True)
+        manifest = build_manifest(
+            backend=backend.name,
+            framework=backend.distribution,
+            framework_version=backend.framework_version(),
+            models=entries,
+            members=writer.records,
+            rng=RNG_MEMBER if rng_bytes is not None else None,
+        )
+        writer.write_bytes(MANIFEST_MEMBER, json.dumps(manifest, indent=1).encode(), compress=True)
+        writer.commit()
+    return manifest

@@ -1,0 +1,48 @@
+"""Compare what a weights file stores with what the manifest declares, before reading.
+
+Every reader (framework-free or not, eager or lazy) calls :func:`check_stored`
+with the shape and dtype it found in the weights file's own index (the pickle's
+tensor records, the HDF5 dataset header) before it allocates or maps the bytes.
+A manifest that says ``(3, 4)`` over a file holding ``(4, 3)`` is refused here,
+not when the model is first called.
+
+Example:
+    >>> from polybundle.model.backend import TensorSpec
+    >>> spec = TensorSpec("fc.weight", "fc.weight", (3, 4), "float32", "out,in")
+    >>> check_stored(spec, (3, 4), "float32", where="net/model.pth")
+    >>> check_stored(spec, (4, 3), "float32", where="net/model.pth")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    polybundle.errors.IntegrityError: net/model.pth stores fc.weight as (4, 3) float32, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from polybundle.errors import IntegrityError
+from polybundle.model.backend import TensorSpec, dtype_label
+
+
+def check_stored(
+    spec: TensorSpec, shape: Sequence[int], dtype: Any, *, where: str
+) -> None:
+    """Refuse a stored tensor whose shape or dtype is not the one ``spec`` declares.
+
+    ``shape`` and ``dtype`` are what the weights file itself records for the
+    tensor; ``where`` names the member in the error.
+
+    Example:
+        >>> spec = TensorSpec("b", "b", (2,), "float16", "out")
+        >>> check_stored(spec, [2], "<f2", where="net/model.keras")
+    """
+    stored_shape = tuple(int(axis) for axis in shape)
+    stored_dtype = dtype_label(dtype)
+    if stored_shape == tuple(spec.shape) and stored_dtype == spec.dtype:
+        return
+    raise IntegrityError(
+        f"{where} stores {spec.name} as {stored_shape} {stored_dtype}, but the manifest "
+        f"declares {tuple(spec.shape)} {spec.dtype}; the bundle was altered or damaged. "
+        "Re-copy it or re-save it from the model."
+    )

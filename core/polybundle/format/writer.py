@@ -1,0 +1,564 @@
+"""Write a bundle's zip atomically, hashing every member as it is written.
+
+:class:`ArchiveWriter` writes into a temporary file in the target directory;
+:meth:`ArchiveWriter.commit` fsyncs it, moves it over the target with
+:func:`os.replace` and fsyncs the directory, so a crash leaves either the old
+bundle or the new one. Leaving the ``with`` block on an error removes the
+temporary file (before anything else, so a full disk is freed even when closing
+fails) and leaves the target untouched; an error of the operating system (full
+disk, read-only folder, no permission) becomes a
+:class:`~polybundle.errors.WriteError` naming the path and the OS's reason.
+
+Temporary files are named ``.<target>.polybundle-tmp-<pid>-<random>`` and are
+held under an advisory lock while written. The next write into the same
+folder removes those of writers that died (SIGKILL, power loss): a temporary
+file is removed only when its process is gone *and* nobody holds its lock
+(:func:`remove_stale_temps`), so a live writer's file is never touched.
+
+Large members are written for reading without copies: STORED, with their
+data starting at a multiple of :data:`ALIGNMENT` in the file (the local
+header's extra field is padded, as Android's zipalign does), so a reader can
+memory-map them and every tensor stays aligned. Their sha256 is computed by a
+background thread that reads the bytes back from the page cache just behind
+the framework writing them, so on a machine with a free core hashing costs
+little wall time; small or deflated members are hashed inline.
+
+Example:
+    >>> with ArchiveWriter("out.bundle") as writer:  # doctest: +SKIP
+    ...     writer.write_bytes("params.json", b"{}")
+    ...     writer.commit()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import secrets
+import struct
+import threading
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from polybundle.errors import PolybundleError, WriteError
+
+ALIGNMENT = 64
+"""Byte boundary at which every STORED member's data starts."""
+
+PADDING_FIELD = 0xD935
+"""Extra-field id of the alignment padding (the id Android's zipalign uses)."""
+
+_ZIP64_EXTRA = 20  # the zip64 extra field zipfile appends to a forced-zip64 local header
+_LOCAL_HEADER = 30
+_CHUNK = 4 * 1024 * 1024
+
+TEMP_MARK = ".polybundle-tmp-"
+"""What every temporary file's name holds: ``.<target>.polybundle-tmp-<pid>-<random>``."""
+_TEMP_NAME = re.compile(r"^\..*\.polybundle-tmp-(?P<pid>[0-9]{1,10})-[0-9a-f]{8,32}$", re.DOTALL)
+_NAME_KEEP = 180  # characters of the target's name kept in the temporary name (NAME_MAX is 255)
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """Size and sha256 of one member, as the manifest records them.
+
+    Example:
+        >>> MemberRecord("params.json", 2, "44136fa3...").size
+        2
+    """
+
+    name: str
+    size: int
+    sha256: str
+
+
+class HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes and counts what passes through it.
+
+    Frameworks write their native files into it (``torch.save``, Keras'
+    ``save_model``) while it forwards the bytes into the zip member.
+
+    Example:
+        >>> sink = io.BytesIO()
+        >>> w = HashingWriter(sink)
+        >>> w.write(b"abc")
+        3
+        >>> w.size, w.hexdigest()[:8]
+        (3, 'ba7816bf')
+    """
+
+    def __init__(
+        self,
+        sink: io.RawIOBase | io.BufferedIOBase,
+        *,
+        readback: tuple[BinaryIO, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self._sink = sink
+        self._digest = hashlib.sha256()
+        self._trailing: _TrailingHasher | None = None
+        self._file: BinaryIO | None = None
+        self.on_write: Callable[[int], None] | None = None
+        """Called with each write's byte count (e.g. to advance a progress bar)."""
+        if readback is not None:
+            self._file, start = readback
+            self._trailing = _TrailingHasher(self._file.fileno(), start)
+        self._crc = 0
+        self.size = 0
+        self.os_error: OSError | None = None
+        """The first OS error a write met (a framework may raise it as something else)."""
+
+    def writable(self) -> bool:
+        """Return True: this stream only writes."""
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        """Hash ``data``, forward it to the sink and return its length."""
+        view = memoryview(data).cast("B")
+        try:
+            self._sink.write(view)
+        except OSError as exc:  # kept: frameworks re-raise it as their own error
+            self.os_error = self.os_error or exc
+            raise
+        self.size += len(view)
+        if self._trailing is not None and self._file is not None:
+            self._crc = zlib.crc32(view, self._crc)  # cheap, and the bytes are hot here
+            self._file.flush()  # the trailing hasher reads what the OS holds
+            self._trailing.advance(self.size)
+        else:
+            self._digest.update(view)
+        if self.on_write is not None:
+            self.on_write(len(view))
+        return len(view)
+
+    def tell(self) -> int:
+        """Return the number of bytes written so far."""
+        return self.size
+
+    def hexdigest(self) -> str:
+        """Return the hex sha256 of everything written (waits for a trailing hasher)."""
+        if self._trailing is not None:
+            return self._trailing.finish()
+        return self._digest.hexdigest()
+
+    @property
+    def crc32(self) -> int | None:
+        """Return the CRC-32 of what was written when a trailing hasher runs, else None.
+
+        The CRC is computed in the writing thread (it is several times cheaper
+        than sha256), so the two hashes share the two cores.
+        """
+        return None if self._trailing is None else self._crc
+
+
+class _TrailingHasher:
+    """Hash (sha256) bytes ``[start, start + n)`` of a file as ``n`` grows."""
+
+    def __init__(self, fd: int, start: int) -> None:
+        self._fd = fd
+        self._start = start
+        self._written = 0
+        self._closed = False
+        self._result: str | None = None
+        self._error: BaseException | None = None
+        self._digest = hashlib.sha256()
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="polybundle-hash", daemon=True)
+        self._thread.start()
+
+    def advance(self, written: int) -> None:
+        with self._ready:
+            self._written = written
+            self._ready.notify()
+
+    def finish(self) -> str:
+        if self._result is None:
+            with self._ready:
+                self._closed = True
+                self._ready.notify()
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            self._result = self._digest.hexdigest()
+        return self._result
+
+    def _run(self) -> None:
+        view = memoryview(bytearray(_CHUNK))
+        hashed = 0
+        try:
+            while True:
+                with self._ready:
+                    while hashed >= self._written and not self._closed:
+                        self._ready.wait()
+                    target = self._written
+                if hashed >= target:
+                    return
+                while hashed < target:
+                    want = min(_CHUNK, target - hashed)
+                    count = os.preadv(self._fd, [view[:want]], self._start + hashed)
+                    if count <= 0:
+                        raise OSError(f"could not read back bytes at {self._start + hashed}")
+                    self._digest.update(view[:count])
+                    hashed += count
+        except BaseException as exc:  # handed to finish() in the writing thread
+            self._error = exc
+
+
+def _padding(offset: int, name: str) -> bytes:
+    """Return the extra field that makes a member's data start on :data:`ALIGNMENT`."""
+    header = _LOCAL_HEADER + len(name.encode("utf-8")) + 4 + _ZIP64_EXTRA
+    pad = -(offset + header) % ALIGNMENT
+    return struct.pack("<HH", PADDING_FIELD, pad) + bytes(pad)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def os_reason(exc: OSError) -> str:
+    """Return the operating system's words for ``exc`` (``strerror``, else ``str``).
+
+    Example:
+        >>> os_reason(OSError(28, "No space left on device"))
+        'No space left on device'
+    """
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def find_os_error(exc: BaseException | None) -> OSError | None:
+    """Return ``exc`` or the first :class:`OSError` it was raised from, else ``None``.
+
+    Example:
+        >>> find_os_error(RuntimeError("x")) is None
+        True
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _lock(fd: int) -> None:
+    """Hold an exclusive advisory lock on ``fd`` for as long as it is open (best effort)."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):  # no flock here (platform, file system): the pid still counts
+        pass
+
+
+def create_temp(target: Path) -> tuple[int, Path]:
+    """Create and lock a new temporary file beside ``target``; return ``(fd, path)``.
+
+    The name is ``.<target name>.polybundle-tmp-<pid>-<random>``; the file is
+    created exclusively (mode 0600) and held under :func:`fcntl.flock` until closed.
+
+    Example:
+        >>> fd, path = create_temp(Path("run.bundle"))  # doctest: +SKIP
+        >>> path.name  # doctest: +SKIP
+        '.run.bundle.polybundle-tmp-4242-9f86d081'
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for attempt in range(100):
+        name = f".{target.name[:_NAME_KEEP]}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+        path = target.parent / name
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:  # 2**32 names per pid: try another
+            if attempt == 99:
+                raise
+            continue
+        _lock(fd)
+        return fd, path
+    raise AssertionError("unreachable")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid() or os.name == "nt":
+        return True  # not a writer's pid, our own live writer; on Windows signal 0 is Ctrl-C
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def _nobody_holds(path: str) -> bool:
+    """Return True when no process holds ``path``'s advisory lock (or locks do not exist)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # flock unsupported on this file system: the pid alone decides
+        return True
+    finally:
+        os.close(fd)
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove temporary files of dead writers from ``directory``; return their names.
+
+    A file counts as stale only when its name has the :data:`TEMP_MARK` form,
+    it is a regular file, the process id in its name is not alive and no one
+    holds its lock; anything else is left alone. Failures are ignored (the
+    write that follows reports its own).
+
+    Example:
+        >>> remove_stale_temps(".")  # doctest: +SKIP
+        ['.run.bundle.polybundle-tmp-4242-9f86d081']
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or not _nobody_holds(entry.path):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return removed
+
+
+def write_error(exc: OSError, target: Path, detail: str = "") -> WriteError:
+    """Return the :class:`~polybundle.errors.WriteError` that reports ``exc`` for ``target``.
+
+    Example:
+        >>> str(write_error(OSError(30, "Read-only file system"), Path("a/b.bundle")))
+        "could not write 'a/b.bundle': Read-only file system. Nothing was changed on disk. ..."
+    """
+    return WriteError(str(target), os_reason(exc), detail)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
+
+    On any failure the temporary file is removed; an OS error becomes a
+    :class:`~polybundle.errors.WriteError`.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "checkpoints.json"
+        >>> atomic_write_bytes(target, b"{}")
+        >>> target.read_bytes()
+        b'{}'
+    """
+    atomic_write_chunks(path, [data])
+
+
+def atomic_write_chunks(
+    path: str | os.PathLike[str],
+    chunks: Iterable[bytes],
+    *,
+    check: Callable[[Path], None] | None = None,
+) -> None:
+    """Write ``chunks`` to ``path`` atomically; ``check(temp)`` may refuse before it appears.
+
+    The one atomic-path routine for whole files (bundles have
+    :class:`ArchiveWriter`): stale temporary files of dead writers are
+    removed, the bytes go to a locked temporary file beside ``path``, which is
+    fsynced, given the umask's permissions, checked, renamed over ``path``
+    and the folder fsynced. On any failure the temporary file is removed and
+    ``path`` is left as it was; an OS error becomes a
+    :class:`~polybundle.errors.WriteError`.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "copy.bin"
+        >>> atomic_write_chunks(target, [b"ab", b"cd"], check=lambda temp: None)
+        >>> target.read_bytes()
+        b'abcd'
+    """
+    target = Path(path)
+    remove_stale_temps(target.parent)
+    try:
+        fd, temp = create_temp(target)
+    except OSError as exc:
+        raise write_error(exc, target) from None
+    try:
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        finally:
+            os.close(fd)
+        if check is not None:
+            check(temp)
+        os.replace(temp, target)
+    except BaseException as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(exc, target) from exc
+        raise
+    _fsync_directory(target.parent)
+
+
+class ArchiveWriter:
+    """Write a zip into a temporary file and publish it atomically.
+
+    Members go in STORED unless ``compress=True`` is asked for (small JSON).
+    Every member's size and sha256 is recorded in :attr:`records`. Creating
+    the writer first removes stale temporary files of dead writers from the
+    target's folder (:func:`remove_stale_temps`).
+
+    Example:
+        >>> with ArchiveWriter("out.bundle") as writer:  # doctest: +SKIP
+        ...     with writer.stream("torch/model.pth") as stream:
+        ...         stream.write(b"...")
+        ...     writer.commit()
+    """
+
+    def __init__(self, target: str | os.PathLike[str]) -> None:
+        self.target = Path(target)
+        self.records: list[MemberRecord] = []
+        self._committed = False
+        self._os_error: OSError | None = None
+        remove_stale_temps(self.target.parent)
+        try:
+            fd, self._temp_path = create_temp(self.target)
+        except OSError as exc:
+            raise write_error(exc, self.target) from None
+        self._file = os.fdopen(fd, "w+b")
+        self._zip = zipfile.ZipFile(self._file, "w", allowZip64=True)
+
+    @property
+    def temp_path(self) -> Path:
+        """Return the path of the temporary file being written."""
+        return self._temp_path
+
+    def __enter__(self) -> ArchiveWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._committed:
+            return
+        self.abort()
+        if not isinstance(exc, Exception) or isinstance(exc, PolybundleError):
+            return  # no error, an interrupt (KeyboardInterrupt), or already typed
+        cause = find_os_error(exc) or self._os_error
+        if cause is not None:
+            raise write_error(cause, self.target) from exc
+
+    def _info(self, name: str, compress: bool) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        info.external_attr = 0o100644 << 16
+        return info
+
+    @contextmanager
+    def stream(self, name: str, *, compress: bool = False) -> Iterator[HashingWriter]:
+        """Open member ``name`` for writing; yields a :class:`HashingWriter`.
+
+        A STORED member starts on :data:`ALIGNMENT`; its bytes go straight to
+        the file; a trailing thread computes its sha256 from the page cache
+        while the writing thread computes the CRC-32 the zip header needs.
+        A deflated member goes through zipfile and is hashed inline.
+        """
+        info = self._info(name, compress)
+        if compress:
+            with self._zip.open(info, "w", force_zip64=True) as member:
+                writer = HashingWriter(member)
+                try:
+                    yield writer
+                finally:
+                    self._os_error = self._os_error or writer.os_error
+            self.records.append(MemberRecord(name, writer.size, writer.hexdigest()))
+            return
+        info.extra = _padding(self._file.tell(), name)
+        with self._zip.open(info, "w", force_zip64=True) as member:
+            writer = HashingWriter(self._file, readback=(self._file, self._file.tell()))
+            try:
+                yield writer
+            finally:
+                self._os_error = self._os_error or writer.os_error
+                digest = writer.hexdigest()
+            # zipfile takes the sizes and CRC of the member from these on close
+            member._file_size = member._compress_size = writer.size
+            member._crc = writer.crc32
+        self.records.append(MemberRecord(name, writer.size, digest))
+
+    def write_bytes(self, name: str, data: bytes, *, compress: bool = False) -> MemberRecord:
+        """Write a whole member from memory and return its record."""
+        with self.stream(name, compress=compress) as stream:
+            stream.write(data)
+        return self.records[-1]
+
+    def commit(self) -> None:
+        """Finish the zip, fsync it, move it over the target and fsync the directory.
+
+        On an OS error (a full disk at the last bytes) everything is discarded
+        and a :class:`~polybundle.errors.WriteError` is raised.
+        """
+        try:
+            self._zip.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._temp_path, self.target)
+        except OSError as exc:
+            self.abort()
+            raise write_error(exc, self.target) from exc
+        self._committed = True
+        _fsync_directory(self.target.parent)
+
+    def abort(self) -> None:
+        """Discard everything written; the target is left as it was.
+
+        The temporary file is unlinked first: closing a file on a full disk
+        fails (the buffered tail cannot be flushed), and the file must not
+        outlive that failure. Idempotent.
+        """
+        try:
+            self._temp_path.unlink(missing_ok=True)
+        except OSError:  # the folder went read-only meanwhile; nothing more can be done
+            pass
+        try:
+            self._zip.close()
+        except Exception:  # the zip may be half written; it is being discarded
+            pass
+        try:
+            self._file.close()  # closes the descriptor even when the flush fails
+        except OSError:
+            pass

@@ -1,0 +1,252 @@
+"""Load a legacy archive into a :class:`~polybundle.api.bundle.Bundle`.
+
+Called by :func:`polybundle.load` when a detector reports a legacy era. A
+role's model is built, in this order, from ``into={role: model}``, from a
+builder registered under the role's name (given the archive's params as its
+config: legacy archives record no architecture), or from the archive alone
+where the era allows it (Keras; custom objects only with ``trust_code``).
+A role that cannot be built is left out of ``bundle.models``; asking for it
+raises an error that says why and what to do.
+
+Example:
+    >>> bundle = polybundle.load("wts.h5.zip", into={"autoencoder": net})  # doctest: +SKIP
+    >>> bundle.params["intensity_scale"], bundle.params["_version"]
+    (2.5, '2.0-pytorch')
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polybundle.api.bundle import Bundle
+from polybundle.errors import (
+    BackendMismatchError,
+    IntegrityError,
+    PolybundleError,
+    UnsafeContentError,
+)
+from polybundle.format.archive import ArchiveReader
+from polybundle.hooks.registry import get_backend, get_registry, remember_architecture
+from polybundle.legacy.era import EraReader, LegacyContent, LegacyRole, read_member
+from polybundle.legacy.jsonsafe import to_json
+from polybundle.model.backend import Backend
+from polybundle.safety import budget
+
+MAX_JSON_VALUES = 65_536
+"""Most JSON values legacy params or a manifest may become (shared values count each time)."""
+
+MAX_JSON_CHARS = 16 * 1024 * 1024
+"""Most characters of text (strings, keys) legacy params may become as JSON."""
+
+
+def check_json_size(value: Any, *, where: str, arrays_as_json: bool = True) -> None:
+    """Refuse a legacy value that would expand into too much JSON; charge what it will cost.
+
+    A pickle can reference one list twice at every level (``b = [a, a]``):
+    40 levels of 3 KB become 2**40 values once written out, and an array of
+    a million numbers becomes a million JSON values that the params schema
+    checks one by one. The walk counts every value each time it is reached
+    (never recursing, so depth cannot overflow it), stops at
+    :data:`MAX_JSON_VALUES` values or :data:`MAX_JSON_CHARS` characters, and
+    charges an estimate of the JSON's size to the memory budget. With
+    ``arrays_as_json=False`` (format-2 params, where arrays go to
+    ``params.safetensors``) an array counts as one value and its bytes are
+    charged instead.
+
+    Example:
+        >>> check_json_size({"N": 64, "probe.mask": [[True] * 4] * 4}, where="params.dill")
+        >>> shared = [0]
+        >>> for _ in range(40):
+        ...     shared = [shared, shared]
+        >>> check_json_size({"probe": shared}, where="params.dill")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnsafeContentError: params.dill would become more than 65536 JSON ...
+    """
+    values = chars = array_bytes = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        values += 1
+        if isinstance(item, (str, bytes, bytearray)):
+            chars += len(item)
+        elif isinstance(item, np.ndarray) and arrays_as_json:
+            values += int(item.size)
+        elif isinstance(item, np.ndarray):
+            array_bytes += int(item.nbytes)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        if values > MAX_JSON_VALUES or chars > MAX_JSON_CHARS:
+            raise UnsafeContentError(
+                f"{where} would become more than {MAX_JSON_VALUES} JSON values or "
+                f"{MAX_JSON_CHARS} characters (shared references are written out each time "
+                "they occur); a params snapshot holds settings, not data. Refused: the archive "
+                "is hostile or holds data that belongs in a weights file."
+            )
+    budget.charge(chars + 32 * values + 2 * array_bytes, f"{where} as JSON")
+
+
+class LegacyModels(dict):
+    """``{role: model}`` that explains, for a role it lacks, why and what to do.
+
+    Example:
+        >>> models = LegacyModels({"net": PolybundleError("why not")})
+        >>> models["net"]
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.PolybundleError: why not
+    """
+
+    def __init__(self, reasons: dict[str, PolybundleError]) -> None:
+        super().__init__()
+        self.reasons = reasons
+
+    def __missing__(self, role: str) -> Any:
+        if role in self.reasons:
+            raise self.reasons[role]
+        raise KeyError(role)
+
+
+class LegacyBundle(Bundle):
+    """A :class:`Bundle` read from a legacy archive; tensors come from its era reader.
+
+    Example:
+        >>> polybundle.load("wts.h5.zip").tensors("autoencoder")  # doctest: +SKIP
+    """
+
+    def tensors(self, role: str) -> dict[str, np.ndarray]:
+        """Read ``role``'s tensors from the legacy file (no framework needed).
+
+        Example:
+            >>> bundle.tensors("autoencoder")["0.weight"].shape  # doctest: +SKIP
+            (8, 1, 3, 3)
+        """
+        from polybundle.legacy.plugin import era_reader
+
+        reader = era_reader(self.manifest["format"])
+        with budget.limit(self.max_bytes), ArchiveReader(self.path) as archive:
+            budget.check(sum(archive.size(n) for n in archive.names()), "the archive's members")
+            content = reader.read(archive)
+            if describe(content) != self.manifest:
+                raise IntegrityError(
+                    f"{str(self.path)!r} changed since it was loaded; load it again."
+                )
+            return reader.read_tensors(archive, content.role(role))
+
+
+def describe(content: LegacyContent) -> dict[str, Any]:
+    """Return a manifest-like, JSON-safe description of a legacy archive.
+
+    Same keys as a format-2 manifest where they apply (``format`` is the
+    era's, ``architecture`` is None), plus ``legacy``: the original manifest,
+    custom-object names per role and members left unread.
+
+    Example:
+        >>> describe(content)["models"][0]["weights"]  # doctest: +SKIP
+        'autoencoder/model.pth'
+    """
+    check_json_size(content.manifest, where="the legacy manifest")
+    return {
+        "format": content.format,
+        "format_version": content.version,
+        "backend": get_backend(content.backend).name,
+        "models": [
+            {
+                "role": role.role,
+                "architecture": None,
+                "weights": role.weights,
+                "tensors": [spec.to_json() for spec in role.specs],
+            }
+            for role in content.roles
+        ],
+        "legacy": {
+            "era": content.format,
+            "version": content.version,
+            "manifest": to_json(content.manifest).value,
+            "custom_objects": {r.role: r.custom_objects for r in content.roles if r.custom_objects},
+            "ignored_members": content.ignored,
+        },
+    }
+
+
+def _build(
+    archive: ArchiveReader,
+    reader: EraReader,
+    backend: Backend,
+    role: LegacyRole,
+    given: Any | None,
+    trust_code: bool,
+) -> Any:
+    registry = get_registry()
+    if given is None and not registry.has_builder(role.role, backend.name):
+        backend.require()
+        return reader.load_standalone(archive, role, trust_code=trust_code)
+    backend.require()
+    source = io.BytesIO(read_member(archive, role.weights))
+    if given is not None:
+        backend.load_into(given, source, role.specs)
+        return given
+    check_json_size(role.params, where=f"{role.role} params")
+    config = to_json(role.params).value
+    model = registry.builder(role.role, backend.name)(config)
+    backend.load_into(model, source, role.specs)
+    remember_architecture(model, role.role, config)
+    return model
+
+
+def load_legacy(
+    archive: ArchiveReader,
+    reader: EraReader,
+    *,
+    backend: str | None,
+    roles: Iterable[str] | None,
+    into: dict[str, Any],
+    trust_code: bool,
+) -> LegacyBundle:
+    """Read a legacy archive with ``reader`` and build the models that can be built.
+
+    Example:
+        >>> load_legacy(archive, era_reader("legacy-torch-dill"), backend=None, roles=None,
+        ...             into={}, trust_code=False).params["_version"]  # doctest: +SKIP
+        '2.0-pytorch'
+    """
+    content = reader.read(archive)
+    archived = get_backend(content.backend)
+    if backend is not None and get_backend(backend).name != archived.name:
+        raise BackendMismatchError(
+            archived.name,
+            get_backend(backend).name,
+            "Loading legacy archives across frameworks is not supported by this version.",
+        )
+    available = [role.role for role in content.roles]
+    selected = available if roles is None else list(roles)
+    unknown = [role for role in selected if role not in available]
+    if unknown:
+        raise PolybundleError(f"roles {unknown} are not in the archive; it holds {available}.")
+    stray = set(into) - set(selected)
+    if stray:
+        raise PolybundleError(
+            f"into names roles {sorted(stray)} that are not being loaded ({selected})."
+        )
+    reasons: dict[str, PolybundleError] = {}
+    models = LegacyModels(reasons)
+    for name in selected:
+        try:
+            models[name] = _build(
+                archive, reader, archived, content.role(name), into.get(name), trust_code
+            )
+        except PolybundleError as exc:
+            if name in into or get_registry().has_builder(name, archived.name):
+                raise
+            reasons[name] = exc
+    return LegacyBundle(
+        Path(archive.path), describe(content), content.params, archived.name, models
+    )

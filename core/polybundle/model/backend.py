@@ -1,0 +1,496 @@
+"""The interface every backend (framework binding) implements.
+
+A backend turns native models of one framework into the bundle's members and
+back. Built-in backends live in :mod:`polybundle.backends`; third parties ship
+their own in a plugin package and register an instance through the
+``polybundle_register_backends`` hook.
+
+Example:
+    >>> class MyBackend(Backend):  # doctest: +SKIP
+    ...     name = "jax"
+    ...     aliases = ("flax",)
+    ...     extra = "polybundle-jax"
+    ...     modules = ("jax", "flax")
+    ...     weights_member = "model.safetensors"
+    ...     ...
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from polybundle.errors import (
+    BackendError,
+    BackendUnavailableError,
+    FormatError,
+    UnknownArchitectureError,
+    UnsafeContentError,
+    UnsupportedOptimizerError,
+)
+
+if TYPE_CHECKING:
+    from polybundle.model.optimizer import OptimizerState
+
+
+NUMPY_DTYPES = (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128",
+)
+"""Tensor dtype names NumPy itself holds."""
+ML_DTYPES = (
+    "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+)
+"""Tensor dtype names held through ``ml_dtypes`` (PyTorch and Keras use these names)."""
+MAX_TENSOR_BYTES = 2**63 - 1
+"""Largest tensor size accepted: no file or address space holds more."""
+MAX_NDIM = 64
+"""Most axes a tensor may have (PyTorch and NumPy allow 64 at most)."""
+
+
+def resolve_dtype(name: Any, *, where: str = "tensor") -> np.dtype:
+    """Return the NumPy dtype of a manifest dtype name; bfloat16 and float8 via ``ml_dtypes``.
+
+    Only numeric and bool names are known; anything else (``object``,
+    ``"<U8"``, a number) raises :class:`FormatError` naming ``where``.
+
+    Example:
+        >>> resolve_dtype("float32").itemsize, resolve_dtype("bfloat16").itemsize
+        (4, 2)
+        >>> resolve_dtype("object", where="fc.weight")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: fc.weight has dtype 'object'; expected one of ...
+    """
+    if isinstance(name, str) and name in NUMPY_DTYPES:
+        return np.dtype(name)
+    if isinstance(name, str) and name in ML_DTYPES:
+        import ml_dtypes
+
+        kind = getattr(ml_dtypes, name, None)
+        if kind is not None:
+            return np.dtype(kind)
+        raise FormatError(
+            f"{where} has dtype {name!r}, which the installed ml_dtypes "
+            f"{getattr(ml_dtypes, '__version__', '?')} lacks; upgrade it (pip install -U "
+            "ml_dtypes)."
+        )
+    shown = repr(name)[:60]
+    raise FormatError(
+        f"{where} has dtype {shown}; expected one of {', '.join(NUMPY_DTYPES + ML_DTYPES)}. "
+        "The manifest is damaged or was written for tensors polybundle does not store."
+    )
+
+
+def dtype_label(dtype: Any) -> str:
+    """Return the manifest name of a NumPy or ``ml_dtypes`` dtype (``"bfloat16"``).
+
+    A manifest name is returned as it is; another dtype string (``"<f4"``) is
+    named through NumPy.
+
+    Example:
+        >>> import ml_dtypes
+        >>> dtype_label(np.float32), dtype_label(ml_dtypes.bfloat16), dtype_label("<f4")
+        ('float32', 'bfloat16', 'float32')
+    """
+    if isinstance(dtype, str) and dtype in NUMPY_DTYPES + ML_DTYPES:
+        return dtype
+    return np.dtype(dtype).name
+
+
+def count_bytes(shape: Any, dtype: Any, *, where: str = "tensor") -> int:
+    """Return ``prod(shape) * itemsize`` with Python ints, after checking both.
+
+    ``shape`` must be a sequence of at most :data:`MAX_NDIM` non-negative
+    ints (bools refused) and ``dtype`` a known name (see :func:`resolve_dtype`),
+    else :class:`FormatError`; a size past :data:`MAX_TENSOR_BYTES` raises
+    :class:`UnsafeContentError` (no silent int64 wrap to 0).
+
+    Example:
+        >>> count_bytes((4, 3), "bfloat16")
+        24
+        >>> count_bytes((2**32, 2**32), "float32")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnsafeContentError: tensor declares shape (4294967296, 4294967296) ...
+    """
+    axes = check_shape(shape, where=where)
+    itemsize = resolve_dtype(dtype, where=where).itemsize
+    count = math.prod(axes)
+    if count * itemsize > MAX_TENSOR_BYTES:
+        raise UnsafeContentError(
+            f"{where} declares shape {axes} of {dtype}, {count * itemsize} bytes; expected at "
+            f"most {MAX_TENSOR_BYTES}. No real tensor is that large: the archive is hostile "
+            "or damaged."
+        )
+    return count * itemsize
+
+
+def check_shape(shape: Any, *, where: str = "tensor") -> tuple[int, ...]:
+    """Return ``shape`` as a tuple after checking it is a list of non-negative ints.
+
+    Example:
+        >>> check_shape([4, 3])
+        (4, 3)
+        >>> check_shape([4, -3], where="fc.weight")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: fc.weight has shape [4, -3]; expected a list of ...
+    """
+    valid = (
+        isinstance(shape, (list, tuple))
+        and len(shape) <= MAX_NDIM
+        and all(
+            isinstance(axis, int) and not isinstance(axis, bool) and 0 <= axis <= MAX_TENSOR_BYTES
+            for axis in shape
+        )
+    )
+    if not valid:
+        raise FormatError(
+            f"{where} has shape {repr(shape)[:100]}; expected a list of at most {MAX_NDIM} "
+            f"integers from 0 to {MAX_TENSOR_BYTES}. The manifest is damaged or hostile."
+        )
+    return tuple(shape)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a model as the manifest records it.
+
+    ``name`` is the neutral, stable name; ``key`` where the tensor lives in the
+    backend's native weights file; ``layout`` a tag saying what the axes mean
+    (see :mod:`polybundle.model.layouts`). ``kind``, ``layer`` and ``slot`` place it
+    in a canonical layer (see :mod:`polybundle.model.canonical`): the layer's kind
+    (``"dense"``; ``""`` when unknown), the layer's path in the model, and the
+    tensor's role in it (``"kernel"``). Conversion between backends uses them.
+    ``dtype`` is a name from :data:`NUMPY_DTYPES` or :data:`ML_DTYPES`.
+
+    Example:
+        >>> TensorSpec("fc.weight", "fc.weight", (4, 3), "float32", "out,in").nbytes
+        48
+        >>> TensorSpec("fc.weight", "fc.weight", (4, 3), "bfloat16", "out,in").nbytes
+        24
+    """
+
+    name: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    layout: str
+    kind: str = ""
+    layer: str = ""
+    slot: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        """Return the tensor's size in bytes (Python ints: no overflow, no wrap).
+
+        Raises :class:`FormatError` for an unknown dtype or a malformed shape
+        and :class:`UnsafeContentError` past :data:`MAX_TENSOR_BYTES`.
+        """
+        return count_bytes(self.shape, self.dtype, where=f"tensor {str(self.name)[:200]!r}")
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """Return the NumPy dtype of :attr:`dtype` (``ml_dtypes`` for bfloat16 and float8).
+
+        Example:
+            >>> TensorSpec("w", "w", (2,), "bfloat16", "out").numpy_dtype.name
+            'bfloat16'
+        """
+        return resolve_dtype(self.dtype, where=f"tensor {str(self.name)[:200]!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest form of this spec (canonical fields only when known)."""
+        document = {
+            "name": self.name,
+            "key": self.key,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "layout": self.layout,
+        }
+        if self.kind:
+            document.update(kind=self.kind, layer=self.layer, slot=self.slot)
+        return document
+
+    @classmethod
+    def from_json(cls, document: Any) -> TensorSpec:
+        """Build a spec from its manifest form, checking every field's type first.
+
+        Raises :class:`FormatError` for a missing or mistyped field, a shape
+        that is not a list of non-negative ints, or an unknown dtype name.
+
+        Example:
+            >>> TensorSpec.from_json({"name": "w", "key": "w", "shape": [2], "dtype": "int8",
+            ...                       "layout": "out"}).nbytes
+            2
+            >>> TensorSpec.from_json({"name": "w", "key": "w", "shape": "2", "dtype": "int8",
+            ...                       "layout": "out"})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            polybundle.errors.FormatError: tensor 'w' has shape '2'; expected a list of ...
+        """
+        if not isinstance(document, dict):
+            raise FormatError(
+                f"a manifest tensor entry is a {type(document).__name__}; expected an object "
+                "with name, key, shape, dtype and layout. The manifest is damaged."
+            )
+        where = f"tensor {str(document.get('name'))[:200]!r}"
+        for field_name in ("name", "key", "dtype", "layout"):
+            if not isinstance(document.get(field_name), str) or not document[field_name]:
+                raise FormatError(
+                    f"{where}: {field_name!r} is {repr(document.get(field_name))[:80]}; expected "
+                    "a non-empty string. The manifest is damaged."
+                )
+        for field_name in ("kind", "layer", "slot"):
+            if not isinstance(document.get(field_name, ""), str):
+                raise FormatError(
+                    f"{where}: {field_name!r} is {repr(document[field_name])[:80]}; expected a "
+                    "string. The manifest is damaged."
+                )
+        shape = check_shape(document.get("shape"), where=where)
+        resolve_dtype(document["dtype"], where=where)
+        return cls(
+            name=document["name"],
+            key=document["key"],
+            shape=shape,
+            dtype=document["dtype"],
+            layout=document["layout"],
+            kind=document.get("kind", ""),
+            layer=document.get("layer", ""),
+            slot=document.get("slot", ""),
+        )
+
+
+class Backend(ABC):
+    """Base class of backends. Subclasses set the class attributes and the methods.
+
+    Methods that need the framework import it inside the method, never at
+    module top, so registering a backend costs nothing when its framework is
+    absent.
+
+    Example:
+        >>> backend = polybundle.get_backend("pt")  # doctest: +SKIP
+        >>> backend.name, backend.weights_member
+        ('torch', 'model.pth')
+    """
+
+    name: str = ""
+    """Canonical name, written to the manifest's ``backend``."""
+    aliases: tuple[str, ...] = ()
+    """Other names users may pass (``backend="pt"``)."""
+    extra: str = ""
+    """What to ``pip install`` to get the framework, e.g. ``polybundle[torch]``."""
+    modules: tuple[str, ...] = ()
+    """Importable modules the backend needs; all must be installed."""
+    distribution: str = ""
+    """Distribution whose version is recorded as the framework version."""
+    weights_member: str = ""
+    """File name of the native weights member inside ``<role>/``."""
+
+    def is_available(self) -> bool:
+        """Return True when every module in :attr:`modules` can be imported.
+
+        Example:
+            >>> polybundle.get_backend("torch").is_available()  # doctest: +SKIP
+            True
+        """
+        return not self._missing_modules()
+
+    def _missing_modules(self) -> list[str]:
+        missing = []
+        for module in self.modules:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):  # a broken or blocked installation
+                found = False
+            if not found:
+                missing.append(module)
+        return missing
+
+    def require(self) -> None:
+        """Raise :class:`BackendUnavailableError` naming the pip extra when absent.
+
+        Example:
+            >>> polybundle.get_backend("tensorflow").require()  # doctest: +SKIP
+        """
+        missing = self._missing_modules()
+        if missing:
+            raise BackendUnavailableError(
+                f"the {self.name!r} backend needs {', '.join(missing)}, which is not "
+                f"installed. Install it with: pip install '{self.extra}'"
+            )
+
+    def framework_version(self) -> str:
+        """Return the installed framework's version string (without importing it).
+
+        Example:
+            >>> polybundle.get_backend("torch").framework_version()  # doctest: +SKIP
+            '2.13.0+cpu'
+        """
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    @abstractmethod
+    def owns(self, model: Any) -> bool:
+        """Return True when ``model`` is a native model of this backend.
+
+        Must not import the framework: a model of a framework that was never
+        imported cannot exist. Example: ``backend.owns(torch.nn.Linear(2, 2))``.
+        """
+
+    @abstractmethod
+    def describe(self, model: Any) -> list[TensorSpec]:
+        """Return a :class:`TensorSpec` for every tensor the weights file will hold.
+
+        Example: ``[s.name for s in backend.describe(model)] == ["0.weight", ...]``.
+        """
+
+    @abstractmethod
+    def write(self, model: Any, stream: BinaryIO) -> None:
+        """Write ``model``'s native weights file into the writable ``stream``.
+
+        Example: ``backend.write(model, stream)`` calls ``torch.save(...)``.
+        """
+
+    @abstractmethod
+    def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
+        """Load the weights file in ``source`` into ``model``, strictly.
+
+        Every tensor of the model must be in ``specs`` and the reverse, with
+        equal shapes; otherwise raise
+        :class:`polybundle.errors.TensorMismatchError` before changing the
+        model. Example: ``backend.load_into(model, stream, specs)``.
+        """
+
+    def build_and_load(
+        self,
+        builder: Callable[[dict[str, Any]], Any],
+        config: dict[str, Any],
+        source: BinaryIO,
+        specs: list[TensorSpec],
+    ) -> Any:
+        """Build a model with ``builder(config)`` and load the weights in ``source``.
+
+        The default builds, then calls :meth:`load_into`. A backend may build
+        without initialising weights that are about to be overwritten (PyTorch
+        builds on the ``meta`` device and adopts the loaded tensors).
+        Example: ``model = backend.build_and_load(build_mlp, {"width": 8}, stream, specs)``.
+        """
+        model = builder(config)
+        self.load_into(model, source, specs)
+        return model
+
+    @abstractmethod
+    def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        """Return ``{spec.name: numpy array}`` read from the weights file in ``source``.
+
+        Example: ``backend.read_tensors(stream, specs)["fc.weight"].shape == (4, 3)``.
+        """
+
+    def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Set ``model``'s tensors from ``{spec name: array}``, strictly.
+
+        Names are those :meth:`describe` gives; every tensor of the model must
+        be given exactly once with its shape, else raise
+        :class:`polybundle.errors.TensorMismatchError` before changing anything.
+        Used to load weights converted from another backend. The default refuses.
+        Example: ``backend.assign(model, {"fc.weight": w, "fc.bias": b})``.
+        """
+        raise BackendError(
+            f"the {self.name!r} backend cannot load named tensors into a model, so "
+            "bundles of other backends cannot be converted into it."
+        )
+
+    def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``model`` in inference mode on ``inputs``; return its outputs by name.
+
+        ``inputs`` holds ``"input"`` (one input) or ``"input.0"``, ``"input.1"``,
+        ... (several, in call order). Outputs come back as ``"output"`` (one)
+        or ``"output.0"``, ... Used by the parity harness. The default refuses.
+        Example: ``backend.predict(model, {"input": x})["output"].shape``.
+        """
+        raise BackendError(f"the {self.name!r} backend cannot run models for parity checks.")
+
+    def load_standalone(self, source: BinaryIO, specs: list[TensorSpec] | None = None) -> Any:
+        """Rebuild a model from the weights file alone, when its format allows it.
+
+        ``specs`` are the manifest's tensors: the stored tensors must be
+        exactly these (keys, shapes, dtypes) before the framework reads them
+        (``None`` for a plain framework file, which has no manifest). The
+        default refuses: only formats that carry a safe architecture
+        description (Keras' ``.keras``) can. Example:
+        ``backend.load_standalone(stream, specs)``.
+        """
+        raise UnknownArchitectureError(
+            f"the {self.name!r} backend cannot rebuild a model from its weights file "
+            "alone, and no builder is registered for the bundle's architecture. "
+            "Register one with @polybundle.architecture(name, backend=...) or pass "
+            "into={role: model}."
+        )
+
+    def export_optimizer(
+        self, model: Any, optimizer: Any, scheduler: Any | None = None
+    ) -> OptimizerState:
+        """Return ``optimizer``'s state (and ``scheduler``'s, if given) in neutral form.
+
+        Slots are keyed by the names :meth:`describe` gives ``model``'s tensors.
+        Raise :class:`polybundle.errors.UnsupportedOptimizerError` naming the
+        class for an optimizer the backend cannot describe, and
+        :class:`polybundle.errors.OptimizerMismatchError` when the optimizer
+        updates tensors that are not ``model``'s. The default refuses.
+        Example: ``backend.export_optimizer(model, torch.optim.Adam(...)).algorithm``.
+        """
+        raise UnsupportedOptimizerError(
+            f"the {self.name!r} backend cannot export optimizer state "
+            f"({type(optimizer).__qualname__}); save without optimizers=."
+        )
+
+    def restore_optimizer(
+        self,
+        model: Any,
+        optimizer: Any,
+        state: OptimizerState,
+        specs: list[TensorSpec],
+        scheduler: Any | None = None,
+    ) -> None:
+        """Load neutral ``state`` into a fresh ``optimizer`` bound to ``model``'s parameters.
+
+        ``specs`` are the saved model's tensor specs: they map the neutral
+        names of ``state`` to native keys (as :meth:`load_into` does). Must
+        check first (kind, bound parameters, shapes) and change nothing on a
+        mismatch, raising :class:`polybundle.errors.OptimizerMismatchError`.
+        The default refuses. Example: ``backend.restore_optimizer(model, opt, state, specs)``.
+        """
+        raise UnsupportedOptimizerError(
+            f"the {self.name!r} backend cannot restore optimizer state into "
+            f"{type(optimizer).__qualname__}."
+        )
+
+    def capture_rng(self) -> dict[str, Any] | None:
+        """Return the framework's global random-generator state as plain JSON data.
+
+        Called only when the framework is already imported. The default
+        (``None``) means the framework has no global generator to record.
+        Example: ``backend.capture_rng() == {"cpu": "<base64>"}``.
+        """
+        return None
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """Put back a state returned by :meth:`capture_rng`.
+
+        Example: ``backend.restore_rng(backend.capture_rng())``.
+        """
+        raise BackendError(
+            f"the {self.name!r} backend recorded no random state, so it cannot restore one."
+        )

@@ -1,0 +1,278 @@
+"""Convert a model's tensors between backends: plan, check, then apply.
+
+A :class:`ConversionPlan` pairs each source tensor with a target tensor by
+structure: layers (tensors sharing a ``layer``) are taken in model order and
+must have the same canonical kind; inside a layer, tensors pair by slot; the
+layout tags give the rearrangement. Names are never compared. A slot only one
+framework has (PyTorch's ``num_batches_tracked``) is dropped or filled as
+:data:`polybundle.model.canonical.FILL_SLOTS` says. Anything else -- a layer of no
+canonical kind, layers that do not line up, a shape that does not fit -- is a
+problem the plan lists, and :meth:`ConversionPlan.check` raises on before any
+model is touched. An architecture can register an explicit map for tensors
+the canonical kinds do not cover (:func:`register_tensor_map`).
+
+Example:
+    >>> plan = plan_conversion(source_specs, target_specs)  # doctest: +SKIP
+    >>> plan.check()
+    >>> target_arrays = plan.apply(source_arrays)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from polybundle.errors import ConversionError, TensorMismatchError
+from polybundle.model.backend import TensorSpec
+from polybundle.model.canonical import FILL_SLOTS, check_relayout, describe_relayout, relayout
+
+TensorMap = dict[str, "str | tuple[str, str, str]"]
+"""``{source name: target name}`` or ``{source name: (target name, source tag, target tag)}``."""
+
+_MAPS: dict[tuple[str, str, str], TensorMap] = {}
+
+
+def register_tensor_map(architecture: str, *, source: str, target: str, mapping: TensorMap) -> None:
+    """Declare how tensors of ``architecture`` map from backend ``source`` to ``target``.
+
+    Entries override the canonical pairing for the tensors they name; a tuple
+    gives the layout tags to use (needed when a tensor is tagged ``opaque``).
+    Backend names are canonical (``"torch"``, ``"tensorflow"``).
+
+    Example:
+        >>> register_tensor_map("scaler", source="torch", target="tensorflow",
+        ...                     mapping={"scale.w": ("scale/w", "out,in", "in,out")})
+    """
+    _MAPS[(architecture, source, target)] = dict(mapping)
+
+
+def tensor_map(architecture: str | None, source: str, target: str) -> TensorMap:
+    """Return the map registered for ``architecture`` from ``source`` to ``target`` ({} if none).
+
+    Example:
+        >>> tensor_map("nothing-registered", "torch", "tensorflow")
+        {}
+    """
+    return dict(_MAPS.get((architecture or "", source, target), {}))
+
+
+@dataclass(frozen=True)
+class TensorMove:
+    """What happens to one tensor: ``relayout`` (source -> target), ``fill`` or ``drop``.
+
+    Example:
+        >>> TensorMove("relayout", "fc.weight", "fc/kernel", "dense", "kernel",
+        ...            "out,in", "in,out", (3, 4), "transpose (1, 0)").action
+        'relayout'
+    """
+
+    action: str
+    source: str | None
+    target: str | None
+    kind: str
+    slot: str
+    source_layout: str
+    target_layout: str
+    target_shape: tuple[int, ...] | None
+    detail: str
+    target_dtype: str = "float32"
+
+
+@dataclass
+class ConversionPlan:
+    """Every tensor's move, and the problems that forbid the conversion.
+
+    Example:
+        >>> plan = plan_conversion(source_specs, target_specs)  # doctest: +SKIP
+        >>> plan.ok, [m.detail for m in plan.moves][:1]
+        (True, ['transpose (1, 0)'])
+    """
+
+    moves: list[TensorMove] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    unmapped: list[str] = field(default_factory=list)
+    misaligned: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Return True when the plan has no problem."""
+        return not (self.missing or self.unexpected or self.unmapped or self.misaligned
+                    or self.mismatched)
+
+    def check(self, context: str = "") -> None:
+        """Raise the typed error for the plan's problems, if any.
+
+        Unmapped or misaligned layers raise :class:`ConversionError`; missing,
+        unexpected or ill-fitting tensors :class:`TensorMismatchError`.
+
+        Example:
+            >>> ConversionPlan().check()
+        """
+        where = f"{context}: " if context else ""
+        if self.unmapped or self.misaligned:
+            details = []
+            if self.unmapped:
+                unmapped = ", ".join(self.unmapped)
+                details.append(f"tensors of layers with no canonical kind: {unmapped}")
+            if self.misaligned:
+                details.append("layers that do not line up: " + "; ".join(self.misaligned))
+            raise ConversionError(
+                f"{where}cannot convert ({'; '.join(details)}). Found layers polybundle has no "
+                "canonical form for, or models whose layers differ; expected the same "
+                "architecture in both frameworks. Register an explicit map with "
+                "polybundle.model.conversion.register_tensor_map(architecture, source=..., "
+                "target=..., "
+                "mapping={source name: target name})."
+            )
+        if self.missing or self.unexpected or self.mismatched:
+            raise TensorMismatchError(
+                missing=self.missing, unexpected=self.unexpected, mismatched=self.mismatched,
+                context=f"{context} (converted)" if context else "converted weights",
+            )
+
+    def apply(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Return ``{target name: array}`` from ``{source name: array}``; the plan must be ok.
+
+        Example:
+            >>> plan.apply({"fc.weight": w, "fc.bias": b})  # doctest: +SKIP
+            {'fc/kernel': ..., 'fc/bias': ...}
+        """
+        self.check()
+        out: dict[str, np.ndarray] = {}
+        for move in self.moves:
+            if move.action == "relayout":
+                assert move.source is not None and move.target is not None
+                out[move.target] = relayout(
+                    np.asarray(arrays[move.source]), move.source_layout, move.target_layout,
+                    move.target_shape or (), name=move.source,
+                )
+            elif move.action == "fill":
+                assert move.target is not None
+                value = FILL_SLOTS[(move.kind, move.slot)]
+                out[move.target] = np.full(move.target_shape or (), value, dtype=move.target_dtype)
+        return out
+
+
+@dataclass
+class _Layer:
+    name: str
+    kind: str
+    slots: dict[str, TensorSpec]
+
+
+def _layers(specs: list[TensorSpec]) -> tuple[list[_Layer], list[TensorSpec]]:
+    """Group canonical specs by layer, in order; return them and the specs of no kind."""
+    layers: dict[str, _Layer] = {}
+    unknown = []
+    for spec in specs:
+        if not spec.kind:
+            unknown.append(spec)
+            continue
+        layer = layers.setdefault(spec.layer, _Layer(spec.layer, spec.kind, {}))
+        layer.slots[spec.slot] = spec
+    return list(layers.values()), unknown
+
+
+def _relayout_move(source: TensorSpec, target: TensorSpec, plan: ConversionPlan,
+                   tags: tuple[str, str] | None = None) -> None:
+    source_tag, target_tag = tags or (source.layout, target.layout)
+    try:
+        check_relayout(source_tag, target_tag, source.shape, target.shape, name=source.name)
+    except TensorMismatchError as exc:
+        plan.mismatched.extend(f"{source.name} -> {target.name}: {m}" for m in exc.mismatched)
+        return
+    plan.moves.append(
+        TensorMove("relayout", source.name, target.name, target.kind or source.kind,
+                   target.slot or source.slot, source_tag, target_tag, target.shape,
+                   describe_relayout(source_tag, target_tag), target.dtype)
+    )
+
+
+def _pair_layer(source: _Layer, target: _Layer, plan: ConversionPlan) -> None:
+    for slot in [*source.slots, *(s for s in target.slots if s not in source.slots)]:
+        src, dst = source.slots.get(slot), target.slots.get(slot)
+        if src is not None and dst is not None:
+            _relayout_move(src, dst, plan)
+        elif src is not None and (source.kind, slot) in FILL_SLOTS:
+            plan.moves.append(TensorMove("drop", src.name, None, src.kind, slot, src.layout, "",
+                                         None, "no counterpart in the target; dropped"))
+        elif dst is not None and (target.kind, slot) in FILL_SLOTS:
+            value = FILL_SLOTS[(target.kind, slot)]
+            plan.moves.append(TensorMove("fill", None, dst.name, dst.kind, slot, "", dst.layout,
+                                         dst.shape, f"no counterpart in the source; filled with "
+                                         f"{value}", dst.dtype))
+        elif src is not None:
+            plan.unexpected.append(src.name)
+        elif dst is not None:
+            plan.missing.append(dst.name)
+
+
+def plan_conversion(
+    source: list[TensorSpec], target: list[TensorSpec], *, mapping: TensorMap | None = None
+) -> ConversionPlan:
+    """Pair ``source`` tensors with ``target`` tensors by structure; list every problem.
+
+    Example:
+        >>> src = [TensorSpec("fc.weight", "fc.weight", (4, 3), "float32", "out,in",
+        ...                   "dense", "fc", "kernel")]
+        >>> dst = [TensorSpec("d/kernel", "k", (3, 4), "float32", "in,out", "dense", "d", "kernel")]
+        >>> plan_conversion(src, dst).moves[0].detail
+        'transpose (1, 0)'
+    """
+    plan = ConversionPlan()
+    mapping = dict(mapping or {})
+    targets = {spec.name: spec for spec in target}
+    mapped_targets = set()
+    for name, entry in mapping.items():
+        src = next((s for s in source if s.name == name), None)
+        target_name, tags = (entry, None) if isinstance(entry, str) else (entry[0], entry[1:])
+        dst = targets.get(target_name)
+        if src is None or dst is None:
+            plan.mismatched.append(f"explicit map {name!r} -> {target_name!r} names a tensor "
+                                   "that does not exist")
+            continue
+        mapped_targets.add(dst.name)
+        _relayout_move(src, dst, plan, tags)
+    source_layers, source_unknown = _layers([s for s in source if s.name not in mapping])
+    target_layers, target_unknown = _layers([t for t in target if t.name not in mapped_targets])
+    plan.unmapped.extend(s.name for s in source_unknown)
+    plan.missing.extend(t.name for t in target_unknown)
+    for index, (src, dst) in enumerate(zip(source_layers, target_layers, strict=False)):
+        if src.kind != dst.kind:
+            plan.misaligned.append(
+                f"layer #{index}: source {src.name!r} is {src.kind}, target {dst.name!r} is "
+                f"{dst.kind}"
+            )
+            continue
+        _pair_layer(src, dst, plan)
+    for src in source_layers[len(target_layers):]:
+        plan.misaligned.append(f"source layer {src.name!r} ({src.kind}) has no target layer")
+    for dst in target_layers[len(source_layers):]:
+        plan.misaligned.append(f"target layer {dst.name!r} ({dst.kind}) has no source layer")
+    return plan
+
+
+def plan_rows(plan: ConversionPlan) -> list[dict[str, Any]]:
+    """Return the plan as table rows (source, target, kind, slot, layouts, shape, action).
+
+    Example:
+        >>> plan_rows(ConversionPlan())
+        []
+    """
+    return [
+        {
+            "source": move.source or "-",
+            "target": move.target or "-",
+            "kind": move.kind,
+            "slot": move.slot,
+            "layout": f"{move.source_layout or '-'} -> {move.target_layout or '-'}",
+            "shape": list(move.target_shape) if move.target_shape is not None else None,
+            "action": move.action,
+            "detail": move.detail,
+        }
+        for move in plan.moves
+    ]

@@ -1,0 +1,651 @@
+"""Neutral optimizer state and its two bundle members.
+
+An :class:`OptimizerState` says what an optimizer is (``algorithm``, the
+backend's class), where it is (``step``), how it is set (hyperparameters per
+parameter group) and what it remembers (``slots``: per-parameter arrays such as
+Adam's first and second moments). Slots are keyed by the same neutral tensor
+names as the model's weights and have the same shape and layout as the weight
+they belong to, so a conversion of the weights converts their moments with them.
+
+In a bundle the state is two members of the role's folder:
+``optimizer.json`` (everything but the arrays) and ``optimizer.safetensors``
+(the arrays, key ``"<slot>/<tensor name>"``). Neither can run code when read.
+
+Example:
+    >>> state = OptimizerState("adam", "torch", "torch.optim.adam.Adam", 3,
+    ...     groups=[{"parameters": ["w"], "hyperparameters": {"learning_rate": 0.1}}],
+    ...     slots={"w": {"m": np.zeros(2, np.float32)}})
+    >>> decode_optimizer(*encode_optimizer(state), where="net").step
+    3
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from polybundle.errors import FormatError, UnsupportedOptimizerError
+from polybundle.format.jsondoc import load_json
+from polybundle.model.backend import check_shape, count_bytes, dtype_label, resolve_dtype
+
+STATE_MEMBER = "optimizer.json"
+"""Member name (inside ``<role>/``) of the JSON part of the state."""
+SLOTS_MEMBER = "optimizer.safetensors"
+"""Member name (inside ``<role>/``) of the slot arrays."""
+DOCUMENT_FORMAT = "polybundle-optimizer"
+DOCUMENT_VERSION = 1
+
+ALGORITHMS = ("adam", "adamw", "sgd", "rmsprop")
+"""Neutral algorithm names the built-in backends write."""
+
+
+@dataclass
+class OptimizerState:
+    """An optimizer's state in neutral form.
+
+    ``groups`` is a list of ``{"parameters": [tensor names], "hyperparameters":
+    {neutral name: value}}`` (one per parameter group; Keras has one).
+    ``slots`` maps a tensor name to ``{slot name: array}``. ``step`` is the
+    number of updates applied (``None`` where the optimizer does not count
+    them, e.g. PyTorch SGD). ``schedule`` is the learning-rate schedule state
+    (plain data) or ``None``; ``native`` holds the backend's own exact settings
+    so a restore in the same framework is exact.
+
+    Example:
+        >>> state.algorithm, state.step, sorted(state.slots["0.weight"])  # doctest: +SKIP
+        ('adam', 10, ['m', 'v'])
+    """
+
+    algorithm: str
+    backend: str
+    native_class: str
+    step: int | None
+    groups: list[dict[str, Any]]
+    slots: dict[str, dict[str, np.ndarray]]
+    schedule: dict[str, Any] | None = None
+    native: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parameters(self) -> list[str]:
+        """Return the tensor names the optimizer updates, in its own order.
+
+        Example:
+            >>> state.parameters[:2]  # doctest: +SKIP
+            ['0.weight', '0.bias']
+        """
+        return [name for group in self.groups for name in group["parameters"]]
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """Return the first parameter group's neutral hyperparameters.
+
+        Example:
+            >>> state.hyperparameters["learning_rate"]  # doctest: +SKIP
+            0.001
+        """
+        return self.groups[0]["hyperparameters"] if self.groups else {}
+
+    def slot_names(self) -> list[str]:
+        """Return every slot name used by any tensor, sorted.
+
+        Example:
+            >>> state.slot_names()  # doctest: +SKIP
+            ['m', 'v']
+        """
+        return sorted({slot for slots in self.slots.values() for slot in slots})
+
+    def nbytes(self) -> int:
+        """Return the total size of the slot arrays in bytes.
+
+        Example:
+            >>> state.nbytes()  # doctest: +SKIP
+            1024
+        """
+        return sum(a.nbytes for slots in self.slots.values() for a in slots.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Return a JSON-ready summary: algorithm, step, hyperparameters, slots.
+
+        Example:
+            >>> state.summary()["slots"]  # doctest: +SKIP
+            {'m': 2, 'v': 2}
+        """
+        counts = {slot: 0 for slot in self.slot_names()}
+        for slots in self.slots.values():
+            for slot in slots:
+                counts[slot] += 1
+        return {
+            "algorithm": self.algorithm,
+            "class": self.native_class,
+            "step": self.step,
+            "hyperparameters": self.hyperparameters,
+            "parameters": len(self.parameters),
+            "slots": counts,
+            "slot_bytes": self.nbytes(),
+            "schedule": None if self.schedule is None else self.schedule.get("class"),
+        }
+
+
+def to_plain(value: Any, where: str) -> Any:
+    """Return ``value`` as JSON-ready data that :func:`from_plain` turns back exactly.
+
+    Tuples become ``{"__tuple__": [...]}`` and non-finite floats
+    ``{"__float__": "inf"}``; anything that is not plain data raises
+    :class:`UnsupportedOptimizerError` naming ``where``.
+
+    Example:
+        >>> to_plain({"betas": (0.9, 0.999), "best": float("inf")}, "adam")
+        {'betas': {'__tuple__': [0.9, 0.999]}, 'best': {'__float__': 'inf'}}
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [to_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]}
+    if isinstance(value, list):
+        return [to_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        if {"__tuple__", "__float__"} & value.keys():
+            raise UnsupportedOptimizerError(f"{where} uses a reserved key {sorted(value)}.")
+        return {key: to_plain(item, f"{where}[{key!r}]") for key, item in value.items()}
+    raise UnsupportedOptimizerError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which is not plain "
+        "data (None, bool, int, float, str, list, tuple, dict with str keys); polybundle "
+        "stores optimizer and schedule state without pickle. Use plain values there."
+    )
+
+
+def from_plain(value: Any) -> Any:
+    """Invert :func:`to_plain`; a malformed ``__tuple__``/``__float__`` raises FormatError.
+
+    Example:
+        >>> from_plain({"__tuple__": [0.9, 0.999]})
+        (0.9, 0.999)
+        >>> from_plain({"__float__": "-inf"})
+        -inf
+    """
+    if isinstance(value, list):
+        return [from_plain(item) for item in value]
+    if isinstance(value, dict):
+        if value.keys() == {"__tuple__"}:
+            if not isinstance(value["__tuple__"], list):
+                raise FormatError(
+                    f"optimizer state holds {{'__tuple__': {repr(value['__tuple__'])[:60]}}}; "
+                    "expected a list inside. The optimizer state is damaged."
+                )
+            return tuple(from_plain(item) for item in value["__tuple__"])
+        if value.keys() == {"__float__"}:
+            text = value["__float__"]
+            if text not in ("inf", "-inf", "nan"):
+                raise FormatError(
+                    f"optimizer state holds {{'__float__': {repr(text)[:60]}}}; expected 'inf', "
+                    "'-inf' or 'nan'. The optimizer state is damaged."
+                )
+            return float(text)
+        return {key: from_plain(item) for key, item in value.items()}
+    return value
+
+
+# --- the slot arrays: safetensors, written and read here so bfloat16 and float8 work ---------
+
+SAFETENSORS_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
+    "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
+    "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
+}
+"""safetensors dtype codes and the dtype names they hold (bfloat16 and float8 via ml_dtypes)."""
+_SAFETENSORS_CODES = {name: code for code, name in SAFETENSORS_DTYPES.items()}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+"""Largest safetensors header accepted (the safetensors library's own limit)."""
+
+
+def save_arrays(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    """Return the safetensors bytes of ``arrays`` (bfloat16 and float8 included).
+
+    Tensors are laid out by item size, largest first, then by name, as the
+    safetensors library does, so every tensor stays aligned.
+
+    Example:
+        >>> import ml_dtypes
+        >>> data = save_arrays({"m/w": np.ones(3, ml_dtypes.bfloat16)})
+        >>> load_arrays(data, where="net/optimizer.safetensors")["m/w"].dtype.name
+        'bfloat16'
+    """
+    header: dict[str, Any] = {}
+    chunks = []
+    offset = 0
+    ordered = sorted(arrays.items(), key=lambda item: (-item[1].dtype.itemsize, item[0]))
+    for name, array in ordered:
+        code = _SAFETENSORS_CODES.get(dtype_label(array.dtype))
+        if code is None:
+            raise UnsupportedOptimizerError(
+                f"slot array {name!r} is {array.dtype}; safetensors stores "
+                f"{', '.join(SAFETENSORS_DTYPES.values())}. Cast the optimizer state to one."
+            )
+        raw = np.ascontiguousarray(array)
+        data = (raw.byteswap() if raw.dtype.byteorder == ">" else raw).tobytes()
+        header[name] = {
+            "dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]
+        }
+        chunks.append(data)
+        offset += len(data)
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def load_arrays(data: bytes, *, where: str) -> dict[str, np.ndarray]:
+    """Return the arrays of safetensors ``data`` as read-only views; check everything first.
+
+    The header must be at most :data:`MAX_HEADER_BYTES` of strict JSON; each
+    tensor's dtype must be known, its shape valid, and its byte range exactly
+    ``prod(shape) * itemsize`` long; the ranges must tile the data with no gap
+    or overlap. Anything else raises :class:`FormatError` naming ``where``. No
+    array memory is allocated: each array views ``data``.
+
+    Example:
+        >>> load_arrays(bytes([2]) + bytes(7) + b"{}", where="x.safetensors")
+        {}
+        >>> load_arrays(bytes([255]) * 8, where="x.safetensors")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: x.safetensors declares a header of ...
+    """
+    data = bytes(data)
+    if len(data) < 8:
+        raise FormatError(f"{where} is {len(data)} bytes; a safetensors file has at least 8.")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > min(len(data) - 8, MAX_HEADER_BYTES):
+        raise FormatError(
+            f"{where} declares a header of {length} bytes, but the file holds {len(data) - 8} "
+            f"after the length (and at most {MAX_HEADER_BYTES} are accepted). The file is "
+            "truncated or not safetensors; re-save the optimizer state."
+        )
+    header = load_json(data[8 : 8 + length], where=f"{where} header")
+    if not isinstance(header, dict):
+        raise FormatError(f"{where} header is a {type(header).__name__}; expected an object.")
+    body = memoryview(data)[8 + length :]
+    header.pop("__metadata__", None)
+    spans = []
+    arrays = {}
+    for name, entry in header.items():
+        dtype, shape, begin, end = _tensor_entry(name, entry, where)
+        if not 0 <= begin <= end <= len(body) or end - begin != count_bytes(
+            shape, dtype, where=f"{where} tensor {name[:100]!r}"
+        ):
+            raise FormatError(
+                f"{where} tensor {name[:100]!r} ({dtype}, shape {list(shape)}) spans bytes "
+                f"{begin}..{end} of {len(body)}; expected exactly its size inside the file. "
+                "The file is damaged or hostile."
+            )
+        spans.append((begin, end))
+        arrays[name] = np.frombuffer(
+            body, dtype=resolve_dtype(dtype), count=math.prod(shape), offset=begin
+        ).reshape(shape)
+    _check_tiling(spans, len(body), where)
+    return arrays
+
+
+def _tensor_entry(name: str, entry: Any, where: str) -> tuple[str, tuple[int, ...], int, int]:
+    """Return ``(dtype name, shape, begin, end)`` of one header entry, checked."""
+    what = f"{where} tensor {name[:100]!r}"
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    valid = (
+        isinstance(entry, dict)
+        and isinstance(entry.get("dtype"), str)
+        and entry["dtype"] in SAFETENSORS_DTYPES
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in offsets)
+    )
+    if not valid:
+        raise FormatError(
+            f"{what} is {repr(entry)[:120]}; expected {{'dtype': one of "
+            f"{sorted(SAFETENSORS_DTYPES)}, 'shape': [...], 'data_offsets': [begin, end]}}. "
+            "The file is damaged or not safetensors."
+        )
+    shape = check_shape(entry.get("shape"), where=what)
+    return SAFETENSORS_DTYPES[entry["dtype"]], shape, offsets[0], offsets[1]
+
+
+def _check_tiling(spans: list[tuple[int, int]], size: int, where: str) -> None:
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise FormatError(
+                f"{where} has tensors whose byte ranges overlap or leave a gap at byte "
+                f"{position}; safetensors tensors tile the data exactly. The file is damaged "
+                "or hostile."
+            )
+        position = end
+    if position != size:
+        raise FormatError(
+            f"{where} holds {size - position} bytes after its last tensor; expected none. "
+            "The file is damaged or hostile."
+        )
+
+
+def encode_optimizer(state: OptimizerState) -> tuple[bytes, bytes]:
+    """Return ``(optimizer.json bytes, optimizer.safetensors bytes)`` for ``state``.
+
+    Example:
+        >>> document, arrays = encode_optimizer(state)  # doctest: +SKIP
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for tensor, slots in state.slots.items():
+        for slot, array in slots.items():
+            if "/" in slot or not slot:
+                raise UnsupportedOptimizerError(f"slot name {slot!r} must be non-empty, no '/'.")
+            arrays[f"{slot}/{tensor}"] = np.asarray(array, order="C")  # 0-d stays 0-d
+    document = {
+        "format": DOCUMENT_FORMAT,
+        "version": DOCUMENT_VERSION,
+        "algorithm": state.algorithm,
+        "backend": state.backend,
+        "class": state.native_class,
+        "step": state.step,
+        "groups": state.groups,
+        "slots": {tensor: sorted(slots) for tensor, slots in state.slots.items()},
+        "schedule": state.schedule,
+        "native": state.native,
+    }
+    try:
+        text = json.dumps(document, allow_nan=False, indent=1)
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedOptimizerError(
+            f"the {state.native_class} state is not plain JSON ({exc}); it cannot be stored "
+            "without pickle."
+        ) from None
+    return text.encode("utf-8"), save_arrays(arrays, metadata={"format": DOCUMENT_FORMAT})
+
+
+_REQUIRED = {
+    "format": str, "version": int, "algorithm": str, "backend": str, "class": str,
+    "groups": list, "slots": dict, "native": dict,
+}
+COUNTING = ("adam", "adamw", "rmsprop")
+"""Algorithms whose state always has a step count (bias correction, PyTorch's RMSprop step)."""
+MAX_STEP = 2**63 - 1
+"""Largest step count accepted (PyTorch and Keras hold it in 64 bits at most)."""
+
+_NON_NEGATIVE = ("learning_rate", "epsilon", "weight_decay", "momentum", "dampening")
+_UNIT_INTERVAL = ("beta_1", "beta_2", "rho")
+_FLAGS = ("amsgrad", "nesterov", "centered", "maximize")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_hyperparameter(name: str, value: Any, *, where: str) -> None:
+    """Refuse a neutral hyperparameter of the wrong type or out of range (FormatError).
+
+    ``learning_rate``, ``epsilon``, ``weight_decay``, ``momentum`` and
+    ``dampening`` are finite numbers >= 0 (``weight_decay`` may be ``None``);
+    ``beta_1``, ``beta_2`` and ``rho`` lie in [0, 1]; ``amsgrad``,
+    ``nesterov``, ``centered`` and ``maximize`` are booleans. Other names are
+    not checked here.
+
+    Example:
+        >>> check_hyperparameter("learning_rate", 0.1, where="net/optimizer.json")
+        >>> check_hyperparameter("learning_rate", "0.1", where="net/optimizer.json")
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: net/optimizer.json: learning_rate is '0.1'; expected ...
+    """
+    if name in _NON_NEGATIVE:
+        if name == "weight_decay" and value is None:
+            return
+        valid = _is_number(value) and math.isfinite(value) and value >= 0
+        expected = "a finite number >= 0"
+    elif name in _UNIT_INTERVAL:
+        valid = _is_number(value) and 0 <= value <= 1
+        expected = "a number from 0 to 1"
+    elif name in _FLAGS:
+        valid = isinstance(value, bool)
+        expected = "true or false"
+    else:
+        return
+    if not valid:
+        raise FormatError(
+            f"{where}: {name} is {repr(value)[:60]}; expected {expected}. The optimizer state "
+            "is damaged; re-save it."
+        )
+
+
+def _fail(where: str, found: str, expected: str) -> FormatError:
+    return FormatError(
+        f"{where}/{STATE_MEMBER}: {found}; expected {expected}. The optimizer state is "
+        "damaged or not polybundle's; re-save it."
+    )
+
+
+def _check_header(document: Any, where: str) -> None:
+    if not isinstance(document, dict):
+        raise FormatError(f"{where}/{STATE_MEMBER} holds a {type(document).__name__}; expected "
+                          "a JSON object.")
+    for key, kind in _REQUIRED.items():
+        value = document.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _fail(where, f"{key!r} is {repr(value)[:80]}", f"a {kind.__name__}")
+    if document["format"] != DOCUMENT_FORMAT or not 1 <= document["version"] <= DOCUMENT_VERSION:
+        raise FormatError(
+            f"{where}/{STATE_MEMBER} is {document['format'][:80]!r} version "
+            f"{document['version']}; this polybundle reads {DOCUMENT_FORMAT!r} versions 1 to "
+            f"{DOCUMENT_VERSION}. Upgrade polybundle if the bundle is newer."
+        )
+    step = document.get("step")
+    if step is not None and (not _is_number(step) or not isinstance(step, int)
+                             or not 0 <= step <= MAX_STEP):
+        raise _fail(where, f"step is {repr(step)[:60]}", f"null or an integer from 0 to {MAX_STEP}")
+    if step is None and document["algorithm"] in COUNTING:
+        raise _fail(where, f"step is null for {document['algorithm'][:40]!r}",
+                    "an integer: that algorithm's update depends on its step count")
+    schedule = document.get("schedule")
+    if schedule is not None and not (
+        isinstance(schedule, dict) and isinstance(schedule.get("class"), str)
+    ):
+        raise _fail(where, f"schedule is {repr(schedule)[:80]}", "null or an object with 'class'")
+
+
+def _check_groups(document: dict[str, Any], where: str) -> list[str]:
+    """Check every group; return the parameter names in order (each exactly once)."""
+    names: list[str] = []
+    for index, group in enumerate(document["groups"]):
+        if not isinstance(group, dict) or not isinstance(group.get("parameters"), list) \
+                or not isinstance(group.get("hyperparameters"), dict):
+            raise _fail(where, f"group {index} is {repr(group)[:80]}",
+                        "an object with 'parameters' (a list) and 'hyperparameters' (an object)")
+        for name in group["parameters"]:
+            if not isinstance(name, str) or not name:
+                raise _fail(where, f"group {index} names a parameter {repr(name)[:60]}",
+                            "tensor names (non-empty strings)")
+        for key, value in group["hyperparameters"].items():
+            check_hyperparameter(key, value, where=f"{where}/{STATE_MEMBER} group {index}")
+        names += group["parameters"]
+    if len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})[:5]
+        raise _fail(where, f"parameters {twice} appear more than once", "each tensor once")
+    return names
+
+
+def _check_slots(document: dict[str, Any], parameters: list[str], where: str) -> None:
+    known = set(parameters)
+    for tensor, slots in document["slots"].items():
+        if tensor not in known:
+            raise _fail(where, f"slots are given for {tensor[:100]!r}, which no group updates",
+                        "slots only for the groups' parameters")
+        valid = isinstance(slots, list) and all(
+            isinstance(slot, str) and slot and "/" not in slot for slot in slots
+        )
+        if not valid or len(set(slots)) != len(slots):
+            raise _fail(where, f"slots of {tensor[:100]!r} are {repr(slots)[:80]}",
+                        "a list of distinct non-empty slot names without '/'")
+
+
+def _check_document(document: Any, where: str) -> None:
+    """Check ``optimizer.json`` fully: header, groups, hyperparameters, slot names."""
+    _check_header(document, where)
+    parameters = _check_groups(document, where)
+    _check_slots(document, parameters, where)
+
+
+def _parse_document(document_bytes: bytes, where: str) -> dict[str, Any]:
+    document = load_json(document_bytes, where=f"{where}/{STATE_MEMBER}")
+    _check_document(document, where)
+    return document
+
+
+def summarize_document(document_bytes: bytes, *, where: str) -> dict[str, Any]:
+    """Summarize ``optimizer.json`` alone (no arrays read): algorithm, step, slots.
+
+    Example:
+        >>> summarize_document(encode_optimizer(state)[0], where="net")["slots"]  # doctest: +SKIP
+        {'m': 4, 'v': 4}
+    """
+    document = _parse_document(document_bytes, where)
+    counts: dict[str, int] = {}
+    for names in document["slots"].values():
+        for slot in names:
+            counts[slot] = counts.get(slot, 0) + 1
+    groups = document["groups"]
+    schedule = document.get("schedule")
+    return {
+        "algorithm": document["algorithm"],
+        "class": document["class"],
+        "step": document.get("step"),
+        "hyperparameters": groups[0]["hyperparameters"] if groups else {},
+        "parameters": sum(len(group["parameters"]) for group in groups),
+        "slots": dict(sorted(counts.items())),
+        "schedule": schedule.get("class") if isinstance(schedule, dict) else None,
+    }
+
+
+def _check_arrays(
+    arrays: dict[str, np.ndarray], specs: Sequence[Any] | None, parameters: list[str], where: str
+) -> None:
+    """Slot arrays are floating point; with ``specs``, each has its tensor's shape."""
+    for key, array in arrays.items():
+        if array.dtype.kind != "f" and dtype_label(array.dtype) not in _FLOAT8_AND_BF16:
+            raise FormatError(
+                f"{where}/{SLOTS_MEMBER}: {key[:100]!r} is {array.dtype}; expected a floating "
+                "point slot array. The optimizer state is damaged."
+            )
+    if specs is None:
+        return
+    shapes = {spec.name: tuple(spec.shape) for spec in specs}
+    unknown = [name for name in parameters if name not in shapes]
+    if unknown:
+        raise FormatError(
+            f"{where}/{STATE_MEMBER} updates {unknown[:5]}, which the manifest does not list "
+            "for this role. The optimizer state does not belong to this model."
+        )
+    for key, array in arrays.items():
+        tensor = key.partition("/")[2]
+        if tuple(array.shape) != shapes[tensor]:
+            raise FormatError(
+                f"{where}/{SLOTS_MEMBER}: {key[:100]!r} has shape {tuple(array.shape)}, but the "
+                f"manifest gives {tensor[:100]!r} the shape {shapes[tensor]}. The optimizer state "
+                "does not belong to this model, or was altered."
+            )
+
+
+_FLOAT8_AND_BF16 = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+def decode_optimizer(
+    document_bytes: bytes,
+    arrays_bytes: bytes,
+    *,
+    where: str,
+    specs: Sequence[Any] | None = None,
+) -> OptimizerState:
+    """Parse the two members written by :func:`encode_optimizer` and cross-check them.
+
+    ``where`` (the role) is used in error messages. With ``specs`` (the
+    role's :class:`~polybundle.model.backend.TensorSpec` list from the manifest),
+    every updated tensor must be listed and every slot array must have its
+    tensor's shape. Every problem raises :class:`FormatError`.
+
+    Example:
+        >>> decode_optimizer(b"{}", b"", where="net")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: net/optimizer.json: 'format' is None; ...
+    """
+    document = _parse_document(document_bytes, where)
+    arrays = load_arrays(arrays_bytes, where=f"{where}/{SLOTS_MEMBER}")
+    listed = {f"{slot}/{tensor}" for tensor, slots in document["slots"].items() for slot in slots}
+    if listed != arrays.keys():
+        raise FormatError(
+            f"{where}/{STATE_MEMBER} lists slot arrays {sorted(listed - arrays.keys())[:5]} "
+            f"that {SLOTS_MEMBER} lacks, or {SLOTS_MEMBER} holds unlisted ones "
+            f"{sorted(arrays.keys() - listed)[:5]}. The optimizer state is damaged."
+        )
+    parameters = [name for group in document["groups"] for name in group["parameters"]]
+    _check_arrays(arrays, specs, parameters, where)
+    slots = {
+        tensor: {slot: arrays[f"{slot}/{tensor}"] for slot in names}
+        for tensor, names in document["slots"].items()
+    }
+    return OptimizerState(
+        algorithm=document["algorithm"],
+        backend=document["backend"],
+        native_class=document["class"],
+        step=document.get("step"),
+        groups=document["groups"],
+        slots=slots,
+        schedule=document.get("schedule"),
+        native=document["native"],
+    )
+
+
+def check_training_members(archive: Any, manifest: dict[str, Any]) -> list[str]:
+    """Decode and check every role's optimizer members and ``rng.json``; return what was checked.
+
+    Used by ``verify``: each member is charged to the memory budget, then
+    decoded exactly as a restore would (slot shapes against the manifest's
+    tensors, hyperparameter types and ranges, RNG words), without a framework.
+    A problem raises the typed error a restore would raise.
+
+    Example:
+        >>> check_training_members(archive, read_manifest(archive))  # doctest: +SKIP
+        ['net/optimizer.json and net/optimizer.safetensors: adam, step 10, 4 slot arrays']
+    """
+    from polybundle.model.backend import TensorSpec
+    from polybundle.safety import budget
+    from polybundle.training.rng import check_rng
+
+    checked = []
+    for entry in manifest["models"]:
+        members = entry.get("optimizer")
+        if not members:
+            continue
+        names = [members["state"], members["slots"]]
+        for name in names:
+            budget.charge(archive.size(name), name)
+        document, arrays = (archive.read(name, limit=archive.size(name)) for name in names)
+        specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
+        state = decode_optimizer(document, arrays, where=entry["role"], specs=specs)
+        count = sum(len(slots) for slots in state.slots.values())
+        checked.append(
+            f"{names[0]} and {names[1]}: {state.algorithm}, step {state.step}, "
+            f"{count} slot arrays"
+        )
+    if manifest.get("rng"):
+        name = manifest["rng"]
+        budget.charge(archive.size(name), name)
+        check_rng(archive.read(name, limit=archive.size(name)))
+        checked.append(f"{name}: Python and NumPy generator states")
+    return checked

@@ -1,0 +1,269 @@
+"""The parity harness: do the frameworks compute the same outputs from one bundle?
+
+:func:`compare` loads a bundle into each installed backend (converting where
+the writer was another one), runs every role on the same inputs in inference
+mode, and compares the outputs with a reference: the outputs stored in the
+bundle by ``polybundle.save(..., parity_inputs=...)``, or the writer
+framework's outputs on the inputs given.
+
+Errors are reported per role, output and backend: ``max_abs`` is the largest
+absolute difference and ``max_rel`` that divided by the reference's largest
+magnitude (an error relative to the output's scale, which stays meaningful
+where single outputs are near zero). A row passes when
+``max_abs <= atol + rtol * max|reference|``.
+
+Example:
+    >>> report = polybundle.tools.parity.compare("run.bundle", x)  # doctest: +SKIP
+    >>> report.passed, report.rows[0].max_rel
+    (True, 2.1e-07)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from polybundle.errors import BackendUnavailableError, PolybundleError
+
+PARITY_MEMBER = "parity.safetensors"
+"""File name of a role's stored reference inputs and outputs (``<role>/parity.safetensors``)."""
+
+DEFAULT_RTOL = 1e-5
+DEFAULT_ATOL = 1e-6
+
+Inputs = "np.ndarray | Sequence[np.ndarray] | dict[str, np.ndarray]"
+
+
+def input_names(inputs: dict[str, np.ndarray]) -> list[str]:
+    """Return the input names of ``inputs`` in call order (``input`` or ``input.0``, ...).
+
+    Example:
+        >>> input_names({"input.1": 0, "input.0": 0})
+        ['input.0', 'input.1']
+    """
+    if set(inputs) == {"input"}:
+        return ["input"]
+    names = sorted(inputs, key=lambda n: int(n.split(".", 1)[1]) if n[6:].isdigit() else -1)
+    if names != [f"input.{i}" for i in range(len(names))]:
+        raise PolybundleError(
+            f"parity inputs are named {sorted(inputs)}; expected 'input' or 'input.0', "
+            "'input.1', ... (pass an array, or a list of arrays in call order)."
+        )
+    return names
+
+
+def as_inputs(value: Any) -> dict[str, np.ndarray]:
+    """Return one role's inputs as named arrays: an array, a list of arrays, or named arrays.
+
+    Example:
+        >>> sorted(as_inputs([np.zeros(2), np.ones(2)]))
+        ['input.0', 'input.1']
+    """
+    if isinstance(value, dict):
+        named = {str(k): np.asarray(v) for k, v in value.items()}
+    elif isinstance(value, (list, tuple)):
+        named = {f"input.{i}": np.asarray(v) for i, v in enumerate(value)}
+    else:
+        named = {"input": np.asarray(value)}
+    input_names(named)
+    return named
+
+
+def per_role_inputs(inputs: Any, roles: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Return ``{role: named inputs}``: ``inputs`` is ``{role: ...}`` or one value for all roles.
+
+    Example:
+        >>> sorted(per_role_inputs(np.zeros(2), ["a", "b"]))
+        ['a', 'b']
+    """
+    roles = list(roles)
+    if isinstance(inputs, dict) and inputs and set(inputs) <= set(roles):
+        return {role: as_inputs(value) for role, value in inputs.items()}
+    return {role: as_inputs(inputs) for role in roles}
+
+
+def encode_parity(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bytes:
+    """Return the safetensors bytes of a role's reference inputs and outputs.
+
+    Example:
+        >>> len(encode_parity({"input": np.zeros(2, "f4")}, {"output": np.ones(1, "f4")})) > 0
+        True
+    """
+    from safetensors.numpy import save
+
+    return save({k: np.asarray(v, order="C") for k, v in {**inputs, **outputs}.items()})
+
+
+def read_parity(path: str | os.PathLike[str], role: str) -> tuple[dict, dict] | None:
+    """Return ``(inputs, outputs)`` stored for ``role`` in the bundle at ``path``, or None.
+
+    Example:
+        >>> inputs, outputs = read_parity("run.bundle", "net")  # doctest: +SKIP
+    """
+    from polybundle.api.bundle import model_entry
+    from polybundle.format.archive import ArchiveReader
+    from polybundle.format.manifest import read_manifest, verify_members
+    from polybundle.model.optimizer import load_arrays
+
+    with ArchiveReader(path) as archive:
+        manifest = read_manifest(archive)
+        record = model_entry(manifest, role).get("parity")
+        if record is None:
+            return None
+        member = record["member"]
+        verify_members(archive, {"members": {member: manifest["members"][member]}})
+        data = archive.read(record["member"], limit=archive.size(record["member"]))
+        arrays = load_arrays(data, where=member)  # bfloat16/float8 too, geometry checked
+    return ({k: arrays[k] for k in record["inputs"]}, {k: arrays[k] for k in record["outputs"]})
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """One role's one output on one backend, compared with the reference.
+
+    Example:
+        >>> ParityRow("net", "output", "torch", 1e-7, 2e-7, True).passed
+        True
+    """
+
+    role: str
+    output: str
+    backend: str
+    max_abs: float
+    max_rel: float
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class ParityReport:
+    """Rows per role, output and backend; ``passed`` when all of them pass.
+
+    Example:
+        >>> ParityReport([], rtol=1e-5, atol=1e-6, reference="stored").passed
+        False
+    """
+
+    rows: list[ParityRow]
+    rtol: float
+    atol: float
+    reference: str
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """Return True when there is at least one row and every row passed."""
+        return bool(self.rows) and all(row.passed for row in self.rows)
+
+    def table(self) -> str:
+        """Return the report as a plain-text table.
+
+        Example:
+            >>> print(report.table())  # doctest: +SKIP
+        """
+        lines = [f"reference: {self.reference}; pass when max_abs <= {self.atol:g} + "
+                 f"{self.rtol:g} * max|reference|"]
+        header = ("role", "output", "backend", "max_abs", "max_rel", "result")
+        body = [(r.role, r.output, r.backend, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}",
+                 ("pass" if r.passed else "FAIL") + (f" ({r.note})" if r.note else ""))
+                for r in self.rows]
+        widths = [max(len(str(x)) for x in column) for column in zip(header, *body, strict=True)]
+        for row in (header, *body):
+            lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+        lines += [f"skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def errors(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Return ``(max_abs, max_rel)`` of ``actual`` against ``reference`` (see module doc).
+
+    Example:
+        >>> errors(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
+        (0.5, 0.2)
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if actual.shape != reference.shape:
+        return float("inf"), float("inf")
+    if not reference.size:
+        return 0.0, 0.0
+    max_abs = float(np.max(np.abs(actual - reference)))
+    scale = float(np.max(np.abs(reference)))
+    return max_abs, (max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf")))
+
+
+def compare(
+    path: str | os.PathLike[str],
+    inputs: Any = None,
+    *,
+    backends: Sequence[str] = ("torch", "tensorflow"),
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    roles: Iterable[str] | None = None,
+) -> ParityReport:
+    """Run the bundle at ``path`` on every installed backend in ``backends``; compare outputs.
+
+    ``inputs`` is an array (or list of arrays, or ``{role: ...}``) fed to
+    every role; the reference is then the writer framework's outputs.
+    Without ``inputs`` the bundle's stored reference inputs and outputs are
+    used (see ``polybundle.save(..., parity_inputs=...)``). Backends whose
+    framework is not installed are listed in ``report.skipped``.
+
+    Example:
+        >>> polybundle.parity.compare("run.bundle", np.ones((2, 3), "f4")).passed  # doctest: +SKIP
+        True
+    """
+    from polybundle.api.inspection import inspect
+    from polybundle.api.loading import load
+    from polybundle.hooks.registry import get_backend
+
+    manifest = inspect(path)["manifest"]
+    selected = list(roles) if roles is not None else [e["role"] for e in manifest["models"]]
+    writer = manifest["backend"]
+    references: dict[str, tuple[dict, dict]] = {}
+    if inputs is None:
+        for role in selected:
+            stored = read_parity(path, role)
+            if stored is None:
+                raise PolybundleError(
+                    f"role {role!r} of {str(path)!r} has no stored parity data; pass inputs= "
+                    "or save with parity_inputs={role: inputs}."
+                )
+            references[role] = stored
+        reference = f"outputs stored by the {writer!r} writer"
+    else:
+        per_role = per_role_inputs(inputs, selected)
+        native = load(path, roles=selected)
+        backend = get_backend(writer)
+        for role in selected:
+            outputs = backend.predict(native.models[role], per_role[role])
+            references[role] = (per_role[role], outputs)
+        reference = f"{writer!r} outputs on the given inputs"
+    rows: list[ParityRow] = []
+    skipped: dict[str, str] = {}
+    for name in backends:
+        backend = get_backend(name)
+        try:
+            backend.require()
+        except BackendUnavailableError as exc:
+            skipped[backend.name] = str(exc)
+            continue
+        bundle = load(path, backend=backend.name, roles=selected)
+        for role in selected:
+            role_inputs, expected = references[role]
+            outputs = backend.predict(bundle.models[role], role_inputs)
+            for output, ref in expected.items():
+                got = outputs.get(output)
+                if got is None:
+                    rows.append(ParityRow(role, output, backend.name, float("inf"), float("inf"),
+                                          False, "output missing"))
+                    continue
+                max_abs, max_rel = errors(got, ref)
+                scale = float(np.max(np.abs(ref))) if np.size(ref) else 0.0
+                rows.append(ParityRow(role, output, backend.name, max_abs, max_rel,
+                                      max_abs <= atol + rtol * scale))
+    return ParityReport(rows, rtol=rtol, atol=atol, reference=reference, skipped=skipped)

@@ -1,0 +1,537 @@
+"""``polybundle.CheckpointManager``: numbered training checkpoints in one directory.
+
+Each checkpoint is an ordinary format-2 bundle (weights, optimizer state,
+params, RNG state) named ``checkpoint-<step>.bundle``. The index
+``checkpoints.json`` lists the retained checkpoints in save order and the
+metrics of every step ever saved (``history``). A save writes the bundle
+atomically, then the index atomically, and only then deletes the checkpoints
+that fall out of retention, so a crash at any moment leaves an index that
+names only complete, committed bundles. One process writes a directory at a
+time (a lock file enforces it where the OS supports ``fcntl``).
+
+The index is not trusted: every record's ``file`` must be a plain
+``checkpoint-<step>.bundle`` name inside the directory, and steps, metrics and
+dates must have their types. A damaged index (invalid JSON, too deep, a record
+pointing elsewhere, wrong types) is replaced by a scan of the directory's
+bundles that pass :func:`polybundle.verify`, with a :class:`DamagedIndexWarning`;
+the next save writes a good index again. Readers never fail because a
+concurrent writer pruned the checkpoint they were about to open: they read the
+index again and retry.
+
+Example:
+    >>> manager = CheckpointManager("ckpt", keep_last=2, keep_best=("val_loss", "min"))
+    >>> manager.save(100, {"net": net}, optimizers={"net": opt},
+    ...              metrics={"val_loss": 0.31})  # doctest: +SKIP
+    >>> bundle = manager.restore(into={"net": fresh_net})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import stat
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polybundle.api.bundle import Bundle
+from polybundle.api.loading import load
+from polybundle.api.saving import save
+from polybundle.api.verify import verify
+from polybundle.errors import CheckpointError, FormatError, PolybundleError
+from polybundle.format.jsondoc import load_json
+from polybundle.format.writer import atomic_write_bytes, write_error
+
+INDEX_NAME = "checkpoints.json"
+"""The index file inside a checkpoint directory."""
+INDEX_FORMAT = "polybundle-checkpoints"
+_PREFIX = "checkpoint-"
+_SUFFIX = ".bundle"
+_LOCK_NAME = ".checkpoints.lock"
+_FILE = re.compile(r"^checkpoint-(?P<step>[0-9]{1,19})\.bundle$")
+_READ_ATTEMPTS = 20
+"""How often a reader re-reads the index when the checkpoint it named has just been pruned."""
+_MAX_TEXT = 200  # longest date string an index record may hold
+MAX_INDEX_BYTES = 256 * 1024 * 1024
+"""Largest index read (about two million saved steps); a larger one counts as damaged."""
+
+
+class DamagedIndexWarning(UserWarning):
+    """The checkpoint index is damaged; the directory's verified bundles are used instead.
+
+    Example:
+        >>> issubclass(DamagedIndexWarning, UserWarning)
+        True
+    """
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One retained checkpoint: its step, bundle path, metrics and save time.
+
+    Example:
+        >>> manager.latest()  # doctest: +SKIP
+        Checkpoint(step=100, path=PosixPath('ckpt/checkpoint-0000000100.bundle'), ...)
+    """
+
+    step: int
+    path: Path
+    metrics: dict[str, Any]
+    created: str
+
+
+def write_json_atomically(path: Path, document: Any) -> None:
+    """Write ``document`` as JSON to ``path`` so readers see the old file or the new one.
+
+    An OS error (full disk, read-only folder) raises a
+    :class:`~polybundle.errors.WriteError` and leaves no temporary file.
+
+    Example:
+        >>> write_json_atomically(Path("ckpt/index.json"), {"steps": []})  # doctest: +SKIP
+    """
+    atomic_write_bytes(path, json.dumps(document, indent=1, allow_nan=False).encode("utf-8"))
+
+
+def _finite(value: int | float) -> bool:
+    """Return True when ``value`` is a finite float, or an int a float can hold.
+
+    Example:
+        >>> _finite(0.5), _finite(float("nan")), _finite(10**400)
+        (True, False, False)
+    """
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float range (10**400)
+        return False
+
+
+def _empty_index() -> dict[str, Any]:
+    return {"format": INDEX_FORMAT, "version": 1, "checkpoints": [], "history": []}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _record_problem(record: Any, *, with_file: bool) -> str | None:
+    """Return what is wrong with one index record, or None when it is well formed.
+
+    Example:
+        >>> _record_problem({"step": 1, "file": "../x", "metrics": {}, "created": ""},
+        ...                 with_file=True)
+        "its file '../x' is not a plain checkpoint-<step>.bundle name inside the directory"
+    """
+    if not isinstance(record, dict):
+        return f"a record is a {type(record).__name__}, not an object"
+    keys = {"step", "metrics", "created"} | ({"file"} if with_file else set())
+    if set(record) != keys:
+        return f"a record has the keys {_short(sorted(record))}; expected {sorted(keys)}"
+    step, metrics, created = record["step"], record["metrics"], record["created"]
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 10**19:
+        return f"a record's step is {_short(step)}; expected an int >= 0"
+    if with_file and (not isinstance(record["file"], str) or not _FILE.match(record["file"])):
+        return (f"its file {_short(record['file'])} is not a plain checkpoint-<step>.bundle "
+                "name inside the directory")
+    if not isinstance(created, str) or len(created) > _MAX_TEXT:
+        return f"step {step}'s created is {_short(created)}; expected a date string"
+    if not isinstance(metrics, dict):
+        return f"step {step}'s metrics is {_short(metrics)}; expected an object"
+    for name, value in metrics.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not _finite(value):
+            return f"step {step}'s metric {_short(name)} is {_short(value)}; expected a number"
+    return None
+
+
+def index_problem(document: Any) -> str | None:
+    """Return what is wrong with a parsed checkpoint index, or None when it is valid.
+
+    Example:
+        >>> index_problem({"format": INDEX_FORMAT, "version": 1, "checkpoints": [],
+        ...                "history": []}) is None
+        True
+        >>> index_problem({"format": INDEX_FORMAT, "checkpoints": {}, "history": []})
+        "expected format 'polybundle-checkpoints' with checkpoints and history lists"
+    """
+    valid = (
+        isinstance(document, dict)
+        and document.get("format") == INDEX_FORMAT
+        and isinstance(document.get("checkpoints"), list)
+        and isinstance(document.get("history"), list)
+    )
+    if not valid:
+        return f"expected format {INDEX_FORMAT!r} with checkpoints and history lists"
+    for records, with_file in ((document["checkpoints"], True), (document["history"], False)):
+        for record in records:
+            problem = _record_problem(record, with_file=with_file)
+            if problem is not None:
+                return problem
+        steps = [record["step"] for record in records]
+        if len(set(steps)) != len(steps):
+            return "a step is listed twice"
+    return None
+
+
+def _check_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"metrics is a {type(metrics).__name__}; expected a dict.")
+    for name, value in metrics.items():
+        plain = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not isinstance(name, str) or not plain or not _finite(value):
+            raise CheckpointError(
+                f"metric {name!r} is {value!r}; expected a str name and a finite int or float "
+                "(call float() on tensors)."
+            )
+    return dict(metrics)
+
+
+def _check_keep_best(keep_best: Any) -> tuple[str, str, int] | None:
+    if keep_best is None:
+        return None
+    if isinstance(keep_best, (tuple, list)) and len(keep_best) in (2, 3):
+        metric, mode, *rest = keep_best
+        count = rest[0] if rest else 1
+        if isinstance(metric, str) and mode in ("min", "max") and isinstance(count, int) \
+                and count >= 1:
+            return metric, mode, count
+    raise CheckpointError(
+        f"keep_best is {keep_best!r}; expected (metric, 'min' or 'max') or "
+        "(metric, mode, how many), e.g. ('val_loss', 'min')."
+    )
+
+
+class CheckpointManager:
+    """Save, retain, list and restore checkpoints of a training run.
+
+    ``keep_last`` keeps the most recent saves (``None`` keeps all);
+    ``keep_best=(metric, "min" | "max"[, count])`` also keeps the best
+    ``count`` checkpoints by that metric. ``latest`` is the most recent save.
+
+    Example:
+        >>> manager = CheckpointManager("ckpt", keep_last=3)
+        >>> manager.save(10, {"net": net}, metrics={"loss": 0.5})  # doctest: +SKIP
+        >>> manager.latest().step  # doctest: +SKIP
+        10
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        keep_last: int | None = 3,
+        keep_best: tuple[Any, ...] | None = None,
+    ) -> None:
+        if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
+            raise CheckpointError(
+                f"keep_last is {keep_last!r}; expected an int >= 1, or None to keep every one."
+            )
+        self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(
+                f"{str(self.directory)!r} is a file; expected a directory for checkpoints."
+            )
+        self.keep_last = keep_last
+        self.keep_best = _check_keep_best(keep_best)
+
+    @property
+    def index_path(self) -> Path:
+        """Return the path of the index file."""
+        return self.directory / INDEX_NAME
+
+    def _load_index(self) -> tuple[dict[str, Any], str | None]:
+        """Return ``(index, None)``, or ``(empty index, what is wrong)`` when it is damaged."""
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(self.index_path, flags)  # a FIFO does not block, a symlink fails
+        except FileNotFoundError:
+            return _empty_index(), None
+        except OSError as exc:
+            return _empty_index(), f"it cannot be read ({exc.strerror or exc})"
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return _empty_index(), "it is not a regular file"
+            if info.st_size > MAX_INDEX_BYTES:
+                return _empty_index(), f"it is {info.st_size} bytes, more than {MAX_INDEX_BYTES}"
+            with open(fd, "rb", closefd=False) as stream:
+                data = stream.read()  # the writer replaces the file whole: it never grows
+        except OSError as exc:
+            return _empty_index(), f"it cannot be read ({exc.strerror or exc})"
+        finally:
+            os.close(fd)
+        try:
+            document = load_json(data, where=INDEX_NAME)
+        except FormatError as exc:
+            return _empty_index(), str(exc)
+        problem = index_problem(document)
+        return (document, None) if problem is None else (_empty_index(), problem)
+
+    def _scan(self) -> list[dict[str, Any]]:
+        """Return index records of the directory's checkpoint bundles that pass verify."""
+
+        found: dict[int, dict[str, Any]] = {}
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda entry: entry.name)
+        except OSError:
+            return []
+        for entry in entries:
+            match = _FILE.match(entry.name)
+            if match is None or not entry.is_file(follow_symlinks=False):
+                continue
+            step = int(match["step"])
+            canonical = entry.name == f"{_PREFIX}{step:010d}{_SUFFIX}"
+            if step in found and not canonical:
+                continue
+            try:
+                if not verify(entry.path).ok:
+                    continue
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except (PolybundleError, OSError):
+                continue
+            created = _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc)
+            found[step] = {"step": step, "file": entry.name, "metrics": {},
+                           "created": created.isoformat(timespec="seconds")}
+        return [found[step] for step in sorted(found)]
+
+    def _read_index(self) -> dict[str, Any]:
+        """Return the index; when it is damaged, warn and rebuild it from verified bundles."""
+        index, problem = self._load_index()
+        if problem is None:
+            return index
+        scanned = self._scan()
+        warnings.warn(
+            DamagedIndexWarning(
+                f"the checkpoint index {str(self.index_path)!r} is damaged ({problem}); using "
+                f"the {len(scanned)} checkpoint bundle(s) of the directory that pass "
+                "polybundle.verify instead (their metrics are lost). The next save writes a "
+                "new index."
+            ),
+            stacklevel=3,
+        )
+        history = [{key: e[key] for key in ("step", "metrics", "created")} for e in scanned]
+        return {**_empty_index(), "checkpoints": scanned, "history": history}
+
+    def _checkpoint(self, entry: dict[str, Any]) -> Checkpoint:
+        return Checkpoint(
+            entry["step"], self.directory / entry["file"], entry["metrics"], entry["created"]
+        )
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform
+            yield
+            return
+        try:
+            lock = open(self.directory / _LOCK_NAME, "a+b")
+        except OSError as exc:
+            raise write_error(exc, self.directory / _LOCK_NAME) from None
+        with lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CheckpointError(
+                    f"another process is saving into {str(self.directory)!r}; one writer per "
+                    "checkpoint directory."
+                ) from None
+            yield
+
+    def _retained(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        keep = set(range(len(entries)))
+        if self.keep_last is not None:
+            keep = set(range(max(0, len(entries) - self.keep_last), len(entries)))
+        if self.keep_best is not None:
+            metric, mode, count = self.keep_best
+            ranked = [i for i, e in enumerate(entries) if metric in e["metrics"]]
+            sign = 1 if mode == "min" else -1
+            ranked.sort(key=lambda i: (sign * entries[i]["metrics"][metric], i))
+            keep |= set(ranked[:count])
+        return [entry for i, entry in enumerate(entries) if i in keep]
+
+    def _prune(self, kept: Iterable[dict[str, Any]]) -> None:
+        names = {entry["file"] for entry in kept}
+        for path in self.directory.iterdir():
+            stale_temp = path.name.startswith(f".{_PREFIX}") or path.name.startswith(
+                f".{INDEX_NAME}."
+            )
+            ours = path.name.startswith(_PREFIX) and path.name.endswith(_SUFFIX)
+            if (ours and path.name not in names) or (stale_temp and path.suffix == ".tmp"):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise write_error(
+                        exc, path, "The checkpoint was saved, but an old one was not pruned."
+                    ) from None
+
+    def save(
+        self,
+        step: int,
+        models: dict[str, Any],
+        *,
+        optimizers: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        schedulers: dict[str, Any] | None = None,
+        architectures: dict[str, Any] | None = None,
+        rng: bool = True,
+    ) -> Checkpoint:
+        """Save a checkpoint for ``step``, update the index, then prune; return it.
+
+        Arguments are those of :func:`polybundle.save`; ``metrics`` are plain
+        numbers kept in the index (and in :meth:`history` for good). Saving a
+        step again replaces its checkpoint.
+
+        Example:
+            >>> manager.save(200, {"net": net}, optimizers={"net": opt},
+            ...              metrics={"val_loss": 0.28}).path.name  # doctest: +SKIP
+            'checkpoint-0000000200.bundle'
+        """
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise CheckpointError(f"step is {step!r}; expected an int >= 0.")
+        metrics = _check_metrics(metrics)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, self.directory) from None
+        name = f"{_PREFIX}{step:010d}{_SUFFIX}"
+        with self._locked():
+            index = self._read_index()
+            save(
+                self.directory / name,
+                models,
+                params=params,
+                architectures=architectures,
+                optimizers=optimizers,
+                schedulers=schedulers,
+                rng=rng,
+            )
+            created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            entry = {"step": step, "file": name, "metrics": metrics, "created": created}
+            checkpoints = [e for e in index["checkpoints"] if e["step"] != step] + [entry]
+            history = [h for h in index["history"] if h["step"] != step]
+            history.append({"step": step, "metrics": metrics, "created": created})
+            kept = self._retained(checkpoints)
+            index.update(checkpoints=kept, history=history)
+            write_json_atomically(self.index_path, index)
+            self._prune(kept)
+        return self._checkpoint(entry)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Return the retained checkpoints, oldest save first.
+
+        Example:
+            >>> [c.step for c in manager.checkpoints()]  # doctest: +SKIP
+            [300, 400]
+        """
+        return [self._checkpoint(e) for e in self._read_index()["checkpoints"]]
+
+    def latest(self) -> Checkpoint | None:
+        """Return the most recently saved checkpoint, or ``None`` when there is none.
+
+        Example:
+            >>> manager.latest().step  # doctest: +SKIP
+            400
+        """
+        for attempt in range(_READ_ATTEMPTS):
+            retained = self.checkpoints()
+            if not retained or retained[-1].path.is_file():
+                break
+            _pause(attempt)  # pruned by a concurrent save since the index was read
+        return retained[-1] if retained else None
+
+    def best(self, metric: str | None = None, mode: str | None = None) -> Checkpoint | None:
+        """Return the retained checkpoint with the best ``metric`` (default: ``keep_best``'s).
+
+        Example:
+            >>> manager.best().metrics  # doctest: +SKIP
+            {'val_loss': 0.21}
+        """
+        if metric is None and self.keep_best is not None:
+            metric, mode = self.keep_best[0], mode or self.keep_best[1]
+        if metric is None or mode not in ("min", "max"):
+            raise CheckpointError(
+                f"best() needs a metric and mode 'min' or 'max' (got {metric!r}, {mode!r}); pass "
+                "them, or make the manager with keep_best=(metric, mode)."
+            )
+        scored = [c for c in self.checkpoints() if metric in c.metrics]
+        if not scored:
+            return None
+        sign = 1 if mode == "min" else -1
+        return min(enumerate(scored), key=lambda ic: (sign * ic[1].metrics[metric], ic[0]))[1]
+
+    def history(self) -> list[dict[str, Any]]:
+        """Return ``{"step", "metrics", "created"}`` of every step saved, pruned ones too.
+
+        Example:
+            >>> [h["step"] for h in manager.history()]  # doctest: +SKIP
+            [100, 200, 300, 400]
+        """
+        return [dict(h) for h in self._read_index()["history"]]
+
+    def restore(
+        self,
+        step: int | None = None,
+        *,
+        into: dict[str, Any] | None = None,
+        roles: Iterable[str] | None = None,
+        rng: bool = True,
+        verify: bool = True,
+    ) -> Bundle:
+        """Load the latest checkpoint (or that of ``step``) and return its :class:`Bundle`.
+
+        ``into``, ``roles`` and ``verify`` are those of :func:`polybundle.load`.
+        With ``rng=True`` the saved random-generator state is put back too.
+        Restore optimizers with :meth:`Bundle.restore_optimizer`.
+
+        Example:
+            >>> bundle = manager.restore(into={"net": net})  # doctest: +SKIP
+            >>> bundle.restore_optimizer("net", opt)  # doctest: +SKIP
+        """
+        for attempt in range(_READ_ATTEMPTS):
+            chosen = self._choose(step)
+            try:
+                bundle = load(chosen.path, into=into, roles=roles, verify=verify)
+                if rng and "rng" in bundle.manifest:
+                    bundle.restore_rng()
+                return bundle
+            except PolybundleError as exc:
+                if os.path.lexists(chosen.path):
+                    raise
+                vanished = exc  # pruned by a concurrent save: read the index again
+            _pause(attempt)
+        raise CheckpointError(
+            f"the checkpoint {chosen.path.name!r} named by the index of "
+            f"{str(self.directory)!r} was missing {_READ_ATTEMPTS} times in a row; it was "
+            "deleted, or another process prunes faster than it can be read. Restore a step "
+            "that is kept (keep_best), or read when the writer pauses."
+        ) from vanished
+
+    def _choose(self, step: int | None) -> Checkpoint:
+        retained = self.checkpoints()
+        if not retained:
+            raise CheckpointError(f"{str(self.directory)!r} holds no checkpoint to restore.")
+        if step is None:
+            return retained[-1]
+        matches = [c for c in retained if c.step == step]
+        if not matches:
+            raise CheckpointError(
+                f"no retained checkpoint for step {step!r} in {str(self.directory)!r}; "
+                f"retained steps: {[c.step for c in retained]}."
+            )
+        return matches[0]
+
+
+def _pause(attempt: int) -> None:
+    """Sleep a little longer on each retry (1 ms, 2 ms, ... at most 50 ms)."""
+    time.sleep(min(0.05, 0.001 * (attempt + 1)))
