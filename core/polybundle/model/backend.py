@@ -20,8 +20,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
+import mmap
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -295,6 +296,11 @@ class Backend(ABC):
     """Distribution whose version is recorded as the framework version."""
     weights_member: str = ""
     """File name of the native weights member inside ``<role>/``."""
+    plain_format: str = ""
+    """The :class:`~polybundle.format.detection.Detection` format of the framework's own
+    weights file (``torch.save``, ``model.save``) when this backend reads one as a one-role
+    bundle; ``""`` when it reads none. Its plugin detects such files (``polybundle_detect_archive``,
+    ``trylast``) and :meth:`describe_stored` describes them."""
 
     def is_available(self) -> bool:
         """Return True when every module in :attr:`modules` can be imported.
@@ -397,6 +403,68 @@ class Backend(ABC):
 
         Example: ``backend.read_tensors(stream, specs)["fc.weight"].shape == (4, 3)``.
         """
+
+    def _no_reader(self, what: str, method: str) -> BackendError:
+        return BackendError(
+            f"the {self.name!r} backend has no framework-free reader of its weights file "
+            f"({self.weights_member or 'none declared'}), so {what} is not available for it. "
+            f"Its author can implement {type(self).__name__}.{method} (see "
+            "polybundle.model.backend.Backend)."
+        )
+
+    def read_stored(
+        self, source: BinaryIO, specs: list[TensorSpec], *, mapped: mmap.mmap | None = None
+    ) -> dict[str, np.ndarray]:
+        """Return ``{spec.name: array}`` from the weights file in ``source``, without the framework.
+
+        The file must hold exactly ``specs`` (keys, shapes, dtypes), checked
+        before any tensor byte is read. Given ``mapped``, a read-only memory
+        map of the whole file that ``source`` (then a
+        :class:`~polybundle.format.archive.MemberRange`) lies in, the arrays are
+        read-only views of the map and no tensor byte is read now: this is what
+        ``load(..., lazy=True)`` uses. The default raises
+        :class:`~polybundle.errors.BackendError` naming the backend.
+
+        Example: ``backend.read_stored(member, specs, mapped=mapped)["fc.weight"][0, 0]``.
+        """
+        raise self._no_reader("lazy loading", "read_stored")
+
+    def check_stored(
+        self,
+        source: BinaryIO,
+        specs: list[TensorSpec],
+        *,
+        where: str,
+        declared: Sequence[str] = (),
+    ) -> dict[str, np.ndarray]:
+        """Check the weights file in ``source`` as a load would, without the framework.
+
+        Runs every check the backend runs before its framework may see the
+        file (whatever in it could import or run code, its structure, the
+        stored tensors against ``specs``), raising a typed
+        :class:`~polybundle.errors.PolybundleError` for the first failure, and
+        returns every stored tensor as ``{native key: array}`` for
+        :func:`polybundle.verify` to compare with the manifest. ``where`` names
+        the file in errors; ``declared`` lists code objects the archive itself
+        declares by name (a migrated legacy archive's custom objects), which
+        are expected, not refused. The default raises
+        :class:`~polybundle.errors.BackendError` naming the backend.
+
+        Example: ``sorted(backend.check_stored(stream, specs, where="net/model.pth"))``.
+        """
+        raise self._no_reader("a framework-free verify", "check_stored")
+
+    def describe_stored(self, source: BinaryIO, *, where: str) -> list[TensorSpec]:
+        """Describe the tensors of a plain weights file (:attr:`plain_format`) from its index.
+
+        No tensor byte is read and the framework is not imported. Layout tags
+        are the ones the file itself determines (``opaque`` where it says
+        nothing). Used to read such a file as a one-role bundle. The default
+        raises :class:`~polybundle.errors.BackendError` naming the backend.
+
+        Example: ``[spec.name for spec in backend.describe_stored(stream, where="net.pth")]``.
+        """
+        raise self._no_reader("reading its plain weights files", "describe_stored")
 
     def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
         """Set ``model``'s tensors from ``{spec name: array}``, strictly.
