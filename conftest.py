@@ -1,0 +1,169 @@
+"""Every example runs: docstrings (doctest) and Markdown docs (Sybil).
+
+pytest collects the modules under :data:`DOCTEST_ROOTS` as doctest modules; each folder
+equals its import path under its source root, so a module is imported once, under its
+real name. The Python blocks of ``README.md`` and ``docs/*.md`` run with Sybil, one
+namespace per document, in order (a ``pycon``/``>>>`` block compares its output).
+
+Every example runs in a fresh temporary working directory that holds ``run.bundle``: a
+tiny PyTorch model (``nn.Sequential(Linear(4, 3), ReLU(), Linear(3, 2))``, role
+``net``, params ``{"N": 4, "lr": 0.001}``). Its namespace holds ``np``, ``Path``,
+``polybundle``, ``torch`` and ``net`` (the saved model).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _pytest.doctest import DoctestItem, DoctestModule
+from sybil import Document, Region, Sybil
+from sybil.parsers.markdown import PythonCodeBlockParser
+
+import polybundle
+
+ROOT = Path(__file__).resolve().parent
+
+DOCTEST_ROOTS = ("core/polybundle", "backends", "plugins/polybundle-jax/polybundle_jax")
+"""Folders whose modules' docstring examples run (relative to the repository root)."""
+
+DOCTEST_PENDING: frozenset[str] = frozenset({
+    "core/polybundle/__init__.py",
+    "core/polybundle/testing.py",
+    "core/polybundle/api/inspection.py",
+    "core/polybundle/api/lazy.py",
+    "core/polybundle/api/loading.py",
+    "core/polybundle/api/transfer.py",
+    "core/polybundle/api/verify.py",
+    "core/polybundle/hooks/hookspecs.py",
+    "core/polybundle/hooks/registry.py",
+    "core/polybundle/legacy/kerasfile.py",
+    "core/polybundle/legacy/plugin.py",
+    "core/polybundle/legacy/readers.py",
+    "core/polybundle/model/backend.py",
+    "core/polybundle/model/conversion.py",
+    "core/polybundle/model/optimizer.py",
+    "core/polybundle/model/optimizer_conversion.py",
+    "core/polybundle/tools/demo.py",
+    "core/polybundle/tools/pytest_plugin.py",
+    "backends/polybundle_tensorflow/backend.py",
+    "backends/polybundle_tensorflow/keras_file.py",
+    "backends/polybundle_tensorflow/optim.py",
+    "backends/polybundle_torch/backend.py",
+    "backends/polybundle_torch/optim.py",
+    "backends/polybundle_torch/pth_reader.py",
+    "plugins/polybundle-jax/polybundle_jax/__init__.py",
+    "plugins/polybundle-jax/polybundle_jax/backend.py",
+    "plugins/polybundle-jax/polybundle_jax/optim.py",
+    "plugins/polybundle-jax/polybundle_jax/plugin.py",
+    "docs/plugins.md",
+})
+"""Modules and docs whose examples are being rewritten (issue 11, item 6); empty when done."""
+
+DOCS = ("README.md", "docs/*.md")
+"""Markdown files whose Python blocks run."""
+
+SELF_TESTED = re.compile(r"<!-- (walkthrough|source: [^>]*) -->\s*\Z")
+"""A block after this comment is run or compared by ``tests/test_seed_project.py``."""
+
+_made: dict[str, Any] = {}
+
+
+def _example_files() -> tuple[Path, Any]:
+    """Return the folder holding ``run.bundle`` and the saved model (made once a session)."""
+    if not _made:
+        torch = importlib.import_module("torch")
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+        folder = Path(tempfile.mkdtemp(prefix="polybundle-examples-"))
+        polybundle.save(folder / "run.bundle", {"net": net}, params={"N": 4, "lr": 0.001})
+        _made.update(folder=folder, net=net, torch=torch)
+    return _made["folder"], _made["net"]
+
+
+def example_namespace(workdir: Path) -> dict[str, Any]:
+    """Fill ``workdir`` with the example files; return the names every example sees."""
+    folder, net = _example_files()
+    for path in folder.iterdir():
+        shutil.copy(path, workdir / path.name)
+    return {"np": np, "Path": Path, "polybundle": polybundle, "torch": _made["torch"],
+            "net": net}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the session's example files."""
+    if _made:
+        shutil.rmtree(_made["folder"], ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _doctest_workdir(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run each docstring example in a fresh working directory with the shared names."""
+    if isinstance(request.node, DoctestItem):
+        workdir = request.getfixturevalue("tmp_path")
+        request.getfixturevalue("monkeypatch").chdir(workdir)
+        request.getfixturevalue("doctest_namespace").update(example_namespace(workdir))
+    yield
+
+
+def _is_doctest_module(file_path: Path) -> bool:
+    relative = file_path.resolve().relative_to(ROOT).as_posix()
+    return (
+        file_path.suffix == ".py"
+        and file_path.name != "conftest.py"
+        and any(relative.startswith(root + "/") for root in DOCTEST_ROOTS)
+        and relative not in DOCTEST_PENDING
+    )
+
+
+class _DocBlocks:
+    """Python blocks of a Markdown file, except those ``tests/test_seed_project.py`` runs."""
+
+    def __init__(self) -> None:
+        self.parser = PythonCodeBlockParser()
+
+    def __call__(self, document: Document) -> Iterable[Region]:
+        for region in self.parser(document):
+            if not SELF_TESTED.search(document.text[: region.start]):
+                yield region
+
+
+def _docs_setup(namespace: dict[str, Any]) -> None:
+    namespace["_previous_cwd"] = os.getcwd()
+    workdir = Path(tempfile.mkdtemp(prefix="polybundle-doc-"))
+    namespace["_workdir"] = workdir
+    os.chdir(workdir)
+    namespace.update(example_namespace(workdir))
+
+
+def _docs_teardown(namespace: dict[str, Any]) -> None:
+    os.chdir(namespace["_previous_cwd"])
+    shutil.rmtree(namespace["_workdir"], ignore_errors=True)
+
+
+_collect_docs = Sybil(
+    parsers=[_DocBlocks()], patterns=DOCS, setup=_docs_setup, teardown=_docs_teardown
+).pytest()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """Collect source modules as doctest modules and Markdown docs with Sybil."""
+    try:
+        file_path.resolve().relative_to(ROOT)
+    except ValueError:
+        return None
+    if file_path.suffix == ".md":
+        if file_path.resolve().relative_to(ROOT).as_posix() in DOCTEST_PENDING:
+            return None
+        return _collect_docs(file_path, parent)
+    if _is_doctest_module(file_path) and not parent.config.option.doctestmodules:
+        return DoctestModule.from_parent(parent, path=file_path)
+    return None
