@@ -31,7 +31,11 @@ class FormatError(PolybundleError):
     """The file is not a bundle polybundle knows, or its layout is wrong.
 
     Example:
-        >>> raise FormatError("not a zip")  # doctest: +SKIP
+        >>> Path("notes.txt").write_text("not a bundle")
+        12
+        >>> polybundle.load("notes.txt")
+        Traceback (most recent call last):
+        polybundle.errors.FormatError: 'notes.txt' is not a zip file ...
     """
 
 
@@ -39,7 +43,14 @@ class SchemaError(FormatError):
     """A manifest or params document fails its JSON Schema.
 
     Example:
-        >>> raise SchemaError("manifest.json: 'format' is a required property")  # doctest: +SKIP
+        >>> import zipfile
+        >>> with zipfile.ZipFile("run.bundle") as src, zipfile.ZipFile("x.bundle", "w") as dst:
+        ...     for name in src.namelist():
+        ...         dst.writestr(name, src.read(name).replace(b'"models"', b'"modelz"'))
+        >>> polybundle.load("x.bundle")
+        Traceback (most recent call last):
+        polybundle.errors.SchemaError: manifest.json does not match the manifest schema of format 2:
+        ... 'models' is a required property ...
     """
 
 
@@ -47,7 +58,13 @@ class UnsupportedVersionError(FormatError):
     """The bundle was written by a newer, incompatible format version.
 
     Example:
-        >>> raise UnsupportedVersionError("format_version 3.0.0")  # doctest: +SKIP
+        >>> import zipfile
+        >>> with zipfile.ZipFile("run.bundle") as src, zipfile.ZipFile("x.bundle", "w") as dst:
+        ...     for name in src.namelist():
+        ...         dst.writestr(name, src.read(name).replace(b'"2.1.0"', b'"3.0.0"'))
+        >>> polybundle.load("x.bundle")
+        Traceback (most recent call last):
+        polybundle.errors.UnsupportedVersionError: this bundle is format 3.0.0, newer than ...
     """
 
 
@@ -55,7 +72,13 @@ class IntegrityError(PolybundleError):
     """A member's bytes do not match the size or sha256 the manifest records.
 
     Example:
-        >>> raise IntegrityError("torch/model.pth: sha256 mismatch")  # doctest: +SKIP
+        >>> import zipfile
+        >>> with zipfile.ZipFile("run.bundle") as src, zipfile.ZipFile("x.bundle", "w") as dst:
+        ...     for name in src.namelist():
+        ...         dst.writestr(name, src.read(name).replace(b'"N": 4', b'"N": 5'))
+        >>> polybundle.load("x.bundle")
+        Traceback (most recent call last):
+        polybundle.errors.IntegrityError: member 'params.json' has sha256 ...
     """
 
 
@@ -63,7 +86,12 @@ class UnsafeContentError(PolybundleError):
     """The archive holds something that could run code or escape the archive.
 
     Example:
-        >>> raise UnsafeContentError("member name '../x' escapes the archive")  # doctest: +SKIP
+        >>> import zipfile
+        >>> with zipfile.ZipFile("evil.zip", "w") as archive:
+        ...     archive.writestr("../x", "outside")
+        >>> polybundle.inspect("evil.zip")
+        Traceback (most recent call last):
+        polybundle.errors.UnsafeContentError: member name '../x' has an empty, '.' or '..' ...
     """
 
 
@@ -92,15 +120,16 @@ class UnknownBackendError(BackendError):
     """No registered backend has the requested name or alias.
 
     Example:
-        >>> raise UnknownBackendError("jax")  # doctest: +SKIP
+        >>> polybundle.get_backend("mxnet")
+        Traceback (most recent call last):
+        polybundle.errors.UnknownBackendError: no backend is called 'mxnet'; known backends ...
     """
 
 
 class BackendUnavailableError(BackendError):
     """A backend is registered but its framework is not installed.
 
-    Example:
-        >>> raise BackendUnavailableError("torch is not installed")  # doctest: +SKIP
+    Its message names the pip extra that installs the framework.
     """
 
 
@@ -108,7 +137,9 @@ class BackendMismatchError(BackendError):
     """A bundle was written by one backend and another was requested.
 
     Example:
-        >>> raise BackendMismatchError("archived: torch, requested: tensorflow")  # doctest: +SKIP
+        >>> err = BackendMismatchError("torch", "tensorflow")
+        >>> err.archived, err.requested
+        ('torch', 'tensorflow')
     """
 
     def __init__(self, archived: str, requested: str, detail: str = "") -> None:
@@ -126,7 +157,9 @@ class UnknownArchitectureError(PolybundleError):
     """No builder is registered for an architecture name and backend.
 
     Example:
-        >>> raise UnknownArchitectureError("no builder for 'mlp' (torch)")  # doctest: +SKIP
+        >>> polybundle.build("no-such-net", {}, backend="torch")
+        Traceback (most recent call last):
+        polybundle.errors.UnknownArchitectureError: no builder for architecture 'no-such-net' ...
     """
 
 
@@ -168,9 +201,6 @@ class TensorMismatchError(PolybundleError):
 class ConversionError(PolybundleError):
     """Weights cannot be converted between backends: a layer has no canonical kind
     or explicit map, or the two models' layers do not line up.
-
-    Example:
-        >>> raise ConversionError("layer 'attn' (MultiHeadAttention) is unmapped")  # doctest: +SKIP
     """
 
 
@@ -188,7 +218,9 @@ class ParamsError(PolybundleError):
     """Params cannot be stored as plain JSON that round-trips exactly.
 
     Example:
-        >>> raise ParamsError("params['shape'] is a tuple")  # doctest: +SKIP
+        >>> polybundle.save("x.bundle", {"net": net}, params={"shape": (1, 2)})
+        Traceback (most recent call last):
+        polybundle.errors.ParamsError: params['shape'] is a builtins.tuple; ... use a list.
     """
 
 
@@ -207,7 +239,10 @@ class UnsupportedOptimizerError(OptimizerError):
     Raised at save time, naming the class, so nothing is silently dropped.
 
     Example:
-        >>> raise UnsupportedOptimizerError("torch.optim.Adagrad")  # doctest: +SKIP
+        >>> adagrad = torch.optim.Adagrad(net.parameters())
+        >>> polybundle.save("x.bundle", {"net": net}, optimizers={"net": adagrad})
+        Traceback (most recent call last):
+        polybundle.errors.UnsupportedOptimizerError: the PyTorch optimizer ...Adagrad is not ...
     """
 
 
@@ -215,7 +250,10 @@ class OptimizerMismatchError(OptimizerError):
     """An optimizer is not bound to the model's parameters, or is of another kind.
 
     Example:
-        >>> raise OptimizerMismatchError("saved adam, restoring into sgd")  # doctest: +SKIP
+        >>> other = torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
+        >>> polybundle.save("x.bundle", {"net": net}, optimizers={"net": other})
+        Traceback (most recent call last):
+        polybundle.errors.OptimizerMismatchError: torch.optim.adam.Adam updates 2 parameter(s) ...
     """
 
 
@@ -223,7 +261,9 @@ class CheckpointError(PolybundleError):
     """A checkpoint directory or its index is missing, damaged or asked for a step it lacks.
 
     Example:
-        >>> raise CheckpointError("no checkpoint for step 7")  # doctest: +SKIP
+        >>> polybundle.CheckpointManager("ckpt").restore()
+        Traceback (most recent call last):
+        polybundle.errors.CheckpointError: 'ckpt' holds no checkpoint to restore.
     """
 
 
