@@ -3,11 +3,13 @@
 Built-in plugins are listed in :data:`DEFAULT_PLUGINS` and registered the same
 way a third-party plugin is; third-party plugins are found through the
 entry-point group ``"polybundle"`` the first time the manager is asked for.
+The registry (:mod:`polybundle.hooks.registry`) lives as long as the manager
+it was filled from, so :func:`reset` is the one reset of both.
 
 Writing a plugin (the short guide; ``docs/plugins.md`` has the long one):
 
-1. Make a module with functions marked ``@polybundle.hookimpl`` whose names
-   are hooks from :mod:`polybundle.hooks.hookspecs`.
+1. Make a module with functions marked ``@polybundle.plugin.hookimpl`` whose
+   names are hooks from :mod:`polybundle.hooks.hookspecs` (``docs/hooks.md``).
 2. Point an entry point at it in your ``pyproject.toml``::
 
        [project.entry-points.polybundle]
@@ -68,16 +70,20 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 def reset() -> None:
-    """Forget the manager and the registry so the next use rediscovers plugins.
+    """Forget the manager, and with it the registry, so the next use rediscovers plugins.
 
-    For tests and for applications that install a plugin at run time.
+    Everything plugins registered (backends, builders, eras, tensor maps) is
+    forgotten; builders and maps declared by application code with
+    :func:`polybundle.architecture` and :func:`polybundle.register_tensor_map`
+    are declared again. A plugin added at run time needs no reset: register it
+    with ``get_plugin_manager().register(plugin)``.
 
     Example:
+        >>> before = get_plugin_manager()
         >>> reset()
+        >>> get_plugin_manager() is before
+        False
     """
     global _manager
-    from polybundle.hooks import registry
-
     with _lock:
         _manager = None
-    registry.reset()

@@ -1,10 +1,11 @@
-"""The built-in legacy eras as a plugin, and the lookup of era readers by format.
+"""The lookup of era readers by format.
 
 This module is listed in :data:`polybundle.hooks.manager.DEFAULT_PLUGINS`: it
-registers the built-in :class:`~polybundle.legacy.era.EraReader` instances
+finds the :class:`~polybundle.legacy.era.EraReader` instances backends register
 through ``polybundle_register_eras`` and answers ``polybundle_detect_archive``
 for every registered era (its own and third parties'), ``trylast`` so a
-plugin's own detector can claim a file first.
+plugin's own detector can claim a file first. Era readers live in the one
+registry (:mod:`polybundle.hooks.registry`).
 
 Example:
     >>> sorted(era_readers())
@@ -13,14 +14,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from polybundle.errors import FormatError, PolybundleError
+from polybundle.format import detection
 from polybundle.format.detection import Detection
 from polybundle.hooks.hookspecs import hookimpl
+from polybundle.hooks.registry import get_registry
 from polybundle.legacy.era import EraReader
-from polybundle.legacy.readers import BUILTIN_ERAS
 
 if TYPE_CHECKING:
     from polybundle.format.archive import ArchiveReader
@@ -29,30 +29,11 @@ if TYPE_CHECKING:
 def era_readers() -> dict[str, EraReader]:
     """Return every registered era reader keyed by its format name.
 
-    Two readers claiming one format raise :class:`PolybundleError`.
-
     Example:
         >>> era_readers()["legacy-torch-dill"].backend
         'torch'
     """
-    from polybundle.hooks.manager import get_plugin_manager
-
-    readers: dict[str, EraReader] = {}
-
-    def register(reader: EraReader) -> None:
-        if not isinstance(reader, EraReader) or not reader.format:
-            raise PolybundleError(
-                f"register() was given {reader!r}; expected an EraReader with a format name."
-            )
-        if reader.format in readers and readers[reader.format] is not reader:
-            raise PolybundleError(
-                f"era format {reader.format!r} is registered twice; each format belongs to "
-                "one reader. Rename the new reader's format."
-            )
-        readers[reader.format] = reader
-
-    get_plugin_manager().hook.polybundle_register_eras(register=register)
-    return readers
+    return get_registry().eras
 
 
 def era_reader(format_name: str) -> EraReader:
@@ -62,43 +43,31 @@ def era_reader(format_name: str) -> EraReader:
         >>> era_reader("legacy-tf-dill").description[:15]
         'TensorFlow dill'
     """
-    readers = era_readers()
-    if format_name not in readers:
-        raise FormatError(
-            f"the archive was detected as {format_name!r}, but no era reader handles it; "
-            f"registered: {', '.join(sorted(readers)) or 'none'}. Install the plugin that "
-            "detected it."
-        )
-    return readers[format_name]
-
-
-@hookimpl
-def polybundle_register_eras(register: Callable[[EraReader], None]) -> None:
-    """Register the built-in TensorFlow dill, PyTorch dill and PyTorch JSON eras.
-
-    Example:
-        >>> polybundle_register_eras(print)  # doctest: +ELLIPSIS
-        <polybundle.legacy.readers.TensorFlowDillEra object at ...>
-        ...
-    """
-    for reader in BUILTIN_ERAS:
-        register(reader)
+    return get_registry().era(format_name)
 
 
 @hookimpl(trylast=True)
 def polybundle_detect_archive(archive: ArchiveReader) -> Detection | None:
     """Claim an archive for the first registered era whose reader recognises it.
 
+    The detection names the era's backend by its registered name, whichever
+    alias the reader gives.
+
     Example:
-        >>> polybundle_detect_archive(archive)  # doctest: +SKIP
-        Detection(format='legacy-tf-dill', backend='tensorflow')
+        >>> import pathlib, tempfile, zipfile
+        >>> from polybundle.format.archive import ArchiveReader
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "notes.zip"
+        >>> with zipfile.ZipFile(path, "w") as zf:
+        ...     zf.writestr("notes.txt", "not a model")
+        >>> with ArchiveReader(path) as archive:
+        ...     polybundle_detect_archive(archive) is None
+        True
     """
     if archive.has("manifest.json") and not archive.has("manifest.dill"):
-        from polybundle.format.detection import polybundle_detect_archive as format_two
-
-        if format_two(archive) is not None:
+        if detection.polybundle_detect_archive(archive) is not None:
             return None
-    for reader in era_readers().values():
+    registry = get_registry()
+    for reader in registry.eras.values():
         if reader.claims(archive):
-            return Detection(reader.format, reader.backend)
+            return Detection(reader.format, registry.canonical(reader.backend))
     return None

@@ -1,0 +1,152 @@
+"""Everything a plugin author needs, in one public module: ``polybundle.plugin``.
+
+A backend plugin imports only :mod:`polybundle` and this module. It gets:
+
+- the backend contract: :class:`Backend`, :class:`TensorSpec`, the canonical
+  layer kinds (:data:`KINDS`, :class:`Canonical`, :data:`FILL_SLOTS`) and the
+  layout tags and helpers (:data:`OPAQUE`, :data:`SCALAR`, :func:`conv_tag`,
+  :func:`axes`, :func:`permutation`, :func:`relayout`, :func:`check_relayout`,
+  :func:`describe_relayout`, :func:`infer_shape`, :func:`conv_spatial`,
+  :func:`is_unit`) and dtype names (:func:`resolve_dtype`, :func:`dtype_label`);
+- the optimizer state: :class:`OptimizerState` (what a bundle stores) and
+  :class:`NeutralOptimizer` (what conversion between frameworks works on);
+- the hooks: :data:`hookimpl` (the hooks are listed in ``docs/hooks.md``), the
+  answer of a detector (:class:`Detection`, :func:`peek_format2_manifest`), the
+  archive a detector and an era reader get (:class:`ArchiveReader`, whose
+  members are read as :class:`MemberRange` streams);
+- legacy eras: :class:`EraReader`, :class:`LegacyContent`, :class:`LegacyRole`,
+  :func:`read_member` and :func:`safe_loads` (a restricted unpickler);
+- the read budget: a reader of untrusted bytes calls :func:`charge` before it
+  allocates (``polybundle.load(..., max_bytes=...)`` sets the limit);
+- the errors a backend raises (:class:`BackendError`, :class:`FormatError`,
+  :class:`TensorMismatchError`, :class:`OptimizerMismatchError`, ...);
+- the conformance kit: an :class:`Adapter` handed over through the
+  ``polybundle_conformance_adapters`` hook puts the backend in the feature
+  matrix (:func:`feature_matrix`, ``polybundle conformance``), which builds the
+  shared model :data:`ARCHITECTURE` from :func:`neutral_inputs`-sized inputs.
+
+Example (a backend for models that are dicts of NumPy arrays):
+    >>> import io
+    >>> import numpy as np
+    >>> from polybundle.plugin import OPAQUE, Backend, TensorSpec, hookimpl
+    >>> class ArrayBackend(Backend):
+    ...     name, aliases, modules = "doc-arrays", ("doc-npz",), ("numpy",)
+    ...     weights_member = "model.npz"
+    ...     def owns(self, model):
+    ...         return isinstance(model, dict)
+    ...     def describe(self, model):
+    ...         return [TensorSpec(k, k, v.shape, str(v.dtype), OPAQUE) for k, v in model.items()]
+    ...     def write(self, model, stream):
+    ...         np.savez(stream, **model)
+    ...     def read_tensors(self, source, specs):
+    ...         with np.load(io.BytesIO(source.read())) as npz:
+    ...             return {k: npz[k] for k in npz.files}
+    ...     def load_into(self, model, source, specs):
+    ...         model.update(self.read_tensors(source, specs))
+    >>> @hookimpl
+    ... def polybundle_register_backends(register):
+    ...     register(ArrayBackend())
+    >>> ArrayBackend().describe({"w": np.zeros((2, 3), "float32")})[0].shape
+    (2, 3)
+"""
+
+from __future__ import annotations
+
+from polybundle.errors import (
+    BackendError,
+    BackendMismatchError,
+    BackendUnavailableError,
+    ConversionError,
+    FormatError,
+    IntegrityError,
+    OptimizerError,
+    OptimizerMismatchError,
+    PolybundleError,
+    TensorMismatchError,
+    UnknownArchitectureError,
+    UnknownBackendError,
+    UnsafeContentError,
+    UnsupportedOptimizerError,
+)
+from polybundle.format.archive import ArchiveReader, MemberRange
+from polybundle.format.detection import Detection, peek_format2_manifest
+from polybundle.hooks.hookspecs import hookimpl
+from polybundle.legacy.era import EraReader, LegacyContent, LegacyRole, read_member
+from polybundle.model.backend import Backend, TensorSpec
+from polybundle.model.canonical import (
+    FILL_SLOTS,
+    KINDS,
+    Canonical,
+    check_relayout,
+    conv_spatial,
+    describe_relayout,
+    infer_shape,
+    is_unit,
+    relayout,
+)
+from polybundle.model.layouts import OPAQUE, SCALAR, axes, conv_tag, permutation
+from polybundle.model.optimizer import OptimizerState
+from polybundle.model.optimizer_conversion import NeutralOptimizer
+from polybundle.safety.budget import charge
+from polybundle.safety.dtypes import dtype_label, resolve_dtype
+from polybundle.safety.unpickle import safe_loads
+from polybundle.tools.conformance import (
+    ARCHITECTURE,
+    Adapter,
+    NotApplicable,
+    feature_matrix,
+    neutral_inputs,
+)
+
+__all__ = [
+    "ARCHITECTURE",
+    "Adapter",
+    "ArchiveReader",
+    "Backend",
+    "BackendError",
+    "BackendMismatchError",
+    "BackendUnavailableError",
+    "Canonical",
+    "ConversionError",
+    "Detection",
+    "EraReader",
+    "FILL_SLOTS",
+    "FormatError",
+    "IntegrityError",
+    "KINDS",
+    "LegacyContent",
+    "LegacyRole",
+    "MemberRange",
+    "NeutralOptimizer",
+    "NotApplicable",
+    "OPAQUE",
+    "OptimizerError",
+    "OptimizerMismatchError",
+    "OptimizerState",
+    "PolybundleError",
+    "SCALAR",
+    "TensorMismatchError",
+    "TensorSpec",
+    "UnknownArchitectureError",
+    "UnknownBackendError",
+    "UnsafeContentError",
+    "UnsupportedOptimizerError",
+    "axes",
+    "charge",
+    "check_relayout",
+    "conv_spatial",
+    "conv_tag",
+    "describe_relayout",
+    "dtype_label",
+    "feature_matrix",
+    "hookimpl",
+    "infer_shape",
+    "is_unit",
+    "neutral_inputs",
+    "peek_format2_manifest",
+    "permutation",
+    "read_member",
+    "relayout",
+    "resolve_dtype",
+    "safe_loads",
+]
