@@ -19,8 +19,10 @@ import pytest
 
 import polybundle
 from polybundle.errors import UnsafeContentError
-from polybundle.safety.unpickle import safe_loads
+from polybundle.safety.unpickle import PLAIN_DATA, safe_loads
 from polybundle.tools.cli import main
+from polybundle_tensorflow.legacy_era import TF_PARAMS
+from polybundle_torch.legacy_eras import TORCH_PARAMS, load_params_pickle
 
 from .conftest import needs_tensorflow, needs_torch, snapshot_tree
 
@@ -110,18 +112,32 @@ def test_tf_era_lists_custom_objects_without_unpickling(legacy_dir):
         bundle.models["autoencoder"]
 
 
-def test_framework_tensors_in_params_become_numpy():
+def _eager_params() -> bytes:
+    """A params pickle holding an ``EagerTensor`` as TensorFlow pickles it."""
     array_ops = pickle.dumps(np.array([1.0, 2.0], dtype=np.float32), protocol=2)[2:-1]
-    eager = (
+    return (
         b"\x80\x02}X\x05\x00\x00\x00probe"
         + b"ctensorflow.python.framework.ops\nconvert_to_tensor\n"
         + array_ops
         + b"\x85Rs."
     )
-    params = safe_loads(eager, where="params.dill")
+
+
+def test_framework_tensors_in_params_become_numpy():
+    params = safe_loads(_eager_params(), where="params.dill", extra=TF_PARAMS)
     np.testing.assert_array_equal(params["probe"], np.array([1.0, 2.0], dtype=np.float32))
     with pytest.raises(UnsafeContentError, match="builtins.print"):
-        safe_loads(pickle.dumps(print), where="params.dill")
+        safe_loads(pickle.dumps(print), where="params.dill", extra=TF_PARAMS)
+
+
+def test_the_core_unpickler_knows_no_framework_names():
+    """Framework tensors load only with the vocabulary the backend's era reader passes."""
+    with pytest.raises(UnsafeContentError, match="convert_to_tensor"):
+        safe_loads(_eager_params(), where="params.dill")
+    frameworks = {"torch", "tensorflow", "keras", "jax"}
+    assert not [module for module, _ in PLAIN_DATA if module.split(".")[0] in frameworks]
+    assert [name for name in TORCH_PARAMS if name not in PLAIN_DATA]
+    assert [name for name in TF_PARAMS if name not in PLAIN_DATA]
 
 
 @needs_torch
@@ -129,9 +145,36 @@ def test_torch_tensor_in_params_becomes_numpy():
     import torch
 
     probe = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()[1:]
-    params = safe_loads(pickle.dumps({"probe": probe, "scale": torch.tensor(2.5)}), where="p")
+    data = pickle.dumps({"probe": probe, "scale": torch.tensor(2.5)})
+    params = load_params_pickle(data, where="p")
     np.testing.assert_array_equal(params["probe"], probe.numpy())
     assert params["scale"] == np.float32(2.5)
+    with pytest.raises(UnsafeContentError, match="torch"):
+        safe_loads(data, where="p")
+
+
+@needs_torch
+def test_torch_era_params_dill_holding_torch_tensors_loads_and_migrates(legacy_dir, tmp_path):
+    """The PyTorch era reader (in the torch backend) passes the torch vocabulary."""
+    import torch
+
+    probe = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    members = {}
+    with zipfile.ZipFile(legacy_dir / "torch_dill_era_shared.zip") as source:
+        for name in source.namelist():
+            members[name] = source.read(name)
+    for role in ROLES:
+        params = safe_loads(members[f"{role}/params.dill"], where="params.dill")
+        members[f"{role}/params.dill"] = pickle.dumps({**params, "probe": probe})
+    path = tmp_path / "tensors_in_params.zip"
+    with zipfile.ZipFile(path, "w") as out:
+        for name, data in members.items():
+            out.writestr(name, data)
+    bundle = polybundle.load(path)
+    assert bundle.params["intensity_scale"] == 2.5
+    np.testing.assert_array_equal(np.asarray(bundle.params["probe"]), probe.numpy())
+    report = polybundle.verify(path)
+    assert report.ok, report.problems
 
 
 def _torch_net():

@@ -23,7 +23,7 @@ import pytest
 
 import polybundle
 from polybundle.errors import IntegrityError
-from polybundle.legacy.kerasfile import declared_dtypes, open_keras, weight_specs
+from polybundle_tensorflow.keras_archive import declared_dtypes, open_keras, weight_specs
 
 from .conftest import LEGACY_DIR, needs_tensorflow, snapshot_tree
 

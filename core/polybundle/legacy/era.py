@@ -1,26 +1,32 @@
 """What an archive-era reader is, and what it hands back.
 
-An era reader knows one older archive layout. It is registered through the
-``polybundle_register_eras`` hook; :func:`polybundle.load`,
-:func:`polybundle.migrate` and :func:`polybundle.verify` find it by the
-``format`` a detector reported. Readers never execute archive content:
-pickles go through :mod:`polybundle.safety.unpickle`, weights are read as data.
+An era reader knows one older archive layout. It lives in the backend whose
+files the era holds and is registered through the ``polybundle_register_eras``
+hook; :func:`polybundle.load`, :func:`polybundle.migrate` and
+:func:`polybundle.verify` find it by the ``format`` a detector reported.
+Readers never execute archive content: pickles go through
+:mod:`polybundle.safety.unpickle` (:func:`dill_manifest`, :func:`read_params`),
+weights are read as data.
 
 Example:
-    >>> class MyEra(EraReader):  # doctest: +SKIP
+    >>> class MyEra(EraReader):
     ...     format = "my-old-format"
-    ...     backend = "torch"
-    ...     description = "my old writer (a zip with weights.bin)"
-    ...     def claims(self, archive): return archive.has("weights.bin")
+    ...     backend = "numpy"
+    ...     description = "my old writer (a zip with weights.npy)"
+    ...     def claims(self, archive): return archive.has("weights.npy")
     ...     def read(self, archive): ...
     ...     def read_tensors(self, archive, role): ...
+    >>> MyEra().format
+    'my-old-format'
 """
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +38,11 @@ from polybundle.errors import (
     UnknownArchitectureError,
     UnsafeContentError,
 )
+from polybundle.format.archive import MAX_JSON_BYTES
 from polybundle.model.backend import TensorSpec
+from polybundle.model.layouts import OPAQUE, SCALAR
 from polybundle.safety import budget
+from polybundle.safety.unpickle import Leaves, safe_loads
 
 if TYPE_CHECKING:
     from polybundle.format.archive import ArchiveReader
@@ -43,6 +52,9 @@ ROLE_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 MAX_LEGACY_MEMBER = 16 * 1024**3
 """Largest legacy member read into memory."""
+
+MAX_MANIFEST_BYTES = 1024 * 1024
+"""Largest legacy manifest read."""
 
 
 @dataclass
@@ -71,9 +83,10 @@ class LegacyContent:
     """Everything a legacy archive holds, read without running any of it.
 
     Example:
-        >>> content = reader.read(archive)  # doctest: +SKIP
-        >>> content.backend, [r.role for r in content.roles]  # doctest: +SKIP
-        ('torch', ['autoencoder', 'diffraction_to_obj'])
+        >>> role = LegacyRole("autoencoder", "autoencoder/weights.npy", [], {"N": 64})
+        >>> content = LegacyContent("my-old-format", "1.0", "numpy", {}, [role])
+        >>> content.params, [r.role for r in content.roles]
+        ({'N': 64}, ['autoencoder'])
     """
 
     format: str
@@ -102,9 +115,9 @@ class EraReader(ABC):
     """Base class of legacy-era readers; subclasses set the attributes and methods.
 
     Example:
-        >>> reader = TorchJsonEra()  # doctest: +SKIP
-        >>> reader.format, reader.backend  # doctest: +SKIP
-        ('legacy-torch-json', 'torch')
+        >>> from polybundle.legacy import era_readers
+        >>> all(isinstance(reader, EraReader) for reader in era_readers().values())
+        True
     """
 
     format: str = ""
@@ -211,3 +224,72 @@ def check_roles(models: Any, *, where: str) -> list[str]:
     if len(set(models)) != len(models):
         raise FormatError(f"{where} lists a role twice: {models}.")
     return list(models)
+
+
+def dill_manifest(archive: ArchiveReader) -> dict[str, Any] | None:
+    """Return the archive's ``manifest.dill`` as plain data, or None when it has none.
+
+    The pickle is read with the plain-data allow-list only.
+
+    Example:
+        >>> import pickle, tempfile, zipfile
+        >>> from polybundle.format.archive import ArchiveReader
+        >>> path = tempfile.mkdtemp() + "/old.zip"
+        >>> with zipfile.ZipFile(path, "w") as out:
+        ...     out.writestr("manifest.dill", pickle.dumps({"models": ["net"], "version": "1.0"}))
+        ...     out.writestr("net/params.dill", pickle.dumps({"N": 64}))
+        >>> with ArchiveReader(path) as archive:
+        ...     dill_manifest(archive)["models"], read_params(archive, "net/params.dill")
+        (['net'], {'N': 64})
+    """
+    if not archive.has("manifest.dill"):
+        return None
+    data = read_member(archive, "manifest.dill", limit=MAX_MANIFEST_BYTES)
+    manifest = safe_loads(data, where="manifest.dill")
+    if not isinstance(manifest, dict):
+        raise FormatError(f"manifest.dill holds a {type(manifest).__name__}; expected a dict.")
+    return manifest
+
+
+def read_params(
+    archive: ArchiveReader,
+    name: str,
+    *,
+    extra: Mapping[tuple[str, str], Any] | None = None,
+    leaves: Leaves | None = None,
+) -> dict[str, Any]:
+    """Return a role's params snapshot: ``name`` is a JSON file or a pickle (``params.dill``).
+
+    A pickle is read with the plain-data allow-list plus ``extra`` (a
+    backend's tensor vocabulary) and ``leaves`` (what turns its tensors into
+    arrays); see :func:`polybundle.safety.unpickle.safe_loads`.
+
+    Example: see :func:`dill_manifest`.
+    """
+    data = read_member(archive, name, limit=MAX_JSON_BYTES)
+    if name.endswith(".json"):
+        try:
+            params = json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise FormatError(f"{name} is not JSON ({str(exc)[:80]}).") from None
+    else:
+        params = safe_loads(data, where=name, extra=extra, leaves=leaves)
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise FormatError(f"{name} is not a dict with string keys; expected the params snapshot.")
+    return params
+
+
+def opaque_specs(arrays: Mapping[str, Any]) -> list[TensorSpec]:
+    """Describe ``{key: array}`` as specs keyed and named by their key, layouts not guessed.
+
+    Example:
+        >>> import numpy as np
+        >>> [(s.key, s.shape, s.layout) for s in opaque_specs({"w": np.ones((2, 3))})]
+        [('w', (2, 3), 'opaque')]
+    """
+    return [
+        TensorSpec(
+            key, key, tuple(array.shape), str(array.dtype), SCALAR if not array.shape else OPAQUE
+        )
+        for key, array in arrays.items()
+    ]

@@ -1,13 +1,17 @@
-"""The one restricted unpickler: plain data and tensors in, nothing executed.
+"""The one restricted unpickler: plain data in, nothing executed.
 
 Legacy archives store ``manifest.dill`` and ``params.dill`` as pickles, and
-every PyTorch weights file (:mod:`polybundle_torch.pth_reader`) holds a
-pickle too. :func:`safe_loads` reads them with
-an exact allow-list of ``(module, name)`` pairs. Every allowed name maps to a
-function of *this* module, never to the real one: NumPy arrays, NumPy scalars
-and framework tensors (a PyTorch tensor, a TensorFlow ``EagerTensor``) come
-back as NumPy arrays without importing torch or tensorflow. Anything else is
-refused by ``find_class`` before it could be called.
+some backends' weights files hold a pickle too. :func:`safe_loads` reads them
+with an exact allow-list of ``(module, name)`` pairs. Every allowed name maps
+to a stand-in function, never to the real one: NumPy arrays and NumPy scalars
+come back as NumPy arrays without running anything. Anything else is refused
+by ``find_class`` before it could be called.
+
+A backend that reads pickles holding its framework's objects passes its own
+vocabulary: ``extra`` names mapped to stand-ins built from :class:`Allowed`,
+:class:`Marker` and :class:`Leaf`, and a ``leaves`` function that turns each
+:class:`Leaf` of the result into a value (a tensor into a NumPy array). The
+core itself knows no framework's names.
 
 Each pickle is first scanned statically with :mod:`pickletools` (opcodes,
 declared lengths, op count), so a truncated or oversized pickle is refused
@@ -37,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from polybundle.errors import FormatError, PolybundleError, UnsafeContentError
-from polybundle.model.backend import resolve_dtype
 from polybundle.safety import budget
 
 MAX_OPS = 5_000_000
@@ -51,13 +54,6 @@ MAX_NODES = 200_000
 
 MAX_DIMS = 32
 """Most axes an array may declare."""
-
-MAX_VIEW_COPIES = 2
-"""Most elements the copied views of one torch storage may hold, per element of it.
-
-A view that is its whole storage in order costs no copy; tied weights share
-one copy; a weight and its transpose, or disjoint slices, copy at most the
-storage once. Past twice, a small file is asking for many overlapping copies."""
 
 _FORBIDDEN_OPS = {"EXT1", "EXT2", "EXT4", "INST", "OBJ"}
 _PERSISTENT_OPS = {"PERSID", "BINPERSID"}
@@ -74,30 +70,16 @@ _MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
 _MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
 _DTYPE_KINDS = set("biufc")
 
-TORCH_STORAGE_DTYPES: dict[str, str] = {
-    "DoubleStorage": "float64",
-    "FloatStorage": "float32",
-    "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64",
-    "IntStorage": "int32",
-    "ShortStorage": "int16",
-    "CharStorage": "int8",
-    "ByteStorage": "uint8",
-    "BoolStorage": "bool",
-    "ComplexFloatStorage": "complex64",
-    "ComplexDoubleStorage": "complex128",
-}
-"""PyTorch typed-storage class names and the NumPy dtype of their elements."""
 
-UNTYPED = "untyped"
-"""The dtype of a ``torch.storage.UntypedStorage`` (bytes) until a tensor gives it one."""
-TORCH_V3_DTYPES = ("float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64")
-"""torch dtypes (``torch.<name>``) saved with ``_rebuild_tensor_v3`` over an untyped storage."""
+class Sealed:
+    """Base of every object a pickle can reach: BUILD (``__setstate__``) is refused.
 
-
-class _Refuses:
-    """Base of every object a pickle can reach: BUILD (``__setstate__``) is refused."""
+    Example:
+        >>> Sealed().__setstate__({"x": 1})
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnsafeContentError: a pickle tried to change the state of Sealed; ...
+    """
 
     __slots__ = ()
 
@@ -107,8 +89,15 @@ class _Refuses:
         )
 
 
-class _Marker(_Refuses):
-    """A stand-in for a class the pickle names (``numpy.ndarray``, ``torch.FloatStorage``)."""
+class Marker(Sealed):
+    """A stand-in for a class the pickle names (``numpy.ndarray``, a storage type).
+
+    ``dtype`` is the element type the named class stands for, when it has one.
+
+    Example:
+        >>> Marker("numpy.ndarray")
+        numpy.ndarray
+    """
 
     __slots__ = ("label", "dtype")
 
@@ -120,8 +109,13 @@ class _Marker(_Refuses):
         return self.label
 
 
-class _Allowed(_Refuses):
-    """An allowed callable as the pickle sees it: callable, but its state is sealed."""
+class Allowed(Sealed):
+    """An allowed callable as the pickle sees it: callable, but its state is sealed.
+
+    Example:
+        >>> Allowed(complex)(1, 2)
+        (1+2j)
+    """
 
     __slots__ = ("function",)
 
@@ -132,7 +126,43 @@ class _Allowed(_Refuses):
         return self.function(*args)
 
 
-_NDARRAY = _Marker("numpy.ndarray")
+class Leaf(Sealed):
+    """Base of a value a caller's ``extra`` names build that is not plain data (a tensor).
+
+    :func:`finalize` hands every :class:`Leaf` of a result to the caller's
+    ``leaves`` function; without one, a :class:`Leaf` is refused.
+
+    Example:
+        >>> finalize([Leaf()], where="x", leaves=lambda leaf: "converted")
+        ['converted']
+    """
+
+    __slots__ = ()
+
+
+class _OrderedDict(OrderedDict):
+    """What ``collections.OrderedDict()`` becomes: items only, its BUILD is refused.
+
+    A plain ``OrderedDict`` pickles as a call and its items; a BUILD would put
+    attributes beside the items, where no reader looks. A caller that expects
+    such state (a backend's own dict subclass) maps ``OrderedDict`` itself.
+
+    Example:
+        >>> _OrderedDict().__setstate__({"hidden": 1})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnsafeContentError: a pickled OrderedDict sets its state to ...
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafeContentError(
+            f"a pickled OrderedDict sets its state to {type(state).__name__} {state!r:.100}; "
+            "plain data never does. Other state would hide data beside the dict's items, "
+            "so the file is refused."
+        )
+
+
+_NDARRAY = Marker("numpy.ndarray")
 
 
 class _DtypeBuilder:
@@ -239,7 +269,7 @@ def _array_from_bytes(
             f"a pickled array of {dtype.dtype} carries {type(raw).__name__} instead of raw "
             "bytes; object arrays are refused."
         )
-    dims = _check_shape(shape)
+    dims = check_shape(shape)
     nbytes = math.prod(dims) * dtype.dtype.itemsize
     if nbytes != len(raw):
         raise FormatError(
@@ -256,248 +286,7 @@ def _array_from_bytes(
     return flat.reshape(dims, order=order).copy(order="K")
 
 
-class TorchStorage(_Refuses):
-    """A PyTorch storage named in a pickle, and where its elements lie in the file.
-
-    The pickle gives ``key``, ``dtype`` and ``numel``. The reader of the
-    weights file sets ``member`` (the zip member holding the bytes, or ``""``
-    when they follow the pickles in the file itself), ``start`` (their first
-    byte there), ``byteorder`` and, once read or mapped, ``array``: the
-    elements as a flat NumPy array in native byte order.
-
-    Example:
-        >>> TorchStorage("0", "float32", 6).dtype
-        'float32'
-    """
-
-    __slots__ = ("key", "dtype", "numel", "member", "start", "byteorder", "array")
-
-    def __init__(self, key: str, dtype: str, numel: int) -> None:
-        self.key = key
-        self.dtype = dtype
-        self.numel = numel
-        self.member = ""
-        self.start = 0
-        self.byteorder = "little"
-        self.array: np.ndarray | None = None
-
-    @property
-    def itemsize(self) -> int:
-        """Return the bytes of one element (``bfloat16``: 2, without NumPy knowing it)."""
-        if self.dtype == UNTYPED:  # torch.UntypedStorage: numel counts bytes
-            return 1
-        return resolve_dtype(self.dtype, where=f"torch storage {self.key!r}").itemsize
-
-    @property
-    def nbytes(self) -> int:
-        """Return the bytes the storage declares (a Python int: it never wraps).
-
-        Example:
-            >>> TorchStorage("0", "bfloat16", 2**40).nbytes
-            2199023255552
-        """
-        return self.numel * self.itemsize
-
-
-class TorchTensor(_Refuses):
-    """What ``torch._utils._rebuild_tensor(_v2)`` becomes: a strided window of a storage.
-
-    ``offset``, ``shape`` and ``strides`` count elements. The window is
-    checked when the pickle builds it, before any byte is read or mapped:
-    every number is a non-negative int, sizes are computed with Python ints
-    (nothing wraps), the window lies inside the storage, and the tensor has
-    no more elements than its storage. A stride-0 or self-overlapping tensor
-    larger than its storage would materialise memory the file does not hold
-    (a 4 KB file asking for 1 GiB), so it is refused; :class:`TensorViews`
-    bounds what several views of one storage may copy.
-
-    Example:
-        >>> tensor = TorchTensor(TorchStorage("0", "float32", 6), 0, (2, 3), (3, 1))
-        >>> tensor.view(np.arange(6, dtype=np.float32))[1].tolist()
-        [3.0, 4.0, 5.0]
-        >>> TorchTensor(TorchStorage("0", "float32", 1), 0, (1024, 1024), (0, 0))
-        Traceback (most recent call last):
-        ...
-        polybundle.errors.UnsafeContentError: a pickled torch tensor of shape (1024, 1024) ...
-    """
-
-    __slots__ = ("storage", "offset", "shape", "strides")
-
-    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> None:
-        if not isinstance(storage, TorchStorage):
-            raise UnsafeContentError("a pickled torch tensor does not point at a storage.")
-        if storage.dtype == UNTYPED:
-            raise FormatError("a pickled torch tensor views an untyped storage without a dtype.")
-        self.storage = storage
-        self.offset = _check_int(offset, "storage offset")
-        self.shape = _check_shape(size)
-        self.strides = _check_shape(stride)
-        if len(self.shape) != len(self.strides):
-            raise FormatError("a pickled torch tensor has sizes and strides of different lengths.")
-        self._check_extent()
-
-    @property
-    def numel(self) -> int:
-        """Return the tensor's element count (a Python int)."""
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        """Return the bytes the tensor takes once materialised."""
-        return self.numel * self.storage.itemsize
-
-    def _check_extent(self) -> None:
-        """Refuse a window outside the storage, or one with more elements than it."""
-        storage = self.storage
-        if self.offset > storage.numel:
-            raise FormatError(
-                f"a pickled torch tensor starts at element {self.offset} of storage "
-                f"{storage.key!r}, which holds {storage.numel}; the weights file is damaged "
-                "or hostile."
-            )
-        if self.numel == 0:
-            return
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True))
-        if last >= storage.numel:
-            raise FormatError(
-                f"a torch tensor of shape {self.shape} reaches element {last} of storage "
-                f"{storage.key!r}, which holds {storage.numel}; the weights file is damaged "
-                "or hostile."
-            )
-        if self.numel > storage.numel:
-            raise UnsafeContentError(
-                f"a pickled torch tensor of shape {self.shape} with strides {self.strides} "
-                f"has {self.numel} elements but its storage {storage.key!r} holds "
-                f"{storage.numel}: a stride-0 or overlapping view that would materialise "
-                f"{self.nbytes} bytes the file does not hold. Refused before allocating; if "
-                "the file is yours, save the tensor with .contiguous()."
-            )
-
-    def is_whole(self) -> bool:
-        """Return True when the tensor is its whole storage in order (read with no copy).
-
-        Example:
-            >>> TorchTensor(TorchStorage("0", "int8", 6), 0, (2, 3), (3, 1)).is_whole()
-            True
-            >>> TorchTensor(TorchStorage("0", "int8", 6), 0, (3, 2), (1, 3)).is_whole()
-            False
-        """
-        if self.offset or self.numel != self.storage.numel:
-            return False
-        expected = 1
-        for size, stride in zip(reversed(self.shape), reversed(self.strides), strict=True):
-            if size != 1 and stride != expected:
-                return False
-            expected *= size
-        return True
-
-    def view(self, flat: np.ndarray, *, copy: bool = True) -> np.ndarray:
-        """Return the tensor's values from ``flat``, its storage's elements.
-
-        A tensor that is its whole storage, in order, is ``flat`` reshaped;
-        any other is a read-only strided view of ``flat``, copied when
-        ``copy`` is true.
-
-        Example:
-            >>> tensor = TorchTensor(TorchStorage("0", "int64", 4), 1, (2,), (2,))
-            >>> tensor.view(np.arange(4)).tolist()
-            [1, 3]
-        """
-        if flat.shape != (self.storage.numel,):
-            raise FormatError(
-                f"torch storage {self.storage.key!r} declares {self.storage.numel} elements "
-                f"but holds {flat.size}; the weights file is damaged."
-            )
-        if self.is_whole():
-            return flat.reshape(self.shape)
-        item = flat.itemsize
-        window = np.lib.stride_tricks.as_strided(
-            flat[self.offset :],
-            shape=self.shape,
-            strides=tuple(s * item for s in self.strides),
-            writeable=False,
-        )
-        return np.array(window) if copy else window
-
-
-class TensorViews:
-    """Turn the tensors of one pickle into arrays, bounding and charging what is copied.
-
-    A tensor that is its whole storage in order is a reshape (no copy); any
-    other view is copied (``copy=True``) or left a read-only window of a
-    memory map. Several tensors may view one storage (tied weights, a weight
-    and its transpose, slices of a flat buffer): each distinct window is made
-    once and shared, and the copies of one storage together may hold at most
-    :data:`MAX_VIEW_COPIES` times the storage's elements, so a small file
-    cannot ask for many overlapping copies of one storage (1,024 transposed
-    windows of 1 MiB: 1 GiB). Every copy is charged to :mod:`polybundle.safety.budget`
-    before it is allocated. :meth:`admit` checks a tensor without its bytes,
-    so a reader checks all of them before reading any storage.
-
-    Example:
-        >>> storage = TorchStorage("0", "float32", 4)
-        >>> storage.array = np.arange(4, dtype=np.float32)
-        >>> views = TensorViews("model.pth")
-        >>> views.array(TorchTensor(storage, 0, (2, 2), (1, 2))).tolist()
-        [[0.0, 2.0], [1.0, 3.0]]
-        >>> views.array(TorchTensor(storage, 0, (4,), (1,))).tolist()
-        [0.0, 1.0, 2.0, 3.0]
-        >>> views.array(TorchTensor(storage, 0, (2,), (1,))).tolist()
-        [0.0, 1.0]
-        >>> views.array(TorchTensor(storage, 1, (2,), (1,))).tolist()
-        [1.0, 2.0]
-        >>> views.array(TorchTensor(storage, 2, (2,), (1,)))  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        polybundle.errors.UnsafeContentError: model.pth holds tensors that view storage '0' ...
-    """
-
-    def __init__(self, where: str, *, copy: bool = True) -> None:
-        self.where = where
-        self.copy = copy
-        self._copied: dict[int, int] = {}
-        self._arrays: dict[tuple[Any, ...], np.ndarray | None] = {}
-
-    @staticmethod
-    def _key(tensor: TorchTensor) -> tuple[Any, ...]:
-        return (id(tensor.storage), tensor.offset, tensor.shape, tensor.strides)
-
-    def admit(self, tensor: TorchTensor) -> None:
-        """Check ``tensor`` against what its storage's other views already copy; charge it."""
-        key = self._key(tensor)
-        if key in self._arrays:
-            return
-        if not tensor.is_whole():
-            storage = tensor.storage
-            copied = self._copied.get(id(storage), 0) + tensor.numel
-            if copied > MAX_VIEW_COPIES * storage.numel:
-                raise UnsafeContentError(
-                    f"{self.where} holds tensors that view storage {storage.key!r} "
-                    f"({storage.numel} elements) in overlapping ways: materialising them "
-                    f"would copy {copied} elements, more than {MAX_VIEW_COPIES} times what "
-                    "the storage holds. Refused before allocating; if the file is yours, "
-                    "re-save each tensor with .clone()."
-                )
-            self._copied[id(storage)] = copied
-            if self.copy:
-
-                budget.charge(tensor.nbytes, f"{self.where} tensor of shape {tensor.shape}")
-        self._arrays[key] = None
-
-    def array(self, tensor: TorchTensor) -> np.ndarray:
-        """Return ``tensor``'s values from its storage's ``array`` (admitting it first)."""
-        self.admit(tensor)
-        key = self._key(tensor)
-        found = self._arrays[key]
-        if found is None:
-            storage = tensor.storage
-            if storage.array is None:
-                raise FormatError(f"{self.where}: torch storage {storage.key!r} has no data.")
-            found = self._arrays[key] = tensor.view(storage.array, copy=self.copy)
-        return found
-
-
-class _Scalar(_Refuses):
+class _Scalar(Sealed):
     """What ``numpy.core.multiarray.scalar`` becomes."""
 
     def __init__(self, dtype: Any, raw: Any = None) -> None:
@@ -508,16 +297,16 @@ class _Scalar(_Refuses):
         self.value = np.frombuffer(bytes(raw), dtype=dtype.dtype)[0]
 
 
-def _check_int(value: Any, what: str) -> int:
+def check_int(value: Any, what: str) -> int:
     if type(value) is not int or value < 0 or value > 2**48:
         raise FormatError(f"a pickled {what} is {value!r:.40}; expected a non-negative int.")
     return value
 
 
-def _check_shape(value: Any) -> tuple[int, ...]:
+def check_shape(value: Any) -> tuple[int, ...]:
     if not isinstance(value, tuple) or len(value) > MAX_DIMS:
         raise FormatError(f"a pickled shape is {value!r:.60}; expected a tuple of ints.")
-    return tuple(_check_int(n, "dimension") for n in value)
+    return tuple(check_int(n, "dimension") for n in value)
 
 
 def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _ArrayBuilder:
@@ -537,7 +326,7 @@ def _frombuffer(
     """
     if order not in ("C", "F", "K") or (axis_order is not None and order != "K"):
         raise FormatError(f"a pickled array has memory order {order!r:.20}; expected C, F or K.")
-    axes = None if axis_order is None else _check_shape(axis_order)
+    axes = None if axis_order is None else check_shape(axis_order)
     builder = _ArrayBuilder()
     builder.array = _array_from_bytes(buf, dtype, shape, order, axes)
     return builder
@@ -560,7 +349,7 @@ def _dill_create_array(f: Any, args: Any, state: Any, npdict: Any = None) -> _Ar
         ... ).array.tolist()
         [1, 2]
     """
-    if not isinstance(f, _Allowed) or f.function is not _reconstruct:
+    if not isinstance(f, Allowed) or f.function is not _reconstruct:
         raise UnsafeContentError(
             f"dill._dill._create_array is asked to call {f!r:.60}; only NumPy's "
             "_reconstruct is plain data. Refused before anything ran."
@@ -576,7 +365,7 @@ def _dill_create_array(f: Any, args: Any, state: Any, npdict: Any = None) -> _Ar
     return builder
 
 
-class _Module(_Refuses):
+class _Module(Sealed):
     """What ``dill._dill._import_module`` gives for a NumPy module: only a name."""
 
     __slots__ = ("name",)
@@ -646,99 +435,7 @@ def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
     return text.encode("latin-1")
 
 
-def _rebuild_tensor_v3(
-    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-    hooks: Any = None, dtype: Any = None, *rest: Any,
-) -> TorchTensor:
-    """``torch._utils._rebuild_tensor_v3``: a tensor of ``dtype`` over an untyped storage.
-
-    torch writes it for dtypes without a typed storage class (float8,
-    uint16...). The storage's bytes are given the tensor's dtype once, before
-    any tensor views it; another dtype over the same storage is refused.
-    """
-    if not isinstance(storage, TorchStorage) or not isinstance(dtype, _Marker) or not dtype.dtype:
-        raise UnsafeContentError("a pickled torch tensor (v3) lacks a storage or a dtype.")
-    if storage.dtype == UNTYPED:
-        itemsize = TorchStorage(storage.key, dtype.dtype, 0).itemsize
-        if storage.numel % itemsize:
-            raise FormatError(
-                f"torch storage {storage.key!r} holds {storage.numel} bytes, not a whole "
-                f"number of {dtype.dtype} elements; the weights file is damaged."
-            )
-        storage.dtype, storage.numel = dtype.dtype, storage.numel // itemsize
-    elif storage.dtype != dtype.dtype:
-        raise FormatError(
-            f"torch storage {storage.key!r} is viewed as {storage.dtype} and {dtype.dtype}; "
-            "polybundle reads each storage as one dtype."
-        )
-    return TorchTensor(storage, offset, size, stride)
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any = False, hooks: Any = None) -> Any:
-    if not isinstance(data, TorchTensor):
-        raise UnsafeContentError("a pickled torch Parameter does not hold a tensor.")
-    return data
-
-
-class _StateDict(OrderedDict):
-    """What ``collections.OrderedDict()`` becomes: its BUILD may set only torch's ``_metadata``.
-
-    ``torch.save(model.state_dict())`` BUILDs the OrderedDict with
-    ``{"_metadata": {prefix: {"version": n}}}``. Any other state (more
-    attributes, a ``(state, slotstate)`` pair, tensors inside ``_metadata``)
-    would put data where no reader of the dict's items looks, so it is
-    refused; ``_metadata`` itself is dropped by :func:`finalize`.
-
-    Example:
-        >>> _StateDict().__setstate__({"_metadata": {"": {"version": 1}}})
-        >>> _StateDict().__setstate__(({}, {"hidden": 1}))  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        polybundle.errors.UnsafeContentError: a pickled OrderedDict sets its state to ...
-    """
-
-    def __setstate__(self, state: Any) -> None:
-        metadata = state.get("_metadata") if isinstance(state, dict) else None
-        if (
-            not isinstance(state, dict)
-            or set(state) != {"_metadata"}
-            or not isinstance(metadata, dict)
-            or len(metadata) > MAX_NODES
-            or not all(_plain_metadata(k, v) for k, v in metadata.items())
-        ):
-            raise UnsafeContentError(
-                f"a pickled OrderedDict sets its state to {type(state).__name__} "
-                f"{state!r:.100}; torch.save only ever sets {{'_metadata': {{prefix: "
-                "{'version': n}}}}}. Other state would hide data beside the dict's items, "
-                "so the file is refused."
-            )
-
-
-def _plain_metadata(prefix: Any, entry: Any) -> bool:
-    """True for one ``_metadata`` item as torch writes it: a prefix and flat plain values."""
-    leaves = (type(None), bool, int, float, str)
-    return (
-        isinstance(prefix, str)
-        and isinstance(entry, dict)
-        and all(isinstance(k, str) and isinstance(v, leaves) for k, v in entry.items())
-    )
-
-
-def _load_storage_bytes(data: Any) -> TorchStorage:
-    from polybundle_torch.pth_reader import read_pickled_storage  # it unpickles with this module
-
-    if not isinstance(data, bytes):
-        raise UnsafeContentError("torch.storage._load_from_bytes got something other than bytes.")
-    return read_pickled_storage(data)
-
-
-def _tf_tensor(value: Any, *rest: Any) -> Any:
-    if not isinstance(value, (_ArrayBuilder, _Scalar)):
-        raise UnsafeContentError("a pickled TensorFlow tensor does not hold a NumPy array.")
-    return value
-
-
-def _numpy_names(module: str) -> dict[tuple[str, str], _Allowed]:
+def _numpy_names(module: str) -> dict[tuple[str, str], Allowed]:
     """NumPy's array and scalar reconstructors under ``module`` (``numpy.core``/``numpy._core``).
 
     Example:
@@ -746,66 +443,53 @@ def _numpy_names(module: str) -> dict[tuple[str, str], _Allowed]:
         ['_frombuffer', '_reconstruct', 'scalar']
     """
     return {
-        (f"{module}.multiarray", "_reconstruct"): _Allowed(_reconstruct),
-        (f"{module}.multiarray", "scalar"): _Allowed(_Scalar),
-        (f"{module}.numeric", "_frombuffer"): _Allowed(_frombuffer),
+        (f"{module}.multiarray", "_reconstruct"): Allowed(_reconstruct),
+        (f"{module}.multiarray", "scalar"): Allowed(_Scalar),
+        (f"{module}.numeric", "_frombuffer"): Allowed(_frombuffer),
     }
 
 
-_DILL_AND_BYTES: dict[tuple[str, str], _Allowed] = {
-    ("dill._dill", "_create_array"): _Allowed(_dill_create_array),
-    ("dill._dill", "_import_module"): _Allowed(_dill_import_module),
-    ("dill._dill", "_get_attr"): _Allowed(_dill_get_attr),
-    ("builtins", "bytes"): _Allowed(_empty_bytes),
-    ("__builtin__", "bytes"): _Allowed(_empty_bytes),
+_DILL_AND_BYTES: dict[tuple[str, str], Allowed] = {
+    ("dill._dill", "_create_array"): Allowed(_dill_create_array),
+    ("dill._dill", "_import_module"): Allowed(_dill_import_module),
+    ("dill._dill", "_get_attr"): Allowed(_dill_get_attr),
+    ("builtins", "bytes"): Allowed(_empty_bytes),
+    ("__builtin__", "bytes"): Allowed(_empty_bytes),
 }
 """What dill 0.3.4 to 0.4.1 writes around NumPy arrays, and protocol 2's empty bytes."""
 
 
 PLAIN_DATA: Mapping[tuple[str, str], Any] = {
-    ("builtins", "set"): _Allowed(set),
-    ("builtins", "frozenset"): _Allowed(frozenset),
-    ("builtins", "complex"): _Allowed(complex),
-    ("collections", "OrderedDict"): _Allowed(_StateDict),
-    ("_codecs", "encode"): _Allowed(_latin1),
+    ("builtins", "set"): Allowed(set),
+    ("builtins", "frozenset"): Allowed(frozenset),
+    ("builtins", "complex"): Allowed(complex),
+    ("collections", "OrderedDict"): Allowed(_OrderedDict),
+    ("_codecs", "encode"): Allowed(_latin1),
     ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _Allowed(_DtypeBuilder),
+    ("numpy", "dtype"): Allowed(_DtypeBuilder),
     **_numpy_names("numpy.core"),
     **_numpy_names("numpy._core"),
     **_DILL_AND_BYTES,
-    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(TorchTensor),
-    ("torch._utils", "_rebuild_parameter"): _Allowed(_rebuild_parameter),
-    ("torch.storage", "_load_from_bytes"): _Allowed(_load_storage_bytes),
-    ("tensorflow.python.framework.ops", "convert_to_tensor"): _Allowed(_tf_tensor),
 }
-"""The exact allow-list for ``manifest.dill`` and ``params.dill``: plain data only."""
+"""The exact allow-list for ``manifest.dill`` and ``params.dill``: plain data only.
 
-TORCH_WEIGHTS: Mapping[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): _Allowed(_StateDict),
-    ("torch._utils", "_rebuild_tensor"): _Allowed(TorchTensor),
-    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(TorchTensor),
-    ("torch._utils", "_rebuild_parameter"): _Allowed(_rebuild_parameter),
-    **{
-        ("torch", name): _Marker(f"torch.{name}", dtype)
-        for name, dtype in TORCH_STORAGE_DTYPES.items()
-    },
-    ("torch._utils", "_rebuild_tensor_v3"): _Allowed(_rebuild_tensor_v3),
-    ("torch.storage", "UntypedStorage"): _Marker("torch.storage.UntypedStorage", UNTYPED),
-    **{("torch", name): _Marker(f"torch.{name}", name) for name in TORCH_V3_DTYPES},
-}
-"""The exact allow-list inside a PyTorch weights file (a state_dict's pickle)."""
+A backend whose params pickles hold its framework's tensors adds its own
+names with ``safe_loads(..., extra=...)``."""
 
 
-def storage_dtype(marker: Any) -> str:
-    """Return the NumPy dtype name of a pickled torch storage class, or raise.
+def is_numpy_value(value: Any) -> bool:
+    """Return True for what a pickled NumPy array or scalar becomes before :func:`finalize`.
+
+    For a backend's stand-in that wraps a NumPy value (a framework tensor
+    pickled as a call on an array) and must accept nothing else.
 
     Example:
-        >>> storage_dtype(TORCH_WEIGHTS[("torch", "FloatStorage")])
-        'float32'
+        >>> is_numpy_value(safe_loads(pickle.dumps(np.ones(2)), where="x", raw=True))
+        True
+        >>> is_numpy_value([1.0, 2.0])
+        False
     """
-    if not isinstance(marker, _Marker) or not marker.dtype:
-        raise UnsafeContentError(f"a torch storage id names {marker!r:.60}, not a storage type.")
-    return marker.dtype
+    return isinstance(value, (_ArrayBuilder, _Scalar))
 
 
 class _Unpickler(pickle.Unpickler):
@@ -914,20 +598,25 @@ def list_globals(data: bytes, *, where: str) -> list[str]:
     return sorted(set(found))
 
 
-def finalize(value: Any, *, where: str, tensors: bool = True) -> Any:
+Leaves = Callable[[Leaf], Any]
+"""What a caller gives :func:`finalize` to turn each :class:`Leaf` into a value."""
+
+
+def finalize(value: Any, *, where: str, leaves: Leaves | None = None) -> Any:
     """Turn builder objects into NumPy values; refuse cycles, depth and size bombs.
 
-    Torch tensors become arrays of their storages' ``array`` through one
-    :class:`TensorViews` (overlapping copies bounded, copies charged to the
-    memory budget); with ``tensors=False`` they stay :class:`TorchTensor`
-    records (for indexing a weights file without reading its storages).
+    Each :class:`Leaf` (what a caller's own names built, a tensor) is
+    replaced by ``leaves(leaf)``; without ``leaves`` it is refused.
 
     Example:
         >>> finalize({"a": [1, (2, 3)]}, where="x")
         {'a': [1, (2, 3)]}
+        >>> finalize([Leaf()], where="x")
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnsafeContentError: x produced a Leaf value, which is not plain data.
     """
-    budget = [MAX_NODES]
-    return _finalize(value, where, 0, set(), budget, TensorViews(where) if tensors else None)
+    return _finalize(value, where, 0, set(), [MAX_NODES], leaves)
 
 
 def _finalize(
@@ -936,7 +625,7 @@ def _finalize(
     depth: int,
     active: set[int],
     budget: list[int],
-    tensors: TensorViews | None,
+    leaves: Leaves | None,
 ) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
@@ -956,8 +645,8 @@ def _finalize(
         return value.array
     if isinstance(value, _Scalar):
         return value.value
-    if isinstance(value, TorchTensor):
-        return value if tensors is None else tensors.array(value)
+    if isinstance(value, Leaf) and leaves is not None:
+        return leaves(value)
     if not isinstance(value, (dict, list, tuple, set, frozenset)):
         raise UnsafeContentError(
             f"{where} produced a {type(value).__name__} value, which is not plain data."
@@ -970,13 +659,13 @@ def _finalize(
         if isinstance(value, dict):
             items = [
                 (
-                    _finalize(k, where, step, active, budget, tensors),
-                    _finalize(v, where, step, active, budget, tensors),
+                    _finalize(k, where, step, active, budget, leaves),
+                    _finalize(v, where, step, active, budget, leaves),
                 )
                 for k, v in value.items()
             ]
             return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
-        items = [_finalize(item, where, step, active, budget, tensors) for item in value]
+        items = [_finalize(item, where, step, active, budget, leaves) for item in value]
         return type(value)(items) if not isinstance(value, list) else items
     except TypeError:  # an unhashable key, e.g. an array used as a dict key
         raise FormatError(f"{where} uses an unhashable value as a key or set member.") from None
@@ -989,20 +678,33 @@ def safe_loads(
     *,
     where: str,
     allowed: Mapping[tuple[str, str], Any] = PLAIN_DATA,
+    extra: Mapping[tuple[str, str], Any] | None = None,
     persistent: Callable[[Any], Any] | None = None,
     raw: bool = False,
+    leaves: Leaves | None = None,
 ) -> Any:
     """Unpickle ``data``, exactly one pickle, with the exact allow-list ``allowed``.
 
-    ``persistent`` resolves persistent ids (PyTorch storages); without it a
-    persistent id is refused. ``raw=True`` returns builder objects unconverted (for callers
-    that fill storages first, then call :func:`finalize`). Raises only
-    :class:`PolybundleError` subclasses.
+    :param extra: more ``(module, name)`` stand-ins a caller allows on top of
+        ``allowed`` (a backend's tensor vocabulary); they win over ``allowed``.
+    :param persistent: resolves persistent ids (a weights file's storages);
+        without it a persistent id is refused.
+    :param raw: return builder objects unconverted (for callers that fill
+        storages first, then call :func:`finalize`).
+    :param leaves: turns each :class:`Leaf` of the result into a value (see
+        :func:`finalize`).
+
+    Raises only :class:`PolybundleError` subclasses.
 
     Example:
         >>> safe_loads(pickle.dumps({"intensity_scale": 2.5}), where="params.dill")
         {'intensity_scale': 2.5}
+        >>> safe_loads(pickle.dumps(complex(1, 2)), where="x", extra={
+        ...     ("builtins", "complex"): Allowed(lambda re, im: f"{re}+{im}i")})
+        '1.0+2.0i'
     """
+    if extra:
+        allowed = {**allowed, **extra}
     end = scan(data, where=where, persistent=persistent is not None)
     if end != len(data):
         raise FormatError(
@@ -1019,4 +721,4 @@ def safe_loads(
             f"{where} could not be read as plain data ({type(exc).__name__}: "
             f"{str(exc)[:120]}); the file is damaged or not what its name says."
         ) from None
-    return result if raw else finalize(result, where=where)
+    return result if raw else finalize(result, where=where, leaves=leaves)

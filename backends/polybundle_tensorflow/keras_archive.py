@@ -1,4 +1,7 @@
-"""Check a Keras ``.keras`` file before anything reads it, and list its weights.
+"""The Keras gate: check a ``.keras`` file before anything reads it, and list its weights.
+
+Format 2 (``verify``, loading without a builder) and the TensorFlow dill era
+both rely on it.
 
 A ``.keras`` file is a zip (``config.json``, ``model.weights.h5``,
 ``metadata.json``). :func:`open_keras` checks the nested zip like the outer
