@@ -7,9 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import polybundle
 from tests import models
-from tests.conftest import REPO, needs_torch
+from tests.conftest import REPO, needs_tensorflow, needs_torch
 
 BLOCKER = """
 import importlib.abc, sys
@@ -52,6 +54,40 @@ print(json.dumps({{"loaded": loaded, "backend": report["backend"], "n": len(repo
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary == {"loaded": [], "backend": "torch", "n": 9}
     assert "0.weight" in result.stdout
+
+
+@needs_torch
+@needs_tensorflow
+def test_verify_and_lazy_load_without_any_framework(tmp_path):
+    """The writing backend checks and maps its weights file without importing its framework."""
+    paths = {"torch": tmp_path / "t.bundle", "tensorflow": tmp_path / "k.bundle"}
+    polybundle.save(paths["torch"], {"net": models.trained_torch(0)})
+    polybundle.save(paths["tensorflow"], {"net": models.trained_keras(0)})
+    expected = {
+        name: {k: float(v.sum()) for k, v in polybundle.load(path).tensors("net").items()}
+        for name, path in paths.items()
+    }
+    code = f"""
+import json, sys
+import polybundle
+paths = {{k: v for k, v in {({k: str(v) for k, v in paths.items()})!r}.items()}}
+out = {{}}
+for name, path in paths.items():
+    report = polybundle.verify(path)
+    lazy = polybundle.load(path, lazy=True).tensors("net")
+    out[name] = {{"ok": report.ok, "problems": report.problems, "checked": report.checked,
+                 "sums": {{k: float(lazy[k].sum()) for k in lazy}}}}
+out["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in {sorted(FRAMEWORK_MODULES)!r})
+print(json.dumps(out))
+"""
+    result = _run_blocked(code)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary.pop("loaded") == []
+    for name, found in summary.items():
+        assert found["ok"], (name, found["problems"])
+        assert any("tensors read without a framework" in line for line in found["checked"])
+        assert found["sums"] == pytest.approx(expected[name], rel=1e-6), name
 
 
 def test_loading_without_the_framework_names_the_extra(tmp_path):

@@ -16,8 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import io
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -30,18 +31,27 @@ from polybundle.errors import (
     UnsafeContentError,
 )
 from polybundle.format.archive import open_nested
-from polybundle.legacy.kerasfile import check_config
 from polybundle.model.backend import Backend, TensorSpec
-from polybundle.model.canonical import keras_canonical
 from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
+from polybundle.model.optimizer import OptimizerState
+from polybundle.model.optimizer_conversion import NeutralOptimizer
+from polybundle.safety import budget
+from polybundle_tensorflow import keras_compat
+from polybundle_tensorflow import optim as tensorflow_optim
+from polybundle_tensorflow.keras_archive import check_config, open_keras, read_weights
 from polybundle_tensorflow.keras_file import (
     WEIGHTS_H5,
     check_layer_fields,
     check_layer_shapes,
+    check_weights,
     keras_stream,
     read_config,
     read_datasets,
+    read_keras_weights,
+    stream_size,
 )
+from polybundle_tensorflow.layers import keras_canonical
+from polybundle_tensorflow.layers import native_layout as keras_native_layout
 
 _CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
 _CONV_TRANSPOSE = {"Conv1DTranspose": 1, "Conv2DTranspose": 2, "Conv3DTranspose": 3}
@@ -74,19 +84,13 @@ def _variables(model: Any) -> list[tuple[str, Any, Any]]:
     The keys are where Keras' own saver puts each variable in
     ``model.weights.h5``: the same walk is run with an in-memory store.
     """
-    from keras.src.saving import saving_lib
-
-    store = saving_lib.NpzIOStore("polybundle-walk", mode="w")
-    saving_lib._save_state(
-        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
-    )
     weights = {id(v) for v in model.weights}
     owners: dict[int, Any] = {}
     for layer in model._flatten_layers(include_self=True, recursive=True):
         for variable in layer._trainable_variables + layer._non_trainable_variables:
             owners.setdefault(id(variable), layer)
     entries = []
-    for path, slots in store.contents.items():
+    for path, slots in keras_compat.saved_variable_slots(model).items():
         prefix = "" if path == "__root__" else f"{path}/"
         for index, variable in slots.items():
             if id(variable) in weights:
@@ -130,6 +134,7 @@ class TensorFlowBackend(Backend):
     modules = ("tensorflow", "keras")
     distribution = "keras"
     weights_member = "model.keras"
+    plain_format = "keras-file"
 
     def framework_version(self) -> str:
         """Return ``"tensorflow <v>, keras <v>"`` from the installed distributions."""
@@ -159,12 +164,10 @@ class TensorFlowBackend(Backend):
         lives only in the neutral ``optimizer.*`` members (see
         ``docs/training-state.md``).
         """
-        from keras.src.saving import saving_lib
-
         from polybundle_tensorflow.optim import without_optimizer
 
         with without_optimizer(model):
-            saving_lib.save_model(model, stream)
+            keras_compat.save_model(model, stream)
 
     def build_and_load(
         self, builder: Any, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec]
@@ -178,15 +181,11 @@ class TensorFlowBackend(Backend):
         own initialiser. Falls back to an ordinary build when the builder cannot
         run in that scope.
         """
-        from keras.src.backend.common import global_state
-        from keras.src.backend.common.stateless_scope import StatelessScope
-        from keras.src.backend.common.variables import initialize_all_variables
-
         try:
-            with StatelessScope(initialize_variables=False):
+            with keras_compat.deferred_initialization():
                 model = builder(config)
         except Exception:  # e.g. a builder that calls the model on data; build normally
-            global_state.set_global_attribute("uninitialized_variables", [])
+            keras_compat.forget_pending()
             return super().build_and_load(builder, config, source, specs)
         try:
             own = self._checked_variables(model, specs)
@@ -198,11 +197,8 @@ class TensorFlowBackend(Backend):
                 else:
                     variable.assign(array)
         finally:  # whatever happened, leave no variable of this build pending
-            pending = global_state.get_global_attribute("uninitialized_variables") or []
-            global_state.set_global_attribute(
-                "uninitialized_variables", [v for v in pending if v._value is None]
-            )
-        initialize_all_variables()
+            keras_compat.keep_uninitialized_pending()
+        keras_compat.initialize_pending()
         return model
 
     def _checked_variables(self, model: Any, specs: list[TensorSpec]) -> dict[str, Any]:
@@ -233,8 +229,63 @@ class TensorFlowBackend(Backend):
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         """Read every listed tensor from ``model.weights.h5`` with h5py (no TensorFlow)."""
-        arrays = read_datasets(source, specs)
+        return self.read_stored(source, specs)
+
+    def read_stored(
+        self, source: BinaryIO, specs: list[TensorSpec], *, mapped: Any = None
+    ) -> dict[str, np.ndarray]:
+        """Read the listed datasets of ``model.weights.h5`` after checking them, no TensorFlow.
+
+        See :func:`polybundle_tensorflow.keras_file.read_datasets`. Keras writes
+        the ``.keras`` zip STORED, so given ``mapped`` each dataset is a
+        read-only view of the map at the offset h5py reports.
+        """
+        arrays = read_datasets(source, specs, mapped=mapped)
         return {spec.name: array for spec, array in zip(specs, arrays, strict=True)}
+
+    def check_stored(
+        self,
+        source: BinaryIO,
+        specs: list[TensorSpec],
+        *,
+        where: str,
+        declared: Sequence[str] = (),
+    ) -> dict[str, np.ndarray]:
+        """Run the checks a Keras load runs before Keras, without Keras; return the layer weights.
+
+        The ``.keras`` zip is checked like the outer one; ``config.json`` must
+        name no code (no ``Lambda``, no class outside Keras but ``declared``),
+        its layer fields must be ones Keras takes and its declared sizes the
+        stored ones; ``model.weights.h5`` must hold exactly the datasets,
+        shapes and dtypes of ``specs`` (unlisted optimizer slots aside), each
+        passing the HDF5 safety checks. Returns ``{h5 key: array}``.
+        """
+        if isinstance(source, io.BytesIO):
+            data = source.getvalue()  # already in memory: no copy
+        else:
+            budget.charge(stream_size(source), where)
+            data = source.read()
+        keras_file = open_keras(data, where=where)
+        check_config(keras_file.config, where=where, declared=declared)
+        check_layer_fields(keras_file.config, where=where)
+        check_layer_shapes(keras_file.config, io.BytesIO(keras_file.weights), where=where)
+        check_weights(io.BytesIO(keras_file.weights), where=where, specs=specs)
+        return read_weights(keras_file)
+
+    def describe_stored(self, source: BinaryIO, *, where: str) -> list[TensorSpec]:
+        """Describe a ``model.save("model.keras")`` file from ``config.json`` and the HDF5 index.
+
+        Layout tags and canonical kinds come from the layer classes the config
+        names (``opaque`` for layers it does not determine).
+        """
+        return [
+            TensorSpec(
+                w.name, w.key, w.shape, w.dtype,
+                w.canonical.layout if w.canonical.kind else (OPAQUE if w.shape else SCALAR),
+                w.canonical.kind, w.layer if w.canonical.kind else "", w.canonical.slot,
+            )
+            for w, _ in read_keras_weights(source, with_arrays=False)
+        ]
 
     def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
         """Assign ``{variable path: array}`` to ``model``'s variables, all checked first."""
@@ -255,6 +306,10 @@ class TensorFlowBackend(Backend):
             )
         for name, (spec, variable) in own.items():
             variable.assign(np.asarray(arrays[name], dtype=spec.dtype))
+
+    def native_layout(self, kind: str, slot: str, source_layout: str = "") -> str | None:
+        """Return the layout tag Keras's standard layer of ``kind`` gives ``slot``."""
+        return keras_native_layout(kind, slot, source_layout)
 
     def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call ``model(..., training=False)`` on ``inputs``; outputs as arrays."""
@@ -294,11 +349,7 @@ class TensorFlowBackend(Backend):
         check_layer_shapes(config, open_nested(source, WEIGHTS_H5), where=where)
         source.seek(0)
         if specs is None:
-            from keras.src.saving import saving_lib
-
-            return _keras_call(
-                where, lambda: saving_lib.load_model(stream, safe_mode=True, compile=False)
-            )
+            return _keras_call(where, lambda: keras_compat.load_model(stream))
         source.seek(0)
         return self._rebuild_deferred(config, source, specs, where)
 
@@ -306,23 +357,16 @@ class TensorFlowBackend(Backend):
         self, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec], where: str
     ) -> Any:
         """Deserialize ``config`` with initialisation deferred; check, then fill each variable."""
-        from keras.src.backend.common import global_state
-        from keras.src.backend.common.stateless_scope import StatelessScope
-        from keras.src.backend.common.variables import initialize_all_variables
-
         try:
-            with StatelessScope(initialize_variables=False):
-                model = _keras_call(where, lambda: _deserialize(config))
+            with keras_compat.deferred_initialization():
+                model = _keras_call(where, lambda: keras_compat.deserialize(config))
             own = self._checked_variables(model, specs)
             _check_dtypes(own, specs, model)
             arrays = read_datasets(source, specs)
             _keras_call(where, lambda: _fill(own, specs, arrays))
         finally:  # whatever happened, leave no variable of this build pending
-            pending = global_state.get_global_attribute("uninitialized_variables") or []
-            global_state.set_global_attribute(
-                "uninitialized_variables", [v for v in pending if v._value is None]
-            )
-        _keras_call(where, initialize_all_variables)
+            keras_compat.keep_uninitialized_pending()
+        _keras_call(where, keras_compat.initialize_pending)
         return model
 
     def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
@@ -339,6 +383,16 @@ class TensorFlowBackend(Backend):
 
         tensorflow_optim.restore_optimizer(model, optimizer, state, specs, scheduler)
 
+    def optimizer_to_neutral(self, state: OptimizerState) -> NeutralOptimizer:
+        """Describe ``state`` in the neutral convention (see :mod:`polybundle_tensorflow.optim`)."""
+        return tensorflow_optim.optimizer_to_neutral(state)
+
+    def optimizer_from_neutral(
+        self, neutral: NeutralOptimizer, specs: list[TensorSpec]
+    ) -> OptimizerState:
+        """Return this backend's optimizer state for a converted neutral description."""
+        return tensorflow_optim.optimizer_from_neutral(neutral, specs)
+
     def capture_rng(self) -> dict[str, Any]:
         """Return the framework's global generator state as plain data."""
         from polybundle_tensorflow import optim as tensorflow_optim
@@ -350,15 +404,6 @@ class TensorFlowBackend(Backend):
         from polybundle_tensorflow import optim as tensorflow_optim
 
         tensorflow_optim.restore_rng(state)
-
-
-def _deserialize(config: dict[str, Any]) -> Any:
-    """Build the model ``config`` describes, as ``keras.saving.load_model`` does (no compile)."""
-    from keras.src.saving.serialization_lib import ObjectSharingScope, deserialize_keras_object
-
-    config = {**config, "compile_config": None}
-    with ObjectSharingScope():
-        return deserialize_keras_object(config, None, safe_mode=True)
 
 
 def _fill(own: dict[str, Any], specs: list[TensorSpec], arrays: list[np.ndarray]) -> None:

@@ -17,8 +17,14 @@ import numpy as np
 
 from polybundle.errors import FormatError, TensorMismatchError
 from polybundle.model.backend import ML_DTYPES, Backend, TensorSpec, dtype_label, resolve_dtype
-from polybundle.model.canonical import Canonical, torch_canonical
+from polybundle.model.canonical import Canonical
 from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
+from polybundle.model.optimizer import OptimizerState
+from polybundle.model.optimizer_conversion import NeutralOptimizer
+from polybundle_torch import optim as torch_optim
+from polybundle_torch.layers import native_layout as torch_native_layout
+from polybundle_torch.layers import torch_canonical
+from polybundle_torch.pth_reader import describe_pth, read_pth
 
 _VECTOR_MODULES = {
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
@@ -126,6 +132,7 @@ class TorchBackend(Backend):
     modules = ("torch",)
     distribution = "torch"
     weights_member = "model.pth"
+    plain_format = "torch-file"
 
     def owns(self, model: Any) -> bool:
         """Return True for a ``torch.nn.Module`` (never imports torch)."""
@@ -252,12 +259,36 @@ class TorchBackend(Backend):
         shapes and dtypes, checked before any tensor is read (else
         :class:`~polybundle.errors.IntegrityError`).
         """
-        from polybundle_torch.pth_reader import read_pth
+        return self.read_stored(source, specs)
 
+    def read_stored(
+        self, source: BinaryIO, specs: list[TensorSpec], *, mapped: Any = None
+    ) -> dict[str, np.ndarray]:
+        """Read the state_dict without torch (:func:`polybundle_torch.pth_reader.read_pth`).
+
+        Given ``mapped``, each storage (a STORED member of the inner zip) is a
+        read-only view of the map.
+        """
         name = getattr(source, "name", None)
-        state = read_pth(source, where=name if isinstance(name, str) else "model.pth", specs=specs)
+        where = name if isinstance(name, str) and name else self.weights_member
+        state = read_pth(source, where=where, mapped=mapped, specs=specs)
         by_key = {spec.key: spec.name for spec in specs}
         return {by_key.get(key, key): array for key, array in state.items()}
+
+    def check_stored(
+        self, source: BinaryIO, specs: list[TensorSpec], *, where: str, declared: Any = ()
+    ) -> dict[str, np.ndarray]:
+        """Read every tensor with the restricted unpickler (tensor rebuilders only), no torch.
+
+        The pickle, each tensor's geometry and each storage's size are checked;
+        the tensors are returned by state_dict key for the caller to compare
+        with ``specs``. A state_dict names no code, so ``declared`` is unused.
+        """
+        return read_pth(source, where=where)
+
+    def describe_stored(self, source: BinaryIO, *, where: str) -> list[TensorSpec]:
+        """Describe a ``torch.save(state_dict)`` file from its pickle alone (layouts ``opaque``)."""
+        return describe_pth(source, where=where)
 
     def assign(self, model: Any, arrays: dict[str, np.ndarray]) -> None:
         """Load ``{state_dict key: array}`` strictly, cast to each tensor's dtype."""
@@ -267,6 +298,10 @@ class TorchBackend(Backend):
             for key, array in arrays.items()
         }
         self._load_state(model, state)
+
+    def native_layout(self, kind: str, slot: str, source_layout: str = "") -> str | None:
+        """Return the layout tag PyTorch's standard layer of ``kind`` gives ``slot``."""
+        return torch_native_layout(kind, slot, source_layout)
 
     def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``model.eval()`` under ``torch.no_grad()`` on ``inputs``; outputs as arrays."""
@@ -292,6 +327,16 @@ class TorchBackend(Backend):
         from polybundle_torch import optim as torch_optim
 
         torch_optim.restore_optimizer(model, optimizer, state, specs, scheduler)
+
+    def optimizer_to_neutral(self, state: OptimizerState) -> NeutralOptimizer:
+        """Describe ``state`` in the neutral convention (see :mod:`polybundle_torch.optim`)."""
+        return torch_optim.optimizer_to_neutral(state)
+
+    def optimizer_from_neutral(
+        self, neutral: NeutralOptimizer, specs: list[TensorSpec]
+    ) -> OptimizerState:
+        """Return this backend's optimizer state for a converted neutral description."""
+        return torch_optim.optimizer_from_neutral(neutral, specs)
 
     def capture_rng(self) -> dict[str, Any]:
         """Return the framework's global generator state as plain data."""

@@ -9,12 +9,13 @@ magic number, the protocol, system info, the object's pickle, the storage
 keys, then each storage as an element count and its bytes.
 
 Every pickle goes through :func:`polybundle.safety.unpickle.safe_loads` with the
-exact allow-list :data:`polybundle.safety.unpickle.TORCH_WEIGHTS`: a static scan
+exact allow-list :data:`polybundle_torch.pickle_vocabulary.TORCH_WEIGHTS`: a static scan
 first, then only tensor-rebuilding globals, storage types and storage
 persistent ids; anything else is refused before it is called.
 
 Before a storage is read or mapped, every tensor's geometry is checked
-(:class:`polybundle.safety.unpickle.TorchTensor`, :class:`~polybundle.safety.unpickle.TensorViews`:
+(:class:`~polybundle_torch.pickle_vocabulary.TorchTensor` and
+:class:`~polybundle_torch.pickle_vocabulary.TensorViews`:
 inside its storage, no stride-0 or overlapping view larger than the storage),
 each storage's declared size is checked against the bytes its member really
 holds, the deflated members of the inner zip together must pass the archive's
@@ -54,18 +55,19 @@ from polybundle.format.archive import (
     NestedZip,
     check_member_name,
 )
+from polybundle.format.detection import PLAIN_ROLE
 from polybundle.format.tensor_check import check_stored
 from polybundle.model.backend import TensorSpec, resolve_dtype
+from polybundle.model.layouts import OPAQUE, SCALAR
 from polybundle.safety import budget
-from polybundle.safety.unpickle import (
+from polybundle.safety.unpickle import finalize, list_globals, safe_loads, scan
+from polybundle_torch.pickle_vocabulary import (
     TORCH_WEIGHTS,
     UNTYPED,
     TensorViews,
     TorchStorage,
     TorchTensor,
-    finalize,
-    safe_loads,
-    scan,
+    keep_tensor,
     storage_dtype,
 )
 
@@ -329,7 +331,8 @@ class _PthFile:
     def tensors(self) -> dict[str, TorchTensor]:
         """Return the state_dict's tensors by (``.``-joined) name, storages unread."""
         tensors: dict[str, TorchTensor] = {}
-        _flatten(finalize(self.state, where=self.where, tensors=False), "", tensors, self.where)
+        state = finalize(self.state, where=self.where, leaves=keep_tensor)
+        _flatten(state, "", tensors, self.where)
         return tensors
 
     def checked(
@@ -411,7 +414,7 @@ def _check_specs(
 def index_pth(source: Source, *, where: str = "model.pth") -> dict[str, TorchTensor]:
     """Return where each tensor of a weights file lies, reading no tensor bytes.
 
-    Each :class:`~polybundle.safety.unpickle.TorchTensor` gives ``offset``,
+    Each :class:`~polybundle_torch.pickle_vocabulary.TorchTensor` gives ``offset``,
     ``shape`` and ``strides`` (in elements) and its ``storage``: ``member``
     (the zip member with the bytes; ``""`` in the pre-zip layout, where they
     lie at byte ``start`` of the file), ``dtype``, ``numel`` and
@@ -489,10 +492,93 @@ def read_pth(
         return {name: views.array(tensor) for name, tensor in tensors.items()}
 
 
+def torch_zip_prefix(names: list[str]) -> str | None:
+    """Return ``<prefix>`` when ``names`` are the members of a ``torch.save`` zip, else None.
+
+    Every member lies in one folder, which holds ``data.pkl``; storages are
+    ``data/<n>`` and the rest are torch's small records (``version``,
+    ``byteorder``, ``.data/...``).
+
+    Example:
+        >>> torch_zip_prefix(["net/data.pkl", "net/data/0", "net/version", "net/byteorder"])
+        'net'
+        >>> torch_zip_prefix(["manifest.json", "net/model.pth"]) is None
+        True
+    """
+    prefixes = {name.partition("/")[0] for name in names}
+    if len(prefixes) != 1 or any("/" not in name for name in names):
+        return None
+    prefix = prefixes.pop()
+    if f"{prefix}/data.pkl" not in names:
+        return None
+    for name in names:
+        rest = name[len(prefix) + 1 :]
+        if rest.startswith("data/") and not rest[5:].isdigit():
+            return None
+    return prefix
+
+
+def whole_model_hint(source: Source, where: str, exc: UnsafeContentError) -> str:
+    """Return ``exc``'s message, with "save a state_dict" when ``torch.save(model)`` wrote it.
+
+    A whole pickled ``nn.Module`` names ``torch.nn.modules.*`` (or
+    ``__main__.*``) classes in its ``data.pkl``; those names are listed by a
+    static scan, nothing is unpickled.
+
+    Example:
+        >>> whole_model_hint(b"not a zip", "net.pth", UnsafeContentError("refused"))
+        'refused'
+    """
+    try:
+        container = _container(source)
+        container.seek(0)
+        inner = NestedZip(container)
+        pickle_name = next(n for n in inner.names() if n.endswith("/data.pkl"))
+        with inner.open(pickle_name) as stream:
+            names = list_globals(stream.read(MAX_PICKLE_BYTES), where=where)
+    except (PolybundleError, StopIteration, OSError, ValueError):
+        return str(exc)
+    modules = [name for name in names if name.startswith(("torch.nn.modules.", "__main__."))]
+    if not modules:
+        return str(exc)
+    return (
+        f"{where} holds a whole pickled model ({', '.join(modules[:4])}), as torch.save(model) "
+        "writes it; unpickling it would import and run code, so polybundle does not. Save "
+        "the weights instead: torch.save(model.state_dict(), path), then load them with a "
+        f"builder (@polybundle.architecture({PLAIN_ROLE!r}, backend='torch')) or "
+        f"into={{{PLAIN_ROLE!r}: model}}. ({exc})"
+    )
+
+
+def describe_pth(source: Source, *, where: str = "model.pth") -> list[TensorSpec]:
+    """Describe the tensors of a plain ``torch.save(state_dict)`` file from its pickle alone.
+
+    A state_dict says nothing about what its axes mean, so layouts are
+    ``opaque`` (``scalar`` for 0-d tensors). A whole pickled model is refused
+    with :class:`~polybundle.errors.UnsafeContentError` saying to save a
+    state_dict instead (:func:`whole_model_hint`).
+
+    Example:
+        >>> import io, pickle
+        >>> describe_pth(io.BytesIO(pickle.dumps(1)))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: ...
+    """
+    try:
+        index = index_pth(source, where=where)
+    except UnsafeContentError as exc:
+        raise UnsafeContentError(whole_model_hint(source, where, exc)) from None
+    return [
+        TensorSpec(name, name, tuple(t.shape), t.storage.dtype, OPAQUE if t.shape else SCALAR)
+        for name, t in index.items()
+    ]
+
+
 def read_pickled_storage(data: bytes) -> TorchStorage:
     """Read the bytes given to ``torch.storage._load_from_bytes`` (a pickled storage).
 
-    Used by :mod:`polybundle.safety.unpickle` for tensors pickled into params files.
+    Used by :mod:`polybundle_torch.legacy_eras` for tensors pickled into params files.
 
     Example:
         >>> read_pickled_storage(blob).array  # doctest: +SKIP

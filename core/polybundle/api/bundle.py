@@ -24,6 +24,7 @@ from polybundle.hooks.registry import get_backend
 from polybundle.model.backend import TensorSpec
 from polybundle.model.conversion import ConversionPlan
 from polybundle.model.optimizer import OptimizerState, decode_optimizer
+from polybundle.model.optimizer_conversion import convert_optimizer
 from polybundle.safety import budget
 from polybundle.training.rng import decode_rng, restore_rng
 
@@ -109,10 +110,10 @@ class Bundle:
                     f"{str(self.path)!r} changed since it was loaded; load it again."
                 )
             self._verify_weights(archive, entry["weights"])
+            writer = get_backend(self.manifest["backend"])
             if self.lazy:
-                return lazy_tensors(archive, entry["weights"], self.tensor_specs(role))
+                return lazy_tensors(archive, entry["weights"], self.tensor_specs(role), writer)
             with archive.open(entry["weights"]) as source:
-                writer = get_backend(self.manifest["backend"])
                 return writer.read_tensors(source, self.tensor_specs(role))
 
     def _verify_weights(self, archive: ArchiveReader, name: str) -> None:
@@ -169,6 +170,24 @@ class Bundle:
         )
         return decode_optimizer(document, arrays, where=role, specs=self.tensor_specs(role))
 
+    def converted_optimizer_state(self, role: str) -> OptimizerState:
+        """Return ``role``'s optimizer state in the form of the backend the bundle was loaded in.
+
+        As stored when loaded in the backend that wrote it; converted with the
+        plan of the role's weights when loaded in another one
+        (``polybundle.load(path, backend=...)``): the writer's backend
+        describes it neutrally, the loaded backend makes its own state
+        (:func:`polybundle.model.optimizer_conversion.convert_optimizer`).
+        Example: ``load(path, backend=name).converted_optimizer_state("net").backend == name``.
+        """
+        state = self.optimizer_state(role)
+        plan = self.conversions.get(role)
+        if plan is None:
+            return state
+        target = get_backend(self.backend)
+        return convert_optimizer(state, plan, source=get_backend(state.backend), target=target,
+                                 target_specs=target.describe(self.models[role]))
+
     def restore_optimizer(self, role: str, optimizer: Any, scheduler: Any | None = None) -> None:
         """Restore ``role``'s saved state into a fresh ``optimizer`` (and ``scheduler``).
 
@@ -176,10 +195,10 @@ class Bundle:
         ``self.models[role]`` (the model loaded from this bundle); moments,
         step and hyperparameters are restored. On a mismatch an
         :class:`~polybundle.errors.OptimizerMismatchError` is raised first.
-        When the bundle was loaded in the other framework
-        (``load(path, backend=...)``), ``optimizer`` is of that framework and
+        When the bundle was loaded in another backend
+        (``load(path, backend=...)``), ``optimizer`` is of that backend and
         the state is converted with the weights' plan
-        (:mod:`polybundle.model.optimizer_conversion`).
+        (:meth:`converted_optimizer_state`).
 
         Example:
             >>> net = bundle.models["net"]  # doctest: +SKIP
@@ -193,9 +212,7 @@ class Bundle:
             )
         backend = get_backend(self.backend)
         if role in self.conversions:  # loaded across frameworks: convert with the weights' plan
-            from polybundle.model.optimizer_conversion import optimizer_state_for
-
-            state = optimizer_state_for(self, role)
+            state = self.converted_optimizer_state(role)
             specs = backend.describe(self.models[role])
         else:
             state = self.optimizer_state(role)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from polybundle.api.loading import detect, open_plain, plain_manifest
+from polybundle.api.loading import detect, open_plain, plain_backend, plain_manifest
 from polybundle.errors import FormatError
 from polybundle.format.archive import ArchiveReader
-from polybundle.format.detection import FORMAT_NAME, PLAIN_FORMATS
+from polybundle.format.detection import FORMAT_NAME
 from polybundle.format.manifest import read_manifest
 from polybundle.format.params import read_params
 from polybundle.model.backend import TensorSpec
@@ -43,16 +43,17 @@ def _params_and_optimizers(
 def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> dict[str, Any]:
     """Return the manifest, the params and a table of tensors of the bundle at ``path``.
 
-    Reads only JSON members and the zip directory: neither torch nor
-    tensorflow is imported, and sizes are checked against the manifest (run
+    Reads only JSON members and the zip directory: no framework is
+    imported, and sizes are checked against the manifest (run
     :func:`polybundle.load` to check sha256 too). Each tensor row has
     ``role``, ``name``, ``shape``, ``dtype``, ``layout`` and ``bytes``.
     ``optimizers`` maps each role saved with optimizer state to its summary
     (algorithm, class, step, hyperparameters, slot counts, slot bytes).
 
     A plain framework file (Keras ``model.save`` or ``torch.save(state_dict)``)
-    is described from its index alone (``data.pkl`` or the HDF5 metadata): one
-    role ``model``, no params. ``max_bytes`` caps the memory read from
+    is described from its index alone by the backend that claims it
+    (:meth:`~polybundle.model.backend.Backend.describe_stored`): one role
+    ``model``, no params. ``max_bytes`` caps the memory read from
     declared sizes (see :mod:`polybundle.safety.budget`).
 
     Example:
@@ -61,7 +62,7 @@ def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> di
     """
     with budget.limit(max_bytes), ArchiveReader(path) as archive:
         detection = detect(archive)
-        if detection.format in PLAIN_FORMATS:
+        if plain_backend(detection) is not None:
             with open_plain(path, detection) as plain:
                 manifest, params, optimizers = plain_manifest(plain, detection), {}, {}
         elif detection.format != FORMAT_NAME:

@@ -1,34 +1,29 @@
 """Lazy tensors: read-only NumPy arrays memory-mapped straight from a bundle.
 
 The weights members are STORED, so each tensor's bytes lie at a fixed offset
-of the bundle file: inside ``model.pth`` every storage is its own STORED
-member ``<prefix>/data/<key>``, and inside ``model.keras`` the datasets of
-``model.weights.h5`` are contiguous at offsets h5py reports. One read-only
-``mmap`` of the bundle backs every array, so opening a role reads only the
-small index (``data.pkl`` or the HDF5 metadata), and a tensor's pages are
-read when it is first touched. Neither torch nor TensorFlow is imported.
+of the bundle file. The backend that wrote the bundle finds those offsets
+without its framework (:meth:`~polybundle.model.backend.Backend.read_stored`
+given a memory map), reading only its file's small index. One read-only
+``mmap`` of the bundle backs every array, and a tensor's pages are read when
+it is first touched. No framework is imported.
 
 Example:
-    >>> bundle = polybundle.load("big.bundle", lazy=True)  # doctest: +SKIP
-    >>> weight = bundle.tensors("net")["0.weight"]  # nothing read yet
-    >>> float(weight[0, 0])  # reads one page
-    0.0123
+    >>> tensors = LazyTensors({"w": lambda: np.arange(3.0)})
+    >>> float(tensors["w"][1])
+    1.0
 """
 
 from __future__ import annotations
 
 import mmap
-import os
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
 from polybundle.errors import FormatError
 from polybundle.format.archive import ArchiveReader, MemberRange
-from polybundle.model.backend import TensorSpec
+from polybundle.model.backend import Backend, TensorSpec
 from polybundle.safety import budget
-from polybundle_tensorflow.keras_file import read_datasets
-from polybundle_torch.pth_reader import read_pth
 
 Loader = Callable[[], np.ndarray]
 
@@ -71,52 +66,29 @@ def _map_file(archive: ArchiveReader) -> mmap.mmap:
     return mmap.mmap(archive.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def _torch_loaders(
-    source: MemberRange, mapped: mmap.mmap, specs: list[TensorSpec]
-) -> dict[str, Loader]:
-    arrays = read_pth(source, where=source.name or "model.pth", mapped=mapped, specs=specs)
-    by_key = {spec.key: spec.name for spec in specs}
-    return {by_key.get(key, key): (lambda array=array: array) for key, array in arrays.items()}
-
-
-def _keras_loaders(
-    source: MemberRange, mapped: mmap.mmap, specs: list[TensorSpec]
-) -> dict[str, Loader]:
-    arrays = read_datasets(source, specs, mapped=mapped)
-    return {
-        spec.name: (lambda array=array: array)
-        for spec, array in zip(specs, arrays, strict=True)
-    }
-
-
-_INDEXERS = {"model.pth": _torch_loaders, "model.keras": _keras_loaders}
-
-
-def lazy_tensors(archive: ArchiveReader, weights: str, specs: list[TensorSpec]) -> LazyTensors:
+def lazy_tensors(
+    archive: ArchiveReader, weights: str, specs: list[TensorSpec], backend: Backend
+) -> LazyTensors:
     """Index the weights member ``weights`` of ``archive``; map its tensors lazily.
 
-    Only the index is read now. Raises :class:`FormatError` for a member that
-    is not STORED or a weights format without a lazy reader, and
-    :class:`~polybundle.errors.BudgetExceededError` when the tensors' declared
-    bytes do not fit the open memory budget (:mod:`polybundle.safety.budget`): what
-    is mapped may all be touched.
+    ``backend`` (the one that wrote the member) locates each tensor through
+    :meth:`~polybundle.model.backend.Backend.read_stored`; only its index is
+    read now. Raises :class:`FormatError` for a member that is not STORED,
+    :class:`~polybundle.errors.BackendError` for a backend without a
+    framework-free reader, and :class:`~polybundle.errors.BudgetExceededError`
+    when the tensors' declared bytes do not fit the open memory budget
+    (:mod:`polybundle.safety.budget`): what is mapped may all be touched.
 
     Example:
         >>> with ArchiveReader("big.bundle") as archive:  # doctest: +SKIP
-        ...     t = lazy_tensors(archive, "net/model.pth", specs)
+        ...     t = lazy_tensors(archive, "net/model.pth", specs, get_backend("torch"))
     """
-    kind = os.path.basename(weights)
     budget.check(sum(spec.nbytes for spec in specs), f"the tensors of {weights}")
-    if kind not in _INDEXERS:
-        raise FormatError(
-            f"no lazy reader for {weights!r}; lazy access reads model.pth and model.keras. "
-            "Load it with lazy=False."
-        )
     source = archive.open(weights)
     if not isinstance(source, MemberRange):
         raise FormatError(
             f"{weights!r} is compressed; lazy access needs STORED members (polybundle writes "
             "them so). Load it with lazy=False."
         )
-    mapped = _map_file(archive)
-    return LazyTensors(_INDEXERS[kind](source, mapped, specs))
+    arrays = backend.read_stored(source, specs, mapped=_map_file(archive))
+    return LazyTensors({name: (lambda array=array: array) for name, array in arrays.items()})

@@ -22,30 +22,57 @@ from polybundle.errors import (
     PolybundleError,
     UnknownArchitectureError,
     UnknownBackendError,
-    UnsafeContentError,
 )
-from polybundle.format.archive import ArchiveReader, MemberRange, NestedZip
-from polybundle.format.detection import (
-    FORMAT_NAME,
-    KNOWN_FORMATS,
-    PLAIN_FORMATS,
-    PLAIN_ROLE,
-    TORCH_FILE,
-    Detection,
-)
+from polybundle.format.archive import ArchiveReader, MemberRange
+from polybundle.format.detection import FORMAT_DESCRIPTION, FORMAT_NAME, PLAIN_ROLE, Detection
 from polybundle.format.manifest import read_manifest, verify_members, verifying_members
 from polybundle.format.params import read_params
 from polybundle.hooks.manager import get_plugin_manager
 from polybundle.hooks.registry import get_backend, get_registry, remember_architecture
 from polybundle.legacy.loading import LegacyModels, load_legacy
-from polybundle.legacy.plugin import era_reader
+from polybundle.legacy.plugin import era_reader, era_readers
 from polybundle.model.backend import Backend, TensorSpec
-from polybundle.model.layouts import OPAQUE, SCALAR
 from polybundle.safety import budget
-from polybundle.safety.unpickle import list_globals
 from polybundle.tools.progress import progress_bar
-from polybundle_tensorflow.keras_file import read_keras_weights
-from polybundle_torch.pth_reader import MAX_PICKLE_BYTES, index_pth
+
+
+def known_formats() -> list[str]:
+    """Return what polybundle reads now, in words: format 2, plain files, legacy eras.
+
+    Plain weights files and legacy eras are the installed backends' and
+    plugins' own (:attr:`~polybundle.model.backend.Backend.plain_format`, the
+    registered era readers).
+
+    Example:
+        >>> known_formats()[0]
+        "polybundle format 2 (a zip with manifest.json whose 'format' is 'polybundle')"
+    """
+    plain = [
+        f"a plain {backend.name} weights file ({backend.plain_format})"
+        for backend in get_registry().backends.values()
+        if backend.plain_format
+    ]
+    eras = [f"{reader.description} ({name})" for name, reader in sorted(era_readers().items())]
+    return [FORMAT_DESCRIPTION, *plain, *eras]
+
+
+def plain_backend(detection: Detection) -> Backend | None:
+    """Return the backend whose plain weights file ``detection`` names, else None.
+
+    A plain file is one a backend's own detector claimed with that backend's
+    :attr:`~polybundle.model.backend.Backend.plain_format`.
+
+    Example:
+        >>> plain_backend(Detection("polybundle", "torch")) is None
+        True
+    """
+    if detection.format == FORMAT_NAME or not detection.backend:
+        return None
+    try:
+        backend = get_backend(detection.backend)
+    except UnknownBackendError:
+        return None
+    return backend if backend.plain_format == detection.format else None
 
 
 def detect(archive: ArchiveReader) -> Detection:
@@ -60,7 +87,7 @@ def detect(archive: ArchiveReader) -> Detection:
     if detection is None:
         raise FormatError(
             f"{str(archive.path)!r} is a zip, but no known format: members "
-            f"{archive.names()[:8]}. polybundle reads: {'; '.join(KNOWN_FORMATS)}. "
+            f"{archive.names()[:8]}. polybundle reads: {'; '.join(known_formats())}. "
             "A third-party format needs its plugin installed."
         )
     return detection
@@ -69,7 +96,7 @@ def detect(archive: ArchiveReader) -> Detection:
 class WholeFileArchive(ArchiveReader):
     """A plain framework file seen as a one-member bundle: the whole file is ``weights``.
 
-    Member ``weights`` (``model.pth`` or ``model.keras``) is the file itself,
+    Member ``weights`` (the backend's ``weights_member``) is the file itself,
     opened as a :class:`~polybundle.format.archive.MemberRange` from byte 0, so the
     format-2 readers (eager, lazy, converted) read a plain file unchanged.
 
@@ -100,49 +127,6 @@ class WholeFileArchive(ArchiveReader):
         return member
 
 
-def _plain_specs(detection: Detection, source: Any, where: str) -> list[TensorSpec]:
-    """Describe a plain file's tensors from its index (no tensor bytes read)."""
-    if detection.format == TORCH_FILE:
-        try:
-            index = index_pth(source, where=where)
-        except UnsafeContentError as exc:
-            raise UnsafeContentError(_whole_model_hint(source, where, exc)) from None
-        return [
-            TensorSpec(name, name, tuple(t.shape), t.storage.dtype, OPAQUE if t.shape else SCALAR)
-            for name, t in index.items()
-        ]
-    return [
-        TensorSpec(
-            w.name, w.key, w.shape, w.dtype,
-            w.canonical.layout if w.canonical.kind else (OPAQUE if w.shape else SCALAR),
-            w.canonical.kind, w.layer if w.canonical.kind else "", w.canonical.slot,
-        )
-        for w, _ in read_keras_weights(source, with_arrays=False)
-    ]
-
-
-def _whole_model_hint(source: Any, where: str, exc: UnsafeContentError) -> str:
-    """Say "save a state_dict" when ``torch.save(model)`` pickled a whole module."""
-    try:
-        source.seek(0)
-        inner = NestedZip(source)
-        pickle_name = next(n for n in inner.names() if n.endswith("/data.pkl"))
-        with inner.open(pickle_name) as stream:
-            names = list_globals(stream.read(MAX_PICKLE_BYTES), where=where)
-    except (PolybundleError, StopIteration, OSError, ValueError):
-        return str(exc)
-    modules = [name for name in names if name.startswith(("torch.nn.modules.", "__main__."))]
-    if not modules:
-        return str(exc)
-    return (
-        f"{where} holds a whole pickled model ({', '.join(modules[:4])}), as torch.save(model) "
-        "writes it; unpickling it would import and run code, so polybundle does not. Save "
-        "the weights instead: torch.save(model.state_dict(), path), then load them with a "
-        f"builder (@polybundle.architecture({PLAIN_ROLE!r}, backend='torch')) or "
-        f"into={{{PLAIN_ROLE!r}: model}}. ({exc})"
-    )
-
-
 def _plain_architecture() -> dict[str, Any] | None:
     """The architecture of a plain file's role: a builder named ``model``, when registered."""
     if any(name == PLAIN_ROLE for name, _ in get_registry().builders):
@@ -153,22 +137,23 @@ def _plain_architecture() -> dict[str, Any] | None:
 def plain_manifest(archive: WholeFileArchive, detection: Detection) -> dict[str, Any]:
     """Return the manifest-like description of a plain framework file (one role, no params).
 
-    ``format`` is the detection's (``torch-file`` or ``keras-file``),
+    ``format`` is the detection's (the backend's ``plain_format``),
     ``format_version`` is ``"plain"``, the writer and creation time are
     unknown, the one role is :data:`~polybundle.format.detection.PLAIN_ROLE`, ``members`` is empty
     (a plain file records no digests) and the tensors come from the file's
-    index: names, shapes and dtypes; Keras layout tags from ``config.json``,
-    PyTorch ones ``opaque`` (a registered ``model`` builder gives real ones
-    when converting).
+    index through :meth:`~polybundle.model.backend.Backend.describe_stored`:
+    names, shapes, dtypes, and the layout tags the file determines (``opaque``
+    where it says nothing; a registered ``model`` builder gives real ones when
+    converting).
 
     Example:
         >>> with WholeFileArchive("net.pth", "model.pth") as archive:  # doctest: +SKIP
         ...     plain_manifest(archive, detect(archive))["models"][0]["role"]
         'model'
     """
-    backend = get_backend(PLAIN_FORMATS[detection.format])
+    backend = _plain_backend_of(detection)
     with archive.open(archive.weights) as source:
-        specs = _plain_specs(detection, source, archive.path.name)
+        specs = backend.describe_stored(source, where=archive.path.name)
     return {
         "format": detection.format,
         "format_version": "plain",
@@ -196,7 +181,18 @@ def open_plain(path: str | os.PathLike[str], detection: Detection) -> WholeFileA
         ...     archive.weights  # doctest: +SKIP
         'model.pth'
     """
-    return WholeFileArchive(path, get_backend(PLAIN_FORMATS[detection.format]).weights_member)
+    return WholeFileArchive(path, _plain_backend_of(detection).weights_member)
+
+
+def _plain_backend_of(detection: Detection) -> Backend:
+    backend = plain_backend(detection)
+    if backend is None:
+        raise FormatError(
+            f"{detection.format!r} (backend {detection.backend!r}) is not a plain weights "
+            "file of any installed backend; expected a detection whose format is a backend's "
+            "plain_format."
+        )
+    return backend
 
 
 def _tensor_rows(manifest: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -231,7 +227,7 @@ def with_builder_tags(manifest: dict[str, Any], backend: Backend) -> dict[str, A
 
 
 class PlainBundle(Bundle):
-    """A :class:`Bundle` of a plain framework file (format ``torch-file`` or ``keras-file``).
+    """A :class:`Bundle` of a plain framework file (a backend's ``plain_format``).
 
     Its one role is ``model``; it has no params and no optimizer state.
 
@@ -257,11 +253,12 @@ class PlainBundle(Bundle):
                     f"{str(self.path)!r} changed since it was loaded; load it again."
                 )
             specs = self.tensor_specs(role)
+            writer = get_backend(self.manifest["backend"])
             if self.lazy:
-                return lazy_tensors(archive, entry["weights"], specs)
+                return lazy_tensors(archive, entry["weights"], specs, writer)
             budget.check(_declared_bytes(self.manifest, [role]), f"the tensors of {role!r}")
             with archive.open(entry["weights"]) as source:
-                return get_backend(self.manifest["backend"]).read_tensors(source, specs)
+                return writer.read_tensors(source, specs)
 
 
 def _declared_bytes(manifest: dict[str, Any], roles: list[str]) -> int:
@@ -382,7 +379,7 @@ def load(
     with budget.limit(max_bytes):
         with ArchiveReader(path) as archive:
             detection = detect(archive)
-            if detection.format in PLAIN_FORMATS:
+            if plain_backend(detection) is not None:
                 with open_plain(path, detection) as plain:
                     bundle = _load_bundle(plain, plain_manifest(plain, detection), None, **options)
             elif detection.format != FORMAT_NAME:

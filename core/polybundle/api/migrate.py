@@ -22,11 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polybundle.api.loading import detect, open_plain, plain_manifest, with_builder_tags
+from polybundle.api.loading import (
+    detect,
+    open_plain,
+    plain_backend,
+    plain_manifest,
+    with_builder_tags,
+)
 from polybundle.api.verify import VerifyReport, check_format_two
 from polybundle.errors import IntegrityError, PolybundleError
 from polybundle.format.archive import ArchiveReader
-from polybundle.format.detection import FORMAT_NAME, PLAIN_FORMATS, Detection
+from polybundle.format.detection import FORMAT_NAME, Detection
 from polybundle.format.manifest import (
     FORMAT_VERSION,
     MANIFEST_MEMBER,
@@ -239,7 +245,7 @@ def _write_plain(
 ) -> None:
     """Write the plain framework file ``source`` as a one-role bundle (no params)."""
     with open_plain(source, detection) as archive:
-        backend = get_backend(PLAIN_FORMATS[detection.format])
+        backend = get_backend(str(detection.backend))  # open_plain checked it is plain
         manifest = with_builder_tags(plain_manifest(archive, detection), backend)
         entry = manifest["models"][0]
         tagged = entry["architecture"] is not None and any(
@@ -325,7 +331,7 @@ def migrate(
             )
         budget.check(sum(archive.size(n) for n in archive.names()), "the archive's members")
         source_sha = _sha256(source)
-        if detection.format in PLAIN_FORMATS:
+        if plain_backend(detection) is not None:
             report = MigrationReport(str(source), str(target), detection.format)
             if not _already_migrated(target, source_sha):
                 _write_plain(target, source, detection, source_sha, report)

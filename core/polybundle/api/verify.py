@@ -2,8 +2,10 @@
 
 Checks, for a format-2 bundle: the zip's structure (names, kinds, sizes,
 bombs), the manifest's schema and member list, every member's sha256, the
-params, each weights file's tensors against the manifest (read without a
-framework) and each Keras config for code. For a legacy archive: the same
+params, and each weights file: the backend that wrote it checks it without
+its framework, as a load would before the framework sees it (for example a
+Keras config is checked for code), and its tensors are compared with the
+manifest. For a legacy archive: the same
 zip checks, the CRC-32 of every member read, the restricted unpickling of
 its manifest and params, the weights, and the names in any
 ``custom_objects.dill`` (listed, never unpickled).
@@ -21,22 +23,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from polybundle.api.loading import detect, open_plain, plain_manifest
-from polybundle.errors import PolybundleError
+from polybundle.api.loading import detect, open_plain, plain_backend, plain_manifest
+from polybundle.errors import PolybundleError, UnknownBackendError
 from polybundle.format.archive import ArchiveReader
-from polybundle.format.detection import FORMAT_NAME, PLAIN_FORMATS, Detection
+from polybundle.format.detection import FORMAT_NAME, Detection
 from polybundle.format.manifest import read_manifest, verify_members
 from polybundle.format.params import ARRAYS_MEMBER, read_params
+from polybundle.hooks.registry import get_backend
 from polybundle.legacy.era import read_member
-from polybundle.legacy.kerasfile import KerasFile, check_config, open_keras, read_weights
 from polybundle.legacy.plugin import era_reader
-from polybundle.model.backend import TensorSpec, dtype_label
+from polybundle.model.backend import Backend, TensorSpec, dtype_label
 from polybundle.model.optimizer import check_training_members
 from polybundle.safety import budget
 from polybundle.tools.progress import progress_bar
-from polybundle_tensorflow.keras_file import check_layer_fields, check_layer_shapes
-from polybundle_tensorflow.keras_file import check_weights as check_keras_weights
-from polybundle_torch.pth_reader import read_pth
 
 
 @dataclass
@@ -120,52 +119,48 @@ def check_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
     report.checked += check_training_members(archive, manifest)
 
 
-def check_weights(archive: ArchiveReader, manifest: dict[str, Any], report: VerifyReport) -> None:
-    """Read each role's weights file without a framework and compare it with the manifest.
+def _checks_stored(backend: Backend) -> bool:
+    """Return True when ``backend`` implements a framework-free check of its weights file."""
+    return type(backend).check_stored is not Backend.check_stored
 
-    Each whole weights file is charged to the memory budget before it is read.
+
+def check_weights(archive: ArchiveReader, manifest: dict[str, Any], report: VerifyReport) -> None:
+    """Have the writing backend check each role's weights file; compare it with the manifest.
+
+    Each whole weights file is charged to the memory budget before it is read,
+    then given to :meth:`~polybundle.model.backend.Backend.check_stored`, with
+    the code objects a migrated legacy archive declares by name. A backend
+    that is not installed, or has no framework-free check, gets a note.
 
     Example:
         >>> check_weights(archive, read_manifest(archive), VerifyReport("run.bundle"))
         ... # doctest: +SKIP
     """
+    try:
+        backend: Backend | None = get_backend(manifest["backend"])
+    except UnknownBackendError:
+        backend = None
     for entry in manifest["models"]:
         weights = entry["weights"]
+        if backend is None or not _checks_stored(backend):
+            why = "is not installed" if backend is None else "has no framework-free reader"
+            report.notes.append(
+                f"{weights}: the {manifest['backend']!r} backend that wrote it {why}; its "
+                "tensors were not checked beyond the digests."
+            )
+            continue
         budget.charge(archive.size(weights), weights)
         data = archive.read(weights, limit=archive.size(weights))
-        if weights.endswith(".pth"):
-            found = read_pth(data, where=weights)
-        elif weights.endswith(".keras"):
-            keras_file = open_keras(data, where=weights)
-            declared = manifest.get("legacy", {}).get("custom_objects", {}).get(entry["role"], [])
-            check_config(keras_file.config, where=weights, declared=declared)
-            if declared:
-                report.notes.append(
-                    f"{weights} uses custom objects migrated by name only ({', '.join(declared)}); "
-                    "load it with a registered builder."
-                )
-            _check_keras_file(keras_file, entry)
-            found = read_weights(keras_file)
-        else:
-            report.notes.append(f"{weights}: no framework-free reader for this file type")
-            continue
+        declared = manifest.get("legacy", {}).get("custom_objects", {}).get(entry["role"], [])
+        specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
+        found = backend.check_stored(io.BytesIO(data), specs, where=weights, declared=declared)
+        if declared:
+            report.notes.append(
+                f"{weights} uses custom objects migrated by name only ({', '.join(declared)}); "
+                "load it with a registered builder."
+            )
         report.problems += _check_tensors(found, entry["tensors"], entry["role"])
         report.checked.append(f"{weights}: {len(found)} tensors read without a framework")
-
-
-def _check_keras_file(keras_file: KerasFile, entry: dict[str, Any]) -> None:
-    """Run the checks a Keras load runs before Keras, without Keras; raise the first failing.
-
-    The config's layer fields must be ones Keras takes and its declared sizes
-    the stored ones; the weights file must hold exactly the manifest's
-    datasets, shapes and dtypes (unlisted optimizer slots aside), as ``load``
-    (with or without a builder) and lazy reads require.
-    """
-    where = keras_file.where
-    check_layer_fields(keras_file.config, where=where)
-    check_layer_shapes(keras_file.config, io.BytesIO(keras_file.weights), where=where)
-    specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
-    check_keras_weights(io.BytesIO(keras_file.weights), where=where, specs=specs)
 
 
 def _verify_legacy(archive: ArchiveReader, format_name: str, report: VerifyReport) -> None:
@@ -208,7 +203,7 @@ def _verify(path: str | os.PathLike[str], report: VerifyReport, progress: bool) 
         report.format = detection.format
         if detection.format == FORMAT_NAME:
             check_format_two(archive, report)
-        elif detection.format in PLAIN_FORMATS:
+        elif plain_backend(detection) is not None:
             _check_plain(path, detection, report)
         else:
             _verify_legacy(archive, detection.format, report)

@@ -21,10 +21,19 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from polybundle import Backend, FormatError, TensorMismatchError, TensorSpec
-from polybundle.model.canonical import Canonical
+from polybundle.plugin import (
+    Backend,
+    Canonical,
+    FormatError,
+    NeutralOptimizer,
+    OptimizerState,
+    TensorMismatchError,
+    TensorSpec,
+)
 
+from . import optim, safetensors_file
 from .layouts import flax_canonical
+from .layouts import native_layout as flax_native_layout
 
 WEIGHTS_MEMBER = "model.safetensors"
 """File name of the native weights member inside ``<role>/``."""
@@ -240,6 +249,10 @@ class JaxBackend(Backend):
         for name, (variable, _, _) in own.items():
             variable[...] = jnp.asarray(arrays[name], dtype=variable[...].dtype)
 
+    def native_layout(self, kind: str, slot: str, source_layout: str = "") -> str | None:
+        """Return the layout tag Flax's standard layer of ``kind`` gives ``slot``."""
+        return flax_native_layout(kind, slot, source_layout)
+
     def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``model`` in inference mode (``nnx.view`` of it) on ``inputs``.
 
@@ -266,14 +279,46 @@ class JaxBackend(Backend):
             >>> JaxBackend().read_tensors(stream, specs)["kernel"].shape  # doctest: +SKIP
             (3, 2)
         """
-        arrays = read_safetensors(source)
-        missing = [spec.key for spec in specs if spec.key not in arrays]
-        if missing:
-            raise FormatError(
-                f"{WEIGHTS_MEMBER} lacks tensors {missing[:8]} that the manifest lists; the "
-                "weights file does not match its manifest."
-            )
-        return {spec.name: arrays[spec.key] for spec in specs}
+        return self.read_stored(source, specs)
+
+    def read_stored(
+        self, source: BinaryIO, specs: list[TensorSpec], *, mapped: Any = None
+    ) -> dict[str, np.ndarray]:
+        """Return ``{spec.name: array}`` from the safetensors header and bytes, no JAX.
+
+        The file must hold exactly ``specs`` (keys, shapes, dtypes), checked
+        from its header before any tensor is read. Given ``mapped`` (the
+        bundle's memory map; the member is STORED), each array is a read-only
+        view of it (:func:`polybundle_jax.safetensors_file.read_stored`).
+
+        Example:
+            >>> import io, safetensors.numpy
+            >>> data = safetensors.numpy.save({"b": np.zeros(2, "float32")})
+            >>> spec = TensorSpec("b", "b", (2,), "float32", "out")
+            >>> JaxBackend().read_stored(io.BytesIO(data), [spec])["b"]
+            array([0., 0.], dtype=float32)
+        """
+        name = getattr(source, "name", None)
+        where = name if isinstance(name, str) and name else WEIGHTS_MEMBER
+        return safetensors_file.read_stored(source, specs, where=where, mapped=mapped)
+
+    def check_stored(
+        self, source: BinaryIO, specs: list[TensorSpec], *, where: str, declared: Any = ()
+    ) -> dict[str, np.ndarray]:
+        """Check the safetensors header and read every tensor by key, without JAX.
+
+        Each header entry must be a known dtype with a shape whose bytes are
+        exactly its range inside the file; the tensors are returned for the
+        caller to compare with ``specs``. A safetensors file names no code, so
+        ``declared`` is unused.
+
+        Example:
+            >>> import io, safetensors.numpy
+            >>> data = safetensors.numpy.save({"b": np.zeros(2, "float32")})
+            >>> sorted(JaxBackend().check_stored(io.BytesIO(data), [], where="net"))
+            ['b']
+        """
+        return safetensors_file.read_all(source, where=where)
 
     def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
         """Return the neutral state of an ``nnx.Optimizer`` (see :mod:`polybundle_jax.optim`).
@@ -305,3 +350,26 @@ class JaxBackend(Backend):
         from . import optim
 
         optim.restore_optimizer(model, optimizer, state, scheduler)
+
+    def optimizer_to_neutral(self, state: OptimizerState) -> NeutralOptimizer:
+        """Describe optax ``state`` in the neutral convention (see :mod:`polybundle_jax.optim`).
+
+        Example:
+            >>> state = OptimizerState("sgd", "jax", "optax.sgd", 0, [{"parameters": [],
+            ...     "hyperparameters": {"learning_rate": 0.1}}], {})
+            >>> JaxBackend().optimizer_to_neutral(state).hyperparameters["momentum"]
+            0.0
+        """
+        return optim.optimizer_to_neutral(state)
+
+    def optimizer_from_neutral(
+        self, neutral: NeutralOptimizer, specs: list[TensorSpec]
+    ) -> OptimizerState:
+        """Return the optax state for a converted neutral description.
+
+        Example:
+            >>> neutral = NeutralOptimizer("sgd", {"learning_rate": 0.1}, 0, [], {})
+            >>> JaxBackend().optimizer_from_neutral(neutral, []).native_class
+            'optax.sgd'
+        """
+        return optim.optimizer_from_neutral(neutral, specs)
