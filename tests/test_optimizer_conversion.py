@@ -9,11 +9,7 @@ import pytest
 
 import polybundle
 from polybundle.errors import ConversionError, OptimizerMismatchError, UnsupportedOptimizerError
-from polybundle.model.optimizer_conversion import (
-    NATIVE_CLASSES,
-    convert_optimizer,
-    optimizer_state_for,
-)
+from polybundle.model.optimizer_conversion import convert_optimizer
 from tests import reference_architectures as ref
 from tests.conftest import needs_tensorflow, needs_torch
 from tests.test_training_continuation import (
@@ -49,11 +45,14 @@ def test_native_class_table_names_the_real_classes():
     import keras
     import torch
 
-    for algorithm, qualified in NATIVE_CLASSES["torch"].items():
+    from polybundle_tensorflow.optim import NATIVE_CLASSES as KERAS_CLASSES
+    from polybundle_torch.optim import NATIVE_CLASSES as TORCH_CLASSES
+
+    for algorithm, qualified in TORCH_CLASSES.items():
         kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
                 "rmsprop": torch.optim.RMSprop}[algorithm]
         assert qualified == f"{kind.__module__}.{kind.__qualname__}"
-    for algorithm, qualified in NATIVE_CLASSES["tensorflow"].items():
+    for algorithm, qualified in KERAS_CLASSES.items():
         kind = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
                 "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}[algorithm]
         assert qualified == f"{kind.__module__}.{kind.__qualname__}"
@@ -103,7 +102,7 @@ def test_slots_move_with_the_weights_permutation_and_sgd_momentum_is_rescaled(tm
                                     {"learning_rate": 0.05, "momentum": 0.9})
     bundle = polybundle.load(path, backend="torch")
     keras_state = bundle.optimizer_state("net")
-    torch_state = optimizer_state_for(bundle, "net")
+    torch_state = bundle.converted_optimizer_state("net")
     assert torch_state.backend == "torch" and torch_state.step is None
     kernel = next(k for k in keras_state.slots if k.endswith("kernel"))
     # Keras keeps -lr * (PyTorch's buffer), and a Dense kernel is the transposed Linear weight
@@ -236,13 +235,15 @@ def test_every_slot_must_map_exactly_once(tmp_path):
     bundle = polybundle.load(tmp_path / "r.bundle", backend="tensorflow")
     state, plan = bundle.optimizer_state("net"), bundle.conversions["net"]
     specs = polybundle.get_backend("tensorflow").describe(bundle.models["net"])
+    backends = {"source": polybundle.get_backend("torch"),
+                "target": polybundle.get_backend("tensorflow")}
     counter = next(s.name for s in bundle.tensor_specs("net") if s.slot == "count")
     extra = dataclasses.replace(state, slots={**state.slots, counter: {"m": np.zeros(())}})
     with pytest.raises(ConversionError, match="no counterpart"):
-        convert_optimizer(extra, plan, target="tensorflow", target_specs=specs)
+        convert_optimizer(extra, plan, **backends, target_specs=specs)
     stray = dataclasses.replace(state, slots={**state.slots, "nope": {"m": np.zeros(())}})
     with pytest.raises(OptimizerMismatchError, match="nope"):
-        convert_optimizer(stray, plan, target="tensorflow", target_specs=specs)
-    converted = convert_optimizer(state, plan, target="tensorflow", target_specs=specs)
+        convert_optimizer(stray, plan, **backends, target_specs=specs)
+    converted = convert_optimizer(state, plan, **backends, target_specs=specs)
     trainable = {v.path for v in bundle.models["net"].trainable_variables}
     assert set(converted.parameters) == set(converted.slots) == trainable

@@ -30,6 +30,8 @@ import numpy as np
 from polybundle.errors import FormatError, OptimizerMismatchError, UnsupportedOptimizerError
 from polybundle.model.backend import TensorSpec
 from polybundle.model.optimizer import OptimizerState, to_plain
+from polybundle.model.optimizer_conversion import NeutralOptimizer, refuse, rescale
+from polybundle_tensorflow import keras_compat
 
 _ALGORITHMS = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd", "RMSprop": "rmsprop"}
 _SLOT_LISTS = {
@@ -47,6 +49,23 @@ _NEUTRAL = {
 }
 _UNTOUCHED = {"name", "learning_rate"}
 """Config keys that are not set as attributes when restoring."""
+NATIVE_CLASSES = {
+    "adam": "keras.src.optimizers.adam.Adam",
+    "adamw": "keras.src.optimizers.adamw.AdamW",
+    "sgd": "keras.src.optimizers.sgd.SGD",
+    "rmsprop": "keras.src.optimizers.rmsprop.RMSprop",
+}
+"""The qualified class of each neutral algorithm (what :func:`export_optimizer` records)."""
+_CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
+_LR_SCALED = {("sgd", "momentum"): -1.0, ("rmsprop", "momentum"): 1.0}
+"""Slots Keras keeps as ``sign * lr * (the neutral slot)``."""
+_CONFIG_KEYS = {
+    "adam": ("beta_1", "beta_2", "epsilon", "amsgrad"),
+    "adamw": ("beta_1", "beta_2", "epsilon", "amsgrad"),
+    "sgd": ("momentum", "nesterov"),
+    "rmsprop": ("rho", "momentum", "epsilon", "centered"),
+}
+"""The neutral hyperparameters each Keras optimizer's config holds under the same names."""
 
 
 def _qualified(obj: Any) -> str:
@@ -345,6 +364,96 @@ def restore_optimizer(
             lists[slot][index].assign(array)
 
 
+def optimizer_to_neutral(state: OptimizerState) -> NeutralOptimizer:
+    """Describe a Keras optimizer state in the neutral convention.
+
+    Keras keeps SGD's momentum as ``-lr`` times the neutral velocity and
+    RMSprop's as ``lr`` times it; both are rescaled. Gradient clipping has no
+    neutral form and is refused. Keras reports its float32 learning rate
+    (0.009999999776...); the neutral one is the shortest decimal giving the
+    same float32 (0.01).
+
+    Example:
+        >>> state = OptimizerState("sgd", "tensorflow", NATIVE_CLASSES["sgd"], 4,
+        ...     [{"parameters": ["w"], "hyperparameters": {"learning_rate": 0.5,
+        ...       "momentum": 0.9, "nesterov": False, "weight_decay": None}}],
+        ...     {"w": {"momentum": np.ones(2, np.float32)}}, native={"config": {}})
+        >>> optimizer_to_neutral(state).slots["w"]["momentum"]
+        array([-2., -2.], dtype=float32)
+    """
+    config = state.native.get("config", {})
+    clipping = [key for key in _CLIPPING if isinstance(config, dict) and config.get(key)]
+    if clipping:
+        raise refuse(state, f"gradient clipping ({', '.join(clipping)}) is part of the Keras "
+                     "optimizer, and has no neutral form", "Clip in the target's training loop "
+                     "and save the Keras optimizer without clipping to convert it.")
+    hyper = dict(state.hyperparameters)
+    hyper["weight_decay"] = float(hyper.get("weight_decay") or 0.0)
+    if isinstance(hyper.get("learning_rate"), float):
+        hyper["learning_rate"] = float(str(np.float32(hyper["learning_rate"])))
+    neutral = NeutralOptimizer(
+        algorithm=state.algorithm,
+        hyperparameters=hyper,
+        step=state.step or 0,
+        parameters=state.parameters,
+        slots={},
+    )
+    rate = float(neutral.hyperparameters["learning_rate"])
+    neutral.slots = {
+        name: {slot: _scaled(array, state.algorithm, slot, 1.0 / rate)
+               for slot, array in held.items()}
+        for name, held in state.slots.items()
+    }
+    return neutral
+
+
+def _scaled(array: np.ndarray, algorithm: str, slot: str, factor: float) -> np.ndarray:
+    """Return ``array`` times ``sign * factor`` for the slots Keras keeps in units of ``lr``."""
+    sign = _LR_SCALED.get((algorithm, slot))
+    return array if sign is None else rescale(array, sign * factor)
+
+
+def optimizer_from_neutral(neutral: NeutralOptimizer, specs: list[TensorSpec]) -> OptimizerState:
+    """Return the Keras optimizer state for a converted ``neutral`` description.
+
+    Every variable gets every slot the optimizer keeps (zeros where the
+    source had none yet and that is exact); the step is Keras' one
+    ``iterations`` count.
+
+    Example:
+        >>> neutral = NeutralOptimizer("sgd", {"learning_rate": 0.5, "momentum": 0.9}, 4,
+        ...     ["w"], {"w": {"momentum": np.ones(2, np.float32)}})
+        >>> state = optimizer_from_neutral(neutral, [TensorSpec("w", "w", (2,), "float32", "")])
+        >>> state.native_class, state.slots["w"]["momentum"]
+        ('keras.src.optimizers.sgd.SGD', array([-0.5, -0.5], dtype=float32))
+    """
+    hyper = neutral.hyperparameters
+    if hyper.get("epsilon_root"):
+        raise neutral.refuse(f"epsilon_root={hyper['epsilon_root']} (epsilon inside the square "
+                             "root) has no Keras counterpart", "Train with epsilon_root=0.",
+                             "tensorflow")
+    keys = _CONFIG_KEYS[neutral.algorithm]
+    config = {"learning_rate": hyper["learning_rate"], **{key: hyper[key] for key in keys},
+              "weight_decay": hyper["weight_decay"] or None, **dict.fromkeys(_CLIPPING)}
+    rate = float(hyper["learning_rate"])
+    slots = {
+        name: {slot: _scaled(array, neutral.algorithm, slot, rate)
+               for slot, array in held.items()}
+        for name, held in neutral.complete_slots(specs, target="tensorflow").items()
+    }
+    return OptimizerState(
+        algorithm=neutral.algorithm,
+        backend="tensorflow",
+        native_class=NATIVE_CLASSES[neutral.algorithm],
+        step=neutral.step,
+        groups=[{"parameters": list(neutral.parameters),
+                 "hyperparameters": {"learning_rate": hyper["learning_rate"],
+                                     **{_NEUTRAL[k]: config[k] for k in _NEUTRAL if k in config}}}],
+        slots=slots,
+        native={"config": to_plain(config, "converted Keras config")},
+    )
+
+
 @contextmanager
 def without_optimizer(model: Any) -> Iterator[None]:
     """Hide ``model.optimizer`` while the body runs (so ``.keras`` omits its variables).
@@ -402,11 +511,8 @@ def capture_rng() -> dict[str, Any]:
         >>> sorted(capture_rng())  # doctest: +SKIP
         ['algorithm', 'keras_seed', 'state']
     """
-    from keras.src.backend.common import global_state
-    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
-
     generator = _global_generator()
-    keras_seed = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    keras_seed = keras_compat.keras_seed_generator(create=False)
     state: dict[str, Any] = {
         "algorithm": None if generator is None else int(generator.algorithm),
         "state": None if generator is None else [int(x) for x in generator.state.numpy()],
@@ -443,7 +549,6 @@ def restore_rng(state: dict[str, Any]) -> None:
         >>> restore_rng(capture_rng())  # doctest: +SKIP
     """
     import tensorflow as tf
-    from keras.src.random.seed_generator import global_seed_generator
 
     generator = None
     if state.get("state") is not None:
@@ -456,7 +561,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         generator = _int_list(state["state"], None, "generator state")
     keras_seed = state.get("keras_seed")
     seed = None if keras_seed is None else _int_list(keras_seed, None, "Keras seed state")
-    keras_generator = None if seed is None else global_seed_generator()
+    keras_generator = None if seed is None else keras_compat.keras_seed_generator(create=True)
     if keras_generator is not None and tuple(seed.shape) != tuple(keras_generator.state.shape):
         raise FormatError(
             f"rng.json: the Keras seed state has {seed.shape[0]} values; this Keras keeps "

@@ -32,6 +32,7 @@ from polybundle.model.optimizer import (
     from_plain,
     to_plain,
 )
+from polybundle.model.optimizer_conversion import NeutralOptimizer, refuse
 
 _ALGORITHMS = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd", "RMSprop": "rmsprop"}
 _SLOTS = {
@@ -43,6 +44,13 @@ _SLOTS = {
     "grad_avg": "grad_avg",
 }
 _NATIVE_SLOTS = {neutral: native for native, neutral in _SLOTS.items()}
+NATIVE_CLASSES = {
+    "adam": "torch.optim.adam.Adam",
+    "adamw": "torch.optim.adamw.AdamW",
+    "sgd": "torch.optim.sgd.SGD",
+    "rmsprop": "torch.optim.rmsprop.RMSprop",
+}
+"""The qualified class of each neutral algorithm (what :func:`export_optimizer` records)."""
 _HYPER = {
     "lr": "learning_rate",
     "eps": "epsilon",
@@ -402,3 +410,104 @@ def restore_rng(state: dict[str, Any]) -> None:
         raise FormatError(
             f"rng.json: torch refuses the recorded CPU generator state ({exc}). Re-save it."
         ) from None
+
+
+# --- conversion: the neutral convention is PyTorch's own units, so slots keep their values ----
+
+
+def optimizer_to_neutral(state: OptimizerState) -> NeutralOptimizer:
+    """Describe a PyTorch optimizer state in the neutral convention.
+
+    Refused: ``maximize``, ``dampening``, weight decay added to the gradient
+    (L2: ``Adam`` without ``decoupled_weight_decay``, ``SGD``, ``RMSprop``) and
+    parameters that have taken different numbers of steps.
+
+    Example:
+        >>> state = OptimizerState("sgd", "torch", NATIVE_CLASSES["sgd"], None,
+        ...     [{"parameters": ["w"], "hyperparameters": {"learning_rate": 0.1,
+        ...       "momentum": 0.9, "dampening": 0, "weight_decay": 0, "nesterov": False,
+        ...       "maximize": False}}], {"w": {"momentum": np.ones(2, np.float32)}})
+        >>> neutral = optimizer_to_neutral(state)
+        >>> neutral.step, neutral.hyperparameters["momentum"]
+        (0, 0.9)
+    """
+    hyper = dict(state.hyperparameters)
+    for key, allowed in (("maximize", False), ("dampening", 0)):
+        if hyper.pop(key, allowed) != allowed:
+            raise refuse(state, f"{key}={state.hyperparameters[key]!r} has no neutral form",
+                         f"Train with {key}={allowed!r} to convert its state.")
+    if state.native.get("steps"):
+        raise refuse(state, "its parameters have taken different numbers of steps",
+                     "The neutral form keeps one step count for all parameters; convert a "
+                     "state where every parameter was updated at every step.")
+    first = (state.native.get("param_groups") or [{}])[0]
+    decoupled = bool(first.get("decoupled_weight_decay", state.algorithm == "adamw"))
+    weight_decay = float(hyper.get("weight_decay") or 0.0)
+    if weight_decay and (not decoupled or state.algorithm in ("sgd", "rmsprop")):
+        raise refuse(
+            state, f"weight_decay={weight_decay} is added to the gradient (L2) in "
+            f"{state.native_class}, but converted weight decay is applied to the weights "
+            "(decoupled)", "Use AdamW (or Adam with decoupled_weight_decay=True), or no "
+            "weight decay.",
+        )
+    hyper["weight_decay"] = weight_decay
+    return NeutralOptimizer(
+        algorithm=state.algorithm,
+        hyperparameters=hyper,
+        step=state.step or 0,
+        parameters=state.parameters,
+        slots=state.slots,
+    )
+
+
+def _group(neutral: NeutralOptimizer) -> dict[str, Any]:
+    """Return the ``param_groups`` entry a fresh optimizer would have for ``neutral``."""
+    hyper, algorithm = neutral.hyperparameters, neutral.algorithm
+    if hyper.get("epsilon_root"):
+        raise neutral.refuse(f"epsilon_root={hyper['epsilon_root']} (epsilon inside the square "
+                             "root) has no PyTorch counterpart", "Train with epsilon_root=0.",
+                             "torch")
+    decay = hyper["weight_decay"]
+    if decay and algorithm in ("sgd", "rmsprop"):
+        raise neutral.refuse(
+            f"weight_decay={decay} is applied to the weights (decoupled), but "
+            f"{NATIVE_CLASSES[algorithm]} adds it to the gradient (L2)",
+            "Train without weight decay, or with AdamW.", "torch",
+        )
+    common = {"maximize": False, "foreach": None, "differentiable": False}
+    if algorithm in ("adam", "adamw"):
+        return {"lr": hyper["learning_rate"], "betas": (hyper["beta_1"], hyper["beta_2"]),
+                "eps": hyper["epsilon"], "weight_decay": decay, "amsgrad": hyper["amsgrad"],
+                **common, "capturable": False, "fused": None,
+                "decoupled_weight_decay": algorithm == "adamw" or bool(decay)}
+    if algorithm == "sgd":
+        return {"lr": hyper["learning_rate"], "momentum": hyper["momentum"], "dampening": 0,
+                "weight_decay": 0, "nesterov": hyper["nesterov"], **common, "fused": None}
+    return {"lr": hyper["learning_rate"], "momentum": hyper["momentum"], "alpha": hyper["rho"],
+            "eps": hyper["epsilon"], "centered": hyper["centered"], "weight_decay": 0,
+            "capturable": False, **common}
+
+
+def optimizer_from_neutral(neutral: NeutralOptimizer, specs: list[TensorSpec]) -> OptimizerState:
+    """Return the PyTorch optimizer state for a converted ``neutral`` description.
+
+    PyTorch's ``SGD`` counts no steps, so its state has ``step=None``.
+
+    Example:
+        >>> neutral = NeutralOptimizer("sgd", {"learning_rate": 0.1, "momentum": 0.9}, 3,
+        ...     ["w"], {"w": {"momentum": np.ones(2, np.float32)}})
+        >>> state = optimizer_from_neutral(neutral, [])
+        >>> state.native_class, state.step, state.native["param_groups"][0]["lr"]
+        ('torch.optim.sgd.SGD', None, 0.1)
+    """
+    group = _group(neutral)
+    return OptimizerState(
+        algorithm=neutral.algorithm,
+        backend="torch",
+        native_class=NATIVE_CLASSES[neutral.algorithm],
+        step=None if neutral.algorithm == "sgd" else neutral.step,
+        groups=[{"parameters": list(neutral.parameters),
+                 "hyperparameters": _neutral_hyperparameters(group)}],
+        slots={name: dict(held) for name, held in neutral.slots.items()},
+        native={"param_groups": [to_plain(group, "converted PyTorch settings")]},
+    )

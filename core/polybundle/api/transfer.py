@@ -186,10 +186,8 @@ def _convert(
         entry["role"]: (entry["architecture"]["name"], entry["architecture"]["config"])
         for entry in bundle.manifest["models"] if entry["architecture"]
     }
-    from polybundle.model.optimizer_conversion import optimizer_state_for
-
     optimizers = {
-        role: optimizer_state_for(bundle, role) for role in bundle.roles
+        role: bundle.converted_optimizer_state(role) for role in bundle.roles
         if bundle.has_optimizer(role)
     }
     return save(destination, bundle.models, params=bundle.params, architectures=architectures,

@@ -39,6 +39,7 @@ from polybundle.errors import (
 
 if TYPE_CHECKING:
     from polybundle.model.optimizer import OptimizerState
+    from polybundle.model.optimizer_conversion import NeutralOptimizer
 
 
 NUMPY_DTYPES = (
@@ -543,6 +544,40 @@ class Backend(ABC):
         raise UnsupportedOptimizerError(
             f"the {self.name!r} backend cannot restore optimizer state into "
             f"{type(optimizer).__qualname__}."
+        )
+
+    def optimizer_to_neutral(self, state: OptimizerState) -> NeutralOptimizer:
+        """Describe this backend's optimizer ``state`` in the neutral convention.
+
+        The convention (slot units, decoupled weight decay, one step count) is
+        :mod:`polybundle.model.optimizer_conversion`'s. Used to convert the
+        state for another backend; must not need the framework. Raise
+        :class:`polybundle.errors.UnsupportedOptimizerError` for settings that
+        have no neutral form. The default refuses, naming the backend.
+        Example: ``backend.optimizer_to_neutral(state).slots["fc.weight"]["m"]``.
+        """
+        raise UnsupportedOptimizerError(
+            f"the {self.name!r} backend cannot describe its optimizer state "
+            f"({state.native_class}) in the neutral form, so it cannot be converted for "
+            "another backend; load it with this backend, or without optimizer state."
+        )
+
+    def optimizer_from_neutral(
+        self, neutral: NeutralOptimizer, specs: list[TensorSpec]
+    ) -> OptimizerState:
+        """Return this backend's own optimizer state for a converted ``neutral`` description.
+
+        ``neutral``'s tensors are already named and laid out as ``specs`` (this
+        backend's model) say, its parameters in ``specs`` order. The result is
+        what :meth:`restore_optimizer` takes. Must not need the framework.
+        Raise :class:`polybundle.errors.UnsupportedOptimizerError` for what the
+        framework cannot express. The default refuses, naming the backend.
+        Example: ``backend.optimizer_from_neutral(neutral, specs).native_class``.
+        """
+        raise UnsupportedOptimizerError(
+            f"the {self.name!r} backend cannot make its optimizer state from the neutral "
+            f"form, so {neutral.origin} state cannot be converted for it; load the bundle "
+            "in the backend that wrote it, or without optimizer state."
         )
 
     def capture_rng(self) -> dict[str, Any] | None:

@@ -32,12 +32,23 @@ from typing import Any
 
 import numpy as np
 
-from polybundle.errors import OptimizerMismatchError, UnsupportedOptimizerError
-from polybundle.model.optimizer import OptimizerState
+from polybundle.plugin import (
+    NeutralOptimizer,
+    OptimizerMismatchError,
+    OptimizerState,
+    TensorSpec,
+    UnsupportedOptimizerError,
+)
 
 _SLOTS = {"mu": "m", "nu": "v", "trace": "momentum"}
 _NATIVE_SLOTS = {neutral: native for native, neutral in _SLOTS.items()}
 _MUST_BE_OFF = ("amsgrad", "maximize", "centered")
+_RECIPE_KEYS = {
+    "adam": ("learning_rate", "beta_1", "beta_2", "epsilon", "epsilon_root"),
+    "adamw": ("learning_rate", "beta_1", "beta_2", "epsilon", "epsilon_root", "weight_decay"),
+    "sgd": ("learning_rate", "momentum", "nesterov"),
+}
+"""The hyperparameters each recipe records (its neutral names)."""
 
 
 @dataclass(frozen=True)
@@ -292,3 +303,68 @@ def restore_optimizer(
         variable[...] = jnp.asarray(value, dtype=variable[...].dtype)
     if step is not None:
         step[...] = jnp.asarray(value, dtype=step[...].dtype)
+
+
+# --- conversion: optax's mu, nu and trace are the neutral slots, in the neutral units ---------
+
+
+def optimizer_to_neutral(state: OptimizerState) -> NeutralOptimizer:
+    """Describe an optax state (made by :func:`adam`, :func:`adamw` or :func:`sgd`) neutrally.
+
+    optax's ``trace`` is the velocity in gradient units and ``adamw``'s decay
+    is decoupled and scaled by the learning rate: both are the neutral
+    convention, so values are kept as they are.
+
+    Example:
+        >>> state = OptimizerState("sgd", "jax", "optax.sgd", 2, [{"parameters": ["w"],
+        ...     "hyperparameters": {"learning_rate": 0.1, "momentum": 0.9, "nesterov": False}}],
+        ...     {"w": {"momentum": np.ones(2, np.float32)}})
+        >>> optimizer_to_neutral(state).hyperparameters["weight_decay"]
+        0.0
+    """
+    return NeutralOptimizer(
+        algorithm=state.algorithm,
+        hyperparameters=dict(state.hyperparameters),
+        step=state.step or 0,
+        parameters=state.parameters,
+        slots=state.slots,
+    )
+
+
+def optimizer_from_neutral(neutral: NeutralOptimizer, specs: list[TensorSpec]) -> OptimizerState:
+    """Return the optax state for a converted ``neutral`` description.
+
+    Restore it into an ``nnx.Optimizer`` over ``polybundle_jax.<algorithm>(...)``
+    made with the same hyperparameters. AMSGrad, RMSprop and weight decay on
+    ``adam`` or ``sgd`` are not recipes here, so they are refused.
+
+    Example:
+        >>> neutral = NeutralOptimizer("sgd", {"learning_rate": 0.1, "momentum": 0.9}, 2,
+        ...     ["w"], {"w": {"momentum": np.ones(2, np.float32)}})
+        >>> state = optimizer_from_neutral(neutral, [TensorSpec("w", "w", (2,), "float32", "")])
+        >>> state.native_class, state.hyperparameters
+        ('optax.sgd', {'learning_rate': 0.1, 'momentum': 0.9, 'nesterov': False})
+    """
+    algorithm, hyper = neutral.algorithm, neutral.hyperparameters
+    if algorithm not in _RECIPE_KEYS:
+        raise neutral.refuse(f"{algorithm} is not one of the recipes {sorted(_RECIPE_KEYS)}",
+                             "Convert adam, adamw or sgd state.", "jax")
+    if hyper.get("amsgrad"):
+        raise neutral.refuse("amsgrad is on, and polybundle_jax.adam has no AMSGrad",
+                             "Train without amsgrad to convert its state.", "jax")
+    if hyper["weight_decay"] and algorithm != "adamw":
+        raise neutral.refuse(
+            f"{algorithm} has weight_decay={hyper['weight_decay']}, and "
+            f"polybundle_jax.{algorithm} has none", "Train with AdamW, or without weight decay.",
+            "jax",
+        )
+    return OptimizerState(
+        algorithm=algorithm,
+        backend="jax",
+        native_class=f"optax.{algorithm}",
+        step=neutral.step,
+        groups=[{"parameters": list(neutral.parameters),
+                 "hyperparameters": {key: hyper[key] for key in _RECIPE_KEYS[algorithm]}}],
+        slots=neutral.complete_slots(specs, target="jax"),
+        native={"wrt": "Param"},
+    )
