@@ -6,8 +6,9 @@ format version, that the members it lists and the members in the zip are the
 same set, and the recorded sizes.
 
 Example:
-    >>> manifest = read_manifest(archive)  # doctest: +SKIP
-    >>> manifest["backend"]
+    >>> from polybundle.format.archive import ArchiveReader
+    >>> with ArchiveReader("run.bundle") as archive:
+    ...     read_manifest(archive)["backend"]
     'torch'
 """
 
@@ -53,11 +54,9 @@ def build_manifest(
 ) -> dict[str, Any]:
     """Return a schema-valid manifest for the given models and written members.
 
-    ``rng`` names the member holding the random-generator state, if any.
-
-    Example:
-        >>> build_manifest(backend="torch", framework="torch", framework_version="2.13.0",
-        ...                models=[...], members=[...])  # doctest: +SKIP
+    ``rng`` names the member holding the random-generator state, if any. The
+    result is validated: a manifest with no model or no member raises
+    :class:`~polybundle.errors.SchemaError`.
     """
     from polybundle import __version__
 
@@ -117,8 +116,10 @@ def read_manifest(archive: ArchiveReader) -> dict[str, Any]:
     """Read, validate and cross-check ``manifest.json`` against the zip directory.
 
     Example:
-        >>> read_manifest(archive)["format_version"]  # doctest: +SKIP
-        '2.0.0'
+        >>> from polybundle.format.archive import ArchiveReader
+        >>> with ArchiveReader("run.bundle") as archive:
+        ...     read_manifest(archive)["format_version"]
+        '2.1.0'
     """
     document = load_json(archive.read(MANIFEST_MEMBER), where=MANIFEST_MEMBER)
     if isinstance(document, dict) and isinstance(document.get("format_version"), str):
@@ -168,7 +169,13 @@ def verify_member(archive: ArchiveReader, manifest: dict[str, Any], name: str) -
     """Check one member's sha256 against the manifest; raise :class:`IntegrityError`.
 
     Example:
-        >>> verify_member(archive, manifest, "net/model.pth")  # doctest: +SKIP
+        >>> from polybundle.format.archive import ArchiveReader
+        >>> with ArchiveReader("run.bundle") as archive:
+        ...     manifest = read_manifest(archive)
+        ...     manifest["members"]["net/model.pth"]["sha256"] = "0" * 64
+        ...     verify_member(archive, manifest, "net/model.pth")
+        Traceback (most recent call last):
+        polybundle.errors.IntegrityError: member 'net/model.pth' has sha256 ...
     """
     record = manifest["members"][name]
     actual = archive.sha256(name)
@@ -184,7 +191,9 @@ def verify_members(archive: ArchiveReader, manifest: dict[str, Any]) -> None:
     """Check every member's sha256 against the manifest; raise :class:`IntegrityError`.
 
     Example:
-        >>> verify_members(archive, manifest)  # doctest: +SKIP
+        >>> from polybundle.format.archive import ArchiveReader
+        >>> with ArchiveReader("run.bundle") as archive:
+        ...     verify_members(archive, read_manifest(archive))  # all match: returns None
     """
     for name in manifest["members"]:
         verify_member(archive, manifest, name)
@@ -204,8 +213,12 @@ def verifying_members(
     Nothing loaded inside the block should be handed out before it exits.
 
     Example:
-        >>> with verifying_members(archive, manifest):  # doctest: +SKIP
-        ...     model = backend.load_standalone(archive.open("net/model.keras"))
+        >>> from polybundle.format.archive import ArchiveReader
+        >>> with ArchiveReader("run.bundle") as archive:
+        ...     with verifying_members(archive, read_manifest(archive)):
+        ...         weights = archive.open("net/model.pth").read()
+        >>> weights[:2]
+        b'PK'
     """
     if not enabled:
         yield

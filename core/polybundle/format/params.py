@@ -438,7 +438,12 @@ def read_params(
     ``params.safetensors`` is read, to check it agrees.
 
     Example:
-        >>> read_params(archive, read_manifest(archive))["probe"].dtype  # doctest: +SKIP
+        >>> from polybundle.format.archive import ArchiveReader
+        >>> from polybundle.format.manifest import read_manifest
+        >>> probe = np.ones((2, 2), np.complex64)
+        >>> _ = polybundle.save("p.bundle", {"net": net}, params={"probe": probe})
+        >>> with ArchiveReader("p.bundle") as archive:
+        ...     read_params(archive, read_manifest(archive))["probe"].dtype
         dtype('complex64')
     """
     budget.charge(archive.size(PARAMS_MEMBER), PARAMS_MEMBER)

@@ -34,6 +34,7 @@ def check_stored(
     tensor; ``where`` names the member in the error.
 
     Example:
+        >>> from polybundle.model.backend import TensorSpec
         >>> spec = TensorSpec("b", "b", (2,), "float16", "out")
         >>> check_stored(spec, [2], "<f2", where="net/model.keras")
     """

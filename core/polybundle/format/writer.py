@@ -24,9 +24,11 @@ the framework writing them, so on a machine with a free core hashing costs
 little wall time; small or deflated members are hashed inline.
 
 Example:
-    >>> with ArchiveWriter("out.bundle") as writer:  # doctest: +SKIP
-    ...     writer.write_bytes("params.json", b"{}")
+    >>> with ArchiveWriter("out.bundle") as writer:
+    ...     record = writer.write_bytes("params.json", b"{}")
     ...     writer.commit()
+    >>> zipfile.ZipFile("out.bundle").namelist()
+    ['params.json']
 """
 
 from __future__ import annotations
@@ -271,9 +273,10 @@ def create_temp(target: Path) -> tuple[int, Path]:
     created exclusively (mode 0600) and held under :func:`fcntl.flock` until closed.
 
     Example:
-        >>> fd, path = create_temp(Path("run.bundle"))  # doctest: +SKIP
-        >>> path.name  # doctest: +SKIP
-        '.run.bundle.polybundle-tmp-4242-9f86d081'
+        >>> fd, path = create_temp(Path("run.bundle"))
+        >>> path.name
+        '.run.bundle.polybundle-tmp-...-...'
+        >>> os.close(fd)
     """
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -335,8 +338,10 @@ def remove_stale_temps(directory: str | os.PathLike[str]) -> list[str]:
     write that follows reports its own).
 
     Example:
-        >>> remove_stale_temps(".")  # doctest: +SKIP
-        ['.run.bundle.polybundle-tmp-4242-9f86d081']
+        >>> fd, path = create_temp(Path("run.bundle"))
+        >>> remove_stale_temps(".")  # this process, the writer, is alive
+        []
+        >>> os.close(fd)
     """
     removed = []
     try:
@@ -444,10 +449,13 @@ class ArchiveWriter:
     target's folder (:func:`remove_stale_temps`).
 
     Example:
-        >>> with ArchiveWriter("out.bundle") as writer:  # doctest: +SKIP
-        ...     with writer.stream("torch/model.pth") as stream:
-        ...         stream.write(b"...")
+        >>> with ArchiveWriter("out.bundle") as writer:
+        ...     with writer.stream("net/weights.bin") as stream:
+        ...         stream.write(b"0123")
         ...     writer.commit()
+        4
+        >>> zipfile.ZipFile("out.bundle").read("net/weights.bin")
+        b'0123'
     """
 
     def __init__(self, target: str | os.PathLike[str]) -> None:
