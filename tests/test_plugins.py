@@ -1,17 +1,28 @@
-"""The plugin system: registry, aliases, a third-party backend found through an entry point."""
+"""The plugin system: registry, aliases, a third-party backend found through an entry point.
+
+A third-party plugin, the JAX plugin and the plugin guide use only the public
+plugin module :mod:`polybundle.plugin`.
+"""
 
 from __future__ import annotations
 
+import ast
+import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import polybundle
+import polybundle.plugin
 from polybundle.hooks.manager import get_plugin_manager
 from polybundle.hooks.registry import Registry, get_registry
-from polybundle.model.backend import Backend
+from polybundle.plugin import Backend
 from tests.conftest import needs_torch
+
+REPO = Path(__file__).resolve().parents[1]
+JAX_PACKAGE = REPO / "plugins" / "polybundle-jax" / "polybundle_jax"
 
 FAKE_PLUGIN = textwrap.dedent(
     '''
@@ -21,7 +32,7 @@ FAKE_PLUGIN = textwrap.dedent(
     import numpy as np
 
     import polybundle
-    from polybundle.model.backend import Backend, TensorSpec
+    from polybundle.plugin import Backend, TensorSpec
 
     DETECT_CALLS = []
 
@@ -230,3 +241,43 @@ def test_missing_framework_error_names_the_extra(monkeypatch):
         polybundle.BackendUnavailableError, match=r"pip install 'polybundle\[tensorflow\]'"
     ):
         backend.require()
+
+
+def test_the_plugin_module_exports_what_an_author_needs():
+    surface = polybundle.plugin
+    for name in surface.__all__:
+        assert hasattr(surface, name), name
+    needed = {"Backend", "TensorSpec", "KINDS", "Canonical", "OPAQUE", "SCALAR", "conv_tag",
+              "relayout", "Detection", "OptimizerState", "NeutralOptimizer", "hookimpl",
+              "EraReader", "Adapter", "feature_matrix", "ArchiveReader", "MemberRange",
+              "BackendError", "FormatError", "TensorMismatchError", "OptimizerMismatchError",
+              "UnsupportedOptimizerError", "get_plugin_manager", "reset"}
+    assert needed <= set(surface.__all__)
+    assert surface.Backend is polybundle.Backend and surface.hookimpl is polybundle.hookimpl
+
+
+def _polybundle_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+    return [name for name in found if name.split(".")[0] == "polybundle"]
+
+
+@pytest.mark.parametrize("path", sorted(JAX_PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_the_jax_plugin_imports_only_the_public_modules(path):
+    assert set(_polybundle_imports(path)) <= {"polybundle", "polybundle.plugin"}
+
+
+def test_the_plugin_guide_uses_only_the_public_modules():
+    guide = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    assert "touches nothing in the core" not in guide
+    blocks = re.findall(r"```python\n(.*?)```", guide, flags=re.S)
+    assert blocks
+    imported = {name for block in blocks
+                for name in re.findall(r"^(?:from|import) (polybundle[\w.]*)", block, re.M)}
+    assert imported <= {"polybundle", "polybundle.plugin", "polybundle_jax",
+                        "polybundle_jax.backend"}

@@ -10,7 +10,9 @@ A backend plugin imports only :mod:`polybundle` and this module. It gets:
   :func:`is_unit`) and dtype names (:func:`resolve_dtype`, :func:`dtype_label`);
 - the optimizer state: :class:`OptimizerState` (what a bundle stores) and
   :class:`NeutralOptimizer` (what conversion between frameworks works on);
-- the hooks: :data:`hookimpl` (the hooks are listed in ``docs/hooks.md``), the
+- the hooks: :data:`hookimpl` (the hooks are listed in ``docs/hooks.md``),
+  :func:`get_plugin_manager` to register a plugin at run time (no reset needed)
+  and :func:`reset` to forget every plugin-supplied registration (tests), the
   answer of a detector (:class:`Detection`, :func:`peek_format2_manifest`), the
   archive a detector and an era reader get (:class:`ArchiveReader`, whose
   members are read as :class:`MemberRange` streams);
@@ -71,6 +73,7 @@ from polybundle.errors import (
 from polybundle.format.archive import ArchiveReader, MemberRange
 from polybundle.format.detection import Detection, peek_format2_manifest
 from polybundle.hooks.hookspecs import hookimpl
+from polybundle.hooks.manager import get_plugin_manager, reset
 from polybundle.legacy.era import EraReader, LegacyContent, LegacyRole, read_member
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.canonical import (
@@ -139,6 +142,7 @@ __all__ = [
     "describe_relayout",
     "dtype_label",
     "feature_matrix",
+    "get_plugin_manager",
     "hookimpl",
     "infer_shape",
     "is_unit",
@@ -147,6 +151,7 @@ __all__ = [
     "permutation",
     "read_member",
     "relayout",
+    "reset",
     "resolve_dtype",
     "safe_loads",
 ]
