@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import polybundle
-from polybundle.training.checkpoints import INDEX_NAME, DamagedIndexWarning, index_problem
+from polybundle.api.checkpoints import INDEX_NAME, DamagedIndexWarning, index_problem
 from tests.conftest import REPO, needs_torch
 
 

@@ -23,7 +23,7 @@ import pytest
 
 import polybundle
 from polybundle.tools.cli import main, markup_safe, printable
-from polybundle.tools.progress import progress_bar
+from polybundle.api.progress import progress_bar
 from tests.conftest import REPO, needs_torch
 
 OSC8 = "\x1b]8;;http://evil-example/\x1b\\click\x1b]8;;\x1b\\"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import polybundle
-from polybundle.tools import progress
-from polybundle.tools.progress import progress_bar
+from polybundle.api import progress
+from polybundle.api.progress import progress_bar
 from tests.conftest import needs_torch
 
 

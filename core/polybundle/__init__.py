@@ -22,8 +22,8 @@ framework at module level.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from polybundle._version import __version__
+from polybundle.api.checkpoints import Checkpoint, CheckpointManager
 from polybundle.api.bundle import Bundle
 from polybundle.api.inspection import inspect
 from polybundle.api.loading import load
@@ -60,7 +60,6 @@ from polybundle.hooks.registry import architecture, build, get_backend
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.optimizer import OptimizerState
 from polybundle.tools import parity
-from polybundle.training.checkpoints import Checkpoint, CheckpointManager
 
 __all__ = [
     "__version__",

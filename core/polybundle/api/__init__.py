@@ -1,4 +1,5 @@
-"""The public entry points as thin orchestration: save, load, inspect, convert, verify, migrate.
+"""The public entry points as thin orchestration: save, load, inspect, convert, verify,
+migrate, checkpoint directories.
 
 Internal: import them from :mod:`polybundle`.
 """

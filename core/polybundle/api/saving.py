@@ -14,14 +14,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+from polybundle.api.progress import progress_bar
 from polybundle.errors import BackendError, PolybundleError
 from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
 from polybundle.format.params import ARRAYS_MEMBER, encode_params
+from polybundle.format.parity import PARITY_MEMBER, encode_parity, per_role_inputs
 from polybundle.format.writer import ArchiveWriter
 from polybundle.hooks.registry import backend_for_model, remembered_architecture
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.optimizer import SLOTS_MEMBER, STATE_MEMBER, OptimizerState, encode_optimizer
-from polybundle.tools.progress import progress_bar
+from polybundle.model.optimizer_conversion import check_state_fits
 from polybundle.training.rng import RNG_MEMBER, capture_rng, encode_rng
 
 _ROLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -109,8 +111,6 @@ def _optimizer_members(
                     f"optimizers[{role!r}] is a neutral OptimizerState, which carries its own "
                     "schedule; pass no scheduler for it."
                 )
-            from polybundle.model.optimizer_conversion import check_state_fits
-
             check_state_fits(optimizer, backend.name, backend.describe(models[role]))
             state = optimizer
         else:
@@ -135,8 +135,6 @@ def _parity_members(
     """Run each model on its parity inputs; return ``{role: (member bytes, manifest record)}``."""
     if inputs is None:
         return {}
-    from polybundle.tools.parity import PARITY_MEMBER, encode_parity, per_role_inputs
-
     members = {}
     for role, named in per_role_inputs(inputs, models).items():
         outputs = backend.predict(models[role], named)
@@ -177,7 +175,7 @@ def save(
     ``rng=True`` records the global random generators (``rng.json``). Every
     input is checked before anything is written, and the file appears
     atomically. ``progress=True`` shows a progress bar for weights of 64 MiB
-    and more (:mod:`polybundle.tools.progress`). ``parity_inputs`` (an array, a
+    and more (:mod:`polybundle.api.progress`). ``parity_inputs`` (an array, a
     list of arrays, or ``{role: ...}``) runs each model on them in inference
     mode and stores inputs and outputs in ``<role>/parity.safetensors`` as the
     reference for :func:`polybundle.tools.parity.compare` and ``polybundle verify

@@ -395,8 +395,8 @@ def check_layout(
 
 
 _EXPECTED_BUNDLE = (
-    "expected a polybundle bundle. Formats polybundle reads: polybundle format 2 and the "
-    "legacy wts.h5.zip archives (TensorFlow dill era, PyTorch dill era, PyTorch JSON era)."
+    "expected a polybundle bundle: format 2, or a legacy archive of an era polybundle reads "
+    "(docs/legacy.md lists them)."
 )
 
 
@@ -631,7 +631,7 @@ class NestedZip:
             container,  # type: ignore[arg-type]
             self._pread,
             self.label,
-            expected="expected a zip (model.pth, model.keras); the weights file is damaged.",
+            expected="expected a zip (a backend's zipped weights file); the weights file is damaged.",
         )
         try:
             self._infos = check_members(self._zip.infolist(), self.label)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from polybundle._version import __version__
 from polybundle.errors import (
     FormatError,
     IntegrityError,
@@ -58,8 +59,6 @@ def build_manifest(
     result is validated: a manifest with no model or no member raises
     :class:`~polybundle.errors.SchemaError`.
     """
-    from polybundle import __version__
-
     manifest = {
         "format": "polybundle",
         "format_version": FORMAT_VERSION,

@@ -34,23 +34,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from polybundle.errors import FormatError, ParamsError
+from polybundle.format.arrays import MAX_HEADER_BYTES, SAFETENSORS_DTYPES, load_arrays, save_arrays
 from polybundle.format.jsondoc import MAX_DEPTH, load_json
 from polybundle.format.manifest import PARAMS_MEMBER
 from polybundle.format.schemas import validate
-from polybundle.model.backend import (
+from polybundle.safety import budget
+from polybundle.safety.dtypes import (
     ML_DTYPES,
     NUMPY_DTYPES,
     check_shape,
     dtype_label,
     resolve_dtype,
 )
-from polybundle.model.optimizer import (
-    MAX_HEADER_BYTES,
-    SAFETENSORS_DTYPES,
-    load_arrays,
-    save_arrays,
-)
-from polybundle.safety import budget
 
 if TYPE_CHECKING:
     from polybundle.format.archive import ArchiveReader

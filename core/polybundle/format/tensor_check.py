@@ -19,10 +19,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polybundle.errors import IntegrityError
-from polybundle.model.backend import TensorSpec, dtype_label
+from polybundle.safety.dtypes import dtype_label
+
+if TYPE_CHECKING:  # the neutral model sits above the format; only the type is named here
+    from polybundle.model.backend import TensorSpec
 
 
 def check_stored(

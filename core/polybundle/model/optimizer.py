@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +30,11 @@ from typing import Any
 import numpy as np
 
 from polybundle.errors import FormatError, UnsupportedOptimizerError
+from polybundle.format.arrays import MAX_HEADER_BYTES as MAX_HEADER_BYTES
+from polybundle.format.arrays import SAFETENSORS_DTYPES as SAFETENSORS_DTYPES
+from polybundle.format.arrays import load_arrays, save_arrays
 from polybundle.format.jsondoc import load_json
-from polybundle.model.backend import check_shape, count_bytes, dtype_label, resolve_dtype
+from polybundle.safety.dtypes import dtype_label
 
 STATE_MEMBER = "optimizer.json"
 """Member name (inside ``<role>/``) of the JSON part of the state."""
@@ -191,148 +193,6 @@ def from_plain(value: Any) -> Any:
             return float(text)
         return {key: from_plain(item) for key, item in value.items()}
     return value
-
-
-# --- the slot arrays: safetensors, written and read here so bfloat16 and float8 work ---------
-
-SAFETENSORS_DTYPES = {
-    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
-    "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
-    "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
-}
-"""safetensors dtype codes and the dtype names they hold (bfloat16 and float8 via ml_dtypes)."""
-_SAFETENSORS_CODES = {name: code for code, name in SAFETENSORS_DTYPES.items()}
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-"""Largest safetensors header accepted (the safetensors library's own limit)."""
-
-
-def save_arrays(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
-    """Return the safetensors bytes of ``arrays`` (bfloat16 and float8 included).
-
-    Tensors are laid out by item size, largest first, then by name, as the
-    safetensors library does, so every tensor stays aligned.
-
-    Example:
-        >>> import ml_dtypes
-        >>> data = save_arrays({"m/w": np.ones(3, ml_dtypes.bfloat16)})
-        >>> load_arrays(data, where="net/optimizer.safetensors")["m/w"].dtype.name
-        'bfloat16'
-    """
-    header: dict[str, Any] = {}
-    chunks = []
-    offset = 0
-    ordered = sorted(arrays.items(), key=lambda item: (-item[1].dtype.itemsize, item[0]))
-    for name, array in ordered:
-        code = _SAFETENSORS_CODES.get(dtype_label(array.dtype))
-        if code is None:
-            raise UnsupportedOptimizerError(
-                f"slot array {name!r} is {array.dtype}; safetensors stores "
-                f"{', '.join(SAFETENSORS_DTYPES.values())}. Cast the optimizer state to one."
-            )
-        raw = np.ascontiguousarray(array)
-        data = (raw.byteswap() if raw.dtype.byteorder == ">" else raw).tobytes()
-        header[name] = {
-            "dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]
-        }
-        chunks.append(data)
-        offset += len(data)
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
-
-
-def load_arrays(data: bytes, *, where: str) -> dict[str, np.ndarray]:
-    """Return the arrays of safetensors ``data`` as read-only views; check everything first.
-
-    The header must be at most :data:`MAX_HEADER_BYTES` of strict JSON; each
-    tensor's dtype must be known, its shape valid, and its byte range exactly
-    ``prod(shape) * itemsize`` long; the ranges must tile the data with no gap
-    or overlap. Anything else raises :class:`FormatError` naming ``where``. No
-    array memory is allocated: each array views ``data``.
-
-    Example:
-        >>> load_arrays(bytes([2]) + bytes(7) + b"{}", where="x.safetensors")
-        {}
-        >>> load_arrays(bytes([255]) * 8, where="x.safetensors")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        polybundle.errors.FormatError: x.safetensors declares a header of ...
-    """
-    data = bytes(data)
-    if len(data) < 8:
-        raise FormatError(f"{where} is {len(data)} bytes; a safetensors file has at least 8.")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > min(len(data) - 8, MAX_HEADER_BYTES):
-        raise FormatError(
-            f"{where} declares a header of {length} bytes, but the file holds {len(data) - 8} "
-            f"after the length (and at most {MAX_HEADER_BYTES} are accepted). The file is "
-            "truncated or not safetensors; re-save the optimizer state."
-        )
-    header = load_json(data[8 : 8 + length], where=f"{where} header")
-    if not isinstance(header, dict):
-        raise FormatError(f"{where} header is a {type(header).__name__}; expected an object.")
-    body = memoryview(data)[8 + length :]
-    header.pop("__metadata__", None)
-    spans = []
-    arrays = {}
-    for name, entry in header.items():
-        dtype, shape, begin, end = _tensor_entry(name, entry, where)
-        if not 0 <= begin <= end <= len(body) or end - begin != count_bytes(
-            shape, dtype, where=f"{where} tensor {name[:100]!r}"
-        ):
-            raise FormatError(
-                f"{where} tensor {name[:100]!r} ({dtype}, shape {list(shape)}) spans bytes "
-                f"{begin}..{end} of {len(body)}; expected exactly its size inside the file. "
-                "The file is damaged or hostile."
-            )
-        spans.append((begin, end))
-        arrays[name] = np.frombuffer(
-            body, dtype=resolve_dtype(dtype), count=math.prod(shape), offset=begin
-        ).reshape(shape)
-    _check_tiling(spans, len(body), where)
-    return arrays
-
-
-def _tensor_entry(name: str, entry: Any, where: str) -> tuple[str, tuple[int, ...], int, int]:
-    """Return ``(dtype name, shape, begin, end)`` of one header entry, checked."""
-    what = f"{where} tensor {name[:100]!r}"
-    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-    valid = (
-        isinstance(entry, dict)
-        and isinstance(entry.get("dtype"), str)
-        and entry["dtype"] in SAFETENSORS_DTYPES
-        and isinstance(offsets, list)
-        and len(offsets) == 2
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in offsets)
-    )
-    if not valid:
-        raise FormatError(
-            f"{what} is {repr(entry)[:120]}; expected {{'dtype': one of "
-            f"{sorted(SAFETENSORS_DTYPES)}, 'shape': [...], 'data_offsets': [begin, end]}}. "
-            "The file is damaged or not safetensors."
-        )
-    shape = check_shape(entry.get("shape"), where=what)
-    return SAFETENSORS_DTYPES[entry["dtype"]], shape, offsets[0], offsets[1]
-
-
-def _check_tiling(spans: list[tuple[int, int]], size: int, where: str) -> None:
-    position = 0
-    for begin, end in sorted(spans):
-        if begin != position:
-            raise FormatError(
-                f"{where} has tensors whose byte ranges overlap or leave a gap at byte "
-                f"{position}; safetensors tensors tile the data exactly. The file is damaged "
-                "or hostile."
-            )
-        position = end
-    if position != size:
-        raise FormatError(
-            f"{where} holds {size - position} bytes after its last tensor; expected none. "
-            "The file is damaged or hostile."
-        )
 
 
 def encode_optimizer(state: OptimizerState) -> tuple[bytes, bytes]:

@@ -29,33 +29,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from polybundle.api.progress import printable
 from polybundle.errors import PolybundleError
 
 Command = Callable[[argparse.Namespace, Console], int]
-
-
-def _visible(char: str) -> str:
-    """Return the escape :func:`repr` writes for one non-printable character (``\\x1b``)."""
-    return repr(char)[1:-1]
-
-
-def printable(value: Any) -> str:
-    r"""Return ``str(value)`` with every non-printable character shown as an escape.
-
-    Non-printable is what :meth:`str.isprintable` says (as :func:`repr` does):
-    C0 controls (newline and tab too), DEL, C1 controls, format characters such
-    as bidirectional overrides, separators and lone surrogates.
-
-    Example:
-        >>> printable("a\x1b[2Jb\x7f\x9b\u202e")
-        'a\\x1b[2Jb\\x7f\\x9b\\u202e'
-        >>> printable("plain name [ok]")
-        'plain name [ok]'
-    """
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else _visible(char) for char in text)
 
 
 def markup_safe(value: Any) -> str:
@@ -177,7 +154,7 @@ def run_checkpoints(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle checkpoints ./ckpt
     """
-    from polybundle.training.checkpoints import CheckpointManager
+    from polybundle.api.checkpoints import CheckpointManager
 
     manager = CheckpointManager(args.directory, keep_last=None)
     in_order = manager.checkpoints()  # oldest save first
@@ -356,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan_parser = sub.add_parser("plan", help="show how tensors convert to another backend")
     plan_parser.add_argument("path")
-    plan_parser.add_argument("--to", required=True, help="target backend (torch, tensorflow)")
+    plan_parser.add_argument("--to", required=True, help="target backend (a registered name)")
     plan_parser.add_argument("--json", action="store_true", help="print JSON")
     parity_parser = sub.add_parser("parity", help="compare stored outputs on every backend")
     parity_parser.add_argument("path")

@@ -27,75 +27,31 @@ from typing import Any
 
 import numpy as np
 
-from polybundle.errors import BackendUnavailableError, PolybundleError
+from polybundle.api.bundle import model_entry
+from polybundle.api.inspection import inspect
+from polybundle.api.loading import load
+from polybundle.errors import (
+    BackendUnavailableError,
+    ConversionUnavailableError,
+    PolybundleError,
+)
+from polybundle.format.archive import ArchiveReader
+from polybundle.format.arrays import load_arrays
+from polybundle.format.manifest import read_manifest, verify_members
 
-PARITY_MEMBER = "parity.safetensors"
-"""File name of a role's stored reference inputs and outputs (``<role>/parity.safetensors``)."""
+# The parity record's names and encoding are part of the format (save writes it); they stay
+# importable from here.
+from polybundle.format.parity import PARITY_MEMBER as PARITY_MEMBER
+from polybundle.format.parity import as_inputs as as_inputs
+from polybundle.format.parity import encode_parity as encode_parity
+from polybundle.format.parity import input_names as input_names
+from polybundle.format.parity import per_role_inputs
+from polybundle.hooks.registry import get_backend, get_registry
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-6
 
 Inputs = "np.ndarray | Sequence[np.ndarray] | dict[str, np.ndarray]"
-
-
-def input_names(inputs: dict[str, np.ndarray]) -> list[str]:
-    """Return the input names of ``inputs`` in call order (``input`` or ``input.0``, ...).
-
-    Example:
-        >>> input_names({"input.1": 0, "input.0": 0})
-        ['input.0', 'input.1']
-    """
-    if set(inputs) == {"input"}:
-        return ["input"]
-    names = sorted(inputs, key=lambda n: int(n.split(".", 1)[1]) if n[6:].isdigit() else -1)
-    if names != [f"input.{i}" for i in range(len(names))]:
-        raise PolybundleError(
-            f"parity inputs are named {sorted(inputs)}; expected 'input' or 'input.0', "
-            "'input.1', ... (pass an array, or a list of arrays in call order)."
-        )
-    return names
-
-
-def as_inputs(value: Any) -> dict[str, np.ndarray]:
-    """Return one role's inputs as named arrays: an array, a list of arrays, or named arrays.
-
-    Example:
-        >>> sorted(as_inputs([np.zeros(2), np.ones(2)]))
-        ['input.0', 'input.1']
-    """
-    if isinstance(value, dict):
-        named = {str(k): np.asarray(v) for k, v in value.items()}
-    elif isinstance(value, (list, tuple)):
-        named = {f"input.{i}": np.asarray(v) for i, v in enumerate(value)}
-    else:
-        named = {"input": np.asarray(value)}
-    input_names(named)
-    return named
-
-
-def per_role_inputs(inputs: Any, roles: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
-    """Return ``{role: named inputs}``: ``inputs`` is ``{role: ...}`` or one value for all roles.
-
-    Example:
-        >>> sorted(per_role_inputs(np.zeros(2), ["a", "b"]))
-        ['a', 'b']
-    """
-    roles = list(roles)
-    if isinstance(inputs, dict) and inputs and set(inputs) <= set(roles):
-        return {role: as_inputs(value) for role, value in inputs.items()}
-    return {role: as_inputs(inputs) for role in roles}
-
-
-def encode_parity(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bytes:
-    """Return the safetensors bytes of a role's reference inputs and outputs.
-
-    Example:
-        >>> len(encode_parity({"input": np.zeros(2, "f4")}, {"output": np.ones(1, "f4")})) > 0
-        True
-    """
-    from safetensors.numpy import save
-
-    return save({k: np.asarray(v, order="C") for k, v in {**inputs, **outputs}.items()})
 
 
 def read_parity(path: str | os.PathLike[str], role: str) -> tuple[dict, dict] | None:
@@ -104,11 +60,6 @@ def read_parity(path: str | os.PathLike[str], role: str) -> tuple[dict, dict] | 
     Example:
         >>> inputs, outputs = read_parity("run.bundle", "net")  # doctest: +SKIP
     """
-    from polybundle.api.bundle import model_entry
-    from polybundle.format.archive import ArchiveReader
-    from polybundle.format.manifest import read_manifest, verify_members
-    from polybundle.model.optimizer import load_arrays
-
     with ArchiveReader(path) as archive:
         manifest = read_manifest(archive)
         record = model_entry(manifest, role).get("parity")
@@ -200,7 +151,7 @@ def compare(
     path: str | os.PathLike[str],
     inputs: Any = None,
     *,
-    backends: Sequence[str] = ("torch", "tensorflow"),
+    backends: Sequence[str] | None = None,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     roles: Iterable[str] | None = None,
@@ -210,17 +161,14 @@ def compare(
     ``inputs`` is an array (or list of arrays, or ``{role: ...}``) fed to
     every role; the reference is then the writer framework's outputs.
     Without ``inputs`` the bundle's stored reference inputs and outputs are
-    used (see ``polybundle.save(..., parity_inputs=...)``). Backends whose
-    framework is not installed are listed in ``report.skipped``.
+    used (see ``polybundle.save(..., parity_inputs=...)``). ``backends``
+    defaults to every registered backend; those whose framework is not
+    installed are listed in ``report.skipped``.
 
     Example:
         >>> polybundle.parity.compare("run.bundle", np.ones((2, 3), "f4")).passed  # doctest: +SKIP
         True
     """
-    from polybundle.api.inspection import inspect
-    from polybundle.api.loading import load
-    from polybundle.hooks.registry import get_backend
-
     manifest = inspect(path)["manifest"]
     selected = list(roles) if roles is not None else [e["role"] for e in manifest["models"]]
     writer = manifest["backend"]
@@ -245,14 +193,19 @@ def compare(
         reference = f"{writer!r} outputs on the given inputs"
     rows: list[ParityRow] = []
     skipped: dict[str, str] = {}
-    for name in backends:
+    for name in sorted(get_registry().backends) if backends is None else backends:
         backend = get_backend(name)
         try:
             backend.require()
+            bundle = load(path, backend=backend.name, roles=selected)
         except BackendUnavailableError as exc:
             skipped[backend.name] = str(exc)
             continue
-        bundle = load(path, backend=backend.name, roles=selected)
+        except ConversionUnavailableError as exc:
+            if backends is not None:  # asked for by name: say why it cannot run
+                raise
+            skipped[backend.name] = str(exc)
+            continue
         for role in selected:
             role_inputs, expected = references[role]
             outputs = backend.predict(bundle.models[role], role_inputs)

@@ -28,6 +28,7 @@ import numpy as np
 
 from polybundle.errors import FormatError
 from polybundle.format.jsondoc import load_json
+from polybundle.hooks.registry import get_backend, get_registry
 
 RNG_MEMBER = "rng.json"
 """Bundle member holding the captured RNG state."""
@@ -57,8 +58,6 @@ def capture_rng() -> dict[str, Any]:
         >>> sorted(capture_rng())  # torch/tensorflow appear under "backends" once imported
         ['backends', 'format', 'numpy', 'python']
     """
-    from polybundle.hooks.registry import get_registry
-
     backends = {}
     for name, backend in sorted(get_registry().backends.items()):
         if backend.modules and all(module in sys.modules for module in backend.modules):
@@ -133,8 +132,6 @@ def restore_rng(state: dict[str, Any]) -> None:
     Example:
         >>> restore_rng(capture_rng())
     """
-    from polybundle.hooks.registry import get_backend
-
     python = _python_setstate(state.get("python"))
     numpy = _numpy_setstate(state.get("numpy"))
     backends = state.get("backends")
