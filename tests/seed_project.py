@@ -39,8 +39,7 @@ import numpy as np
 import torch
 
 import polybundle
-from polybundle.hooks.registry import get_registry
-from polybundle.model.conversion import register_tensor_map
+from polybundle.hooks.registry import get_registry, register_tensor_map
 
 ROLES = ("autoencoder", "diffraction_to_obj")
 ARCHITECTURES = {"autoencoder": "seed-autoencoder", "diffraction_to_obj": "seed-diffraction-to-obj"}

@@ -143,7 +143,7 @@ def test_explicit_map_converts_a_layer_without_canonical_kind(tmp_path):
     polybundle.save(tmp_path / "s.bundle", {"net": net})
     with pytest.raises(ConversionError):
         polybundle.load(tmp_path / "s.bundle", backend="tensorflow")
-    polybundle.model.conversion.register_tensor_map(
+    polybundle.register_tensor_map(
         "scaled", source="torch", target="tensorflow",
         mapping={"0.w": ("scaled/proj/kernel", "out,in", "in,out")},
     )

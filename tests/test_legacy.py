@@ -34,11 +34,8 @@ def builders():
     """Forget the builders a test registers (they are named after legacy roles)."""
     from polybundle.hooks import registry
 
-    declared, known = list(registry._declared), dict(registry.get_registry().builders)
-    yield
-    registry._declared[:] = declared
-    registry.get_registry().builders.clear()
-    registry.get_registry().builders.update(known)
+    with registry.scoped_declarations():
+        yield
 
 
 def _expect(legacy_dir, name):

@@ -72,18 +72,9 @@ def doc_blocks() -> tuple[list[str], dict[str, str]]:
 def restored_registry() -> Iterator[None]:
     """Forget the builders and tensor maps registered inside (legacy ones are named after roles)."""
     from polybundle.hooks import registry
-    from polybundle.model import conversion
 
-    declared, known = list(registry._declared), dict(registry.get_registry().builders)
-    maps = dict(conversion._MAPS)
-    try:
+    with registry.scoped_declarations():
         yield
-    finally:
-        registry._declared[:] = declared
-        registry.get_registry().builders.clear()
-        registry.get_registry().builders.update(known)
-        conversion._MAPS.clear()
-        conversion._MAPS.update(maps)
 
 
 def run_blocks(blocks: list[str], folder: Path) -> tuple[dict[str, Any], str]:
@@ -415,7 +406,7 @@ def test_legacy_archive_is_laid_out_like_the_real_fixture(legacy):
 
 
 def test_a_custom_loss_in_compile_config_is_not_code_polybundle_runs():
-    from polybundle.legacy.kerasfile import config_problems
+    from polybundle_tensorflow.keras_archive import config_problems
 
     loss = {"module": "builtins", "class_name": "function", "config": "seed_project>poisson_nll",
             "registered_name": "function"}
@@ -489,8 +480,7 @@ def test_doc_walkthrough_runs_and_prints_the_migrate_report(walkthrough):
     assert walkthrough["printed"] == shown[:shown.index("```")]
     assert (walkthrough["folder"] / "wts-torch.bundle").exists()
     # the walkthrough's role-named builders and maps do not leak into other tests
-    from polybundle.hooks.registry import get_registry
-    from polybundle.model.conversion import tensor_map
+    from polybundle.hooks.registry import get_registry, tensor_map
 
     assert not get_registry().has_builder("autoencoder", "tensorflow")
     assert tensor_map("autoencoder", "torch", "tensorflow") == {}

@@ -13,18 +13,17 @@ Quick start:
     >>> bundle.params
     {'lr': 0.001}
 
-For plugin authors: hooks are specified in :mod:`polybundle.hooks.hookspecs`; a
-backend subclasses :class:`polybundle.model.backend.Backend` and is registered from
-a plugin module found through the ``"polybundle"`` entry-point group (see
-:mod:`polybundle.hooks.manager` and ``docs/plugins.md``). The core never imports a
+For plugin authors: everything a backend needs is in :mod:`polybundle.plugin`
+(``docs/plugins.md``; the hooks are listed in ``docs/hooks.md``). A plugin module
+is found through the ``"polybundle"`` entry-point group. The core never imports a
 framework at module level.
 """
 
 from __future__ import annotations
 
 from polybundle._version import __version__
-from polybundle.api.checkpoints import Checkpoint, CheckpointManager
 from polybundle.api.bundle import Bundle
+from polybundle.api.checkpoints import Checkpoint, CheckpointManager
 from polybundle.api.inspection import inspect
 from polybundle.api.loading import load
 from polybundle.api.migrate import migrate
@@ -56,7 +55,7 @@ from polybundle.errors import (
 )
 from polybundle.format.detection import Detection
 from polybundle.hooks.hookspecs import hookimpl
-from polybundle.hooks.registry import architecture, build, get_backend
+from polybundle.hooks.registry import architecture, build, get_backend, register_tensor_map
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.optimizer import OptimizerState
 from polybundle.tools import parity
@@ -73,6 +72,7 @@ __all__ = [
     "architecture",
     "build",
     "get_backend",
+    "register_tensor_map",
     "hookimpl",
     "Backend",
     "TensorSpec",

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -64,6 +65,7 @@ __all__ = [
     "remember_architecture",
     "remembered_architecture",
     "reset",
+    "scoped_declarations",
     "tensor_map",
 ]
 
@@ -414,6 +416,32 @@ def register_tensor_map(architecture: str, *, source: str, target: str, mapping:
     with _lock:
         get_registry().register_tensor_map(architecture, source, target, mapping, replace=True)
         _declarations.maps.append((architecture, source, target, dict(mapping)))
+
+
+@contextmanager
+def scoped_declarations() -> Iterator[None]:
+    """Forget the builders and tensor maps application code declares inside the block.
+
+    On exit the registry is :func:`reset`, so it holds what the plugins and the
+    declarations made before the block supply. For tests.
+
+    Example:
+        >>> with scoped_declarations():
+        ...     register_tensor_map("doc-scoped", source="pt", target="tf", mapping={"a": "b"})
+        ...     tensor_map("doc-scoped", "torch", "tensorflow")
+        {'a': 'b'}
+        >>> tensor_map("doc-scoped", "torch", "tensorflow")
+        {}
+    """
+    with _lock:
+        builders, maps = list(_declarations.builders), list(_declarations.maps)
+    try:
+        yield
+    finally:
+        with _lock:
+            _declarations.builders[:] = builders
+            _declarations.maps[:] = maps
+            reset()
 
 
 def tensor_map(architecture: str | None, source: str, target: str) -> TensorMap:

@@ -4,12 +4,13 @@ A :class:`ConversionPlan` pairs each source tensor with a target tensor by
 structure: layers (tensors sharing a ``layer``) are taken in model order and
 must have the same canonical kind; inside a layer, tensors pair by slot; the
 layout tags give the rearrangement. Names are never compared. A slot only one
-framework has (PyTorch's ``num_batches_tracked``) is dropped or filled as
+framework has (a batch norm's update ``count``) is dropped or filled as
 :data:`polybundle.model.canonical.FILL_SLOTS` says. Anything else -- a layer of no
 canonical kind, layers that do not line up, a shape that does not fit -- is a
 problem the plan lists, and :meth:`ConversionPlan.check` raises on before any
 model is touched. An architecture can register an explicit map for tensors
-the canonical kinds do not cover (:func:`register_tensor_map`).
+the canonical kinds do not cover (:func:`polybundle.register_tensor_map`); the
+registry keeps the maps and the caller passes the one that applies as ``mapping``.
 
 Example:
     >>> plan = plan_conversion(source_specs, target_specs)  # doctest: +SKIP
@@ -27,35 +28,10 @@ import numpy as np
 from polybundle.errors import ConversionError, TensorMismatchError
 from polybundle.model.backend import TensorSpec
 from polybundle.model.canonical import FILL_SLOTS, check_relayout, describe_relayout, relayout
+from polybundle.model.layouts import OPAQUE
 
 TensorMap = dict[str, "str | tuple[str, str, str]"]
 """``{source name: target name}`` or ``{source name: (target name, source tag, target tag)}``."""
-
-_MAPS: dict[tuple[str, str, str], TensorMap] = {}
-
-
-def register_tensor_map(architecture: str, *, source: str, target: str, mapping: TensorMap) -> None:
-    """Declare how tensors of ``architecture`` map from backend ``source`` to ``target``.
-
-    Entries override the canonical pairing for the tensors they name; a tuple
-    gives the layout tags to use (needed when a tensor is tagged ``opaque``).
-    Backend names are canonical (``"torch"``, ``"tensorflow"``).
-
-    Example:
-        >>> register_tensor_map("scaler", source="torch", target="tensorflow",
-        ...                     mapping={"scale.w": ("scale/w", "out,in", "in,out")})
-    """
-    _MAPS[(architecture, source, target)] = dict(mapping)
-
-
-def tensor_map(architecture: str | None, source: str, target: str) -> TensorMap:
-    """Return the map registered for ``architecture`` from ``source`` to ``target`` ({} if none).
-
-    Example:
-        >>> tensor_map("nothing-registered", "torch", "tensorflow")
-        {}
-    """
-    return dict(_MAPS.get((architecture or "", source, target), {}))
 
 
 @dataclass(frozen=True)
@@ -124,8 +100,7 @@ class ConversionPlan:
                 f"{where}cannot convert ({'; '.join(details)}). Found layers polybundle has no "
                 "canonical form for, or models whose layers differ; expected the same "
                 "architecture in both frameworks. Register an explicit map with "
-                "polybundle.model.conversion.register_tensor_map(architecture, source=..., "
-                "target=..., "
+                "polybundle.register_tensor_map(architecture, source=..., target=..., "
                 "mapping={source name: target name})."
             )
         if self.missing or self.unexpected or self.mismatched:
@@ -146,6 +121,12 @@ class ConversionPlan:
         for move in self.moves:
             if move.action == "relayout":
                 assert move.source is not None and move.target is not None
+                if move.target_shape is None:
+                    raise ConversionError(
+                        f"{move.source} -> {move.target} was planned without the target model, "
+                        "so its shape is unknown; expected a plan made from the built model. "
+                        "Plan with the model's own tensor specs to apply it."
+                    )
                 out[move.target] = relayout(
                     np.asarray(arrays[move.source]), move.source_layout, move.target_layout,
                     move.target_shape or (), name=move.source,
@@ -178,8 +159,20 @@ def _layers(specs: list[TensorSpec]) -> tuple[list[_Layer], list[TensorSpec]]:
 
 
 def _relayout_move(source: TensorSpec, target: TensorSpec, plan: ConversionPlan,
-                   tags: tuple[str, str] | None = None) -> None:
+                   tags: tuple[str, str] | None = None, *, sized: bool = True) -> None:
     source_tag, target_tag = tags or (source.layout, target.layout)
+    if not sized:  # planned without a model: the axes must match, the sizes are not known
+        detail = describe_relayout(source_tag, target_tag)
+        if OPAQUE in (source_tag, target_tag) or detail == "impossible":
+            plan.mismatched.append(f"{source.name} -> {target.name}: layouts {source_tag!r} and "
+                                   f"{target_tag!r} name different axes")
+            return
+        plan.moves.append(
+            TensorMove("relayout", source.name, target.name, target.kind or source.kind,
+                       target.slot or source.slot, source_tag, target_tag, None,
+                       f"{detail} (sizes from the built model)", target.dtype)
+        )
+        return
     try:
         check_relayout(source_tag, target_tag, source.shape, target.shape, name=source.name)
     except TensorMismatchError as exc:
@@ -192,11 +185,13 @@ def _relayout_move(source: TensorSpec, target: TensorSpec, plan: ConversionPlan,
     )
 
 
-def _pair_layer(source: _Layer, target: _Layer, plan: ConversionPlan) -> None:
+def _pair_layer(
+    source: _Layer, target: _Layer, plan: ConversionPlan, unsized: frozenset[str]
+) -> None:
     for slot in [*source.slots, *(s for s in target.slots if s not in source.slots)]:
         src, dst = source.slots.get(slot), target.slots.get(slot)
         if src is not None and dst is not None:
-            _relayout_move(src, dst, plan)
+            _relayout_move(src, dst, plan, sized=dst.name not in unsized)
         elif src is not None and (source.kind, slot) in FILL_SLOTS:
             plan.moves.append(TensorMove("drop", src.name, None, src.kind, slot, src.layout, "",
                                          None, "no counterpart in the target; dropped"))
@@ -212,9 +207,14 @@ def _pair_layer(source: _Layer, target: _Layer, plan: ConversionPlan) -> None:
 
 
 def plan_conversion(
-    source: list[TensorSpec], target: list[TensorSpec], *, mapping: TensorMap | None = None
+    source: list[TensorSpec], target: list[TensorSpec], *, mapping: TensorMap | None = None,
+    unsized: frozenset[str] = frozenset(),
 ) -> ConversionPlan:
     """Pair ``source`` tensors with ``target`` tensors by structure; list every problem.
+
+    ``unsized`` names target tensors whose shape is not known (a plan made
+    without building the target model): only their axes are checked, and
+    their move has no target shape, so such a plan is shown, never applied.
 
     Example:
         >>> src = [TensorSpec("fc.weight", "fc.weight", (4, 3), "float32", "out,in",
@@ -248,7 +248,7 @@ def plan_conversion(
                 f"{dst.kind}"
             )
             continue
-        _pair_layer(src, dst, plan)
+        _pair_layer(src, dst, plan, unsized)
     for src in source_layers[len(target_layers):]:
         plan.misaligned.append(f"source layer {src.name!r} ({src.kind}) has no target layer")
     for dst in target_layers[len(source_layers):]:
