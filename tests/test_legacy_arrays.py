@@ -33,6 +33,8 @@ from polybundle.errors import (
 from polybundle.safety import budget
 from polybundle.safety.unpickle import list_globals, safe_loads
 from polybundle.tools.cli import main
+from polybundle_tensorflow.legacy_era import TF_PARAMS
+from polybundle_torch.legacy_eras import load_params_pickle
 
 from .conftest import needs_tensorflow, needs_torch, snapshot_tree
 
@@ -225,7 +227,7 @@ def test_torch_tensors_pickled_by_dill_in_params_become_arrays():
         "phase": torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64),
         "scale": torch.tensor(2.5, dtype=torch.float64),
     }
-    params = safe_loads(_dill_dumps(stored), where="autoencoder/params.dill")
+    params = load_params_pickle(_dill_dumps(stored), where="autoencoder/params.dill")
     for key, tensor in stored.items():
         _assert_same(params[key], tensor.numpy())
 
@@ -238,7 +240,7 @@ def test_tensorflow_tensors_pickled_by_dill_in_params_become_arrays():
     stored = {"probe": probe, "probe.mask": tf.constant([True, False]), "scale": tf.constant(1.5)}
     data = _dill_dumps(stored)
     assert "dill._dill._create_array" in list_globals(data, where="params.dill")
-    params = safe_loads(data, where="autoencoder/params.dill")
+    params = safe_loads(data, where="autoencoder/params.dill", extra=TF_PARAMS)
     for key, tensor in stored.items():
         _assert_same(params[key], tensor.numpy())
 

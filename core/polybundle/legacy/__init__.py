@@ -1,11 +1,11 @@
 """Legacy archive eras: read, load and migrate archives of the older writers.
 
-Readers for the TensorFlow dill era, the PyTorch dill era and the PyTorch
-JSON era are registered through the ``polybundle_register_eras`` hook (see
-:mod:`polybundle.legacy.plugin`); :func:`polybundle.load` dispatches to them
-when a detector reports their format. Nothing in an archive is executed:
-pickles go through :mod:`polybundle.safety.unpickle`, ``custom_objects.dill`` is
-only unpickled with ``trust_code=True``.
+This package holds the era protocol (:class:`EraReader`, :class:`LegacyContent`)
+and the loading it drives; each era's reader lives in the backend whose files
+the era holds and is registered through the ``polybundle_register_eras`` hook
+(see :mod:`polybundle.legacy.plugin`). :func:`polybundle.load` dispatches to
+them when a detector reports their format. Nothing in an archive is executed:
+pickles go through :mod:`polybundle.safety.unpickle`.
 
 Example:
     >>> from polybundle.legacy import EraReader, era_readers

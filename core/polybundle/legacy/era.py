@@ -65,7 +65,7 @@ class LegacyRole:
     ``custom_objects.dill`` (read statically; empty when it has none).
 
     Example:
-        >>> LegacyRole("autoencoder", "autoencoder/model.pth", [], {}).role
+        >>> LegacyRole("autoencoder", "autoencoder/weights.npy", [], {}).role
         'autoencoder'
     """
 
@@ -194,7 +194,7 @@ def _charge_once(archive: ArchiveReader, name: str, size: int) -> None:
     """Charge a member's size to the open budget the first time one call reads it.
 
     Era readers read a member more than once in one call (``manifest.dill``
-    by every ``claims``, ``model.keras`` for specs and again for tensors);
+    by every ``claims``, a weights member for specs and again for tensors);
     each copy is dropped before the next read, so counting every read would
     make the budget refuse archives a fraction of its size.
 
