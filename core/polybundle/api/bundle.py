@@ -1,7 +1,7 @@
 """The :class:`Bundle` that :func:`polybundle.load` returns.
 
 Example:
-    >>> bundle = polybundle.load("run.bundle")  # doctest: +SKIP
+    >>> bundle = polybundle.load("run.bundle", lazy=True)
     >>> bundle.backend, bundle.roles
     ('torch', ['net'])
 """
@@ -33,7 +33,7 @@ def model_entry(manifest: dict[str, Any], role: str) -> dict[str, Any]:
     """Return the manifest entry of ``role``; raise listing the roles when absent.
 
     Example:
-        >>> model_entry(manifest, "net")["weights"]  # doctest: +SKIP
+        >>> model_entry(polybundle.load("run.bundle", lazy=True).manifest, "net")["weights"]
         'net/model.pth'
     """
     for entry in manifest["models"]:
@@ -53,8 +53,9 @@ class Bundle:
     saved dtype, shape and bytes, and NumPy scalars as NumPy scalars.
 
     Example:
-        >>> bundle = polybundle.load("run.bundle")  # doctest: +SKIP
-        >>> bundle.models["net"](x)
+        >>> bundle = polybundle.load("run.bundle", into={"net": net})
+        >>> bundle.models["net"](torch.ones(1, 4)).shape
+        torch.Size([1, 2])
     """
 
     path: Path
@@ -82,8 +83,8 @@ class Bundle:
         """Return the :class:`TensorSpec` of each tensor of ``role``.
 
         Example:
-            >>> [s.layout for s in bundle.tensor_specs("net")]  # doctest: +SKIP
-            ['out,in', 'out']
+            >>> [s.layout for s in polybundle.load("run.bundle", lazy=True).tensor_specs("net")]
+            ['out,in', 'out', 'out,in', 'out']
         """
         return [TensorSpec.from_json(t) for t in model_entry(self.manifest, role)["tensors"]]
 
@@ -100,8 +101,8 @@ class Bundle:
         identity, including its ``ctime``, stays the same).
 
         Example:
-            >>> bundle.tensors("net")["weight"].shape  # doctest: +SKIP
-            (1, 3)
+            >>> polybundle.load("run.bundle", lazy=True).tensors("net")["0.weight"].shape
+            (3, 4)
         """
         entry = model_entry(self.manifest, role)
         with budget.limit(self.max_bytes), ArchiveReader(self.path) as archive:
@@ -145,8 +146,8 @@ class Bundle:
         """Return True when the bundle holds optimizer state for ``role``.
 
         Example:
-            >>> bundle.has_optimizer("net")  # doctest: +SKIP
-            True
+            >>> polybundle.load("run.bundle", lazy=True).has_optimizer("net")
+            False
         """
         return "optimizer" in model_entry(self.manifest, role)
 
@@ -154,9 +155,13 @@ class Bundle:
         """Return the neutral optimizer state saved for ``role`` (no framework needed).
 
         Example:
-            >>> state = bundle.optimizer_state("net")  # doctest: +SKIP
+            >>> opt = torch.optim.Adam(net.parameters())
+            >>> net(torch.ones(1, 4)).sum().backward()
+            >>> opt.step()
+            >>> _ = polybundle.save("opt.bundle", {"net": net}, optimizers={"net": opt})
+            >>> state = polybundle.load("opt.bundle", lazy=True).optimizer_state("net")
             >>> state.algorithm, state.step, state.slots["0.weight"]["m"].shape
-            ('adam', 100, (16, 8))
+            ('adam', 1, (3, 4))
         """
         entry = model_entry(self.manifest, role)
         if "optimizer" not in entry:
@@ -201,9 +206,15 @@ class Bundle:
         (:meth:`converted_optimizer_state`).
 
         Example:
-            >>> net = bundle.models["net"]  # doctest: +SKIP
             >>> opt = torch.optim.Adam(net.parameters())
-            >>> bundle.restore_optimizer("net", opt)
+            >>> net(torch.ones(1, 4)).sum().backward()
+            >>> opt.step()
+            >>> _ = polybundle.save("opt.bundle", {"net": net}, optimizers={"net": opt})
+            >>> bundle = polybundle.load("opt.bundle", into={"net": net})
+            >>> fresh = torch.optim.Adam(net.parameters())
+            >>> bundle.restore_optimizer("net", fresh)
+            >>> fresh.state_dict()["state"][0]["step"]
+            tensor(1.)
         """
         if role not in self.models:
             raise OptimizerError(
@@ -223,7 +234,11 @@ class Bundle:
         """Put back the random-generator state saved with the bundle.
 
         Example:
-            >>> bundle.restore_rng()  # doctest: +SKIP
+            >>> _ = polybundle.save("rng.bundle", {"net": net}, rng=True)
+            >>> first = torch.rand(2)
+            >>> polybundle.load("rng.bundle", lazy=True).restore_rng()
+            >>> bool((torch.rand(2) == first).all())
+            True
         """
         if "rng" not in self.manifest:
             raise PolybundleError(
