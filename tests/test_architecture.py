@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grimp
 import pytest
+from importlinter.api import read_configuration
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "core" / "polybundle"
@@ -55,6 +56,21 @@ def test_import_contracts() -> None:
     report = run.stdout + run.stderr
     if run.returncode != 0 or "0 broken" not in report:
         pytest.fail(f"import-linter contracts broken:\n{report}", pytrace=False)
+
+
+def test_the_contracts_cover_layers_neutrality_independence_and_cycles() -> None:
+    """The configuration holds the four contracts (a dropped contract would pass silently)."""
+    config = read_configuration(str(REPO / "pyproject.toml"))
+    contracts = {c["id"]: c for c in config["contracts_options"]}
+    assert {c: contracts[c]["type"] for c in sorted(contracts)} == {
+        "acyclic": "acyclic_siblings",
+        "backends-independent": "independence",
+        "core-neutral": "forbidden",
+        "layers": "layers",
+    }
+    assert config["session_options"]["exclude_type_checking_imports"] in (True, "True", "true")
+    layers = contracts["layers"]["layers"]
+    assert layers[1:3] == ["api", "training | legacy"] and layers[-1] == "errors | _version"
 
 
 def test_core_never_imports_the_package_root() -> None:
