@@ -14,6 +14,7 @@ from typing import Any
 
 from polybundle.api.bundle import Bundle, model_entry
 from polybundle.api.lazy import lazy_tensors
+from polybundle.api.progress import progress_bar
 from polybundle.api.transfer import converted_model
 from polybundle.errors import (
     BackendMismatchError,
@@ -33,7 +34,6 @@ from polybundle.legacy.loading import LegacyModels, load_legacy
 from polybundle.legacy.plugin import era_reader, era_readers
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.safety import budget
-from polybundle.tools.progress import progress_bar
 
 
 def known_formats() -> list[str]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polybundle.api.loading import detect, open_plain, plain_backend, plain_manifest
+from polybundle.api.progress import progress_bar
 from polybundle.errors import PolybundleError, UnknownBackendError
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.detection import FORMAT_NAME, Detection
@@ -35,7 +36,6 @@ from polybundle.legacy.plugin import era_reader
 from polybundle.model.backend import Backend, TensorSpec, dtype_label
 from polybundle.model.optimizer import check_training_members
 from polybundle.safety import budget
-from polybundle.tools.progress import progress_bar
 
 
 @dataclass
