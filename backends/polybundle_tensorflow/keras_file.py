@@ -52,8 +52,9 @@ from polybundle.format.archive import (
 )
 from polybundle.format.tensor_check import check_stored
 from polybundle.model.backend import TensorSpec, resolve_dtype
-from polybundle.model.canonical import Canonical, keras_canonical
+from polybundle.model.canonical import Canonical
 from polybundle.safety import budget
+from polybundle_tensorflow.layers import keras_canonical
 
 WEIGHTS_H5 = "model.weights.h5"
 CONFIG_JSON = "config.json"
@@ -837,7 +838,7 @@ def keras_stream(
     file name, so Keras reads the weights in memory or from the zip, never
     from a copy it extracts next to the file. Given the manifest's ``specs``,
     the stored datasets must be exactly those (:func:`check_weights`). The
-    config is checked separately (:func:`polybundle.legacy.kerasfile.check_config`).
+    config is checked separately (:func:`polybundle_tensorflow.keras_archive.check_config`).
 
     Example:
         >>> model = keras.saving.load_model(keras_stream(source), safe_mode=True)  # doctest: +SKIP
@@ -893,7 +894,7 @@ def read_keras_weights(
 def _declared_shape_problem(weight: KerasWeight, config: dict[str, Any]) -> str | None:
     """Compare a stored kernel or bias with its layer's units/filters and kernel_size.
 
-    Dtypes are compared by :func:`polybundle.legacy.kerasfile.check_dtypes`.
+    Dtypes are compared by :func:`polybundle_tensorflow.keras_archive.check_dtypes`.
     """
     size = config.get("units", config.get("filters"))
     shape = weight.shape

@@ -17,15 +17,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from polybundle.errors import ConversionUnavailableError, UnknownBackendError
-from polybundle.format.archive import ArchiveReader
-from polybundle.hooks.registry import get_backend, get_registry, remember_architecture
-from polybundle.model.backend import Backend, TensorSpec
-from polybundle.model.canonical import infer_shape, native_layout
-from polybundle.model.conversion import ConversionPlan, plan_conversion, tensor_map
+import numpy as np
 
-FRAMEWORK_TABLES = {"torch": "torch", "tensorflow": "keras"}
-"""Backends whose standard layers :mod:`polybundle.model.canonical` describes, and their table."""
+from polybundle.errors import ConversionUnavailableError
+from polybundle.format.archive import ArchiveReader
+from polybundle.format.manifest import read_manifest
+from polybundle.hooks.registry import (
+    get_backend,
+    get_registry,
+    remember_architecture,
+    tensor_map,
+)
+from polybundle.model.backend import Backend, TensorSpec
+from polybundle.model.canonical import FILL_SLOTS, KINDS, infer_shape
+from polybundle.model.conversion import ConversionPlan, plan_conversion, plan_rows
+from polybundle.model.layouts import SCALAR
 
 
 def _builder(entry: dict[str, Any], source: Backend, target: Backend) -> Any:
@@ -77,26 +83,44 @@ def converted_model(
     return model, plan
 
 
-def _synthetic_targets(specs: list[TensorSpec], table: str) -> list[TensorSpec]:
-    """Describe the tensors the target framework's standard layers would have (no model)."""
-    out: list[TensorSpec] = []
-    layers: dict[str, int] = {}
+def _synthetic_targets(
+    specs: list[TensorSpec], target: Backend
+) -> tuple[list[TensorSpec], frozenset[str]]:
+    """Describe the tensors ``target``'s standard layers would hold for ``specs`` (no model).
+
+    Each layer of a canonical kind keeps the slots it has that ``target``'s
+    layer has too (:meth:`Backend.native_layout`), shaped as the layout tags
+    say; a slot only ``target`` has is added when it can be filled
+    (:data:`~polybundle.model.canonical.FILL_SLOTS`). Returns the specs and the
+    names of those whose shape only the built model determines.
+    """
+    layers: dict[str, dict[str, TensorSpec]] = {}
     for spec in specs:
-        if not spec.kind:
-            continue
-        index = layers.setdefault(spec.layer, len(layers))
-        layout = native_layout(table, spec.kind, spec.slot, spec.layout)
-        if layout is None:
-            continue
-        shape = infer_shape(spec.layout, layout, spec.shape)
-        name = f"#{index} {spec.kind}.{spec.slot}"
-        out.append(TensorSpec(name, name, shape if shape is not None else spec.shape, spec.dtype,
-                              layout, spec.kind, f"#{index}", spec.slot))
-        if spec.kind == "batchnorm" and spec.slot == "moving_variance" and table == "torch":
-            count = f"#{index} batchnorm.count"
-            out.append(TensorSpec(count, count, (), "int64", "scalar", "batchnorm", f"#{index}",
-                                  "count"))
-    return out
+        if spec.kind:
+            layers.setdefault(spec.layer, {})[spec.slot] = spec
+    out: list[TensorSpec] = []
+    unsized: set[str] = set()
+    for index, slots in enumerate(layers.values()):
+        kind = next(iter(slots.values())).kind
+        for slot in [*KINDS.get(kind, ()), *(s for s in slots if s not in KINDS.get(kind, ()))]:
+            spec = slots.get(slot)
+            if spec is None and (kind, slot) not in FILL_SLOTS:
+                continue
+            layout = target.native_layout(kind, slot, spec.layout if spec else "")
+            if layout is None:
+                continue
+            name = f"#{index} {kind}.{slot}"
+            if spec is None:
+                if layout == SCALAR:  # a filled tensor of more axes needs a model to size it
+                    dtype = np.asarray(FILL_SLOTS[(kind, slot)]).dtype.name
+                    out.append(TensorSpec(name, name, (), dtype, layout, kind, f"#{index}", slot))
+                continue
+            shape = infer_shape(spec.layout, layout, spec.shape)
+            if shape is None:  # a merged source axis (c*m) the target splits: sized by the model
+                unsized.add(name)
+            out.append(TensorSpec(name, name, shape if shape is not None else spec.shape,
+                                  spec.dtype, layout, kind, f"#{index}", slot))
+    return out, frozenset(unsized)
 
 
 def plan_bundle(path: str | os.PathLike[str], to: str) -> dict[str, Any]:
@@ -112,28 +136,20 @@ def plan_bundle(path: str | os.PathLike[str], to: str) -> dict[str, Any]:
         'transpose (3, 2, 0, 1)'
     """
     from polybundle.api.loading import detect
-    from polybundle.format.manifest import read_manifest
-    from polybundle.model.conversion import plan_rows
 
     target = get_backend(to)
     with ArchiveReader(path) as archive:
         detect(archive)
         manifest = read_manifest(archive)
     source = manifest["backend"]
-    table = FRAMEWORK_TABLES.get(target.name)
-    if table is None:
-        raise UnknownBackendError(
-            f"planning without a model covers {sorted(FRAMEWORK_TABLES)}; {target.name!r} "
-            "layouts are only known from a built model. Use polybundle.load(..., "
-            f"backend={target.name!r}) to convert."
-        )
     roles = []
     for entry in manifest["models"]:
         specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
         architecture = entry["architecture"]
         name = architecture["name"] if architecture else None
-        plan = plan_conversion(specs, _synthetic_targets(specs, table),
-                               mapping=tensor_map(name, source, target.name))
+        targets, unsized = _synthetic_targets(specs, target)
+        plan = plan_conversion(specs, targets, mapping=tensor_map(name, source, target.name),
+                               unsized=unsized)
         roles.append({
             "role": entry["role"],
             "architecture": name,

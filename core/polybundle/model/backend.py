@@ -369,6 +369,24 @@ class Backend(ABC):
             "bundles of other backends cannot be converted into it."
         )
 
+    def native_layout(self, kind: str, slot: str, source_layout: str = "") -> str | None:
+        """Return the layout tag this framework's standard layer of ``kind`` gives ``slot``.
+
+        ``kind`` and ``slot`` are canonical (:data:`polybundle.model.canonical.KINDS`);
+        ``source_layout`` is the slot's tag in the bundle being converted (for
+        layouts that depend on it, such as a slope of one value). Return None
+        when the framework's layer has no such slot (a batch norm without an
+        update count). Used to plan a conversion into this backend without
+        building a model. The default refuses.
+        Example: ``backend.native_layout("dense", "kernel") == "in,out"``.
+        """
+        raise BackendError(
+            f"the {self.name!r} backend does not say which layout its layers give canonical "
+            f"tensors (asked for {kind}.{slot}), so conversions into it cannot be planned "
+            "without a model. Implement Backend.native_layout in the backend, or convert with "
+            f"polybundle.load(..., backend={self.name!r})."
+        )
+
     def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``model`` in inference mode on ``inputs``; return its outputs by name.
 

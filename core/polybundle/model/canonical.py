@@ -7,21 +7,21 @@ frameworks' versions of the same layer have the same kind and slots, so a
 tensor of one maps to the other by structure, and the layout tags say how to
 move its axes. Names are never used to decide what a tensor is.
 
-The tables here take the framework's class name, the tensor's attribute and
-its shape, so both the live-model backends and the framework-free readers use
-them. A layer of a class the tables do not know gets kind ``""``: it can only
-be converted through an explicit map (:func:`polybundle.convert.register_tensor_map`).
+This module is framework-free: each backend says which of its layers is which
+kind and which layout it gives each slot (:meth:`Backend.describe` and
+:meth:`Backend.native_layout`). A tensor of no known kind gets kind ``""``: it
+can only be converted through an explicit map.
 
 Layout tags may use two extra tokens: ``1`` for an axis of length one, and
 ``a*b`` for one axis that holds ``a`` and ``b`` merged (``a`` major). So a
-PyTorch depthwise kernel is ``c*m,1,h,w`` and Keras' ``DepthwiseConv2D``
-kernel is ``h,w,c,m``; :func:`relayout` converts between them.
+channels-first depthwise kernel may be ``c*m,1,h,w`` and a channels-last one
+``h,w,c,m``; :func:`relayout` converts between them.
 
 Example:
-    >>> torch_canonical("Linear", "weight", (4, 3))
-    Canonical(kind='dense', slot='kernel', layout='out,in')
-    >>> keras_canonical("Dense", "kernel", (3, 4))
-    Canonical(kind='dense', slot='kernel', layout='in,out')
+    >>> KINDS["dense"]
+    ('kernel', 'bias')
+    >>> relayout(np.arange(6).reshape(2, 3), "out,in", "in,out", (3, 2)).tolist()
+    [[0, 3], [1, 4], [2, 5]]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polybundle.errors import TensorMismatchError
-from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
+from polybundle.errors import ConversionError, TensorMismatchError
+from polybundle.model.layouts import OPAQUE, SCALAR
 
 KINDS: dict[str, tuple[str, ...]] = {
     "dense": ("kernel", "bias"),
@@ -39,6 +39,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     **{f"conv{n}d_transpose": ("kernel", "bias") for n in (1, 2, 3)},
     "depthwise_conv1d": ("kernel", "bias"),
     "depthwise_conv2d": ("kernel", "bias"),
+    "depthwise_conv3d": ("kernel", "bias"),
     "batchnorm": ("gamma", "beta", "moving_mean", "moving_variance", "count"),
     "layernorm": ("gamma", "beta"),
     "groupnorm": ("gamma", "beta"),
@@ -48,11 +49,11 @@ KINDS: dict[str, tuple[str, ...]] = {
 """Each canonical kind and the slots its tensors may fill."""
 
 FILL_SLOTS: dict[tuple[str, str], float] = {("batchnorm", "count"): 0}
-"""Slots one framework has and the other lacks, with the value used to fill them.
+"""Slots some frameworks' layers have and others lack, with the value used to fill them.
 
-PyTorch's ``BatchNorm*.num_batches_tracked`` (slot ``count``) has no Keras
-counterpart: converting to Keras drops it, converting to PyTorch fills it
-with 0. PyTorch reads it only when ``momentum=None`` (cumulative averaging).
+A batch norm's update ``count`` exists only where the framework keeps one
+(:meth:`Backend.native_layout` says): converting to a framework without it
+drops it, converting to one with it fills it with 0.
 """
 
 
@@ -69,143 +70,41 @@ class Canonical:
     slot: str
     layout: str
 
+    @classmethod
+    def unknown(cls, shape: tuple[int, ...]) -> Canonical:
+        """Return the form of a tensor of no known kind: ``opaque`` (``scalar`` if 0-d).
 
-def _unknown(shape: tuple[int, ...]) -> Canonical:
-    return Canonical("", "", SCALAR if not shape else OPAQUE)
-
-
-def _prelu_layout(shape: tuple[int, ...], *, channels_last: bool) -> str:
-    if all(n == 1 for n in shape):
-        return ",".join("1" for _ in shape)
-    rest = shape[:-1] if channels_last else shape[1:]
-    if all(n == 1 for n in rest):
-        ones = ["1"] * len(rest)
-        return ",".join([*ones, "c"] if channels_last else ["c", *ones])
-    return OPAQUE
+        Example:
+            >>> Canonical.unknown((3, 4))
+            Canonical(kind='', slot='', layout='opaque')
+        """
+        return cls("", "", SCALAR if not shape else OPAQUE)
 
 
-_TORCH_SLOTS = {
-    "batchnorm": {
-        "weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-        "running_var": "moving_variance", "num_batches_tracked": "count",
-    },
-    "layernorm": {"weight": "gamma", "bias": "beta"},
-    "groupnorm": {"weight": "gamma", "bias": "beta"},
-}
-_TORCH_KINDS = {
-    "Linear": "dense", "Embedding": "embedding", "PReLU": "prelu", "LayerNorm": "layernorm",
-    "GroupNorm": "groupnorm", "BatchNorm1d": "batchnorm", "BatchNorm2d": "batchnorm",
-    "BatchNorm3d": "batchnorm",
-    **{f"Conv{n}d": f"conv{n}d" for n in (1, 2, 3)},
-    **{f"ConvTranspose{n}d": f"conv{n}d_transpose" for n in (1, 2, 3)},
-}
-
-
-def torch_canonical(
-    class_name: str, attribute: str, shape: tuple[int, ...], *, groups: int = 1,
-    group_channels: int = 0,
-) -> Canonical:
-    """Return the canonical form of ``<module of class_name>.<attribute>``.
-
-    ``groups`` is a convolution's ``groups`` and ``group_channels`` its input
-    channels per group: a grouped convolution with one input channel per group
-    is the canonical ``depthwise_conv{n}d``; other grouped ones stay
-    ``conv{n}d`` (the ``in`` axis is then the channels of one group).
+def conv_spatial(kind: str) -> int:
+    """Return the number of spatial axes of a convolution kind (``conv2d_transpose``: 2).
 
     Example:
-        >>> torch_canonical("Conv2d", "weight", (6, 1, 3, 3), groups=3, group_channels=1).layout
-        'c*m,1,h,w'
-        >>> torch_canonical("BatchNorm2d", "num_batches_tracked", ()).slot
-        'count'
+        >>> conv_spatial("depthwise_conv1d"), conv_spatial("conv3d_transpose")
+        (1, 3)
     """
-    kind = _TORCH_KINDS.get(class_name, "")
-    ndim = len(shape)
-    if kind in _TORCH_SLOTS:
-        slot = _TORCH_SLOTS[kind].get(attribute)
-        if slot is None or (kind == "layernorm" and ndim != 1):
-            return _unknown(shape)
-        return Canonical(kind, slot, SCALAR if ndim == 0 else "c")
-    if kind == "dense" and attribute in ("weight", "bias"):
-        return Canonical(kind, "kernel" if attribute == "weight" else "bias",
-                         "out,in" if attribute == "weight" else "out")
-    if kind == "embedding" and attribute == "weight" and ndim == 2:
-        return Canonical(kind, "embeddings", "vocab,dim")
-    if kind == "prelu" and attribute == "weight" and ndim == 1:
-        return Canonical(kind, "alpha", "1" if shape[0] == 1 else "c")
-    if kind.startswith("conv") and attribute == "bias":
-        if groups != 1 and kind.endswith("_transpose"):
-            return _unknown(shape)
-        depthwise = groups > 1 and group_channels == 1
-        return Canonical(f"depthwise_{kind}" if depthwise else kind, "bias", "out")
-    if kind.startswith("conv") and attribute == "weight":
-        spatial = ndim - 2
-        if kind.endswith("_transpose"):
-            if groups != 1:
-                return _unknown(shape)
-            tag = conv_tag(spatial, channels_first=True, transposed=True)
-            return Canonical(kind, "kernel", tag)
-        if groups > 1 and shape[1] == 1:
-            space = ("d", "h", "w")[3 - spatial:]
-            return Canonical(f"depthwise_{kind}", "kernel", ",".join(("c*m", "1", *space)))
-        return Canonical(kind, "kernel", conv_tag(spatial, channels_first=True, transposed=False))
-    return _unknown(shape)
+    base = kind.removeprefix("depthwise_").removesuffix("_transpose")
+    if base not in ("conv1d", "conv2d", "conv3d"):
+        raise ConversionError(
+            f"{kind!r} is not a convolution kind; expected conv1d, conv2d or conv3d, "
+            "optionally with depthwise_ before or _transpose after. Pass a convolution kind."
+        )
+    return int(base[4])
 
 
-_KERAS_KINDS = {
-    "Dense": "dense", "Embedding": "embedding", "PReLU": "prelu",
-    "LayerNormalization": "layernorm", "GroupNormalization": "groupnorm",
-    "BatchNormalization": "batchnorm",
-    "DepthwiseConv1D": "depthwise_conv1d", "DepthwiseConv2D": "depthwise_conv2d",
-    **{f"Conv{n}D": f"conv{n}d" for n in (1, 2, 3)},
-    **{f"Conv{n}DTranspose": f"conv{n}d_transpose" for n in (1, 2, 3)},
-}
-_KERAS_NORM_SLOTS = {"gamma", "beta", "moving_mean", "moving_variance"}
-
-
-def keras_canonical(
-    class_name: str, variable: str, shape: tuple[int, ...], *, groups: int = 1,
-    group_channels: int = 0,
-) -> Canonical:
-    """Return the canonical form of variable ``variable`` of a Keras layer.
-
-    ``groups`` and ``group_channels`` (input channels per group) describe a
-    grouped ``Conv*D``; with one channel per group it is canonical depthwise.
+def is_unit(tag: str) -> bool:
+    """Return True when every axis of ``tag`` is a unit axis (``1`` or ``1,1,1``).
 
     Example:
-        >>> keras_canonical("Conv2DTranspose", "kernel", (3, 3, 1, 4)).layout
-        'h,w,out,in'
-        >>> keras_canonical("DepthwiseConv2D", "kernel", (3, 3, 4, 2)).layout
-        'h,w,c,m'
+        >>> is_unit("1,1"), is_unit("1,1,c"), is_unit("")
+        (True, False, False)
     """
-    kind = _KERAS_KINDS.get(class_name, "")
-    ndim = len(shape)
-    if kind in ("batchnorm", "layernorm", "groupnorm"):
-        if variable not in _KERAS_NORM_SLOTS or ndim != 1:
-            return _unknown(shape)
-        return Canonical(kind, variable, "c")
-    if kind == "embedding" and variable == "embeddings" and ndim == 2:
-        return Canonical(kind, "embeddings", "vocab,dim")
-    if kind == "prelu" and variable == "alpha":
-        layout = _prelu_layout(shape, channels_last=True)
-        return _unknown(shape) if layout == OPAQUE else Canonical(kind, "alpha", layout)
-    if kind == "dense" and variable == "kernel" and ndim == 2:
-        return Canonical(kind, "kernel", "in,out")
-    if kind and variable == "bias" and ndim == 1:
-        depthwise = kind.startswith("conv") and groups > 1 and group_channels == 1
-        return Canonical(f"depthwise_{kind}" if depthwise else kind, "bias", "out")
-    if kind.startswith("depthwise") and variable == "kernel":
-        space = ("d", "h", "w")[3 - (ndim - 2):]
-        return Canonical(kind, "kernel", ",".join((*space, "c", "m")))
-    if kind.startswith("conv") and variable == "kernel":
-        spatial = ndim - 2
-        if kind.endswith("_transpose"):
-            tag = conv_tag(spatial, channels_first=False, transposed=True)
-            return Canonical(kind, "kernel", tag)
-        if groups > 1 and shape[-2] == 1:
-            space = ("d", "h", "w")[3 - spatial:]
-            return Canonical(f"depthwise_{kind}", "kernel", ",".join((*space, "1", "c*m")))
-        return Canonical(kind, "kernel", conv_tag(spatial, channels_first=False, transposed=False))
-    return _unknown(shape)
+    return bool(tag) and set(tag.split(",")) == {"1"}
 
 
 def _tokens(tag: str) -> list[list[str]]:
@@ -320,39 +219,6 @@ def describe_relayout(source: str, target: str) -> str:
     if simple:
         return "identity" if order == tuple(range(len(order))) else f"transpose {order}"
     return f"reshape {source} -> {target}"
-
-
-def native_layout(framework: str, kind: str, slot: str, source_layout: str = "") -> str | None:
-    """Return the layout tag ``framework``'s standard layer of ``kind`` gives ``slot``.
-
-    ``framework`` is ``"torch"`` or ``"keras"``. Returns None when that
-    framework's layer has no such slot (Keras batch norm has no ``count``).
-    Used to plan a conversion without building the target model.
-
-    Example:
-        >>> native_layout("keras", "conv2d_transpose", "kernel")
-        'h,w,out,in'
-        >>> native_layout("keras", "batchnorm", "count") is None
-        True
-    """
-    torch = framework == "torch"
-    if slot == "count":
-        return SCALAR if torch and kind == "batchnorm" else None
-    if slot in _KERAS_NORM_SLOTS:
-        return "c"
-    if slot == "bias":
-        return "out"
-    if slot == "embeddings":
-        return "vocab,dim"
-    if slot == "alpha":
-        return "1" if source_layout and set(source_layout.split(",")) == {"1"} else "c"
-    if kind == "dense":
-        return "out,in" if torch else "in,out"
-    spatial = int(kind[-2]) if kind.endswith("d") else int(kind.split("_")[0][-2])
-    space = ("d", "h", "w")[3 - spatial:]
-    if kind.startswith("depthwise"):
-        return ",".join(("c*m", "1", *space) if torch else (*space, "c", "m"))
-    return conv_tag(spatial, channels_first=torch, transposed=kind.endswith("_transpose"))
 
 
 def infer_shape(source: str, target: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:

@@ -12,19 +12,16 @@ Example:
     Canonical(kind='dense', slot='kernel', layout='in,out')
     >>> flax_canonical("Conv", "kernel", (3, 3, 2, 8), spatial=2)
     Canonical(kind='conv2d', slot='kernel', layout='h,w,in,out')
+    >>> native_layout("depthwise_conv2d", "kernel")
+    'h,w,1,c*m'
 """
 
 from __future__ import annotations
 
-from polybundle.model.canonical import Canonical
-from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
+from polybundle.plugin import KINDS, Canonical, conv_spatial, conv_tag, is_unit
 
 _NORMS = {"BatchNorm": "batchnorm", "LayerNorm": "layernorm", "GroupNorm": "groupnorm"}
 _NORM_SLOTS = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
-
-
-def _unknown(shape: tuple[int, ...]) -> Canonical:
-    return Canonical("", "", SCALAR if not shape else OPAQUE)
 
 
 def _conv(
@@ -33,14 +30,14 @@ def _conv(
 ) -> Canonical:
     """Canonical form of a ``Conv``/``ConvTranspose`` tensor with ``spatial`` spatial axes."""
     if transposed and (groups != 1 or not flipped):
-        return _unknown(shape)
+        return Canonical.unknown(shape)
     depthwise = not transposed and groups > 1 and group_channels == 1
     kind = f"conv{spatial}d" + ("_transpose" if transposed else "")
     kind = f"depthwise_{kind}" if depthwise else kind
     if attribute == "bias" and len(shape) == 1:
         return Canonical(kind, "bias", "out")
     if attribute != "kernel" or len(shape) != spatial + 2 or not 1 <= spatial <= 3:
-        return _unknown(shape)
+        return Canonical.unknown(shape)
     if depthwise:
         space = ("d", "h", "w")[3 - spatial :]
         return Canonical(kind, "kernel", ",".join((*space, "1", "c*m")))
@@ -77,7 +74,7 @@ def flax_canonical(
     if class_name in _NORMS:
         slot = _NORM_SLOTS.get(attribute)
         if slot is None or ndim != 1 or (class_name != "BatchNorm" and slot.startswith("moving")):
-            return _unknown(shape)
+            return Canonical.unknown(shape)
         return Canonical(_NORMS[class_name], slot, "c")
     if class_name == "Linear" and attribute == "kernel" and ndim == 2:
         return Canonical("dense", "kernel", "in,out")
@@ -92,4 +89,37 @@ def flax_canonical(
         return _conv(
             attribute, shape, spatial, groups, group_channels, transposed, transpose_kernel
         )
-    return _unknown(shape)
+    return Canonical.unknown(shape)
+
+
+def native_layout(kind: str, slot: str, source_layout: str = "") -> str | None:
+    """Return the layout tag Flax's standard layer of ``kind`` gives ``slot``.
+
+    None when that layer has no such slot (Flax batch norm keeps no update
+    count). Transposed convolutions are those built with
+    ``transpose_kernel=True``; depthwise ones are grouped ``Conv`` layers.
+    ``source_layout`` is the slot's layout in the source bundle (a PReLU
+    slope of one value stays ``1``).
+
+    Example:
+        >>> native_layout("dense", "kernel"), native_layout("conv1d_transpose", "kernel")
+        ('in,out', 'w,out,in')
+        >>> native_layout("batchnorm", "count") is None
+        True
+    """
+    if slot not in KINDS.get(kind, ()) or slot == "count":
+        return None
+    if slot in ("gamma", "beta", "moving_mean", "moving_variance"):
+        return "c"
+    if slot == "bias":
+        return "out"
+    if slot == "embeddings":
+        return "vocab,dim"
+    if slot == "alpha":
+        return "1" if is_unit(source_layout) else "c"
+    if kind == "dense":
+        return "in,out"
+    spatial = conv_spatial(kind)
+    if kind.startswith("depthwise"):
+        return ",".join((*("d", "h", "w")[3 - spatial:], "1", "c*m"))
+    return conv_tag(spatial, channels_first=False, transposed=kind.endswith("_transpose"))
