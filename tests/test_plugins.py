@@ -120,7 +120,7 @@ def test_third_party_backend_is_found_detected_first_and_used(fake_plugin, tmp_p
 
     impls = get_plugin_manager().hook.polybundle_detect_archive.get_hookimpls()
     order = [impl.plugin_name for impl in reversed(impls)]  # pluggy calls the last one first
-    assert order.index("arrays") < order.index("polybundle.format.detection")
+    assert order.index("arrays") < order.index("polybundle.hooks.builtin")
     assert impls[0].trylast
 
     model = fake_plugin.ArrayModel({"w": np.eye(2, dtype=np.float32), "b": np.ones(2, np.float32)})

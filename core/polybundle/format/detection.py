@@ -1,8 +1,9 @@
 """What a detector says about an archive, and the built-in detector of format 2.
 
 Detectors implement the ``polybundle_detect_archive`` hook (firstresult). The
-built-in one below is registered ``trylast`` so plugins can claim files first;
-it claims format-2 bundles only. A backend that reads its framework's own
+built-in one, :func:`detect_format2`, is registered ``trylast`` by
+:mod:`polybundle.hooks.builtin` so plugins can claim files first; it claims
+format-2 bundles only. A backend that reads its framework's own
 weights file (a "plain" file, read as a one-role bundle with role
 :data:`PLAIN_ROLE` and no params) claims it from its own plugin, with the
 format name in its :attr:`~polybundle.model.backend.Backend.plain_format`.
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from polybundle.format.jsondoc import load_json
-from polybundle.hooks.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from polybundle.format.archive import ArchiveReader
@@ -74,14 +74,13 @@ def peek_format2_manifest(archive: ArchiveReader) -> dict[str, Any] | None:
     return document
 
 
-@hookimpl(trylast=True)
-def polybundle_detect_archive(archive: ArchiveReader) -> Detection | None:
+def detect_format2(archive: ArchiveReader) -> Detection | None:
     """Claim format-2 bundles (``manifest.json`` with ``format`` ``"polybundle"``).
 
     Example:
         >>> from polybundle.format.archive import ArchiveReader
         >>> with ArchiveReader("run.bundle") as archive:
-        ...     polybundle_detect_archive(archive)
+        ...     detect_format2(archive)
         Detection(format='polybundle', backend='torch')
     """
     document = peek_format2_manifest(archive)

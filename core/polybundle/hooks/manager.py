@@ -36,7 +36,7 @@ ENTRY_POINT_GROUP = "polybundle"
 """The entry-point group third-party plugins register under."""
 
 DEFAULT_PLUGINS = (
-    "polybundle.format.detection",
+    "polybundle.hooks.builtin",
     "polybundle.legacy.plugin",
 )
 """Built-in plugin modules, registered like any third-party plugin."""

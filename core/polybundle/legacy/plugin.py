@@ -64,7 +64,7 @@ def polybundle_detect_archive(archive: ArchiveReader) -> Detection | None:
         True
     """
     if archive.has("manifest.json") and not archive.has("manifest.dill"):
-        if detection.polybundle_detect_archive(archive) is not None:
+        if detection.detect_format2(archive) is not None:
             return None
     registry = get_registry()
     for reader in registry.eras.values():
