@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from polybundle.api.bundle import Bundle, model_entry
+from polybundle.api.converted import converted_model
 from polybundle.api.lazy import lazy_tensors
+from polybundle.api.legacy_bundle import load_legacy
 from polybundle.api.progress import progress_bar
-from polybundle.api.transfer import converted_model
 from polybundle.errors import (
     BackendMismatchError,
     FormatError,
@@ -30,7 +31,7 @@ from polybundle.format.manifest import read_manifest, verify_members, verifying_
 from polybundle.format.params import read_params
 from polybundle.hooks.manager import get_plugin_manager
 from polybundle.hooks.registry import get_backend, get_registry, remember_architecture
-from polybundle.legacy.loading import LegacyModels, load_legacy
+from polybundle.legacy.loading import LegacyModels
 from polybundle.legacy.plugin import era_reader, era_readers
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.safety import budget

@@ -1,6 +1,7 @@
-"""Load a legacy archive into a :class:`~polybundle.api.bundle.Bundle`.
+"""What loading a legacy archive needs below the API: size checks, the manifest, model builds.
 
-Called by :func:`polybundle.load` when a detector reports a legacy era. A
+:func:`polybundle.api.legacy_bundle.load_legacy` (called by
+:func:`polybundle.load` when a detector reports a legacy era) drives it. A
 role's model is built, in this order, from ``into={role: model}``, from a
 builder registered under the role's name (given the archive's params as its
 config: legacy archives record no architecture), or from the archive alone
@@ -17,16 +18,11 @@ Example:
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from polybundle.api.bundle import Bundle
 from polybundle.errors import (
-    BackendMismatchError,
-    IntegrityError,
     PolybundleError,
     UnsafeContentError,
 )
@@ -115,36 +111,6 @@ class LegacyModels(dict):
         raise KeyError(role)
 
 
-class LegacyBundle(Bundle):
-    """A :class:`Bundle` read from a legacy archive; tensors come from its era reader.
-
-    Example:
-        >>> bundle = polybundle.load("wts.h5.zip")
-        >>> bundle.backend, bundle.roles
-        ('tensorflow', ['autoencoder', 'diffraction_to_obj'])
-    """
-
-    def tensors(self, role: str) -> dict[str, np.ndarray]:
-        """Read ``role``'s tensors from the legacy file (no framework needed).
-
-        Example:
-            >>> tensors = polybundle.load("wts.h5.zip").tensors("autoencoder")
-            >>> tensors["layers/batch_normalization/vars/0"].dtype
-            dtype('float32')
-        """
-        from polybundle.legacy.plugin import era_reader
-
-        reader = era_reader(self.manifest["format"])
-        with budget.limit(self.max_bytes), ArchiveReader(self.path) as archive:
-            budget.check(sum(archive.size(n) for n in archive.names()), "the archive's members")
-            content = reader.read(archive)
-            if describe(content) != self.manifest:
-                raise IntegrityError(
-                    f"{str(self.path)!r} changed since it was loaded; load it again."
-                )
-            return reader.read_tensors(archive, content.role(role))
-
-
 def describe(content: LegacyContent) -> dict[str, Any]:
     """Return a manifest-like, JSON-safe description of a legacy archive.
 
@@ -180,7 +146,7 @@ def describe(content: LegacyContent) -> dict[str, Any]:
     }
 
 
-def _build(
+def build_role(
     archive: ArchiveReader,
     reader: EraReader,
     backend: Backend,
@@ -188,6 +154,12 @@ def _build(
     given: Any | None,
     trust_code: bool,
 ) -> Any:
+    """Build ``role``'s model: ``given`` (filled), its registered builder, or the archive alone.
+
+    The builder is given the role's params as its config (legacy archives
+    record no architecture); without one the era's ``load_standalone`` runs.
+    Example: ``build_role(archive, reader, backend, role, None, trust_code=False)``.
+    """
     registry = get_registry()
     if given is None and not registry.has_builder(role.role, backend.name):
         backend.require()
@@ -203,56 +175,3 @@ def _build(
     backend.load_into(model, source, role.specs)
     remember_architecture(model, role.role, config)
     return model
-
-
-def load_legacy(
-    archive: ArchiveReader,
-    reader: EraReader,
-    *,
-    backend: str | None,
-    roles: Iterable[str] | None,
-    into: dict[str, Any],
-    trust_code: bool,
-) -> LegacyBundle:
-    """Read a legacy archive with ``reader`` and build the models that can be built.
-
-    Example:
-        >>> from polybundle.legacy.plugin import era_reader
-        >>> with ArchiveReader("wts.h5.zip") as archive:
-        ...     bundle = load_legacy(archive, era_reader("legacy-tf-dill"), backend=None,
-        ...                          roles=None, into={}, trust_code=False)
-        >>> bundle.params["_version"]
-        '1.0'
-    """
-    content = reader.read(archive)
-    archived = get_backend(content.backend)
-    if backend is not None and get_backend(backend).name != archived.name:
-        raise BackendMismatchError(
-            archived.name,
-            get_backend(backend).name,
-            "Loading legacy archives across frameworks is not supported by this version.",
-        )
-    available = [role.role for role in content.roles]
-    selected = available if roles is None else list(roles)
-    unknown = [role for role in selected if role not in available]
-    if unknown:
-        raise PolybundleError(f"roles {unknown} are not in the archive; it holds {available}.")
-    stray = set(into) - set(selected)
-    if stray:
-        raise PolybundleError(
-            f"into names roles {sorted(stray)} that are not being loaded ({selected})."
-        )
-    reasons: dict[str, PolybundleError] = {}
-    models = LegacyModels(reasons)
-    for name in selected:
-        try:
-            models[name] = _build(
-                archive, reader, archived, content.role(name), into.get(name), trust_code
-            )
-        except PolybundleError as exc:
-            if name in into or get_registry().has_builder(name, archived.name):
-                raise
-            reasons[name] = exc
-    return LegacyBundle(
-        Path(archive.path), describe(content), content.params, archived.name, models
-    )
