@@ -1,7 +1,7 @@
 """``polybundle.inspect``: describe a bundle without importing any framework.
 
 Example:
-    >>> report = polybundle.inspect("run.bundle")  # doctest: +SKIP
+    >>> report = polybundle.inspect("run.bundle")
     >>> report["backend"], [t["name"] for t in report["tensors"]][:2]
     ('torch', ['0.weight', '0.bias'])
 """
@@ -57,8 +57,9 @@ def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> di
     declared sizes (see :mod:`polybundle.safety.budget`).
 
     Example:
-        >>> polybundle.inspect("run.bundle")["tensors"][0]  # doctest: +SKIP
-        {'role': 'net', 'name': 'weight', 'shape': [1, 3], 'dtype': 'float32', ...}
+        >>> row = polybundle.inspect("run.bundle")["tensors"][0]
+        >>> row["role"], row["name"], row["shape"], row["dtype"], row["bytes"]
+        ('net', '0.weight', [3, 4], 'float32', 48)
     """
     with budget.limit(max_bytes), ArchiveReader(path) as archive:
         detection = detect(archive)

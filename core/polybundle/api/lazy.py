@@ -80,8 +80,12 @@ def lazy_tensors(
     (:mod:`polybundle.safety.budget`): what is mapped may all be touched.
 
     Example:
-        >>> with ArchiveReader("big.bundle") as archive:  # doctest: +SKIP
-        ...     t = lazy_tensors(archive, "net/model.pth", specs, get_backend("torch"))
+        >>> bundle = polybundle.load("run.bundle", lazy=True)
+        >>> with ArchiveReader("run.bundle") as archive:
+        ...     tensors = lazy_tensors(archive, "net/model.pth", bundle.tensor_specs("net"),
+        ...                            polybundle.get_backend(bundle.backend))
+        >>> tensors["0.weight"].shape, tensors["0.weight"].flags.writeable
+        ((3, 4), False)
     """
     budget.check(sum(spec.nbytes for spec in specs), f"the tensors of {weights}")
     source = archive.open(weights)
