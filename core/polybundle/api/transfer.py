@@ -1,14 +1,12 @@
-"""Load a bundle into the other framework, convert bundles, and plan conversions.
+"""Convert bundles between backends, and plan conversions without building a model.
 
-:func:`load_converted` is what :func:`polybundle.load` calls when ``backend=``
-names a framework other than the writer's: the source tensors are read with
-the framework-free readers, the model is built with the *target* framework's
-builder for the same architecture name and config, and the converted tensors
-are loaded strictly. :func:`convert` writes the result as a native bundle;
-:func:`plan_bundle` says what a conversion would do without building anything.
+:func:`convert` loads a bundle into another backend (:func:`polybundle.load`
+with ``backend=``, which builds the target models and loads the converted
+weights through :mod:`polybundle.api.converted`) and writes it as a native
+bundle; :func:`plan_bundle` says what a conversion would do, asking the target
+backend for its layers' layouts (:meth:`Backend.native_layout`).
 
 Example:
-    >>> bundle = polybundle.load("tf.bundle", backend="torch")  # doctest: +SKIP
     >>> polybundle.convert("tf.bundle", "torch.bundle", backend="torch")  # doctest: +SKIP
 """
 
@@ -19,68 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from polybundle.errors import ConversionUnavailableError
+from polybundle.api.loading import detect, load
+from polybundle.api.saving import save
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.manifest import read_manifest
-from polybundle.hooks.registry import (
-    get_backend,
-    get_registry,
-    remember_architecture,
-    tensor_map,
-)
+from polybundle.hooks.registry import get_backend, get_registry, tensor_map
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.canonical import FILL_SLOTS, KINDS, infer_shape
-from polybundle.model.conversion import ConversionPlan, plan_conversion, plan_rows
+from polybundle.model.conversion import plan_conversion, plan_rows
 from polybundle.model.layouts import SCALAR
-
-
-def _builder(entry: dict[str, Any], source: Backend, target: Backend) -> Any:
-    architecture = entry["architecture"]
-    if not architecture:
-        raise ConversionUnavailableError(
-            source.name, target.name,
-            f"Role {entry['role']!r} records no architecture, so it cannot be rebuilt in "
-            f"{target.name!r}: save it with architectures={{role: (name, config)}} or a model "
-            "made by polybundle.build.",
-        )
-    registry = get_registry()
-    if not registry.has_builder(architecture["name"], target.name):
-        raise ConversionUnavailableError(
-            source.name, target.name,
-            f"Converting needs a {target.name!r} builder for architecture "
-            f"{architecture['name']!r} (role {entry['role']!r}); none is registered. Register "
-            f"one with @polybundle.architecture({architecture['name']!r}, "
-            f"backend={target.name!r}).",
-        )
-    return registry.builder(architecture["name"], target.name)
-
-
-def converted_model(
-    archive: ArchiveReader, entry: dict[str, Any], source: Backend, target: Backend,
-    given: Any | None = None,
-) -> tuple[Any, ConversionPlan]:
-    """Build (or take ``given``) a ``target`` model for ``entry`` and load converted weights.
-
-    Everything is checked before the model is changed; on any problem the
-    typed error is raised and no model is returned.
-
-    Example:
-        >>> model, plan = converted_model(archive, entry, tf, torch)  # doctest: +SKIP
-    """
-    architecture = entry["architecture"]
-    model = given if given is not None else _builder(entry, source, target)(architecture["config"])
-    source_specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
-    name = architecture["name"] if architecture else None
-    plan = plan_conversion(
-        source_specs, target.describe(model), mapping=tensor_map(name, source.name, target.name)
-    )
-    plan.check(context=f"role {entry['role']!r} from {source.name} to {target.name}")
-    with archive.open(entry["weights"]) as stream:
-        arrays = source.read_tensors(stream, source_specs)
-    target.assign(model, plan.apply(arrays))
-    if architecture:
-        remember_architecture(model, architecture["name"], architecture["config"])
-    return model, plan
+from polybundle.safety.budget import limit
 
 
 def _synthetic_targets(
@@ -135,8 +81,6 @@ def plan_bundle(path: str | os.PathLike[str], to: str) -> dict[str, Any]:
         >>> plan_bundle("tf.bundle", "torch")["roles"][0]["rows"][0]["detail"]  # doctest: +SKIP
         'transpose (3, 2, 0, 1)'
     """
-    from polybundle.api.loading import detect
-
     target = get_backend(to)
     with ArchiveReader(path) as archive:
         detect(archive)
@@ -185,8 +129,6 @@ def convert(
         >>> convert("tf.bundle", "torch.bundle", backend="torch")["backend"]  # doctest: +SKIP
         'torch'
     """
-    from polybundle.safety.budget import limit
-
     with limit(max_bytes):
         return _convert(source, destination, backend)
 
@@ -194,9 +136,6 @@ def convert(
 def _convert(
     source: str | os.PathLike[str], destination: str | os.PathLike[str], backend: str
 ) -> dict[str, Any]:
-    from polybundle.api.loading import load
-    from polybundle.api.saving import save
-
     bundle = load(source, backend=backend)
     architectures = {
         entry["role"]: (entry["architecture"]["name"], entry["architecture"]["config"])
