@@ -7,7 +7,8 @@ bundle; :func:`plan_bundle` says what a conversion would do, asking the target
 backend for its layers' layouts (:meth:`Backend.native_layout`).
 
 Example:
-    >>> polybundle.convert("tf.bundle", "torch.bundle", backend="torch")  # doctest: +SKIP
+    >>> [row["detail"] for row in plan_bundle("run.bundle", "tensorflow")["roles"][0]["rows"]]
+    ['transpose (1, 0)', 'identity', 'transpose (1, 0)', 'identity']
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def plan_bundle(path: str | os.PathLike[str], to: str) -> dict[str, Any]:
     rows, missing, unexpected, unmapped, misaligned, mismatched}]}``.
 
     Example:
-        >>> plan_bundle("tf.bundle", "torch")["roles"][0]["rows"][0]["detail"]  # doctest: +SKIP
-        'transpose (3, 2, 0, 1)'
+        >>> row = plan_bundle("run.bundle", "tensorflow")["roles"][0]["rows"][0]
+        >>> row["source"], row["kind"], row["layout"], row["shape"]
+        ('0.weight', 'dense', 'out,in -> in,out', [4, 3])
     """
     target = get_backend(to)
     with ArchiveReader(path) as archive:
@@ -126,8 +128,14 @@ def convert(
     past it nothing is written.
 
     Example:
-        >>> convert("tf.bundle", "torch.bundle", backend="torch")["backend"]  # doctest: +SKIP
-        'torch'
+        >>> polybundle.architecture("doc-mlp", backend="torch", replace=True)(
+        ...     lambda config: torch.nn.Linear(4, 3))  # doctest: +ELLIPSIS
+        <function <lambda> at ...>
+        >>> net = polybundle.build("doc-mlp", {}, backend="torch")
+        >>> path = polybundle.save("mlp.bundle", {"net": net}, params={"lr": 0.1})
+        >>> manifest = convert("mlp.bundle", "copy.bundle", backend="pt")
+        >>> manifest["backend"], polybundle.load("copy.bundle").params
+        ('torch', {'lr': 0.1})
     """
     with limit(max_bytes):
         return _convert(source, destination, backend)

@@ -13,9 +13,13 @@ the canonical kinds do not cover (:func:`polybundle.register_tensor_map`); the
 registry keeps the maps and the caller passes the one that applies as ``mapping``.
 
 Example:
-    >>> plan = plan_conversion(source_specs, target_specs)  # doctest: +SKIP
+    >>> source = [TensorSpec("fc.weight", "fc.weight", (4, 3), "float32", "out,in",
+    ...                      "dense", "fc", "kernel")]
+    >>> target = [TensorSpec("d/kernel", "k", (3, 4), "float32", "in,out", "dense", "d", "kernel")]
+    >>> plan = plan_conversion(source, target)
     >>> plan.check()
-    >>> target_arrays = plan.apply(source_arrays)
+    >>> plan.apply({"fc.weight": np.arange(12.0).reshape(4, 3)})["d/kernel"].shape
+    (3, 4)
 """
 
 from __future__ import annotations
@@ -61,9 +65,10 @@ class ConversionPlan:
     """Every tensor's move, and the problems that forbid the conversion.
 
     Example:
-        >>> plan = plan_conversion(source_specs, target_specs)  # doctest: +SKIP
-        >>> plan.ok, [m.detail for m in plan.moves][:1]
-        (True, ['transpose (1, 0)'])
+        >>> bias = TensorSpec("fc.bias", "fc.bias", (4,), "float32", "out", "dense", "fc", "bias")
+        >>> plan = plan_conversion([bias], [])
+        >>> plan.ok, plan.misaligned
+        (False, ["source layer 'fc' (dense) has no target layer"])
     """
 
     moves: list[TensorMove] = field(default_factory=list)
@@ -113,8 +118,12 @@ class ConversionPlan:
         """Return ``{target name: array}`` from ``{source name: array}``; the plan must be ok.
 
         Example:
-            >>> plan.apply({"fc.weight": w, "fc.bias": b})  # doctest: +SKIP
-            {'fc/kernel': ..., 'fc/bias': ...}
+            >>> bias = TensorSpec("fc.bias", "fc.bias", (2,), "float32", "out", "dense", "fc",
+            ...                   "bias")
+            >>> target = TensorSpec("d/bias", "d/bias", (2,), "float32", "out", "dense", "d",
+            ...                     "bias")
+            >>> plan_conversion([bias], [target]).apply({"fc.bias": np.ones(2)})
+            {'d/bias': array([1., 1.])}
         """
         self.check()
         out: dict[str, np.ndarray] = {}
