@@ -2,8 +2,10 @@
 
 Example:
     >>> import polybundle, torch
-    >>> manifest = polybundle.save("run.bundle", {"net": torch.nn.Linear(3, 1)},
-    ...                            params={"lr": 1e-3})  # doctest: +SKIP
+    >>> manifest = polybundle.save("linear.bundle", {"net": torch.nn.Linear(3, 1)},
+    ...                            params={"lr": 1e-3})
+    >>> [(model["role"], model["weights"]) for model in manifest["models"]]
+    [('net', 'net/model.pth')]
 """
 
 from __future__ import annotations
@@ -182,9 +184,11 @@ def save(
     --parity``. Returns the manifest written.
 
     Example:
-        >>> net = polybundle.build("mlp", {"inputs": 3}, backend="torch")  # doctest: +SKIP
-        >>> polybundle.save("run.bundle", {"net": net}, params={"lr": 1e-3})["backend"]
-        'torch'
+        >>> manifest = polybundle.save("mine.bundle", {"net": net}, params={"lr": 1e-3})
+        >>> manifest["backend"], [model["role"] for model in manifest["models"]]
+        ('torch', ['net'])
+        >>> polybundle.load("mine.bundle", lazy=True).params
+        {'lr': 0.001}
     """
     target = Path(path)
     _check_roles(models)
