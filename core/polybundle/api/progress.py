@@ -64,8 +64,9 @@ def progress_bar(
     characters as escapes, no rich markup.
 
     Example:
-        >>> with progress_bar("loading", 2**30, enabled=True) as advance:  # doctest: +SKIP
-        ...     advance(2**20)
+        >>> with progress_bar("loading run.bundle", 2**30, enabled=True) as advance:
+        ...     for _ in range(4):
+        ...         advance(2**28)  # a transient bar on stderr, gone when done
     """
     if not enabled or total < threshold:
         yield _ignore
