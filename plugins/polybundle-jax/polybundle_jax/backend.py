@@ -61,9 +61,13 @@ def _definition_order(model: Any) -> dict[str, int]:
         if isinstance(value, nnx.Variable):
             order.setdefault(name, len(order))
         elif isinstance(value, node_types):
-            for key, child in vars(value).items():
+            # NNX re-creates a module's __dict__ in sorted order when a transform (nnx.grad,
+            # nnx.jit, optimizer.update) writes it back; its node table keeps assignment order.
+            attributes = vars(value)
+            ranked = [key for key in getattr(value, "_pytree__nodes", ()) if key in attributes]
+            for key in dict.fromkeys([*ranked, *attributes]):
                 if not key.startswith("_"):
-                    walk(child, f"{name}.{key}" if name else key)
+                    walk(attributes[key], f"{name}.{key}" if name else key)
         elif isinstance(value, (list, tuple)):
             for index, child in enumerate(value):
                 walk(child, f"{name}.{index}")
