@@ -1,20 +1,24 @@
-"""A conformance suite every backend runs against itself: ``polybundle.testing``.
+"""The conformance kit every backend runs against itself: ``polybundle.testing``.
 
-A backend package subclasses :class:`BackendConformance` in its own tests and
-sets ``adapter`` to an :class:`Adapter` that says how to make a model, its
-inputs, its predictions, an optimizer and a training step. pytest then runs
-every ``test_*`` method: save/load round trips, tensor export and import,
-optimizer state, detection and error behaviour. Importing this module needs
-pytest but no framework; the adapter imports its framework inside its methods.
+Two parts. The feature matrix (:func:`feature_matrix`, from
+:mod:`polybundle.tools.conformance`, pytest-free) checks every feature for
+every backend whose plugin hands an :class:`Adapter` to the
+``polybundle_conformance_adapters`` hook; ``polybundle conformance`` prints it.
+The class suite :class:`BackendConformance` holds the finer checks
+(detection, strict loading, optimizer mismatches, ...): a backend package
+subclasses it in its tests and sets ``adapter``. Importing this module needs
+pytest but no framework; adapters import their framework inside their methods.
 
 Example (``tests/test_conformance.py`` of a backend package):
     >>> from polybundle.testing import Adapter, BackendConformance
-    >>> class MyAdapter(Adapter):  # doctest: +SKIP
-    ...     backend = "jax"
-    ...     architecture = "conformance-convnet"
-    ...     ...
-    >>> class TestJaxConformance(BackendConformance):  # doctest: +SKIP
-    ...     adapter = MyAdapter()
+    >>> class NumpyAdapter(Adapter):
+    ...     backend = "numpy"
+    ...     def make_model(self, config, seed): return {}
+    ...     def predict(self, model, x): return x
+    >>> class TestNumpyConformance(BackendConformance):
+    ...     adapter = NumpyAdapter()
+    >>> TestNumpyConformance.adapter.architecture
+    'polybundle-conformance-convnet'
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -41,72 +44,34 @@ from polybundle.errors import (
 from polybundle.format.archive import ArchiveReader
 from polybundle.hooks.registry import backend_for_model, get_backend, get_registry
 from polybundle.model.layouts import OPAQUE, SCALAR
+from polybundle.tools.conformance import (
+    ARCHITECTURE,
+    CONFIG,
+    FAIL,
+    FEATURES,
+    NOT_APPLICABLE,
+    OTHER_CONFIG,
+    PARAMS,
+    PASS,
+    Adapter,
+    Cell,
+    Feature,
+    NotApplicable,
+    cases,
+    conformance_adapters,
+    feature_matrix,
+    matrix_table,
+    neutral_inputs,
+    problems,
+    run_cell,
+)
 
-PARAMS = {"N": 64, "offset": 4, "probe.big": True, "nested": {"scale": 0.5, "names": ["a", "b"]}}
-"""The params every round trip stores and expects back exactly."""
-
-
-class Adapter(ABC):
-    """How the conformance suite drives one backend.
-
-    Set the class attributes and implement the methods; import the framework
-    inside them. ``architecture`` must be registered for ``backend`` (with
-    ``@polybundle.architecture`` or the ``polybundle_register_architectures``
-    hook) and build a model from ``config``; ``other_config`` builds the same
-    architecture with different tensor shapes. ``standalone`` says whether the
-    backend rebuilds a model from its weights file alone. ``algorithm`` is the
-    neutral name of what :meth:`make_optimizer` makes (``None``: the backend
-    has no optimizer support, and those tests skip).
-
-    Example:
-        >>> class TorchAdapter(Adapter):  # doctest: +SKIP
-        ...     backend, architecture = "torch", "conformance-convnet"
-        ...     config, other_config = {"filters": 3}, {"filters": 5}
-    """
-
-    backend: str = ""
-    architecture: str = ""
-    config: dict[str, Any] = {}
-    other_config: dict[str, Any] = {}
-    standalone: bool = False
-    algorithm: str | None = "adam"
-
-    @abstractmethod
-    def make_model(self, config: dict[str, Any], seed: int) -> Any:
-        """Return a model of ``architecture`` built from ``config``, initialised from ``seed``.
-
-        Give it non-trivial state (e.g. batch-norm statistics) where it has any.
-        Example: ``adapter.make_model(adapter.config, seed=0)``.
-        """
-
-    @abstractmethod
-    def inputs(self, config: dict[str, Any], seed: int) -> np.ndarray:
-        """Return a small batch of float32 inputs for a model built from ``config``.
-
-        Example: ``adapter.inputs(adapter.config, seed=0).shape == (4, 6, 6, 1)``.
-        """
-
-    @abstractmethod
-    def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
-        """Return ``model``'s inference-mode output for ``x`` as a NumPy array.
-
-        Example: ``adapter.predict(model, x).shape == (4, 2)``.
-        """
-
-    def make_optimizer(self, model: Any) -> Any:
-        """Return a fresh optimizer (of kind :attr:`algorithm`) bound to ``model``.
-
-        Example: ``adapter.make_optimizer(model)`` -> ``torch.optim.Adam(model.parameters())``.
-        """
-        raise NotImplementedError(f"{type(self).__name__} makes no optimizer")
-
-    def train_step(self, model: Any, optimizer: Any, x: np.ndarray) -> None:
-        """Apply one deterministic training step on ``x`` (any loss) to ``model``.
-
-        Example: ``adapter.train_step(model, optimizer, x)``.
-        """
-        raise NotImplementedError(f"{type(self).__name__} has no training step")
-
+__all__ = [
+    "ARCHITECTURE", "CONFIG", "FAIL", "FEATURES", "NOT_APPLICABLE", "OTHER_CONFIG", "PARAMS",
+    "PASS", "Adapter", "BackendConformance", "Cell", "Feature", "NotApplicable", "cases",
+    "conformance_adapters", "feature_matrix", "matrix_table", "neutral_inputs", "problems",
+    "run_cell",
+]
 
 def _block_modules_script(modules: list[str], body: str) -> str:
     """Return a script that makes importing ``modules`` fail, then runs ``body``."""
@@ -127,10 +92,8 @@ class BackendConformance:
     """The conformance tests; subclass it as ``Test...`` and set :attr:`adapter`.
 
     Every test builds small models, so the whole class runs in seconds.
-
-    Example:
-        >>> class TestTorchConformance(BackendConformance):  # doctest: +SKIP
-        ...     adapter = TorchAdapter()
+    A backend without optimizer support (``adapter.algorithm is None``) has
+    its optimizer tests skipped with that reason.
     """
 
     adapter: Adapter

@@ -29,8 +29,16 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from polybundle.api.checkpoints import CheckpointManager
+from polybundle.api.inspection import inspect
+from polybundle.api.migrate import migrate
 from polybundle.api.progress import printable
+from polybundle.api.transfer import plan_bundle
+from polybundle.api.verify import verify
 from polybundle.errors import PolybundleError
+from polybundle.hooks.manager import get_plugin_manager
+from polybundle.tools import conformance, demo
+from polybundle.tools.parity import DEFAULT_ATOL, DEFAULT_RTOL, compare
 
 Command = Callable[[argparse.Namespace, Console], int]
 
@@ -104,8 +112,6 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle inspect run.bundle --json
     """
-    from polybundle.api.inspection import inspect
-
     report = inspect(args.path)
     if args.json:
         print_json(report)
@@ -154,8 +160,6 @@ def run_checkpoints(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle checkpoints ./ckpt
     """
-    from polybundle.api.checkpoints import CheckpointManager
-
     manager = CheckpointManager(args.directory, keep_last=None)
     in_order = manager.checkpoints()  # oldest save first
     retained = {checkpoint.step: checkpoint for checkpoint in in_order}
@@ -189,10 +193,36 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle demo --out ./demo-bundles --steps 5
     """
-    from polybundle.tools.demo import run
-
-    results = run(args.out, steps=args.steps, console=console)
+    results = demo.run(args.out, steps=args.steps, console=console)
     return 0 if results and all(result.matches for result in results) else 1
+
+
+def run_conformance(args: argparse.Namespace, console: Console) -> int:
+    """Print the conformance feature matrix of the installed backends; 1 if any cell fails.
+
+    ``--plugin MODULE`` registers a plugin module first (one not installed);
+    ``--backend`` and ``--feature`` pick rows and columns.
+
+    Example:
+        $ polybundle conformance --backend torch --feature "round trip"
+    """
+    manager = get_plugin_manager()
+    for module in conformance.plugin_modules(args.plugin or ()):
+        if not manager.is_registered(module):
+            manager.register(module, name=module.__name__)
+    adapters = [a for a in conformance.conformance_adapters()
+                if not args.backend or a.backend in args.backend]
+    features = [f for f in conformance.FEATURES if not args.feature or f.name in args.feature]
+    cells = conformance.feature_matrix(adapters, features)
+    if args.json:
+        print_json([{"backend": c.backend, "feature": c.feature, "target": c.target,
+                     "status": c.status, "detail": c.detail} for c in cells])
+    else:
+        console.print(conformance.matrix_table(cells))
+        for line in conformance.problems(cells):
+            console.print(markup_safe(line), highlight=False, soft_wrap=True)
+    failed = [c for c in cells if c.status == conformance.FAIL]
+    return 1 if failed or not cells else 0
 
 
 def run_verify(args: argparse.Namespace, console: Console) -> int:
@@ -201,8 +231,6 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle verify wts.h5.zip
     """
-    from polybundle.api.verify import verify
-
     report = verify(args.path, progress=True)
     parity_ok = True
     if getattr(args, "parity", False) and report.ok:
@@ -228,8 +256,6 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle parity run.bundle --rtol 1e-5
     """
-    from polybundle.tools.parity import DEFAULT_ATOL, DEFAULT_RTOL, compare
-
     rtol = getattr(args, "rtol", None) or DEFAULT_RTOL
     atol = getattr(args, "atol", None) or DEFAULT_ATOL
     report = compare(args.path, rtol=rtol, atol=atol)
@@ -255,8 +281,6 @@ def run_plan(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle plan tf.bundle --to torch
     """
-    from polybundle.api.transfer import plan_bundle
-
     plan = plan_bundle(args.path, args.to)
     if args.json:
         print_json(plan)
@@ -292,8 +316,6 @@ def run_migrate(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle migrate wts.h5.zip wts.bundle
     """
-    from polybundle.api.migrate import migrate
-
     for line in migrate(args.src, args.dst).lines():
         console.print(markup_safe(line), highlight=False, soft_wrap=True)
     return 0
@@ -302,6 +324,7 @@ def run_migrate(args: argparse.Namespace, console: Console) -> int:
 COMMANDS: dict[str, Command] = {
     "inspect": run_inspect, "demo": run_demo, "checkpoints": run_checkpoints,
     "verify": run_verify, "migrate": run_migrate, "plan": run_plan, "parity": run_parity,
+    "conformance": run_conformance,
 }
 
 
@@ -325,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser = sub.add_parser("demo", help="train, save and load small models")
     demo_parser.add_argument("--out", default=None, help="folder for the bundles (default: temp)")
     demo_parser.add_argument("--steps", type=int, default=20, help="training steps per model")
+    conformance_parser = sub.add_parser(
+        "conformance", help="check every feature for every installed backend (feature matrix)"
+    )
+    conformance_parser.add_argument("--backend", action="append", help="only this backend")
+    conformance_parser.add_argument(
+        "--feature", action="append", choices=[f.name for f in conformance.FEATURES],
+        help="only this feature",
+    )
+    conformance_parser.add_argument(
+        "--plugin", action="append", help="register this plugin module first (import path)"
+    )
+    conformance_parser.add_argument("--json", action="store_true", help="print JSON")
     verify_parser = sub.add_parser("verify", help="integrity and safety report (loads no model)")
     verify_parser.add_argument("path")
     verify_parser.add_argument("--json", action="store_true", help="print JSON")
