@@ -32,6 +32,7 @@ from sybil.parsers.markdown import PythonCodeBlockParser
 
 import polybundle
 import polybundle.hooks.manager
+from polybundle.hooks.registry import scoped_declarations
 
 ROOT = Path(__file__).resolve().parent
 
@@ -48,7 +49,6 @@ DOCTEST_PENDING: frozenset[str] = frozenset({
     "core/polybundle/model/optimizer.py",
     "core/polybundle/model/optimizer_conversion.py",
     "core/polybundle/tools/demo.py",
-    "core/polybundle/tools/parity.py",
     "core/polybundle/tools/pytest_plugin.py",
     "backends/polybundle_tensorflow/backend.py",
     "backends/polybundle_tensorflow/keras_file.py",
@@ -103,12 +103,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.fixture(autouse=True)
 def _doctest_workdir(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run each docstring example in a fresh working directory with the shared names."""
-    if isinstance(request.node, DoctestItem):
-        workdir = request.getfixturevalue("tmp_path")
-        request.getfixturevalue("monkeypatch").chdir(workdir)
-        request.getfixturevalue("doctest_namespace").update(example_namespace(workdir))
-    yield
+    """Run each docstring example in a fresh working directory with the shared names.
+
+    Builders and tensor maps an example declares are forgotten after it.
+    """
+    if not isinstance(request.node, DoctestItem):
+        yield
+        return
+    workdir = request.getfixturevalue("tmp_path")
+    request.getfixturevalue("monkeypatch").chdir(workdir)
+    request.getfixturevalue("doctest_namespace").update(example_namespace(workdir))
+    with scoped_declarations():
+        yield
 
 
 def _is_doctest_module(file_path: Path) -> bool:

@@ -12,10 +12,20 @@ magnitude (an error relative to the output's scale, which stays meaningful
 where single outputs are near zero). A row passes when
 ``max_abs <= atol + rtol * max|reference|``.
 
-Example:
-    >>> report = polybundle.tools.parity.compare("run.bundle", x)  # doctest: +SKIP
-    >>> report.passed, report.rows[0].max_rel
-    (True, 2.1e-07)
+Example (one architecture registered in PyTorch and Keras; the bundle stores its reference):
+    >>> import keras
+    >>> @polybundle.architecture("doc-dense", backend="torch")
+    ... def torch_dense(config):
+    ...     return torch.nn.Sequential(torch.nn.Linear(config["inputs"], 2))
+    >>> @polybundle.architecture("doc-dense", backend="tensorflow")
+    ... def keras_dense(config):
+    ...     return keras.Sequential([keras.Input((config["inputs"],)), keras.layers.Dense(2)])
+    >>> dense = polybundle.build("doc-dense", {"inputs": 4}, backend="torch")
+    >>> x = np.linspace(-1, 1, 8, dtype="f4").reshape(2, 4)
+    >>> _ = polybundle.save("dense.bundle", {"net": dense}, parity_inputs=x)
+    >>> report = compare("dense.bundle", backends=["torch", "tensorflow"])
+    >>> report.passed, [(row.backend, row.max_rel < 1e-6) for row in report.rows]
+    (True, [('torch', True), ('tensorflow', True)])
 """
 
 from __future__ import annotations
@@ -58,7 +68,13 @@ def read_parity(path: str | os.PathLike[str], role: str) -> tuple[dict, dict] | 
     """Return ``(inputs, outputs)`` stored for ``role`` in the bundle at ``path``, or None.
 
     Example:
-        >>> inputs, outputs = read_parity("run.bundle", "net")  # doctest: +SKIP
+        >>> x = np.ones((2, 4), "f4")
+        >>> _ = polybundle.save("checked.bundle", {"net": net}, parity_inputs=x)
+        >>> inputs, outputs = read_parity("checked.bundle", "net")
+        >>> list(inputs), outputs["output"].shape
+        (['input'], (2, 2))
+        >>> read_parity("run.bundle", "net") is None  # saved without parity_inputs
+        True
     """
     with ArchiveReader(path) as archive:
         manifest = read_manifest(archive)
@@ -114,7 +130,11 @@ class ParityReport:
         """Return the report as a plain-text table.
 
         Example:
-            >>> print(report.table())  # doctest: +SKIP
+            >>> row = ParityRow("net", "output", "torch", 1.2e-7, 2.4e-7, True)
+            >>> print(ParityReport([row], rtol=1e-5, atol=1e-6, reference="stored").table())
+            reference: stored; pass when max_abs <= 1e-06 + 1e-05 * max|reference|
+            role  output  backend  max_abs    max_rel    result
+            net   output  torch    1.200e-07  2.400e-07  pass
         """
         lines = [f"reference: {self.reference}; pass when max_abs <= {self.atol:g} + "
                  f"{self.rtol:g} * max|reference|"]
@@ -165,9 +185,16 @@ def compare(
     defaults to every registered backend; those whose framework is not
     installed are listed in ``report.skipped``.
 
-    Example:
-        >>> polybundle.parity.compare("run.bundle", np.ones((2, 3), "f4")).passed  # doctest: +SKIP
-        True
+    Example (the writer's outputs on the inputs given are the reference):
+        >>> @polybundle.architecture("doc-relu", backend="torch")
+        ... def build_relu(config):
+        ...     return torch.nn.Sequential(torch.nn.Linear(config["inputs"], 3), torch.nn.ReLU())
+        >>> relu = polybundle.build("doc-relu", {"inputs": 4}, backend="torch")
+        >>> _ = polybundle.save("relu.bundle", {"net": relu})
+        >>> report = polybundle.parity.compare("relu.bundle", np.ones((2, 4), "f4"),
+        ...                                    backends=["torch"])
+        >>> report.passed, report.reference
+        (True, "'torch' outputs on the given inputs")
     """
     manifest = inspect(path)["manifest"]
     selected = list(roles) if roles is not None else [e["role"] for e in manifest["models"]]
