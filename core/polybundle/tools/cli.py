@@ -386,8 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     Errors polybundle raises on purpose are printed as one line, exit status 2.
 
     Example:
-        >>> main(["inspect", "run.bundle", "--json"])  # doctest: +SKIP
+        >>> main(["verify", "run.bundle"])
+        run.bundle (polybundle): OK
+          checked: zip structure of 3 members
+          ...
         0
+        >>> main(["inspect", "nothing.bundle"])  # the one-line error goes to stderr
+        2
     """
     args = build_parser().parse_args(argv)
     console = Console()
