@@ -14,9 +14,18 @@ weight's (``in,out`` for ``Dense``...). Neutral slot names: Adam's
 ``square_avg``, ``_momentums`` -> ``momentum``, ``_average_gradients`` ->
 ``grad_avg``.
 
+Conversion to and from other backends goes through the neutral convention of
+:mod:`polybundle.model.optimizer_conversion` (:func:`optimizer_to_neutral`,
+:func:`optimizer_from_neutral`): SGD's and RMSprop's momentum are rescaled by
+the learning rate, gradient clipping is refused.
+
 Example:
-    >>> state = export_optimizer(model, model.optimizer)  # doctest: +SKIP
-    >>> restore_optimizer(model, keras.optimizers.Adam(), state)  # doctest: +SKIP
+    >>> import keras
+    >>> import polybundle
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> state = export_optimizer(model, keras.optimizers.Adam())
+    >>> specs = polybundle.get_backend("tensorflow").describe(model)
+    >>> restore_optimizer(model, keras.optimizers.Adam(), state, specs)
 """
 
 from __future__ import annotations
@@ -140,7 +149,9 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
     schedule inside the optimizer, so ``scheduler`` must be ``None``.
 
     Example:
-        >>> export_optimizer(model, keras.optimizers.SGD(momentum=0.9)).algorithm  # doctest: +SKIP
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> export_optimizer(model, keras.optimizers.SGD(momentum=0.9)).algorithm
         'sgd'
     """
     algorithm = _algorithm(optimizer)
@@ -339,7 +350,14 @@ def restore_optimizer(
     (``dense_1`` vs ``dense``) do not matter.
 
     Example:
-        >>> restore_optimizer(model, keras.optimizers.Adam(), state, specs)  # doctest: +SKIP
+        >>> import keras
+        >>> import polybundle
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> state = export_optimizer(model, keras.optimizers.Adam(learning_rate=0.5))
+        >>> fresh = keras.optimizers.Adam()
+        >>> restore_optimizer(model, fresh, state, polybundle.get_backend("keras").describe(model))
+        >>> float(fresh.learning_rate)
+        0.5
     """
     by_name = _saved_variables(model, specs)
     _check(optimizer, state, by_name, scheduler)
@@ -463,8 +481,14 @@ def without_optimizer(model: Any) -> Iterator[None]:
     optimizer state only in its neutral members, so it is not duplicated.
 
     Example:
-        >>> with without_optimizer(model):  # doctest: +SKIP
-        ...     saving_lib.save_model(model, stream)
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> model.compile(optimizer="adam", loss="mse")
+        >>> with without_optimizer(model):
+        ...     print(model.optimizer)
+        None
+        >>> model.optimizer is not None
+        True
     """
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
@@ -508,7 +532,7 @@ def capture_rng() -> dict[str, Any]:
     ``None`` and ``skipped`` says why (Keras' seed generator is still recorded).
 
     Example:
-        >>> sorted(capture_rng())  # doctest: +SKIP
+        >>> sorted(capture_rng())
         ['algorithm', 'keras_seed', 'state']
     """
     generator = _global_generator()
@@ -546,7 +570,7 @@ def restore_rng(state: dict[str, Any]) -> None:
     leaves TensorFlow's global generator as it is.
 
     Example:
-        >>> restore_rng(capture_rng())  # doctest: +SKIP
+        >>> restore_rng(capture_rng())
     """
     import tensorflow as tf
 

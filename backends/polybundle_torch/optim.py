@@ -10,9 +10,15 @@ Neutral slot names: ``exp_avg`` -> ``m``, ``exp_avg_sq`` -> ``v``,
 ``max_exp_avg_sq`` -> ``v_max``, ``momentum_buffer`` -> ``momentum``,
 ``square_avg`` and ``grad_avg`` unchanged.
 
+Conversion to and from other backends goes through the neutral convention of
+:mod:`polybundle.model.optimizer_conversion`, which uses PyTorch's units: slots
+keep their values (:func:`optimizer_to_neutral`, :func:`optimizer_from_neutral`).
+
 Example:
-    >>> state = export_optimizer(model, torch.optim.Adam(model.parameters()))  # doctest: +SKIP
-    >>> restore_optimizer(model, torch.optim.Adam(model.parameters()), state)  # doctest: +SKIP
+    >>> import torch
+    >>> model = torch.nn.Linear(3, 2)
+    >>> state = export_optimizer(model, torch.optim.Adam(model.parameters()))
+    >>> restore_optimizer(model, torch.optim.Adam(model.parameters()), state, [])
 """
 
 from __future__ import annotations
@@ -128,6 +134,8 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
     """Return the neutral state of a PyTorch optimizer bound to ``model``'s parameters.
 
     Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
         >>> export_optimizer(model, torch.optim.SGD(model.parameters(), lr=0.1)).algorithm
         'sgd'
     """
@@ -332,8 +340,13 @@ def restore_optimizer(
     agreement with the neutral hyperparameters).
 
     Example:
-        >>> opt = torch.optim.Adam(model.parameters())  # doctest: +SKIP
-        >>> restore_optimizer(model, opt, state, bundle.tensor_specs("net"))
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
+        >>> state = export_optimizer(model, torch.optim.Adam(model.parameters(), lr=0.1))
+        >>> fresh = torch.optim.Adam(model.parameters())
+        >>> restore_optimizer(model, fresh, state, [])
+        >>> fresh.param_groups[0]["lr"]
+        0.1
     """
     import torch
 

@@ -12,7 +12,7 @@ In a bundle the state is two members of the role's folder:
 (the arrays, key ``"<slot>/<tensor name>"``). Neither can run code when read.
 
 Example:
-    >>> state = OptimizerState("adam", "torch", "torch.optim.adam.Adam", 3,
+    >>> state = OptimizerState("adam", "numpy", "numpy.Adam", 3,
     ...     groups=[{"parameters": ["w"], "hyperparameters": {"learning_rate": 0.1}}],
     ...     slots={"w": {"m": np.zeros(2, np.float32)}})
     >>> decode_optimizer(*encode_optimizer(state), where="net").step
@@ -52,16 +52,24 @@ class OptimizerState:
     """An optimizer's state in neutral form.
 
     ``groups`` is a list of ``{"parameters": [tensor names], "hyperparameters":
-    {neutral name: value}}`` (one per parameter group; Keras has one).
+    {neutral name: value}}`` (one per parameter group; some frameworks have one).
     ``slots`` maps a tensor name to ``{slot name: array}``. ``step`` is the
     number of updates applied (``None`` where the optimizer does not count
-    them, e.g. PyTorch SGD). ``schedule`` is the learning-rate schedule state
+    them, e.g. some SGD implementations). ``schedule`` is the learning-rate schedule state
     (plain data) or ``None``; ``native`` holds the backend's own exact settings
     so a restore in the same framework is exact.
 
     Example:
-        >>> state.algorithm, state.step, sorted(state.slots["0.weight"])  # doctest: +SKIP
+        >>> state = OptimizerState("adam", "numpy", "numpy.Adam", 10,
+        ...     groups=[{"parameters": ["w", "b"], "hyperparameters": {"learning_rate": 0.001}}],
+        ...     slots={"w": {"m": np.zeros((2, 3), np.float32), "v": np.zeros((2, 3), np.float32)},
+        ...            "b": {"m": np.zeros(2, np.float32), "v": np.zeros(2, np.float32)}})
+        >>> state.algorithm, state.step, sorted(state.slots["w"])
         ('adam', 10, ['m', 'v'])
+        >>> state.parameters, state.hyperparameters["learning_rate"], state.slot_names()
+        (['w', 'b'], 0.001, ['m', 'v'])
+        >>> state.nbytes(), state.summary()["slots"]
+        (64, {'m': 2, 'v': 2})
     """
 
     algorithm: str
@@ -78,8 +86,9 @@ class OptimizerState:
         """Return the tensor names the optimizer updates, in its own order.
 
         Example:
-            >>> state.parameters[:2]  # doctest: +SKIP
-            ['0.weight', '0.bias']
+            >>> OptimizerState("sgd", "numpy", "numpy.SGD", None, [{"parameters": ["w", "b"],
+            ...     "hyperparameters": {}}], {}).parameters
+            ['w', 'b']
         """
         return [name for group in self.groups for name in group["parameters"]]
 
@@ -88,8 +97,9 @@ class OptimizerState:
         """Return the first parameter group's neutral hyperparameters.
 
         Example:
-            >>> state.hyperparameters["learning_rate"]  # doctest: +SKIP
-            0.001
+            >>> OptimizerState("sgd", "numpy", "numpy.SGD", None, [{"parameters": [],
+            ...     "hyperparameters": {"learning_rate": 0.001}}], {}).hyperparameters
+            {'learning_rate': 0.001}
         """
         return self.groups[0]["hyperparameters"] if self.groups else {}
 
@@ -97,7 +107,8 @@ class OptimizerState:
         """Return every slot name used by any tensor, sorted.
 
         Example:
-            >>> state.slot_names()  # doctest: +SKIP
+            >>> OptimizerState("adam", "numpy", "numpy.Adam", 1, [], {"w": {
+            ...     "v": np.zeros(2), "m": np.zeros(2)}}).slot_names()
             ['m', 'v']
         """
         return sorted({slot for slots in self.slots.values() for slot in slots})
@@ -106,7 +117,8 @@ class OptimizerState:
         """Return the total size of the slot arrays in bytes.
 
         Example:
-            >>> state.nbytes()  # doctest: +SKIP
+            >>> OptimizerState("sgd", "numpy", "numpy.SGD", 1, [], {"w": {
+            ...     "momentum": np.zeros(256, np.float32)}}).nbytes()
             1024
         """
         return sum(a.nbytes for slots in self.slots.values() for a in slots.values())
@@ -115,7 +127,8 @@ class OptimizerState:
         """Return a JSON-ready summary: algorithm, step, hyperparameters, slots.
 
         Example:
-            >>> state.summary()["slots"]  # doctest: +SKIP
+            >>> slots = {name: {"m": np.zeros(1), "v": np.zeros(1)} for name in ("w", "b")}
+            >>> OptimizerState("adam", "numpy", "numpy.Adam", 1, [], slots).summary()["slots"]
             {'m': 2, 'v': 2}
         """
         counts = {slot: 0 for slot in self.slot_names()}
@@ -199,7 +212,11 @@ def encode_optimizer(state: OptimizerState) -> tuple[bytes, bytes]:
     """Return ``(optimizer.json bytes, optimizer.safetensors bytes)`` for ``state``.
 
     Example:
-        >>> document, arrays = encode_optimizer(state)  # doctest: +SKIP
+        >>> state = OptimizerState("sgd", "numpy", "numpy.SGD", 2, [{"parameters": ["w"],
+        ...     "hyperparameters": {"learning_rate": 0.1}}], {"w": {"momentum": np.ones(2)}})
+        >>> document, arrays = encode_optimizer(state)
+        >>> json.loads(document)["slots"], sorted(load_arrays(arrays, where="net"))
+        ({'w': ['momentum']}, ['momentum/w'])
     """
     arrays: dict[str, np.ndarray] = {}
     for tensor, slots in state.slots.items():
@@ -234,9 +251,9 @@ _REQUIRED = {
     "groups": list, "slots": dict, "native": dict,
 }
 COUNTING = ("adam", "adamw", "rmsprop")
-"""Algorithms whose state always has a step count (bias correction, PyTorch's RMSprop step)."""
+"""Algorithms whose state always has a step count (bias correction; RMSprop counts too)."""
 MAX_STEP = 2**63 - 1
-"""Largest step count accepted (PyTorch and Keras hold it in 64 bits at most)."""
+"""Largest step count accepted (frameworks hold it in 64 bits at most)."""
 
 _NON_NEGATIVE = ("learning_rate", "epsilon", "weight_decay", "momentum", "dampening")
 _UNIT_INTERVAL = ("beta_1", "beta_2", "rho")
@@ -371,8 +388,11 @@ def summarize_document(document_bytes: bytes, *, where: str) -> dict[str, Any]:
     """Summarize ``optimizer.json`` alone (no arrays read): algorithm, step, slots.
 
     Example:
-        >>> summarize_document(encode_optimizer(state)[0], where="net")["slots"]  # doctest: +SKIP
-        {'m': 4, 'v': 4}
+        >>> state = OptimizerState("adam", "numpy", "numpy.Adam", 4, [{"parameters": ["w", "b"],
+        ...     "hyperparameters": {}}], {name: {"m": np.zeros(1), "v": np.zeros(1)}
+        ...                            for name in ("w", "b")})
+        >>> summarize_document(encode_optimizer(state)[0], where="net")["slots"]
+        {'m': 2, 'v': 2}
     """
     document = _parse_document(document_bytes, where)
     counts: dict[str, int] = {}
@@ -479,9 +499,9 @@ def check_training_members(archive: Any, manifest: dict[str, Any]) -> list[str]:
     tensors, hyperparameter types and ranges, RNG words), without a framework.
     A problem raises the typed error a restore would raise.
 
-    Example:
-        >>> check_training_members(archive, read_manifest(archive))  # doctest: +SKIP
-        ['net/optimizer.json and net/optimizer.safetensors: adam, step 10, 4 slot arrays']
+    Example (a bundle without training state has nothing to check):
+        >>> check_training_members(None, {"models": [{"role": "net"}]})
+        []
     """
     from polybundle.model.backend import TensorSpec
     from polybundle.safety import budget

@@ -271,8 +271,11 @@ def restore_optimizer(
     names and shapes) before anything changes.
 
     Example:
-        >>> fresh = nnx.Optimizer(model, adam(1e-3), wrt=nnx.Param)  # doctest: +SKIP
-        >>> restore_optimizer(model, fresh, state)  # doctest: +SKIP
+        >>> from flax import nnx
+        >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+        >>> state = export_optimizer(model, nnx.Optimizer(model, adam(1e-3), wrt=nnx.Param))
+        >>> fresh = nnx.Optimizer(model, adam(1e-3), wrt=nnx.Param)
+        >>> restore_optimizer(model, fresh, state)
     """
     import jax.numpy as jnp
 
