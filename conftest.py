@@ -42,7 +42,6 @@ DOCTEST_ROOTS = ("core/polybundle", "backends", "plugins/polybundle-jax/polybund
 DOCTEST_PENDING: frozenset[str] = frozenset({
     "core/polybundle/__init__.py",
     "core/polybundle/testing.py",
-    "core/polybundle/api/loading.py",
     "core/polybundle/legacy/kerasfile.py",
     "core/polybundle/legacy/readers.py",
     "core/polybundle/model/backend.py",

@@ -1,8 +1,11 @@
 """``polybundle.load``: detect what wrote a bundle and bring its models back.
 
-Example:
-    >>> bundle = polybundle.load("run.bundle")  # doctest: +SKIP
-    >>> bundle.models["net"]
+Example (``net`` is a model of the saved architecture):
+    >>> bundle = polybundle.load("run.bundle", into={"net": net})
+    >>> bundle.models["net"] is net, bundle.params
+    (True, {'N': 4, 'lr': 0.001})
+    >>> polybundle.load("wts.h5.zip", lazy=True).roles  # a TensorFlow-era legacy archive
+    ['autoencoder', 'diffraction_to_obj']
 """
 
 from __future__ import annotations
@@ -80,9 +83,13 @@ def detect(archive: ArchiveReader) -> Detection:
     """Ask the detector plugins what wrote ``archive``; raise when none knows.
 
     Example:
-        >>> with ArchiveReader("run.bundle") as archive:  # doctest: +SKIP
+        >>> with ArchiveReader("run.bundle") as archive:
         ...     detect(archive)
         Detection(format='polybundle', backend='torch')
+        >>> torch.save(net.state_dict(), "net.pth")
+        >>> with ArchiveReader("net.pth") as archive:
+        ...     detect(archive)
+        Detection(format='torch-file', backend='torch')
     """
     detection = get_plugin_manager().hook.polybundle_detect_archive(archive=archive)
     if detection is None:
@@ -102,9 +109,10 @@ class WholeFileArchive(ArchiveReader):
     format-2 readers (eager, lazy, converted) read a plain file unchanged.
 
     Example:
-        >>> with WholeFileArchive("model.pth", "model.pth") as archive:  # doctest: +SKIP
-        ...     archive.size("model.pth") == os.path.getsize("model.pth")
-        True
+        >>> torch.save(net.state_dict(), "net.pth")
+        >>> with WholeFileArchive("net.pth", "model.pth") as archive:
+        ...     archive.has("model.pth"), archive.size("model.pth") == os.path.getsize("net.pth")
+        (True, True)
     """
 
     def __init__(self, path: str | os.PathLike[str], weights: str) -> None:
@@ -148,9 +156,14 @@ def plain_manifest(archive: WholeFileArchive, detection: Detection) -> dict[str,
     converting).
 
     Example:
-        >>> with WholeFileArchive("net.pth", "model.pth") as archive:  # doctest: +SKIP
-        ...     plain_manifest(archive, detect(archive))["models"][0]["role"]
-        'model'
+        >>> torch.save(net.state_dict(), "net.pth")
+        >>> with WholeFileArchive("net.pth", "model.pth") as archive:
+        ...     manifest = plain_manifest(archive, detect(archive))
+        >>> manifest["format"], manifest["members"], manifest["models"][0]["role"]
+        ('torch-file', {}, 'model')
+        >>> manifest["models"][0]["tensors"][0]
+        {'name': '0.weight', 'key': '0.weight', 'shape': [3, 4], 'dtype': 'float32',
+         'layout': 'opaque'}
     """
     backend = _plain_backend_of(detection)
     with archive.open(archive.weights) as source:
@@ -178,8 +191,9 @@ def open_plain(path: str | os.PathLike[str], detection: Detection) -> WholeFileA
     """Open a plain framework file that ``detection`` recognised as a whole-file archive.
 
     Example:
+        >>> torch.save(net.state_dict(), "net.pth")
         >>> with open_plain("net.pth", Detection("torch-file", "torch")) as archive:
-        ...     archive.weights  # doctest: +SKIP
+        ...     archive.weights
         'model.pth'
     """
     return WholeFileArchive(path, _plain_backend_of(detection).weights_member)
@@ -211,9 +225,16 @@ def with_builder_tags(manifest: dict[str, Any], backend: Backend) -> dict[str, A
     builder's tensors differ from the file's, ``manifest`` is returned as is.
 
     Example:
-        >>> with_builder_tags(manifest, get_backend("torch"))["models"][0]["tensors"][0]["layout"]
-        ... # doctest: +SKIP
-        'out,in'
+        >>> torch.save(net.state_dict(), "net.pth")
+        >>> with open_plain("net.pth", Detection("torch-file", "torch")) as archive:
+        ...     manifest = plain_manifest(archive, detect(archive))
+        >>> @polybundle.architecture("model", backend="torch")
+        ... def build_model(config):
+        ...     return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(),
+        ...                                torch.nn.Linear(3, 2))
+        >>> tagged = with_builder_tags(manifest, get_backend("torch"))
+        >>> [entry["models"][0]["tensors"][0]["layout"] for entry in (manifest, tagged)]
+        ['opaque', 'out,in']
     """
     registry = get_registry()
     if not registry.has_builder(PLAIN_ROLE, backend.name):
@@ -233,15 +254,20 @@ class PlainBundle(Bundle):
     Its one role is ``model``; it has no params and no optimizer state.
 
     Example:
-        >>> polybundle.load("model.keras", lazy=True).tensors("model")  # doctest: +SKIP
+        >>> torch.save(net.state_dict(), "net.pth")
+        >>> bundle = polybundle.load("net.pth", lazy=True)
+        >>> type(bundle).__name__, bundle.roles, bundle.params
+        ('PlainBundle', ['model'], {})
     """
 
     def tensors(self, role: str) -> Any:
         """Read ``role``'s tensors from the file (memory-mapped when loaded lazily).
 
         Example:
-            >>> bundle.tensors("model")["fc.weight"].shape  # doctest: +SKIP
-            (4, 3)
+            >>> torch.save(net.state_dict(), "net.pth")
+            >>> bundle = polybundle.load("net.pth", lazy=True)
+            >>> bundle.tensors("model")["0.weight"].shape
+            (3, 4)
         """
         entry = model_entry(self.manifest, role)
         with budget.limit(self.max_bytes), ArchiveReader(self.path) as probe:
@@ -340,7 +366,7 @@ def load(
     loaded when ``into`` gives models the caller owns. Nothing is ever unpickled.
 
     ``progress=True`` shows a progress bar of the bytes read (hashing and
-    loading) for bundles of 64 MiB and more (:mod:`polybundle.tools.progress`).
+    loading) for bundles of 64 MiB and more (:mod:`polybundle.api.progress`).
 
     ``max_bytes`` caps the memory the call may allocate from the sizes the
     archive declares (None: :data:`polybundle.safety.budget.DEFAULT_MAX_BYTES`);
@@ -367,8 +393,16 @@ def load(
     ``custom_objects.dill``, which imports and can run the code it names.
 
     Example:
-        >>> bundle = polybundle.load("run.bundle", roles=["net"])  # doctest: +SKIP
-        >>> bundle.models["net"].eval()
+        >>> bundle = polybundle.load("run.bundle", roles=["net"], into={"net": net})
+        >>> bundle.models["net"](torch.ones(1, 4)).shape
+        torch.Size([1, 2])
+        >>> polybundle.load("run.bundle")  # no builder registered for its architecture
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnknownArchitectureError: the 'torch' backend cannot rebuild a model
+        from its weights file alone, ... or pass into={role: model}.
+        >>> polybundle.load("run.bundle", lazy=True).tensors("net")["2.bias"].shape
+        (2,)
     """
     into = dict(into or {})
     if lazy and into:
