@@ -18,11 +18,21 @@ the next save writes a good index again. Readers never fail because a
 concurrent writer pruned the checkpoint they were about to open: they read the
 index again and retry.
 
-Example:
+Example (the last two checkpoints and the best one are kept):
+    >>> opt = torch.optim.Adam(net.parameters())
     >>> manager = CheckpointManager("ckpt", keep_last=2, keep_best=("val_loss", "min"))
-    >>> manager.save(100, {"net": net}, optimizers={"net": opt},
-    ...              metrics={"val_loss": 0.31})  # doctest: +SKIP
-    >>> bundle = manager.restore(into={"net": fresh_net})  # doctest: +SKIP
+    >>> for step, val_loss in [(100, 0.31), (200, 0.21), (300, 0.27), (400, 0.29)]:
+    ...     net(torch.ones(1, 4)).sum().backward()
+    ...     opt.step()
+    ...     _ = manager.save(step, {"net": net}, optimizers={"net": opt},
+    ...                      metrics={"val_loss": val_loss})
+    >>> [checkpoint.step for checkpoint in manager.checkpoints()]
+    [200, 300, 400]
+    >>> bundle = manager.restore(into={"net": net})  # the latest, step 400
+    >>> fresh = torch.optim.Adam(net.parameters())
+    >>> bundle.restore_optimizer("net", fresh)
+    >>> fresh.state_dict()["state"][0]["step"]
+    tensor(4.)
 """
 
 from __future__ import annotations
@@ -77,8 +87,10 @@ class Checkpoint:
     """One retained checkpoint: its step, bundle path, metrics and save time.
 
     Example:
-        >>> manager.latest()  # doctest: +SKIP
-        Checkpoint(step=100, path=PosixPath('ckpt/checkpoint-0000000100.bundle'), ...)
+        >>> manager = CheckpointManager("ckpt")
+        >>> manager.save(100, {"net": net}, metrics={"loss": 0.5})
+        Checkpoint(step=100, path=PosixPath('ckpt/checkpoint-0000000100.bundle'),
+                   metrics={'loss': 0.5}, created='...')
     """
 
     step: int
@@ -94,7 +106,9 @@ def write_json_atomically(path: Path, document: Any) -> None:
     :class:`~polybundle.errors.WriteError` and leaves no temporary file.
 
     Example:
-        >>> write_json_atomically(Path("ckpt/index.json"), {"steps": []})  # doctest: +SKIP
+        >>> write_json_atomically(Path("index.json"), {"steps": []})
+        >>> json.loads(Path("index.json").read_text())
+        {'steps': []}
     """
     atomic_write_bytes(path, json.dumps(document, indent=1, allow_nan=False).encode("utf-8"))
 
@@ -219,9 +233,14 @@ class CheckpointManager:
 
     Example:
         >>> manager = CheckpointManager("ckpt", keep_last=3)
-        >>> manager.save(10, {"net": net}, metrics={"loss": 0.5})  # doctest: +SKIP
-        >>> manager.latest().step  # doctest: +SKIP
-        10
+        >>> manager.latest() is None
+        True
+        >>> for step in (10, 20, 30, 40):
+        ...     _ = manager.save(step, {"net": net}, metrics={"loss": 1 / step})
+        >>> manager.latest().step, [c.step for c in manager.checkpoints()]
+        (40, [20, 30, 40])
+        >>> sorted(path.name for path in Path("ckpt").glob("*.bundle"))[0]
+        'checkpoint-0000000020.bundle'
     """
 
     def __init__(
@@ -393,9 +412,18 @@ class CheckpointManager:
         step again replaces its checkpoint.
 
         Example:
+            >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+            >>> net(torch.ones(1, 4)).sum().backward()
+            >>> opt.step()
+            >>> manager = CheckpointManager("ckpt")
             >>> manager.save(200, {"net": net}, optimizers={"net": opt},
-            ...              metrics={"val_loss": 0.28}).path.name  # doctest: +SKIP
+            ...              metrics={"val_loss": 0.28}).path.name
             'checkpoint-0000000200.bundle'
+            >>> manager.save(200, {"net": net}, metrics={"val_loss": float("nan")})
+            Traceback (most recent call last):
+            ...
+            polybundle.errors.CheckpointError: metric 'val_loss' is nan; expected a str name and
+            a finite int or float (call float() on tensors).
         """
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise CheckpointError(f"step is {step!r}; expected an int >= 0.")
@@ -431,8 +459,11 @@ class CheckpointManager:
         """Return the retained checkpoints, oldest save first.
 
         Example:
-            >>> [c.step for c in manager.checkpoints()]  # doctest: +SKIP
-            [300, 400]
+            >>> manager = CheckpointManager("ckpt", keep_last=2, keep_best=("val_loss", "min"))
+            >>> for step, val_loss in [(100, 0.31), (200, 0.21), (300, 0.27), (400, 0.29)]:
+            ...     _ = manager.save(step, {"net": net}, metrics={"val_loss": val_loss})
+            >>> [c.step for c in manager.checkpoints()]  # the best (200) and the last two
+            [200, 300, 400]
         """
         return [self._checkpoint(e) for e in self._read_index()["checkpoints"]]
 
@@ -440,7 +471,10 @@ class CheckpointManager:
         """Return the most recently saved checkpoint, or ``None`` when there is none.
 
         Example:
-            >>> manager.latest().step  # doctest: +SKIP
+            >>> manager = CheckpointManager("ckpt", keep_last=2, keep_best=("val_loss", "min"))
+            >>> for step, val_loss in [(100, 0.31), (200, 0.21), (300, 0.27), (400, 0.29)]:
+            ...     _ = manager.save(step, {"net": net}, metrics={"val_loss": val_loss})
+            >>> manager.latest().step
             400
         """
         for attempt in range(_READ_ATTEMPTS):
@@ -454,8 +488,13 @@ class CheckpointManager:
         """Return the retained checkpoint with the best ``metric`` (default: ``keep_best``'s).
 
         Example:
-            >>> manager.best().metrics  # doctest: +SKIP
-            {'val_loss': 0.21}
+            >>> manager = CheckpointManager("ckpt", keep_last=2, keep_best=("val_loss", "min"))
+            >>> for step, val_loss in [(100, 0.31), (200, 0.21), (300, 0.27), (400, 0.29)]:
+            ...     _ = manager.save(step, {"net": net}, metrics={"val_loss": val_loss})
+            >>> manager.best().step, manager.best().metrics
+            (200, {'val_loss': 0.21})
+            >>> manager.best("val_loss", "max").step  # among the retained ones
+            400
         """
         if metric is None and self.keep_best is not None:
             metric, mode = self.keep_best[0], mode or self.keep_best[1]
@@ -474,8 +513,13 @@ class CheckpointManager:
         """Return ``{"step", "metrics", "created"}`` of every step saved, pruned ones too.
 
         Example:
-            >>> [h["step"] for h in manager.history()]  # doctest: +SKIP
+            >>> manager = CheckpointManager("ckpt", keep_last=2, keep_best=("val_loss", "min"))
+            >>> for step, val_loss in [(100, 0.31), (200, 0.21), (300, 0.27), (400, 0.29)]:
+            ...     _ = manager.save(step, {"net": net}, metrics={"val_loss": val_loss})
+            >>> [h["step"] for h in manager.history()]  # step 100 was pruned; its metrics stay
             [100, 200, 300, 400]
+            >>> manager.history()[0]["metrics"]
+            {'val_loss': 0.31}
         """
         return [dict(h) for h in self._read_index()["history"]]
 
@@ -495,8 +539,23 @@ class CheckpointManager:
         Restore optimizers with :meth:`Bundle.restore_optimizer`.
 
         Example:
-            >>> bundle = manager.restore(into={"net": net})  # doctest: +SKIP
-            >>> bundle.restore_optimizer("net", opt)  # doctest: +SKIP
+            >>> opt = torch.optim.Adam(net.parameters())
+            >>> net(torch.ones(1, 4)).sum().backward()
+            >>> opt.step()
+            >>> manager = CheckpointManager("ckpt")
+            >>> _ = manager.save(1, {"net": net}, optimizers={"net": opt})
+            >>> expected = net(torch.ones(1, 4))
+            >>> with torch.no_grad():
+            ...     _ = net[0].weight.zero_()  # training goes wrong after the checkpoint
+            >>> bundle = manager.restore(into={"net": net})
+            >>> bool(torch.equal(bundle.models["net"](torch.ones(1, 4)), expected))
+            True
+            >>> bundle.restore_optimizer("net", opt)
+            >>> manager.restore(step=7)
+            Traceback (most recent call last):
+            ...
+            polybundle.errors.CheckpointError: no retained checkpoint for step 7 in 'ckpt';
+            retained steps: [1].
         """
         for attempt in range(_READ_ATTEMPTS):
             chosen = self._choose(step)
