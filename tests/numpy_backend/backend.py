@@ -160,8 +160,8 @@ def decode(data: bytes | memoryview, where: str = WEIGHTS_MEMBER) -> dict[str, n
     """Return every tensor of the safetensors file ``data`` (read-only views of it).
 
     Example:
-        >>> decode(encode({"b": np.ones(1, np.float32)}))["b"].dtype
-        dtype('float32')
+        >>> decode(encode({"b": np.ones(1, np.float32)}))["b"].dtype.name
+        'float32'
     """
     header, start = index(data, where)
     return {
