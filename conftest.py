@@ -49,7 +49,6 @@ DOCTEST_PENDING: frozenset[str] = frozenset({
     "backends/polybundle_tensorflow/backend.py",
     "backends/polybundle_tensorflow/keras_file.py",
     "backends/polybundle_torch/backend.py",
-    "backends/polybundle_torch/pth_reader.py",
     "plugins/polybundle-jax/polybundle_jax/__init__.py",
     "plugins/polybundle-jax/polybundle_jax/backend.py",
     "plugins/polybundle-jax/polybundle_jax/plugin.py",

@@ -28,9 +28,13 @@ read-only memory map of the file. A STORED member of a bundle is reached
 through a sub-range of the outer file, so nothing is copied on the way.
 
 Example:
-    >>> with open("model.pth", "rb") as f:  # doctest: +SKIP
-    ...     read_pth(f)["0.bias"]
-    array([0.1, -0.2], dtype=float32)
+    >>> torch.save(net.state_dict(), "model.pth")
+    >>> with open("model.pth", "rb") as f:
+    ...     tensors = read_pth(f)
+    >>> sorted(tensors), tensors["2.bias"].dtype
+    (['0.bias', '0.weight', '2.bias', '2.weight'], dtype('float32'))
+    >>> np.array_equal(tensors["0.weight"], net[0].weight.detach().numpy())
+    True
 """
 
 from __future__ import annotations
@@ -421,11 +425,14 @@ def index_pth(source: Source, *, where: str = "model.pth") -> dict[str, TorchTen
     ``byteorder``. Tensors sharing a storage share one object.
 
     Example:
-        >>> import io, torch  # doctest: +SKIP
-        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2, 3)}, buffer)  # doctest: +SKIP
-        >>> entry = index_pth(buffer)["w"]  # doctest: +SKIP
-        >>> entry.storage.member, entry.storage.dtype, entry.shape, entry.strides  # doctest: +SKIP
+        >>> buffer = io.BytesIO()
+        >>> torch.save({"w": torch.ones(2, 3), "wt": torch.ones(2, 3).t()}, buffer)
+        >>> index = index_pth(buffer)
+        >>> entry = index["w"]
+        >>> entry.storage.member, entry.storage.dtype, entry.shape, entry.strides
         ('archive/data/0', 'float32', (2, 3), (3, 1))
+        >>> index["wt"].shape, index["wt"].strides  # a transposed view of its own storage
+        ((3, 2), (1, 3))
     """
     with _reading(where):
         return _PthFile(source, where).checked(None, TensorViews(where, copy=False))
@@ -444,9 +451,10 @@ def check_pth(
     :func:`index_pth` returns; the caller rewinds ``source`` itself.
 
     Example:
-        >>> with open("model.pth", "rb") as f:  # doctest: +SKIP
+        >>> torch.save(net.state_dict(), "model.pth")
+        >>> with open("model.pth", "rb") as f:
         ...     sorted(check_pth(f))
-        ['0.bias', '0.weight']
+        ['0.bias', '0.weight', '2.bias', '2.weight']
     """
     with _reading(where):
         tensors = _PthFile(source, where).checked(specs, TensorViews(where, copy=False))
@@ -478,9 +486,13 @@ def read_pth(
     mismatch).
 
     Example:
-        >>> import io, torch  # doctest: +SKIP
-        >>> buffer = io.BytesIO(); torch.save({"w": torch.ones(2)}, buffer)  # doctest: +SKIP
-        >>> read_pth(buffer)["w"]  # doctest: +SKIP
+        >>> buffer = io.BytesIO()
+        >>> torch.save({"w": torch.ones(2)}, buffer)
+        >>> read_pth(buffer)["w"]
+        array([1., 1.], dtype=float32)
+        >>> old = io.BytesIO()  # the pre-zip layout reads the same
+        >>> torch.save({"w": torch.ones(2)}, old, _use_new_zipfile_serialization=False)
+        >>> read_pth(old.getvalue())["w"]
         array([1., 1.], dtype=float32)
     """
     with _reading(where):
@@ -581,7 +593,13 @@ def read_pickled_storage(data: bytes) -> TorchStorage:
     Used by :mod:`polybundle_torch.legacy_eras` for tensors pickled into params files.
 
     Example:
-        >>> read_pickled_storage(blob).array  # doctest: +SKIP
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", UserWarning)  # TypedStorage is deprecated
+        ...     rebuild, (blob,) = torch.tensor([1.0, 2.0]).storage().__reduce__()
+        >>> rebuild.__name__
+        '_load_from_bytes'
+        >>> read_pickled_storage(blob).array
         array([1., 2.], dtype=float32)
     """
     where = "a pickled torch storage"
