@@ -7,8 +7,10 @@ namespace per document, in order (a ``pycon``/``>>>`` block compares its output)
 
 Every example runs in a fresh temporary working directory that holds ``run.bundle``: a
 tiny PyTorch model (``nn.Sequential(Linear(4, 3), ReLU(), Linear(3, 2))``, role
-``net``, params ``{"N": 4, "lr": 0.001}``), and ``wts.h5.zip``: a real TensorFlow-era
-legacy archive (``tests/fixtures/legacy/tf_era_shared.zip``). Its namespace holds ``np``,
+``net``, params ``{"N": 4, "lr": 0.001}``), ``wts.h5.zip``: a real TensorFlow-era
+legacy archive (``tests/fixtures/legacy/tf_era_shared.zip``), and ``model.keras``: the Keras 3
+file of that archive's ``autoencoder`` role (a Functional model with a custom last layer,
+saved after training: its weights file holds optimizer slots too). Its namespace holds ``np``,
 ``Path``, ``polybundle``, ``torch`` and ``net`` (a fresh copy of the saved model).
 """
 
@@ -20,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +50,6 @@ DOCTEST_PENDING: frozenset[str] = frozenset({
     "core/polybundle/model/backend.py",
     "core/polybundle/tools/demo.py",
     "backends/polybundle_tensorflow/backend.py",
-    "backends/polybundle_tensorflow/keras_file.py",
     "backends/polybundle_torch/backend.py",
     "plugins/polybundle-jax/polybundle_jax/__init__.py",
     "plugins/polybundle-jax/polybundle_jax/backend.py",
@@ -72,8 +74,10 @@ def _example_files() -> tuple[Path, Any]:
         net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
         folder = Path(tempfile.mkdtemp(prefix="polybundle-examples-"))
         polybundle.save(folder / "run.bundle", {"net": net}, params={"N": 4, "lr": 0.001})
-        shutil.copy(ROOT / "tests" / "fixtures" / "legacy" / "tf_era_shared.zip",
-                    folder / "wts.h5.zip")
+        legacy = ROOT / "tests" / "fixtures" / "legacy" / "tf_era_shared.zip"
+        shutil.copy(legacy, folder / "wts.h5.zip")
+        with zipfile.ZipFile(legacy) as archive:
+            (folder / "model.keras").write_bytes(archive.read("autoencoder/model.keras"))
         _made.update(folder=folder, net=net, torch=torch)
     return _made["folder"], _made["net"]
 

@@ -20,10 +20,13 @@ dataset bytes: :func:`read_stored` reads them straight from the weights file
 (one ``preadv`` for a bundle member, or a view of a memory map of the bundle),
 after charging :mod:`polybundle.safety.budget`.
 
-Example:
-    >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
-    ...     sorted(read_keras(f))[:2]
-    ['enc_bn/beta', 'enc_bn/gamma']
+Example (``model.keras``: a Functional model Keras 3 saved):
+    >>> with open("model.keras", "rb") as f:
+    ...     weights = read_keras(f)
+    >>> list(weights)[:3]
+    ['enc_conv1/kernel', 'enc_conv1/bias', 'enc_bn/gamma']
+    >>> weights["enc_conv1/kernel"].shape
+    (3, 3, 1, 8)
 """
 
 from __future__ import annotations
@@ -309,8 +312,14 @@ def read_config(source: BinaryIO) -> dict[str, Any]:
     """Read only ``config.json`` of the ``.keras`` zip in the seekable ``source``.
 
     Example:
-        >>> read_config(archive.open("net/model.keras"))["class_name"]  # doctest: +SKIP
-        'Sequential'
+        >>> with open("model.keras", "rb") as f:
+        ...     config = read_config(f)
+        >>> config["class_name"], [layer["name"] for layer in config["config"]["layers"]][1:3]
+        ('Functional', ['enc_conv1', 'enc_bn'])
+        >>> read_config(io.BytesIO(b"not a zip"))
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: model.keras is not a Keras file with config.json (...).
     """
     where = getattr(source, "name", "model.keras")
     try:
@@ -411,9 +420,13 @@ class CheckedTree:
     length in bytes, ``where`` names it in messages.
 
     Example:
-        >>> with weights_file(stream) as h5:  # doctest: +SKIP
-        ...     sorted(check_tree(h5, size=22384).datasets)[:1]
-        ['layers/batch_normalization/vars/0']
+        >>> with open("model.keras", "rb") as f:
+        ...     stream = open_nested(f, WEIGHTS_H5)
+        ...     size = stream_size(stream)
+        ...     with weights_file(stream) as h5:
+        ...         tree = check_tree(h5, size=size)
+        >>> sorted(tree.datasets)[:1], tree.size, tree.where
+        (['layers/batch_normalization/vars/0'], 35240, 'model.keras')
     """
 
     h5: Any
@@ -462,9 +475,21 @@ def check_tree(h5: Any, *, size: int, where: str = "") -> CheckedTree:
     :func:`check_dataset` needs its result.
 
     Example:
-        >>> with weights_file(stream) as h5:  # doctest: +SKIP
-        ...     "layers/dense/vars/0" in check_tree(h5, size=22384).datasets
+        >>> with open("model.keras", "rb") as f:
+        ...     stream = open_nested(f, WEIGHTS_H5)
+        ...     with weights_file(stream) as h5:
+        ...         "layers/conv2d/vars/0" in check_tree(h5, size=stream_size(stream)).datasets
         True
+        >>> import h5py
+        >>> with h5py.File("linked.h5", "w") as h5:
+        ...     h5["a"] = np.zeros(2, "f4")
+        ...     h5["b"] = h5py.SoftLink("/a")
+        >>> with open("linked.h5", "rb") as f, weights_file(f) as h5:
+        ...     check_tree(h5, size=stream_size(f), where="linked.h5")
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.UnsafeContentError: linked.h5: model.weights.h5 'b' is a soft link
+        to '/a'; expected a group or dataset stored here. ...
     """
     import h5py
     from h5py import h5o
@@ -610,9 +635,22 @@ def check_dataset(
     refused at once.
 
     Example:
-        >>> with weights_file(stream) as h5:  # doctest: +SKIP
-        ...     check_dataset(check_tree(h5, size=22384), "layers/dense/vars/1").shape
-        (2,)
+        >>> spec = TensorSpec("enc_conv1/kernel", "layers/conv2d/vars/0", (3, 3, 1, 4),
+        ...                   "float32", "opaque")
+        >>> f = open("model.keras", "rb")
+        >>> stream = open_nested(f, WEIGHTS_H5)
+        >>> with weights_file(stream) as h5:
+        ...     check_dataset(check_tree(h5, size=stream_size(stream)), "layers/conv2d/vars/0")
+        StoredDataset(key='layers/conv2d/vars/0', shape=(3, 3, 1, 8), dtype=dtype('float32'),
+                      offset=10992, nbytes=288)
+        >>> with weights_file(stream) as h5:
+        ...     check_dataset(check_tree(h5, size=stream_size(stream)), "layers/conv2d/vars/0",
+        ...                   spec=spec)
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.IntegrityError: model.keras: model.weights.h5 stores enc_conv1/kernel
+        as (3, 3, 1, 8) float32, but the manifest declares (3, 3, 1, 4) float32; ...
+        >>> f.close()
     """
     where = tree.where
     if key not in tree.datasets:
@@ -720,8 +758,10 @@ def check_weights(
     dtype (:class:`~polybundle.errors.IntegrityError` otherwise). Reads only metadata.
 
     Example:
-        >>> [d.key for d in check_weights(stream)][:1]  # doctest: +SKIP
-        ['layers/batch_normalization/vars/0']
+        >>> with open("model.keras", "rb") as f:
+        ...     stored = check_weights(open_nested(f, WEIGHTS_H5))
+        >>> [(d.key, d.shape) for d in stored][:2]
+        [('layers/batch_normalization/vars/0', (8,)), ('layers/batch_normalization/vars/1', (8,))]
     """
     size = stream_size(stream)
     with weights_file(stream, where=where) as h5:
@@ -743,11 +783,14 @@ def check_listed(tree: CheckedTree, listed: Iterable[str]) -> None:
     all refuse it alike.
 
     Example:
-        >>> with weights_file(stream) as h5:  # doctest: +SKIP
-        ...     check_listed(check_tree(h5, size=22384), ["layers/dense/vars/0"])
+        >>> with open("model.keras", "rb") as f:
+        ...     stream = open_nested(f, WEIGHTS_H5)
+        ...     with weights_file(stream) as h5:
+        ...         check_listed(check_tree(h5, size=stream_size(stream)), ["layers/conv2d/vars/0"])
         Traceback (most recent call last):
         ...
-        polybundle.errors.IntegrityError: ...
+        polybundle.errors.IntegrityError: model.keras holds datasets
+        ['layers/batch_normalization/vars/0', ...] the manifest does not list and lacks [] ...
     """
     listed = set(listed)
     missing = sorted(listed - tree.datasets)
@@ -774,9 +817,10 @@ def read_datasets(
     Neither TensorFlow nor Keras is imported.
 
     Example:
-        >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
-        ...     read_datasets(f, ["layers/dense/vars/0"])[0].shape
-        (108, 2)
+        >>> with open("model.keras", "rb") as f:
+        ...     kernel, bias = read_datasets(f, ["layers/conv2d/vars/0", "layers/conv2d/vars/1"])
+        >>> kernel.shape, bias.shape
+        ((3, 3, 1, 8), (8,))
     """
     container = _container(source)
     where = _where(container)
@@ -841,7 +885,14 @@ def keras_stream(
     config is checked separately (:func:`polybundle_tensorflow.keras_archive.check_config`).
 
     Example:
-        >>> model = keras.saving.load_model(keras_stream(source), safe_mode=True)  # doctest: +SKIP
+        >>> import keras
+        >>> from polybundle_tensorflow.keras_compat import load_model
+        >>> small = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="head")])
+        >>> small.save("small.keras")
+        >>> with open("small.keras", "rb") as f:
+        ...     model = load_model(keras_stream(f))  # Keras' loader, safe_mode=True
+        >>> [weight.path for weight in model.weights]
+        ['head/kernel', 'head/bias']
     """
     where = where or _where(source)
     inner = NestedZip(source)
@@ -873,9 +924,11 @@ def read_keras_weights(
     (:func:`check_dataset`). Neither TensorFlow nor Keras is imported.
 
     Example:
-        >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
-        ...     [(w.name, w.canonical.kind) for w, _ in read_keras_weights(f)][:1]
-        [('enc_conv1/kernel', 'conv2d')]
+        >>> with open("model.keras", "rb") as f:
+        ...     weights = read_keras_weights(f, with_arrays=False)
+        >>> [(w.name, w.key, w.canonical.kind) for w, _ in weights][:2]
+        [('enc_conv1/kernel', 'layers/conv2d/vars/0', 'conv2d'),
+         ('enc_conv1/bias', 'layers/conv2d/vars/1', 'conv2d')]
     """
     config, stream = _open(source)
     where = _where(source)
@@ -928,9 +981,13 @@ def layer_shape_problems(
     read. Run :func:`layer_field_problems` first.
 
     Example:
-        >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
-        ...     layer_shape_problems(read_config(f), open_nested(f, WEIGHTS_H5))
+        >>> with open("model.keras", "rb") as f:
+        ...     config = read_config(f)
+        ...     print(layer_shape_problems(config, open_nested(f, WEIGHTS_H5)))
+        ...     config["config"]["layers"][1]["config"]["filters"] = 64  # enc_conv1 has 8
+        ...     layer_shape_problems(config, open_nested(f, WEIGHTS_H5))[1]
         []
+        'enc_conv1/bias is stored as (8,); its layer declares 64 units'
     """
     where = where or _where(stream)
     size = stream_size(stream)
@@ -955,7 +1012,16 @@ def check_layer_shapes(
     """Raise :class:`FormatError` when :func:`layer_shape_problems` finds anything.
 
     Example:
-        >>> check_layer_shapes(config, open_nested(f, WEIGHTS_H5), where="x")  # doctest: +SKIP
+        >>> with open("model.keras", "rb") as f:
+        ...     config = read_config(f)
+        ...     check_layer_shapes(config, open_nested(f, WEIGHTS_H5), where="model.keras")
+        ...     config["config"]["layers"][4]["config"]["kernel_size"] = [5, 5]  # dec_convT
+        ...     check_layer_shapes(config, open_nested(f, WEIGHTS_H5), where="model.keras")
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: model.keras: config.json declares layers of other sizes
+        than its weights hold (dec_convT/kernel is stored as (3, 3, 1, 4); its layer declares
+        kernel [5, 5]); the file was altered or damaged. ...
     """
     problems = layer_shape_problems(config, stream, where=where)
     if problems:
@@ -970,8 +1036,11 @@ def read_keras(source: Source) -> dict[str, np.ndarray]:
     """Return ``{variable path: array}`` for the weights of the ``.keras`` file in ``source``.
 
     Example:
-        >>> with open("model.keras", "rb") as f:  # doctest: +SKIP
+        >>> with open("model.keras", "rb") as f:
         ...     read_keras(f)["enc_conv1/kernel"].shape
         (3, 3, 1, 8)
+        >>> with open("model.keras", "rb") as f:  # the same bytes, from memory
+        ...     sorted(read_keras(f.read()))[:2]
+        ['dec_convT/bias', 'dec_convT/kernel']
     """
     return {weight.name: array for weight, array in read_keras_weights(source)}
