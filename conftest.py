@@ -43,7 +43,6 @@ DOCTEST_ROOTS = ("core/polybundle", "backends", "plugins/polybundle-jax/polybund
 """Folders whose modules' docstring examples run (relative to the repository root)."""
 
 DOCTEST_PENDING: frozenset[str] = frozenset({
-    "core/polybundle/__init__.py",
     "core/polybundle/testing.py",
     "core/polybundle/legacy/kerasfile.py",
     "core/polybundle/legacy/readers.py",

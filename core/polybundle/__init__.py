@@ -6,12 +6,14 @@ and load any bundle back with one call, whichever framework wrote it.
 Quick start:
     >>> import polybundle, torch
     >>> net = torch.nn.Linear(3, 1)
-    >>> polybundle.save("run.bundle", {"net": net}, params={"lr": 1e-3})  # doctest: +SKIP
-    >>> bundle = polybundle.load(  # doctest: +SKIP
-    ...     "run.bundle", into={"net": torch.nn.Linear(3, 1)}
-    ... )
+    >>> manifest = polybundle.save("run.bundle", {"net": net}, params={"lr": 1e-3})
+    >>> manifest["backend"], [member for member in manifest["members"]]
+    ('torch', ['params.json', 'net/model.pth'])
+    >>> bundle = polybundle.load("run.bundle", into={"net": torch.nn.Linear(3, 1)})
     >>> bundle.params
     {'lr': 0.001}
+    >>> torch.equal(bundle.models["net"].weight, net.weight)
+    True
 
 For plugin authors: everything a backend needs is in :mod:`polybundle.plugin`
 (``docs/plugins.md``; the hooks are listed in ``docs/hooks.md``). A plugin module
