@@ -44,7 +44,6 @@ DOCTEST_ROOTS = ("core/polybundle", "backends", "plugins/polybundle-jax/polybund
 
 DOCTEST_PENDING: frozenset[str] = frozenset({
     "core/polybundle/testing.py",
-    "core/polybundle/model/backend.py",
     "core/polybundle/tools/demo.py",
     "backends/polybundle_tensorflow/backend.py",
     "backends/polybundle_torch/backend.py",

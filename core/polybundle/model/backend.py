@@ -5,14 +5,18 @@ back. Built-in backends live in :mod:`polybundle.backends`; third parties ship
 their own in a plugin package and register an instance through the
 ``polybundle_register_backends`` hook.
 
-Example:
-    >>> class MyBackend(Backend):  # doctest: +SKIP
-    ...     name = "jax"
-    ...     aliases = ("flax",)
-    ...     extra = "polybundle-jax"
-    ...     modules = ("jax", "flax")
-    ...     weights_member = "model.safetensors"
-    ...     ...
+Example: a backend sets its class attributes, then writes the abstract methods
+(``tests/numpy_backend`` is a complete one).
+
+    >>> class MyBackend(Backend):
+    ...     name = "mine"
+    ...     aliases = ("my",)
+    ...     extra = "polybundle-mine"
+    ...     modules = ("numpy",)
+    ...     distribution = "numpy"
+    ...     weights_member = "model.npz"
+    >>> sorted(MyBackend.__abstractmethods__)
+    ['describe', 'load_into', 'owns', 'read_tensors', 'write']
 """
 
 from __future__ import annotations
@@ -168,7 +172,7 @@ class Backend(ABC):
     absent.
 
     Example:
-        >>> backend = polybundle.get_backend("pt")  # doctest: +SKIP
+        >>> backend = polybundle.get_backend("pt")
         >>> backend.name, backend.weights_member
         ('torch', 'model.pth')
     """
@@ -195,7 +199,7 @@ class Backend(ABC):
         """Return True when every module in :attr:`modules` can be imported.
 
         Example:
-            >>> polybundle.get_backend("torch").is_available()  # doctest: +SKIP
+            >>> polybundle.get_backend("torch").is_available()
             True
         """
         return not self._missing_modules()
@@ -214,8 +218,15 @@ class Backend(ABC):
     def require(self) -> None:
         """Raise :class:`BackendUnavailableError` naming the pip extra when absent.
 
-        Example:
-            >>> polybundle.get_backend("tensorflow").require()  # doctest: +SKIP
+        Example: an installed backend returns; one whose module is missing raises.
+
+            >>> polybundle.get_backend("tensorflow").require()
+            >>> class Absent(type(polybundle.get_backend("torch"))):
+            ...     name, modules, extra = "absent", ("no_such_module",), "polybundle-absent"
+            >>> Absent().require()
+            Traceback (most recent call last):
+            polybundle.errors.BackendUnavailableError: the 'absent' backend needs no_such_module,
+            which is not installed. Install it with: pip install 'polybundle-absent'
         """
         missing = self._missing_modules()
         if missing:
@@ -228,8 +239,8 @@ class Backend(ABC):
         """Return the installed framework's version string (without importing it).
 
         Example:
-            >>> polybundle.get_backend("torch").framework_version()  # doctest: +SKIP
-            '2.13.0+cpu'
+            >>> polybundle.get_backend("torch").framework_version() == torch.__version__
+            True
         """
         try:
             return importlib.metadata.version(self.distribution)
