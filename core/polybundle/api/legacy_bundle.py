@@ -5,10 +5,16 @@ era's reader (registered by the backend whose files the era holds) reads the
 archive and :mod:`polybundle.legacy.loading` builds the models that can be
 built.
 
-Example:
-    >>> bundle = polybundle.load("wts.h5.zip")  # doctest: +SKIP
-    >>> bundle.params["_version"]  # doctest: +SKIP
-    '1.0'
+Example: a TensorFlow-era archive; with no architecture registered for its roles,
+its params and tensors load and no model is built.
+
+    >>> bundle = polybundle.load("wts.h5.zip")
+    >>> bundle.params["_version"], bundle.params["N"], bundle.backend
+    ('1.0', 16, 'tensorflow')
+    >>> [model["role"] for model in bundle.manifest["models"]], bundle.models
+    (['autoencoder', 'diffraction_to_obj'], {})
+    >>> bundle.tensors("autoencoder")["layers/conv2d/vars/0"].shape
+    (3, 3, 1, 8)
 """
 
 from __future__ import annotations
