@@ -170,9 +170,17 @@ def read_member(archive: ArchiveReader, name: str, *, limit: int = MAX_LEGACY_ME
     many bytes (plus one, to notice a member longer than declared) are read:
     never ``limit`` bytes, so a small member needs small memory.
 
-    Example:
-        >>> read_member(archive, "manifest.dill")[:2]  # doctest: +SKIP
+    Example: a pickle's first bytes, then a member past ``limit``.
+
+        >>> from polybundle.format.archive import ArchiveReader
+        >>> with ArchiveReader("wts.h5.zip") as archive:
+        ...     read_member(archive, "manifest.dill")[:2]
         b'\\x80\\x04'
+        >>> with ArchiveReader("wts.h5.zip") as archive:
+        ...     read_member(archive, "manifest.dill", limit=10)
+        Traceback (most recent call last):
+        polybundle.errors.UnsafeContentError: member 'manifest.dill' declares ... bytes; a legacy
+        archive holds at most 10 bytes there. The archive is damaged or hostile.
     """
     size = archive.size(name)
     if size > limit:
@@ -198,8 +206,14 @@ def _charge_once(archive: ArchiveReader, name: str, size: int) -> None:
     each copy is dropped before the next read, so counting every read would
     make the budget refuse archives a fraction of its size.
 
-    Example:
-        >>> _charge_once(archive, "manifest.dill", 80)  # doctest: +SKIP
+    Example: the second read of a member in one call costs nothing.
+
+        >>> from polybundle.format.archive import ArchiveReader
+        >>> with budget.limit(1000) as opened, ArchiveReader("wts.h5.zip") as archive:
+        ...     _charge_once(archive, "manifest.dill", 80)
+        ...     _charge_once(archive, "manifest.dill", 80)
+        ...     opened.spent
+        80
     """
     opened = budget.current()
     seen = vars(opened).setdefault("legacy_members_read", set())
