@@ -45,8 +45,6 @@ DOCTEST_ROOTS = ("core/polybundle", "backends", "plugins/polybundle-jax/polybund
 DOCTEST_PENDING: frozenset[str] = frozenset({
     "core/polybundle/testing.py",
     "core/polybundle/tools/demo.py",
-    "backends/polybundle_tensorflow/backend.py",
-    "backends/polybundle_torch/backend.py",
     "plugins/polybundle-jax/polybundle_jax/__init__.py",
     "plugins/polybundle-jax/polybundle_jax/backend.py",
     "plugins/polybundle-jax/polybundle_jax/plugin.py",

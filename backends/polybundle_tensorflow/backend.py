@@ -9,9 +9,19 @@ the model is rebuilt by Keras with ``safe_mode=True``, from memory, after the
 same checks over the whole weights file. Reading tensors needs only h5py,
 never TensorFlow.
 
-Example:
+Example: without a builder, loading rebuilds the model with Keras.
+
     >>> import polybundle, keras
-    >>> polybundle.save("m.bundle", {"net": keras.Sequential([...])})  # doctest: +SKIP
+    >>> net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="net")
+    >>> manifest = polybundle.save("m.bundle", {"net": net})
+    >>> manifest["models"][0]["weights"]
+    'net/model.keras'
+    >>> [(tensor["name"], tensor["layout"]) for tensor in manifest["models"][0]["tensors"]]
+    [('net/fc/kernel', 'in,out'), ('net/fc/bias', 'out')]
+    >>> loaded = polybundle.load("m.bundle").models["net"]
+    >>> x = np.ones((1, 3), dtype="float32")
+    >>> np.array_equal(loaded(x), net(x))
+    True
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ code runs. Layout tags come from the module that owns each tensor.
 
 Example:
     >>> import polybundle, torch
-    >>> polybundle.save("m.bundle", {"net": torch.nn.Linear(3, 2)})  # doctest: +SKIP
+    >>> manifest = polybundle.save("m.bundle", {"net": torch.nn.Linear(3, 2)})
+    >>> manifest["models"][0]["weights"]
+    'net/model.pth'
+    >>> [(tensor["name"], tensor["layout"]) for tensor in manifest["models"][0]["tensors"]]
+    [('weight', 'out,in'), ('bias', 'out')]
 """
 
 from __future__ import annotations
