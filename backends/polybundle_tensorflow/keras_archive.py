@@ -17,9 +17,13 @@ the only declaration of a variable's dtype is its layer's dtype policy in
 ``config.json``: :func:`declared_dtypes` reads it and every floating dataset
 must hold exactly that dtype (:class:`IntegrityError` otherwise).
 
-Example:
-    >>> keras_file = open_keras(data, where="net/model.keras")  # doctest: +SKIP
-    >>> config_problems(keras_file.config)  # doctest: +SKIP
+Example: a legacy archive's ``.keras`` file whose config names a custom layer;
+the archive's ``custom_objects.dill`` declares it.
+
+    >>> keras_file = open_keras(Path("model.keras").read_bytes(), where="net/model.keras")
+    >>> config_problems(keras_file.config)
+    ["class 'SquareLayer' from module 'ptycho.custom_layers', which is not Keras"]
+    >>> config_problems(keras_file.config, declared=["ptycho.custom_layers.SquareLayer"])
     []
 """
 
@@ -86,7 +90,8 @@ class KerasFile:
     """The checked contents of a ``.keras`` file held in memory.
 
     Example:
-        >>> open_keras(data, where="net/model.keras").config["class_name"]  # doctest: +SKIP
+        >>> data = Path("model.keras").read_bytes()
+        >>> open_keras(data, where="net/model.keras").config["class_name"]
         'Functional'
     """
 
@@ -207,8 +212,11 @@ def weight_specs(keras_file: KerasFile) -> list[TensorSpec]:
     ``scalar``); the tensor's name is its h5 key.
 
     Example:
-        >>> [s.key for s in weight_specs(keras_file)][:1]  # doctest: +SKIP
-        ['layers/batch_normalization/vars/0']
+        >>> keras_file = open_keras(Path("model.keras").read_bytes(), where="net/model.keras")
+        >>> [(s.key, s.shape, s.layout) for s in weight_specs(keras_file)][:1]
+        [('layers/batch_normalization/vars/0', (8,), 'opaque')]
+        >>> any(s.key.startswith("optimizer/") for s in weight_specs(keras_file))
+        False
     """
     return [
         TensorSpec(key, key, shape, dtype, SCALAR if not shape else OPAQUE)
@@ -220,7 +228,8 @@ def read_weights(keras_file: KerasFile) -> dict[str, np.ndarray]:
     """Return ``{h5 key: array}`` for every layer weight (h5py only, no Keras).
 
     Example:
-        >>> read_weights(keras_file)["layers/conv2d/vars/0"].shape  # doctest: +SKIP
+        >>> keras_file = open_keras(Path("model.keras").read_bytes(), where="net/model.keras")
+        >>> read_weights(keras_file)["layers/conv2d/vars/0"].shape
         (3, 3, 1, 8)
     """
     return {key: array for key, _, _, array in _datasets(keras_file, with_arrays=True)}
@@ -336,8 +345,20 @@ def check_dtypes(keras_file: KerasFile, layers: list[StoredDataset]) -> None:
     their own dtype, and layers the config declares no dtype for are not
     checked. Raises :class:`IntegrityError` before anything is read.
 
-    Example:
-        >>> check_dtypes(keras_file, check_weights(stream))  # doctest: +SKIP
+    Example: the file as saved passes; a config altered to declare ``float16`` is refused.
+
+        >>> keras_file = open_keras(Path("model.keras").read_bytes(), where="net/model.keras")
+        >>> stored = check_weights(io.BytesIO(keras_file.weights), where=keras_file.where)
+        >>> check_dtypes(keras_file, stored)
+        >>> layer = next(layer for layer in keras_file.config["config"]["layers"]
+        ...              if layer["config"]["name"] == "enc_conv1")
+        >>> layer["config"]["dtype"] = "float16"
+        >>> check_dtypes(keras_file, stored)
+        Traceback (most recent call last):
+        polybundle.errors.IntegrityError: net/model.keras: model.weights.h5 'layers/conv2d/vars/0'
+        holds float32 values, but layer 'enc_conv1' in config.json keeps its variables in
+        float16; the archive was altered or damaged, so nothing was read. Re-save the model
+        from a trusted copy.
     """
     declared = declared_dtypes(keras_file.config)
     for stored in layers:
