@@ -12,8 +12,14 @@ Example:
     >>> from flax import nnx
     >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
     >>> optimizer = nnx.Optimizer(model, polybundle_jax.adam(1e-3), wrt=nnx.Param)
-    >>> polybundle.save("run.bundle", {"net": model},
-    ...                 optimizers={"net": optimizer})  # doctest: +SKIP
+    >>> manifest = polybundle.save("jax.bundle", {"net": model}, optimizers={"net": optimizer})
+    >>> list(manifest["members"])
+    ['params.json', 'net/model.safetensors', 'net/optimizer.json', 'net/optimizer.safetensors']
+    >>> bundle = polybundle.load("jax.bundle", into={"net": nnx.Linear(3, 2, rngs=nnx.Rngs(1))})
+    >>> np.array_equal(bundle.models["net"].kernel[...], model.kernel[...])
+    True
+    >>> bundle.optimizer_state("net").algorithm
+    'adam'
 """
 
 from __future__ import annotations

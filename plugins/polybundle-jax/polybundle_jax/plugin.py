@@ -7,7 +7,7 @@ and claims JAX bundles before the built-in detector does.
 
 Example:
     >>> import polybundle
-    >>> polybundle.get_backend("flax").weights_member  # doctest: +SKIP
+    >>> polybundle.get_backend("flax").weights_member
     'model.safetensors'
 """
 
@@ -40,7 +40,10 @@ def polybundle_register_backends(register: Callable[[Backend], None]) -> None:
     """Register the JAX backend.
 
     Example:
-        >>> polybundle_register_backends(registry.register_backend)  # doctest: +SKIP
+        >>> registered = []
+        >>> polybundle_register_backends(registered.append)
+        >>> [(backend.name, backend.aliases) for backend in registered]
+        [('jax', ('flax', 'nnx'))]
     """
     register(JaxBackend())
 
@@ -49,9 +52,17 @@ def polybundle_register_backends(register: Callable[[Backend], None]) -> None:
 def polybundle_detect_archive(archive: Any) -> Detection | None:
     """Claim format-2 bundles whose manifest says ``jax`` and whose weights are safetensors.
 
-    Example:
-        >>> polybundle_detect_archive(archive)  # doctest: +SKIP
+    Example: a JAX bundle is claimed; ``run.bundle``, written by another backend, is not.
+
+        >>> from flax import nnx
+        >>> from polybundle.plugin import ArchiveReader
+        >>> _ = polybundle.save("jax.bundle", {"net": nnx.Linear(3, 2, rngs=nnx.Rngs(0))})
+        >>> with ArchiveReader("jax.bundle") as archive:
+        ...     polybundle_detect_archive(archive)
         Detection(format='polybundle', backend='jax')
+        >>> with ArchiveReader("run.bundle") as archive:
+        ...     polybundle_detect_archive(archive) is None
+        True
     """
     document = peek_format2_manifest(archive)
     if document is None or document.get("backend") != JaxBackend.name:
