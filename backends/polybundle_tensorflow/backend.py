@@ -108,6 +108,12 @@ def _variables(model: Any) -> list[tuple[str, Any, Any]]:
     return entries
 
 
+def _named_variables(model: Any) -> list[tuple[str, str, Any]]:
+    """Return ``(neutral name, weights-file key, variable)`` for each of ``model.weights``."""
+    return [(spec.name, key, variable)
+            for (key, variable, _), spec in zip(_variables(model), _specs(model), strict=True)]
+
+
 def _specs(model: Any) -> list[TensorSpec]:
     specs = []
     seen: set[str] = set()
@@ -381,17 +387,17 @@ class TensorFlowBackend(Backend):
 
     def export_optimizer(self, model: Any, optimizer: Any, scheduler: Any | None = None) -> Any:
         """Return the neutral optimizer state (see :mod:`polybundle_tensorflow.optim`)."""
-        from polybundle_tensorflow import optim as tensorflow_optim
-
-        return tensorflow_optim.export_optimizer(model, optimizer, scheduler)
+        return tensorflow_optim.export_optimizer(
+            model, optimizer, scheduler, variables=_named_variables(model)
+        )
 
     def restore_optimizer(
         self, model: Any, optimizer: Any, state: Any, specs: list[TensorSpec], scheduler: Any = None
     ) -> None:
         """Load neutral optimizer state into a fresh optimizer bound to ``model``."""
-        from polybundle_tensorflow import optim as tensorflow_optim
-
-        tensorflow_optim.restore_optimizer(model, optimizer, state, specs, scheduler)
+        tensorflow_optim.restore_optimizer(
+            model, optimizer, state, specs, scheduler, variables=_named_variables(model)
+        )
 
     def optimizer_to_neutral(self, state: OptimizerState) -> NeutralOptimizer:
         """Describe ``state`` in the neutral convention (see :mod:`polybundle_tensorflow.optim`)."""

@@ -23,9 +23,9 @@ Example:
     >>> import keras
     >>> import polybundle
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    >>> state = export_optimizer(model, keras.optimizers.Adam())
-    >>> specs = polybundle.get_backend("tensorflow").describe(model)
-    >>> restore_optimizer(model, keras.optimizers.Adam(), state, specs)
+    >>> backend = polybundle.get_backend("tensorflow")
+    >>> state = backend.export_optimizer(model, keras.optimizers.Adam())
+    >>> backend.restore_optimizer(model, keras.optimizers.Adam(), state, backend.describe(model))
 """
 
 from __future__ import annotations
@@ -106,14 +106,8 @@ def _algorithm(optimizer: Any) -> str:
     )
 
 
-def _named_variables(model: Any) -> dict[int, tuple[str, Any]]:
-    """Return ``{id(variable): (neutral name, variable)}`` with the manifest's names."""
-    from polybundle_tensorflow.backend import _specs, _variables
-
-    return {
-        id(variable): (spec.name, variable)
-        for (_, variable, _), spec in zip(_variables(model), _specs(model), strict=True)
-    }
+Variables = list[tuple[str, str, Any]]
+"""A model's variables as ``(neutral name, weights-file key, variable)``, from the backend."""
 
 
 def _slot_lists(optimizer: Any, algorithm: str) -> dict[str, list[Any]]:
@@ -141,8 +135,13 @@ def _learning_rate(optimizer: Any) -> tuple[float, dict[str, Any] | None]:
     return float(np.asarray(current)), None
 
 
-def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -> OptimizerState:
+def export_optimizer(
+    model: Any, optimizer: Any, scheduler: Any | None = None, *, variables: Variables
+) -> OptimizerState:
     """Return the neutral state of a Keras optimizer that updates ``model``'s variables.
+
+    ``variables`` names ``model``'s variables as the backend's ``describe``
+    does (the backend's ``export_optimizer`` passes them).
 
     An optimizer that was never built is built on ``model.trainable_variables``
     first (its slots are then zeros, as Keras would make them). Keras keeps its
@@ -150,8 +149,10 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
 
     Example:
         >>> import keras
+        >>> import polybundle
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-        >>> export_optimizer(model, keras.optimizers.SGD(momentum=0.9)).algorithm
+        >>> backend = polybundle.get_backend("keras")
+        >>> backend.export_optimizer(model, keras.optimizers.SGD(momentum=0.9)).algorithm
         'sgd'
     """
     algorithm = _algorithm(optimizer)
@@ -162,7 +163,7 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
         )
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
-    names = _named_variables(model)
+    names = {id(variable): (name, variable) for name, _, variable in variables}
     unbound = [v.path for v in optimizer._trainable_variables if id(v) not in names]
     if unbound:
         raise OptimizerMismatchError(
@@ -200,11 +201,9 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
     )
 
 
-def _saved_variables(model: Any, specs: list[TensorSpec]) -> dict[str, Any]:
+def _saved_variables(variables: Variables, specs: list[TensorSpec]) -> dict[str, Any]:
     """Return ``{saved neutral name: model variable}``, matched by the weights-file key."""
-    from polybundle_tensorflow.backend import _variables
-
-    own = {key: variable for key, variable, _ in _variables(model)}
+    own = {key: variable for _, key, variable in variables}
     return {spec.name: own[spec.key] for spec in specs if spec.key in own}
 
 
@@ -342,6 +341,8 @@ def restore_optimizer(
     state: OptimizerState,
     specs: list[TensorSpec],
     scheduler: Any | None = None,
+    *,
+    variables: Variables,
 ) -> None:
     """Load neutral ``state`` into a Keras optimizer for ``model`` (built here if fresh).
 
@@ -353,13 +354,14 @@ def restore_optimizer(
         >>> import keras
         >>> import polybundle
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-        >>> state = export_optimizer(model, keras.optimizers.Adam(learning_rate=0.5))
+        >>> backend = polybundle.get_backend("keras")
+        >>> state = backend.export_optimizer(model, keras.optimizers.Adam(learning_rate=0.5))
         >>> fresh = keras.optimizers.Adam()
-        >>> restore_optimizer(model, fresh, state, polybundle.get_backend("keras").describe(model))
+        >>> backend.restore_optimizer(model, fresh, state, backend.describe(model))
         >>> float(fresh.learning_rate)
         0.5
     """
-    by_name = _saved_variables(model, specs)
+    by_name = _saved_variables(variables, specs)
     _check(optimizer, state, by_name, scheduler)
     config = _checked_config(optimizer, state)
     schedule = None if state.schedule is None else _schedule(state)

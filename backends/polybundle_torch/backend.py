@@ -20,12 +20,13 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from polybundle.errors import FormatError, TensorMismatchError
-from polybundle.model.backend import ML_DTYPES, Backend, TensorSpec, dtype_label, resolve_dtype
+from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.canonical import Canonical
 from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
 from polybundle.model.optimizer import OptimizerState
 from polybundle.model.optimizer_conversion import NeutralOptimizer
 from polybundle_torch import optim as torch_optim
+from polybundle_torch.arrays import from_numpy, to_numpy
 from polybundle_torch.layers import native_layout as torch_native_layout
 from polybundle_torch.layers import torch_canonical
 from polybundle_torch.pth_reader import describe_pth, read_pth
@@ -63,51 +64,6 @@ def _canonical(module: Any, attribute: str, shape: tuple[int, ...]) -> Canonical
     return torch_canonical(
         type(module).__name__, attribute, shape, groups=groups, group_channels=in_channels // groups
     )
-
-
-def to_numpy(tensor: Any) -> np.ndarray:
-    """Return a CPU copy-free NumPy view of ``tensor``; bfloat16 and float8 via ``ml_dtypes``.
-
-    NumPy has no bfloat16, so ``tensor.numpy()`` refuses it: the bits are
-    viewed as ``int16`` (``uint8`` for float8) and re-viewed as the
-    ``ml_dtypes`` type, bit for bit.
-
-    Example:
-        >>> import torch
-        >>> to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype.name
-        'bfloat16'
-    """
-    import torch
-
-    tensor = tensor.detach().cpu().contiguous()
-    name = str(tensor.dtype).removeprefix("torch.")
-    if name in ML_DTYPES:
-        bits = torch.int16 if tensor.element_size() == 2 else torch.uint8
-        return tensor.view(bits).numpy().view(resolve_dtype(name))
-    return tensor.numpy()
-
-
-def from_numpy(array: np.ndarray) -> Any:
-    """Return a new torch tensor holding ``array``'s values bit for bit (``ml_dtypes`` too).
-
-    Example:
-        >>> import ml_dtypes
-        >>> from_numpy(np.ones(2, ml_dtypes.bfloat16)).dtype
-        torch.bfloat16
-    """
-    import torch
-
-    array = np.asarray(array)
-    name = dtype_label(array.dtype)
-    if name in ML_DTYPES:
-        kind = getattr(torch, name, None)
-        if kind is None:
-            raise FormatError(
-                f"the tensor is {name}, which torch {torch.__version__} lacks; upgrade torch."
-            )
-        bits = np.int16 if array.dtype.itemsize == 2 else np.uint8
-        return torch.from_numpy(np.array(array.view(bits), order="C")).view(kind)
-    return torch.from_numpy(np.array(array, order="C"))
 
 
 def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:

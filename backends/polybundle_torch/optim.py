@@ -39,6 +39,7 @@ from polybundle.model.optimizer import (
     to_plain,
 )
 from polybundle.model.optimizer_conversion import NeutralOptimizer, refuse
+from polybundle_torch.arrays import from_numpy, to_numpy
 
 _ALGORITHMS = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd", "RMSprop": "rmsprop"}
 _SLOTS = {
@@ -140,8 +141,6 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
         'sgd'
     """
     import torch
-
-    from polybundle_torch.backend import to_numpy
 
     algorithm = _algorithm(optimizer)
     groups = _optimizer_names(model, optimizer, saving=True)
@@ -349,8 +348,6 @@ def restore_optimizer(
         0.1
     """
     import torch
-
-    from polybundle_torch.backend import from_numpy
 
     _check_kind(optimizer, state)
     names = _check_groups(model, optimizer, state)

@@ -34,49 +34,14 @@ from polybundle.plugin import (
 from . import optim, safetensors_file
 from .layouts import flax_canonical
 from .layouts import native_layout as flax_native_layout
+from .naming import definition_order as _definition_order
+from .naming import path_name as _name
 
 WEIGHTS_MEMBER = "model.safetensors"
 """File name of the native weights member inside ``<role>/``."""
 
 FILE_FORMAT = "polybundle-jax"
 """The ``format`` entry of the safetensors metadata this backend writes."""
-
-
-def _name(path: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in path)
-
-
-def _definition_order(model: Any) -> dict[str, int]:
-    """Return ``{variable name: rank}`` in the order the modules assigned their attributes.
-
-    NNX state is sorted by name; conversion pairs layers in model order, so
-    the order the model was written in (``vars()`` order) is recovered here.
-    """
-    from flax import nnx
-
-    node_types = (getattr(nnx, "Pytree", nnx.Module), nnx.Module)
-    order: dict[str, int] = {}
-
-    def walk(value: Any, name: str) -> None:
-        if isinstance(value, nnx.Variable):
-            order.setdefault(name, len(order))
-        elif isinstance(value, node_types):
-            # NNX re-creates a module's __dict__ in sorted order when a transform (nnx.grad,
-            # nnx.jit, optimizer.update) writes it back; its node table keeps assignment order.
-            attributes = vars(value)
-            ranked = [key for key in getattr(value, "_pytree__nodes", ()) if key in attributes]
-            for key in dict.fromkeys([*ranked, *attributes]):
-                if not key.startswith("_"):
-                    walk(attributes[key], f"{name}.{key}" if name else key)
-        elif isinstance(value, (list, tuple)):
-            for index, child in enumerate(value):
-                walk(child, f"{name}.{index}")
-        elif isinstance(value, dict):
-            for key, child in value.items():
-                walk(child, f"{name}.{key}")
-
-    walk(model, "")
-    return order
 
 
 def _variables(model: Any) -> dict[str, tuple[Any, Any, str]]:

@@ -40,6 +40,8 @@ from polybundle.plugin import (
     UnsupportedOptimizerError,
 )
 
+from .naming import definition_order
+
 _SLOTS = {"mu": "m", "nu": "v", "trace": "momentum"}
 _NATIVE_SLOTS = {neutral: native for native, neutral in _SLOTS.items()}
 _MUST_BE_OFF = ("amsgrad", "maximize", "centered")
@@ -156,14 +158,12 @@ def recipe(transformation: Any) -> Recipe:
 def _params(model: Any, optimizer: Any) -> dict[str, tuple[int, ...]]:
     from flax import nnx
 
-    from .backend import _definition_order
-
     state = nnx.state(model, optimizer.wrt)
     shapes = {
         ".".join(str(p) for p in path): tuple(variable[...].shape)
         for path, variable in nnx.to_flat_state(state)
     }
-    order = _definition_order(model)
+    order = definition_order(model)
     ranked = sorted(shapes, key=lambda n: (order.get(n, len(order)), n))
     return {name: shapes[name] for name in ranked}
 

@@ -1,0 +1,61 @@
+"""NumPy arrays to and from torch tensors, bit for bit (bfloat16 and float8 via ``ml_dtypes``).
+
+Example:
+    >>> import torch
+    >>> from_numpy(to_numpy(torch.arange(3.0))).tolist()
+    [0.0, 1.0, 2.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from polybundle.errors import FormatError
+from polybundle.model.backend import ML_DTYPES, dtype_label, resolve_dtype
+
+
+def to_numpy(tensor: Any) -> np.ndarray:
+    """Return a CPU copy-free NumPy view of ``tensor``; bfloat16 and float8 via ``ml_dtypes``.
+
+    NumPy has no bfloat16, so ``tensor.numpy()`` refuses it: the bits are
+    viewed as ``int16`` (``uint8`` for float8) and re-viewed as the
+    ``ml_dtypes`` type, bit for bit.
+
+    Example:
+        >>> import torch
+        >>> to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype.name
+        'bfloat16'
+    """
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name in ML_DTYPES:
+        bits = torch.int16 if tensor.element_size() == 2 else torch.uint8
+        return tensor.view(bits).numpy().view(resolve_dtype(name))
+    return tensor.numpy()
+
+
+def from_numpy(array: np.ndarray) -> Any:
+    """Return a new torch tensor holding ``array``'s values bit for bit (``ml_dtypes`` too).
+
+    Example:
+        >>> import ml_dtypes
+        >>> from_numpy(np.ones(2, ml_dtypes.bfloat16)).dtype
+        torch.bfloat16
+    """
+    import torch
+
+    array = np.asarray(array)
+    name = dtype_label(array.dtype)
+    if name in ML_DTYPES:
+        kind = getattr(torch, name, None)
+        if kind is None:
+            raise FormatError(
+                f"the tensor is {name}, which torch {torch.__version__} lacks; upgrade torch."
+            )
+        bits = np.int16 if array.dtype.itemsize == 2 else np.uint8
+        return torch.from_numpy(np.array(array.view(bits), order="C")).view(kind)
+    return torch.from_numpy(np.array(array, order="C"))
