@@ -43,8 +43,6 @@ DOCTEST_ROOTS = ("core/polybundle", "backends", "plugins/polybundle-jax/polybund
 """Folders whose modules' docstring examples run (relative to the repository root)."""
 
 DOCTEST_PENDING: frozenset[str] = frozenset({
-    "core/polybundle/testing.py",
-    "core/polybundle/tools/demo.py",
 })
 """Modules and docs whose examples are being rewritten (issue 11, item 6); empty when done."""
 

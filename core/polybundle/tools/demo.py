@@ -132,7 +132,9 @@ def run(
 
     Example:
         >>> results = run(steps=1, console=Console(quiet=True))
-        >>> all(result.matches for result in results)
+        >>> len(results) > 1, all(result.matches for result in results)
+        (True, True)
+        >>> all(len(result.cross_errors) == len(results) - 1 for result in results)
         True
     """
     console = console or Console()
