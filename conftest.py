@@ -42,10 +42,6 @@ ROOT = Path(__file__).resolve().parent
 DOCTEST_ROOTS = ("core/polybundle", "backends", "plugins/polybundle-jax/polybundle_jax")
 """Folders whose modules' docstring examples run (relative to the repository root)."""
 
-DOCTEST_PENDING: frozenset[str] = frozenset({
-})
-"""Modules and docs whose examples are being rewritten (issue 11, item 6); empty when done."""
-
 DOCS = ("README.md", "docs/*.md")
 """Markdown files whose Python blocks run."""
 
@@ -108,7 +104,6 @@ def _is_doctest_module(file_path: Path) -> bool:
         file_path.suffix == ".py"
         and file_path.name != "conftest.py"
         and any(relative.startswith(root + "/") for root in DOCTEST_ROOTS)
-        and relative not in DOCTEST_PENDING
     )
 
 
@@ -150,8 +145,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     except ValueError:
         return None
     if file_path.suffix == ".md":
-        if file_path.resolve().relative_to(ROOT).as_posix() in DOCTEST_PENDING:
-            return None
         return _collect_docs(file_path, parent)
     if _is_doctest_module(file_path) and not parent.config.option.doctestmodules:
         return DoctestModule.from_parent(parent, path=file_path)
