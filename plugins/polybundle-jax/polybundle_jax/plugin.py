@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import polybundle
-from polybundle import Backend, Detection
-from polybundle.format.detection import peek_format2_manifest
+from polybundle.plugin import ARCHITECTURE, Adapter, Backend, Detection, peek_format2_manifest
 
 from .backend import WEIGHTS_MEMBER, JaxBackend
+from .conformance import JaxAdapter, build_conformance_model
 
 
 def _is_safetensors(archive: Any, member: str) -> bool:
@@ -77,3 +77,17 @@ def polybundle_detect_archive(archive: Any) -> Detection | None:
     ):
         return Detection("polybundle", JaxBackend.name)
     return None
+
+
+@polybundle.hookimpl
+def polybundle_register_architectures(
+    register: Callable[[str, str, Callable[[dict[str, Any]], Any]], None],
+) -> None:
+    """Register the builder of the conformance model (``polybundle conformance``, the demo)."""
+    register(ARCHITECTURE, JaxBackend.name, build_conformance_model)
+
+
+@polybundle.hookimpl
+def polybundle_conformance_adapters() -> list[Adapter]:
+    """Return the adapter that drives the JAX backend through the conformance feature matrix."""
+    return [JaxAdapter()]
