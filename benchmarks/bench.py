@@ -9,9 +9,10 @@ folder, so loads read from the page cache (warm), as a training loop does.
 Usage:
     python benchmarks/bench.py --sizes 10,100,400 --repeats 5 --json out.json
 
-Example:
-    >>> report = run_benchmark([1], repeats=1)  # doctest: +SKIP
-    >>> report["sizes"][0]["ratios"]["torch load"]
+Usage::
+
+    report = run_benchmark([1], repeats=1)
+    report["sizes"][0]["ratios"]["torch load"]
 """
 
 from __future__ import annotations
@@ -170,9 +171,10 @@ def _available(module: str) -> bool:
 def bench_size(mib: float, *, repeats: int, folder: Path, log: Callable[[str], None]) -> dict:
     """Measure every operation on ``mib`` MiB of weights; return the size's report.
 
-    Example:
-        >>> bench_size(1, repeats=1, folder=Path("/tmp"), log=print)["mib"]  # doctest: +SKIP
-        1
+    Usage::
+
+        bench_size(1, repeats=1, folder=Path("/tmp"), log=print)["mib"]
+        # -> 1
     """
     weights = Weights.of_size(mib)
     flat = weights.flat()
@@ -240,9 +242,10 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run the benchmark at each size in MiB; return the whole report as a dict.
 
-    Example:
-        >>> run_benchmark([1], repeats=1)["sizes"][0]["mib"]  # doctest: +SKIP
-        1
+    Usage::
+
+        run_benchmark([1], repeats=1)["sizes"][0]["mib"]
+        # -> 1
     """
     register_architectures()
     with tempfile.TemporaryDirectory(dir=folder, prefix="polybundle-bench-") as temp:
@@ -258,8 +261,9 @@ def run_benchmark(
 def render(report: dict[str, Any]) -> str:
     """Return the report as Markdown tables (one per size, then the ratios).
 
-    Example:
-        >>> print(render(run_benchmark([1], repeats=1)))  # doctest: +SKIP
+    Usage::
+
+        print(render(run_benchmark([1], repeats=1)))
     """
     lines = []
     for size in report["sizes"]:

@@ -52,8 +52,9 @@ def tensorflow_setup():
 def measure(framework: str, repeat: int, folder: Path) -> dict[str, float]:
     """Return sizes (bytes) and median save times (seconds) for one framework.
 
-    Example:
-        >>> measure("torch", 1, Path("/tmp"))["optimizer_bytes"]  # doctest: +SKIP
+    Usage::
+
+        measure("torch", 1, Path("/tmp"))["optimizer_bytes"]
     """
     model, optimizer = (torch_setup if framework == "torch" else tensorflow_setup)()
     weights_times, checkpoint_times = [], []

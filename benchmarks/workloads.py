@@ -66,9 +66,10 @@ class Weights:
 def build_torch(config: dict[str, Any]) -> Any:
     """Build the PyTorch ``bench-mlp``: ``layers`` ``Linear(width, width)``.
 
-    Example:
-        >>> build_torch({"width": 4, "layers": 2})[0].weight.shape  # doctest: +SKIP
-        torch.Size([4, 4])
+    Usage::
+
+        build_torch({"width": 4, "layers": 2})[0].weight.shape
+        # -> torch.Size([4, 4])
     """
     import torch
 
@@ -79,9 +80,10 @@ def build_torch(config: dict[str, Any]) -> Any:
 def build_keras(config: dict[str, Any]) -> Any:
     """Build the Keras ``bench-mlp``: ``layers`` ``Dense(width)`` on a ``width`` input.
 
-    Example:
-        >>> build_keras({"width": 4, "layers": 2}).count_params()  # doctest: +SKIP
-        40
+    Usage::
+
+        build_keras({"width": 4, "layers": 2}).count_params()
+        # -> 40
     """
     import keras
 
@@ -93,8 +95,9 @@ def build_keras(config: dict[str, Any]) -> Any:
 def register_architectures() -> None:
     """Register ``bench-mlp`` for both backends (idempotent).
 
-    Example:
-        >>> register_architectures()  # doctest: +SKIP
+    Usage::
+
+        register_architectures()
     """
     polybundle.architecture(ARCHITECTURE, backend="torch", replace=True)(build_torch)
     polybundle.architecture(ARCHITECTURE, backend="tensorflow", replace=True)(build_keras)
@@ -103,8 +106,9 @@ def register_architectures() -> None:
 def torch_model(weights: Weights) -> Any:
     """Return the PyTorch model holding ``weights`` (kernels transposed to ``out,in``).
 
-    Example:
-        >>> torch_model(Weights.of_size(mib=1))  # doctest: +SKIP
+    Usage::
+
+        torch_model(Weights.of_size(mib=1))
     """
     import torch
 
@@ -119,8 +123,9 @@ def torch_model(weights: Weights) -> Any:
 def keras_model(weights: Weights) -> Any:
     """Return the Keras model holding ``weights``.
 
-    Example:
-        >>> keras_model(Weights.of_size(mib=1))  # doctest: +SKIP
+    Usage::
+
+        keras_model(Weights.of_size(mib=1))
     """
     model = polybundle.build(ARCHITECTURE, weights.config, backend="tensorflow")
     for layer, kernel, bias in zip(model.layers, weights.kernels, weights.biases, strict=True):

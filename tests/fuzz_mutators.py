@@ -13,11 +13,12 @@ reader must do with it:
 - ``either``: the data that loads matches what the manifest declares, or a
   ``PolybundleError``.
 
-Example:
-    >>> seed = Seed("v2_torch", "v2", members_of(Path("t.bundle").read_bytes()))  # doctest: +SKIP
-    >>> mutated = apply(seed, ("json", "params.json", "nest", "extra", 5000), env)  # doctest: +SKIP
-    >>> mutated.expect
-    'either'
+Usage::
+
+    seed = Seed("v2_torch", "v2", members_of(Path("t.bundle").read_bytes()))
+    mutated = apply(seed, ("json", "params.json", "nest", "extra", 5000), env)
+    mutated.expect
+    # -> 'either'
 """
 
 from __future__ import annotations

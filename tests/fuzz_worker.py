@@ -12,9 +12,10 @@ and returns the rules it saw broken, as plain strings. The only allowed outcomes
 are correct data or a ``PolybundleError``; ``verify`` never raises and never says
 ok for a file that every reading path refuses.
 
-Example:
-    >>> worker = Worker(Path("/tmp/work"))  # doctest: +SKIP
-    >>> worker.call("build_seeds", "/tmp/work/seeds")  # doctest: +SKIP
+Usage::
+
+    worker = Worker(Path("/tmp/work"))
+    worker.call("build_seeds", "/tmp/work/seeds")
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ class WorkerFailed(Exception):
 class Worker:
     """One long-lived, memory-capped worker process; restarted after a timeout or crash.
 
-    Example:
-        >>> Worker(Path("/tmp/w")).call("ping")  # doctest: +SKIP
-        'pong'
+    Usage::
+
+        Worker(Path("/tmp/w")).call("ping")
+        # -> 'pong'
     """
 
     def __init__(self, cwd: Path, limit: int = MEMORY_LIMIT) -> None:

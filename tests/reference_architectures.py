@@ -6,9 +6,10 @@ Inputs and outputs are channels-last in both (the PyTorch builders permute to
 channels-first inside), so the same arrays feed both frameworks. Another
 backend's tests (a JAX plugin) can import this module and add its builders.
 
-Example:
-    >>> import reference_architectures as ref  # doctest: +SKIP
-    >>> model = polybundle.build("ref-mlp", ref.CONFIGS["ref-mlp"], backend="torch")
+Usage::
+
+    import reference_architectures as ref
+    model = polybundle.build("ref-mlp", ref.CONFIGS["ref-mlp"], backend="torch")
 """
 
 from __future__ import annotations
@@ -260,8 +261,9 @@ def randomize(model: Any, seed: int = 0) -> Any:
     Batch-norm statistics get positive variances, so inference is not the
     identity and conversion mistakes show in the outputs.
 
-    Example:
-        >>> randomize(polybundle.build("ref-mlp", {}, backend="torch"))  # doctest: +SKIP
+    Usage::
+
+        randomize(polybundle.build("ref-mlp", {}, backend="torch"))
     """
     rng = np.random.default_rng(seed)
     backend = polybundle.hooks.registry.backend_for_model(model)
