@@ -34,8 +34,8 @@ from polybundle.hooks.registry import get_backend
 from polybundle.legacy.era import read_member
 from polybundle.legacy.plugin import era_reader
 from polybundle.model.backend import Backend, TensorSpec, dtype_label
-from polybundle.model.optimizer import check_training_members
 from polybundle.safety import budget
+from polybundle.training.members import check_training_members
 
 
 @dataclass
