@@ -14,8 +14,8 @@ import pytest
 
 import polybundle
 from polybundle.errors import FormatError, PolybundleError, UnsafeContentError
+from polybundle.format.arrays import load_arrays, save_arrays
 from polybundle.model.backend import TensorSpec
-from polybundle.model.optimizer import load_arrays, save_arrays
 from tests.conftest import needs_tensorflow, needs_torch
 
 # --- TensorSpec: sizes with Python ints, typed errors ----------------------------------------

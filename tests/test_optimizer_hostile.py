@@ -24,7 +24,7 @@ import pytest
 
 import polybundle
 from polybundle.errors import FormatError, OptimizerError, PolybundleError, UnsafeContentError
-from polybundle.model.optimizer import load_arrays, save_arrays
+from polybundle.format.arrays import load_arrays, save_arrays
 from tests.conftest import needs_tensorflow, needs_torch
 from tests.hostile_corpus import _members, _rebundle
 

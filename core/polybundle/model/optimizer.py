@@ -30,8 +30,6 @@ from typing import Any
 import numpy as np
 
 from polybundle.errors import FormatError, UnsupportedOptimizerError
-from polybundle.format.arrays import MAX_HEADER_BYTES as MAX_HEADER_BYTES
-from polybundle.format.arrays import SAFETENSORS_DTYPES as SAFETENSORS_DTYPES
 from polybundle.format.arrays import load_arrays, save_arrays
 from polybundle.format.jsondoc import load_json
 from polybundle.safety.dtypes import dtype_label
