@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 import polybundle
-from polybundle.tools.cli import main, markup_safe, printable
 from polybundle.api.progress import progress_bar
+from polybundle.tools.cli import main, markup_safe, printable
 from tests.conftest import REPO, needs_torch
 
 OSC8 = "\x1b]8;;http://evil-example/\x1b\\click\x1b]8;;\x1b\\"

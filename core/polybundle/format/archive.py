@@ -631,7 +631,9 @@ class NestedZip:
             container,  # type: ignore[arg-type]
             self._pread,
             self.label,
-            expected="expected a zip (a backend's zipped weights file); the weights file is damaged.",
+            expected=(
+                "expected a zip (a backend's zipped weights file); the weights file is damaged."
+            ),
         )
         try:
             self._infos = check_members(self._zip.infolist(), self.label)
