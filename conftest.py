@@ -39,10 +39,18 @@ from polybundle.hooks.registry import scoped_declarations
 
 ROOT = Path(__file__).resolve().parent
 
-DOCTEST_ROOTS = ("core/polybundle", "backends", "plugins/polybundle-jax/polybundle_jax")
-"""Folders whose modules' docstring examples run (relative to the repository root)."""
+DOCTEST_ROOTS = (
+    "core/polybundle",
+    "backends",
+    "plugins/polybundle-jax/polybundle_jax",
+    "tests",
+    "plugins/polybundle-jax/tests",
+    "benchmarks",
+)
+"""Folders whose modules' docstring examples run (relative to the repository root): the
+sources and the tests' and benchmarks' own helpers, so no example goes unrun."""
 
-DOCS = ("README.md", "docs/*.md")
+DOCS = ("README.md", "plugins/polybundle-jax/README.md", "docs/*.md")
 """Markdown files whose Python blocks run."""
 
 SELF_TESTED = re.compile(r"<!-- (walkthrough|source: [^>]*) -->\s*\Z")

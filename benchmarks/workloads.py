@@ -31,8 +31,9 @@ class Weights:
     """``layers`` dense layers of ``width`` x ``width`` float32 plus biases.
 
     Example:
-        >>> Weights.of_size(mib=10).width
-        405
+        >>> weights = Weights.of_size(mib=10)
+        >>> weights.width, len(weights.kernels), round(weights.width**2 * 4 * LAYERS / 2**20, 1)
+        (572, 8, 10.0)
     """
 
     width: int
