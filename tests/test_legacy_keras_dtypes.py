@@ -23,7 +23,8 @@ import pytest
 
 import polybundle
 from polybundle.errors import IntegrityError
-from polybundle_tensorflow.keras_archive import declared_dtypes, open_keras, weight_specs
+from polybundle_tensorflow.keras_archive import declared_dtypes, weight_specs
+from polybundle_tensorflow.keras_file import open_keras
 
 from .conftest import LEGACY_DIR, needs_tensorflow, snapshot_tree
 

@@ -26,7 +26,6 @@ Example: without a builder, loading rebuilds the model with Keras.
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
@@ -40,25 +39,21 @@ from polybundle.errors import (
     TensorMismatchError,
     UnsafeContentError,
 )
-from polybundle.format.archive import open_nested
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
 from polybundle.model.optimizer import OptimizerState
 from polybundle.model.optimizer_conversion import NeutralOptimizer
-from polybundle.safety import budget
 from polybundle_tensorflow import keras_compat
 from polybundle_tensorflow import optim as tensorflow_optim
-from polybundle_tensorflow.keras_archive import check_config, open_keras, read_weights
+from polybundle_tensorflow.keras_archive import check_config, read_weights
 from polybundle_tensorflow.keras_file import (
-    WEIGHTS_H5,
     check_layer_fields,
     check_layer_shapes,
     check_weights,
     keras_stream,
-    read_config,
+    open_keras,
     read_datasets,
     read_keras_weights,
-    stream_size,
 )
 from polybundle_tensorflow.layers import keras_canonical
 from polybundle_tensorflow.layers import native_layout as keras_native_layout
@@ -276,16 +271,11 @@ class TensorFlowBackend(Backend):
         shapes and dtypes of ``specs`` (unlisted optimizer slots aside), each
         passing the HDF5 safety checks. Returns ``{h5 key: array}``.
         """
-        if isinstance(source, io.BytesIO):
-            data = source.getvalue()  # already in memory: no copy
-        else:
-            budget.charge(stream_size(source), where)
-            data = source.read()
-        keras_file = open_keras(data, where=where)
+        keras_file = open_keras(source, where=where)
         check_config(keras_file.config, where=where, declared=declared)
         check_layer_fields(keras_file.config, where=where)
-        check_layer_shapes(keras_file.config, io.BytesIO(keras_file.weights), where=where)
-        check_weights(io.BytesIO(keras_file.weights), where=where, specs=specs)
+        check_layer_shapes(keras_file.config, keras_file.weights(), where=where)
+        check_weights(keras_file.weights(), where=where, specs=specs)
         return read_weights(keras_file)
 
     def describe_stored(self, source: BinaryIO, *, where: str) -> list[TensorSpec]:
@@ -355,14 +345,12 @@ class TensorFlowBackend(Backend):
         loads the file object, which has no name, so nothing is extracted to
         disk. Whatever Keras raises becomes a :class:`FormatError`.
         """
-        where = getattr(source, "name", "") or "model.keras"
-        config = read_config(source)
+        keras_file = open_keras(source)
+        config, where = keras_file.config, keras_file.where
         check_config(config, where=where)
         check_layer_fields(config, where=where)
-        source.seek(0)
         stream = keras_stream(source, where=where, specs=specs, charge=specs is None)
-        source.seek(0)
-        check_layer_shapes(config, open_nested(source, WEIGHTS_H5), where=where)
+        check_layer_shapes(config, keras_file.weights(), where=where)
         source.seek(0)
         if specs is None:
             return _keras_call(where, lambda: keras_compat.load_model(stream))

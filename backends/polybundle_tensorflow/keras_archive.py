@@ -1,12 +1,12 @@
-"""The Keras gate: check a ``.keras`` file before anything reads it, and list its weights.
+"""The Keras gate: check a ``.keras`` file's config before anything reads it; list its weights.
 
 Format 2 (``verify``, loading without a builder) and the TensorFlow dill era
 both rely on it.
 
 A ``.keras`` file is a zip (``config.json``, ``model.weights.h5``,
-``metadata.json``). :func:`open_keras` checks the nested zip like the outer
-one (names, member kinds, compression bombs) and reads only those exact
-members; every dataset of its weights goes through
+``metadata.json``), opened by the one opener
+:func:`polybundle_tensorflow.keras_file.open_keras` (the zip checked like the
+outer one, ``config.json`` read as strict JSON); every dataset of its weights goes through
 :func:`polybundle_tensorflow.keras_file.check_dataset` before anything is read
 (:func:`read_weights`, :func:`weight_specs`). :func:`config_problems` names
 what in ``config.json`` would make Keras import or run code: ``Lambda``
@@ -20,6 +20,7 @@ must hold exactly that dtype (:class:`IntegrityError` otherwise).
 Example: a legacy archive's ``.keras`` file whose config names a custom layer;
 the archive's ``custom_objects.dill`` declares it.
 
+    >>> from polybundle_tensorflow.keras_file import open_keras
     >>> keras_file = open_keras(Path("model.keras").read_bytes(), where="net/model.keras")
     >>> config_problems(keras_file.config)
     ["class 'SquareLayer' from module 'ptycho.custom_layers', which is not Keras"]
@@ -29,125 +30,39 @@ the archive's ``custom_objects.dill`` declares it.
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from polybundle.errors import FormatError, IntegrityError, UnsafeContentError
-from polybundle.format.archive import (
-    MAX_JSON_BYTES,
-    MAX_RATIO,
-    RATIO_FLOOR,
-    check_member_kind,
-    check_member_name,
-)
+from polybundle.errors import IntegrityError, UnsafeContentError
 from polybundle.model.backend import TensorSpec
 from polybundle.model.layouts import OPAQUE, SCALAR
-from polybundle.safety import budget
 from polybundle_tensorflow.keras_file import (
     _MODELS,
     CONFIG_JSON,
     WEIGHTS_H5,
+    KerasZip,
     StoredDataset,
     _snake_case,
     check_weights,
-    keras_stream,
     read_stored,
 )
 
 __all__ = [
-    "KerasFile",
     "check_config",
     "check_dtypes",
     "config_problems",
     "declared_dtypes",
-    "keras_stream",
-    "open_keras",
     "read_weights",
     "variable_dtype",
     "weight_specs",
 ]
 
-MAX_KERAS_MEMBERS = 64
-"""A ``.keras`` file holds three members (four with assets); more is refused."""
-
-MAX_WEIGHTS_BYTES = 64 * 1024**3
-"""Largest ``model.weights.h5`` read into memory."""
-
 _KERAS_MODULES = ("keras", "keras.", "tf_keras.")
 _CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
 _FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
 """The floating dtypes a Keras variable can have (the ones checked against the config)."""
-
-
-@dataclass
-class KerasFile:
-    """The checked contents of a ``.keras`` file held in memory.
-
-    Example:
-        >>> data = Path("model.keras").read_bytes()
-        >>> open_keras(data, where="net/model.keras").config["class_name"]
-        'Functional'
-    """
-
-    config: dict[str, Any]
-    weights: bytes
-    where: str
-
-
-def open_keras(data: bytes, *, where: str) -> KerasFile:
-    """Check the ``.keras`` zip in ``data`` and read its config and weights members.
-
-    Example:
-        >>> open_keras(b"not a zip", where="x")
-        Traceback (most recent call last):
-        ...
-        polybundle.errors.FormatError: x is not a Keras file (...
-    """
-    try:
-        inner = zipfile.ZipFile(io.BytesIO(data))
-        infos = inner.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise FormatError(f"{where} is not a Keras file ({exc}); expected a .keras zip.") from None
-    if len(infos) > MAX_KERAS_MEMBERS:
-        raise UnsafeContentError(f"{where} holds {len(infos)} members; a .keras file has few.")
-    by_name: dict[str, zipfile.ZipInfo] = {}
-    for info in infos:
-        check_member_name(info.filename)
-        check_member_kind(info)
-        if info.filename in by_name:
-            raise UnsafeContentError(f"{where} holds member {info.filename!r} twice; refused.")
-        by_name[info.filename] = info
-
-    def member(name: str, limit: int) -> bytes:
-        info = by_name.get(name)
-        if info is None:
-            raise FormatError(f"{where} lacks {name!r}; it is not a complete Keras file.")
-        if info.file_size > limit:
-            raise UnsafeContentError(f"{where}: {name!r} declares {info.file_size} bytes.")
-        if info.file_size > MAX_RATIO * info.compress_size + RATIO_FLOOR:
-            raise UnsafeContentError(
-                f"{where}: {name!r} declares {info.file_size} bytes from "
-                f"{info.compress_size} compressed (a compression bomb); refused."
-            )
-        budget.charge(info.file_size, f"{where}: {name!r}")
-        try:
-            return inner.read(info)
-        except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError
-            raise FormatError(f"{where}: member {name!r} is damaged ({exc}).") from None
-
-    try:
-        config = json.loads(member(CONFIG_JSON, MAX_JSON_BYTES))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise FormatError(f"{where}: {CONFIG_JSON} is not JSON ({str(exc)[:80]}).") from None
-    if not isinstance(config, dict):
-        raise FormatError(f"{where}: {CONFIG_JSON} is not a JSON object.")
-    return KerasFile(config, member(WEIGHTS_H5, MAX_WEIGHTS_BYTES), where)
 
 
 def _objects(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
@@ -205,13 +120,14 @@ def check_config(config: dict[str, Any], *, where: str, declared: Iterable[str] 
         )
 
 
-def weight_specs(keras_file: KerasFile) -> list[TensorSpec]:
+def weight_specs(keras_file: KerasZip) -> list[TensorSpec]:
     """List the layer weights in ``model.weights.h5`` as specs keyed by their h5 path.
 
     Optimizer slots are left out. Layouts are not guessed (``opaque``, or
     ``scalar``); the tensor's name is its h5 key.
 
     Example:
+        >>> from polybundle_tensorflow.keras_file import open_keras
         >>> keras_file = open_keras(Path("model.keras").read_bytes(), where="net/model.keras")
         >>> [(s.key, s.shape, s.layout) for s in weight_specs(keras_file)][:1]
         [('layers/batch_normalization/vars/0', (8,), 'opaque')]
@@ -224,10 +140,11 @@ def weight_specs(keras_file: KerasFile) -> list[TensorSpec]:
     ]
 
 
-def read_weights(keras_file: KerasFile) -> dict[str, np.ndarray]:
+def read_weights(keras_file: KerasZip) -> dict[str, np.ndarray]:
     """Return ``{h5 key: array}`` for every layer weight (h5py only, no Keras).
 
     Example:
+        >>> from polybundle_tensorflow.keras_file import open_keras
         >>> keras_file = open_keras(Path("model.keras").read_bytes(), where="net/model.keras")
         >>> read_weights(keras_file)["layers/conv2d/vars/0"].shape
         (3, 3, 1, 8)
@@ -236,7 +153,7 @@ def read_weights(keras_file: KerasFile) -> dict[str, np.ndarray]:
 
 
 def _datasets(
-    keras_file: KerasFile, *, with_arrays: bool
+    keras_file: KerasZip, *, with_arrays: bool
 ) -> list[tuple[str, tuple[int, ...], str, Any]]:
     """Check every dataset of the weights file; return the layer weights (optionally read).
 
@@ -244,7 +161,7 @@ def _datasets(
     (links, storage, type, extent), optimizer variables included, before
     anything is read; only the datasets under ``layers/`` are returned.
     """
-    stream = io.BytesIO(keras_file.weights)
+    stream = keras_file.weights()
     stored = check_weights(stream, where=keras_file.where)
     layers = [dataset for dataset in stored if dataset.key.startswith("layers/")]
     check_dtypes(keras_file, layers)
@@ -337,7 +254,7 @@ def declared_dtypes(
     return found
 
 
-def check_dtypes(keras_file: KerasFile, layers: list[StoredDataset]) -> None:
+def check_dtypes(keras_file: KerasZip, layers: list[StoredDataset]) -> None:
     """Refuse a floating dataset whose dtype is not its layer's declared variable dtype.
 
     Only a layer's own variables (``<folder>/vars/<i>``) of a floating dtype
@@ -347,8 +264,9 @@ def check_dtypes(keras_file: KerasFile, layers: list[StoredDataset]) -> None:
 
     Example: the file as saved passes; a config altered to declare ``float16`` is refused.
 
+        >>> from polybundle_tensorflow.keras_file import open_keras
         >>> keras_file = open_keras(Path("model.keras").read_bytes(), where="net/model.keras")
-        >>> stored = check_weights(io.BytesIO(keras_file.weights), where=keras_file.where)
+        >>> stored = check_weights(keras_file.weights(), where=keras_file.where)
         >>> check_dtypes(keras_file, stored)
         >>> layer = next(layer for layer in keras_file.config["config"]["layers"]
         ...              if layer["config"]["name"] == "enc_conv1")

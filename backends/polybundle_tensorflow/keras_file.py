@@ -9,9 +9,11 @@ walks ``config.json`` the same way to give every dataset its variable path
 (``<layer name>/<variable>``, as ``keras.Variable.path`` says) and its
 canonical kind (:mod:`polybundle.model.canonical`).
 
-It is also the one place that opens ``model.weights.h5`` and reads its
-datasets, for the TensorFlow backend, lazy loading, legacy archives, ``verify``,
-``migrate`` and Keras itself. Every dataset goes through :func:`check_dataset`
+It is also the one opener of the ``.keras`` zip (:func:`open_keras`: the zip
+checked like a bundle's, ``config.json`` read as strict JSON) and the one place
+that opens ``model.weights.h5`` and reads its datasets, for the TensorFlow
+backend, lazy loading, legacy archives, ``verify``, ``migrate`` and Keras
+itself. Every dataset goes through :func:`check_dataset`
 first, which accepts only what Keras writes: a group tree where each object has
 one hard link, and datasets that are contiguous, unfiltered, of a plain numeric
 or bool type, whose bytes lie inside the weights file and whose shape and dtype
@@ -33,11 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import mmap
 import re
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -45,14 +47,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from polybundle.errors import FormatError, IntegrityError, PolybundleError, UnsafeContentError
-from polybundle.format.archive import (
-    MAX_JSON_BYTES,
-    MemberRange,
-    NestedZip,
-    check_member_kind,
-    check_member_name,
-    open_nested,
-)
+from polybundle.format.archive import MAX_JSON_BYTES, MemberRange, NestedZip, local_data_start
+from polybundle.format.jsondoc import load_json
 from polybundle.format.tensor_check import check_stored
 from polybundle.model.backend import TensorSpec, resolve_dtype
 from polybundle.model.canonical import Canonical
@@ -64,6 +60,15 @@ CONFIG_JSON = "config.json"
 METADATA_JSON = "metadata.json"
 KERAS_MEMBERS = frozenset({CONFIG_JSON, METADATA_JSON, WEIGHTS_H5})
 """The members Keras 3 writes into a ``.keras`` file for a model without assets."""
+
+MAX_KERAS_MEMBERS = 64
+"""A ``.keras`` file holds three members (a few more with assets); more is refused."""
+
+MAX_WEIGHTS_BYTES = 64 * 1024**3
+"""Largest ``model.weights.h5`` a ``.keras`` file may declare."""
+
+MAX_CONFIG_DEPTH = 200
+"""Deepest nesting of ``config.json`` (each nested model adds a few levels)."""
 
 MAX_H5_LINKS = 200_000
 """Most links walked in one ``model.weights.h5`` (Keras writes a few per layer)."""
@@ -308,8 +313,166 @@ def _container(source: Source) -> BinaryIO | MemberRange:
     return source
 
 
-def read_config(source: BinaryIO) -> dict[str, Any]:
-    """Read only ``config.json`` of the ``.keras`` zip in the seekable ``source``.
+class _BytesWindow(io.RawIOBase):
+    """A read-only, seekable window of bytes in memory: a STORED member of an in-memory zip."""
+
+    def __init__(self, view: memoryview, name: str) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+        self.name = name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        if base + offset < 0:
+            raise OSError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+        target = memoryview(buffer).cast("B")
+        chunk = self._view[self._pos : self._pos + len(target)]
+        target[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+class KerasZip:
+    """A ``.keras`` zip that passed :func:`open_keras`: its config and its weights file.
+
+    ``config`` is the parsed ``config.json``; :meth:`weights` opens
+    ``model.weights.h5`` for ranged reads (nothing of it is read up front);
+    ``where`` names the file in messages.
+
+    Example:
+        >>> keras_zip = open_keras(Path("model.keras").read_bytes(), where="net/model.keras")
+        >>> keras_zip.config["class_name"], sorted(keras_zip.names())
+        ('Functional', ['config.json', 'metadata.json', 'model.weights.h5'])
+        >>> keras_zip.weights().read(4)
+        b'\\x89HDF'
+    """
+
+    def __init__(
+        self,
+        inner: NestedZip,
+        config: dict[str, Any],
+        where: str,
+        memory: memoryview | None = None,
+    ) -> None:
+        self.config = config
+        self.where = where
+        self._inner = inner
+        self._memory = memory
+
+    def names(self) -> list[str]:
+        """Return the member names, in directory order (each checked, none twice)."""
+        return self._inner.names()
+
+    def weights(self) -> BinaryIO | MemberRange:
+        """Open ``model.weights.h5`` for ranged reads; each call gives a fresh stream.
+
+        A STORED member of a bundle member is a sub-range of the bundle (lazy
+        loading maps it); of bytes in memory, a view of them (no copy).
+        """
+        if self._memory is not None:
+            return _BytesWindow(self._memory, WEIGHTS_H5)
+        return self._inner.open(WEIGHTS_H5)
+
+
+def _read_config(inner: NestedZip, info: zipfile.ZipInfo, where: str) -> dict[str, Any]:
+    """Read ``config.json`` (size and CRC-32 as declared) and parse it as strict JSON."""
+    budget.charge(info.file_size, f"{where}: {CONFIG_JSON!r}")
+    try:
+        with inner.open(CONFIG_JSON) as stream:
+            data = stream.read(info.file_size + 1)
+    except PolybundleError:
+        raise
+    except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError
+        raise FormatError(f"{where}: member {CONFIG_JSON!r} is damaged ({exc}).") from None
+    if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+        raise FormatError(
+            f"{where}: {CONFIG_JSON} holds {len(data)} bytes with another CRC-32 than the "
+            f"{info.file_size} its zip directory records; the file is damaged or was altered. "
+            "Re-copy it."
+        )
+    config = load_json(
+        data, where=f"{where}: {CONFIG_JSON}", max_depth=MAX_CONFIG_DEPTH, max_bytes=MAX_JSON_BYTES
+    )
+    if not isinstance(config, dict):
+        raise FormatError(
+            f"{where}: {CONFIG_JSON} holds a JSON {type(config).__name__}; expected an object "
+            "(a Keras model config). The file is damaged or not a Keras file."
+        )
+    return config
+
+
+def open_keras(source: Source, *, where: str = "") -> KerasZip:
+    """Check the ``.keras`` zip in ``source`` once; return its config and ranged weights.
+
+    The one opener of a ``.keras`` file, for every reader (lazy loading, plain
+    files, ``verify``, legacy archives, Keras' own load). Before anything is
+    read it refuses what a bundle's zip refuses (member names, kinds,
+    encryption, compression bombs, a name twice, members that share bytes or
+    leave bytes to no member: :class:`~polybundle.format.archive.NestedZip`),
+    more than :data:`MAX_KERAS_MEMBERS` members, and a missing or oversized
+    ``config.json`` or ``model.weights.h5``. ``config.json`` is then read
+    (charged to :mod:`polybundle.safety.budget`, its CRC-32 checked) and
+    parsed by :func:`polybundle.format.jsondoc.load_json`: ``NaN``,
+    ``Infinity``, duplicate keys and nesting past :data:`MAX_CONFIG_DEPTH`
+    are refused. ``where`` names the file in messages (default: its name).
+
+    Example:
+        >>> open_keras(Path("model.keras").read_bytes(), where="net/model.keras").where
+        'net/model.keras'
+        >>> open_keras(b"not a zip", where="x.keras")
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: x.keras is not a zip file (...); expected a zip ...
+    """
+    container = _container(source)
+    where = where or _where(container)
+    inner = NestedZip(container, label=where)
+    infos = inner.infolist()
+    if len(infos) > MAX_KERAS_MEMBERS:
+        raise UnsafeContentError(
+            f"{where} holds {len(infos)} members; a .keras file holds {len(KERAS_MEMBERS)} "
+            f"(a few more with assets), at most {MAX_KERAS_MEMBERS}. It is not a Keras file "
+            "polybundle reads; re-save the model from a trusted copy."
+        )
+    by_name = {info.filename: info for info in infos}
+    for name, limit in ((CONFIG_JSON, MAX_JSON_BYTES), (WEIGHTS_H5, MAX_WEIGHTS_BYTES)):
+        info = by_name.get(name)
+        if info is None or info.is_dir():
+            raise FormatError(
+                f"{where} lacks {name!r}; expected a complete Keras file "
+                f"({', '.join(sorted(KERAS_MEMBERS))}). Re-save the model with Keras."
+            )
+        if info.file_size > limit:
+            raise UnsafeContentError(
+                f"{where}: {name!r} declares {info.file_size} bytes; expected at most {limit}. "
+                "The file is damaged or hostile."
+            )
+    config = _read_config(inner, by_name[CONFIG_JSON], where)
+    memory = None
+    weights = by_name[WEIGHTS_H5]
+    if isinstance(container, io.BytesIO) and weights.compress_type == zipfile.ZIP_STORED:
+        view = memoryview(container.getvalue())
+        start = local_data_start(lambda at, count: bytes(view[at : at + count]), weights, where)
+        memory = view[start : start + weights.file_size]
+    return KerasZip(inner, config, where, memory)
+
+
+def read_config(source: Source) -> dict[str, Any]:
+    """Return ``config.json`` of the ``.keras`` file in ``source``, after :func:`open_keras`.
 
     Example:
         >>> with open("model.keras", "rb") as f:
@@ -319,34 +482,9 @@ def read_config(source: BinaryIO) -> dict[str, Any]:
         >>> read_config(io.BytesIO(b"not a zip"))
         Traceback (most recent call last):
         ...
-        polybundle.errors.FormatError: model.keras is not a Keras file with config.json (...).
+        polybundle.errors.FormatError: model.keras is not a zip file (...); expected a zip ...
     """
-    where = getattr(source, "name", "model.keras")
-    try:
-        inner = zipfile.ZipFile(source)
-        info = inner.getinfo(CONFIG_JSON)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise FormatError(f"{where} is not a Keras file with {CONFIG_JSON} ({exc}).") from None
-    check_member_name(info.filename)
-    check_member_kind(info)
-    if info.file_size > MAX_JSON_BYTES:
-        raise UnsafeContentError(f"{where}: {CONFIG_JSON} declares {info.file_size} bytes.")
-    try:
-        config = json.loads(inner.read(info))
-    except PolybundleError:
-        raise
-    except Exception as exc:  # BadZipFile (CRC), zlib.error, JSON and recursion errors
-        raise FormatError(f"{where}: {CONFIG_JSON} is damaged ({str(exc)[:80]}).") from None
-    if not isinstance(config, dict):
-        raise FormatError(f"{where}: {CONFIG_JSON} is not a JSON object.")
-    return config
-
-
-def _open(source: Source) -> tuple[dict[str, Any], BinaryIO | MemberRange]:
-    """Return the ``.keras`` file's config and its opened ``model.weights.h5``."""
-    container = _container(source)
-    config = read_config(container)
-    return config, NestedZip(container).open(WEIGHTS_H5)
+    return open_keras(source).config
 
 
 @contextlib.contextmanager
@@ -421,7 +559,7 @@ class CheckedTree:
 
     Example:
         >>> with open("model.keras", "rb") as f:
-        ...     stream = open_nested(f, WEIGHTS_H5)
+        ...     stream = open_keras(f).weights()
         ...     size = stream_size(stream)
         ...     with weights_file(stream) as h5:
         ...         tree = check_tree(h5, size=size)
@@ -476,7 +614,7 @@ def check_tree(h5: Any, *, size: int, where: str = "") -> CheckedTree:
 
     Example:
         >>> with open("model.keras", "rb") as f:
-        ...     stream = open_nested(f, WEIGHTS_H5)
+        ...     stream = open_keras(f).weights()
         ...     with weights_file(stream) as h5:
         ...         "layers/conv2d/vars/0" in check_tree(h5, size=stream_size(stream)).datasets
         True
@@ -638,7 +776,7 @@ def check_dataset(
         >>> spec = TensorSpec("enc_conv1/kernel", "layers/conv2d/vars/0", (3, 3, 1, 4),
         ...                   "float32", "opaque")
         >>> f = open("model.keras", "rb")
-        >>> stream = open_nested(f, WEIGHTS_H5)
+        >>> stream = open_keras(f).weights()
         >>> with weights_file(stream) as h5:
         ...     check_dataset(check_tree(h5, size=stream_size(stream)), "layers/conv2d/vars/0")
         StoredDataset(key='layers/conv2d/vars/0', shape=(3, 3, 1, 8), dtype=dtype('float32'),
@@ -759,7 +897,7 @@ def check_weights(
 
     Example:
         >>> with open("model.keras", "rb") as f:
-        ...     stored = check_weights(open_nested(f, WEIGHTS_H5))
+        ...     stored = check_weights(open_keras(f).weights())
         >>> [(d.key, d.shape) for d in stored][:2]
         [('layers/batch_normalization/vars/0', (8,)), ('layers/batch_normalization/vars/1', (8,))]
     """
@@ -784,7 +922,7 @@ def check_listed(tree: CheckedTree, listed: Iterable[str]) -> None:
 
     Example:
         >>> with open("model.keras", "rb") as f:
-        ...     stream = open_nested(f, WEIGHTS_H5)
+        ...     stream = open_keras(f).weights()
         ...     with weights_file(stream) as h5:
         ...         check_listed(check_tree(h5, size=stream_size(stream)), ["layers/conv2d/vars/0"])
         Traceback (most recent call last):
@@ -824,7 +962,7 @@ def read_datasets(
     """
     container = _container(source)
     where = _where(container)
-    stream = open_nested(container, WEIGHTS_H5)
+    stream = open_keras(container, where=where).weights()
     size = stream_size(stream)
     with weights_file(stream, where=where) as h5:
         tree = check_tree(h5, size=size, where=where)
@@ -872,8 +1010,8 @@ def keras_stream(
     """Check a ``.keras`` file for Keras itself to load; return the file object to give it.
 
     Keras (``keras.saving.load_model``) must see only what polybundle
-    checked: the zip must hold exactly ``config.json``, ``metadata.json``
-    and ``model.weights.h5`` (Keras extracts any other member, such as
+    checked: the zip passes :func:`open_keras` and holds exactly ``config.json``,
+    ``metadata.json`` and ``model.weights.h5`` (Keras extracts any other member, such as
     assets, to a temporary folder, and nothing is extracted to disk), and
     every dataset of the weights file passes :func:`check_dataset`; their
     declared bytes are charged to :mod:`polybundle.safety.budget`, since Keras
@@ -894,19 +1032,19 @@ def keras_stream(
         >>> [weight.path for weight in model.weights]
         ['head/kernel', 'head/bias']
     """
-    where = where or _where(source)
-    inner = NestedZip(source)
-    names = inner.names()
+    keras_zip = open_keras(source, where=where)
+    where = keras_zip.where
+    names = keras_zip.names()
     extra = sorted(set(names) - KERAS_MEMBERS)
-    if extra or len(names) != len(set(names)) or WEIGHTS_H5 not in names:
+    if extra:
         raise UnsafeContentError(
             f"{where} holds members {sorted(names)[:8]}; Keras loads a file of exactly "
             f"{sorted(KERAS_MEMBERS)} without writing to disk, and would extract the others "
-            f"({extra[:4] or 'duplicates'}) to a temporary folder. polybundle extracts nothing "
+            f"({extra[:4]}) to a temporary folder. polybundle extracts nothing "
             "to disk: register a builder with @polybundle.architecture(name, "
             "backend='tensorflow') so only the weights are read, or pass into={role: model}."
         )
-    stored = check_weights(inner.open(WEIGHTS_H5), where=where, specs=specs)
+    stored = check_weights(keras_zip.weights(), where=where, specs=specs)
     if charge:
         budget.charge(sum(d.nbytes for d in stored), f"{where}: the weights Keras loads")
     source.seek(0)
@@ -930,8 +1068,8 @@ def read_keras_weights(
         [('enc_conv1/kernel', 'layers/conv2d/vars/0', 'conv2d'),
          ('enc_conv1/bias', 'layers/conv2d/vars/1', 'conv2d')]
     """
-    config, stream = _open(source)
-    where = _where(source)
+    keras_zip = open_keras(source)
+    config, stream, where = keras_zip.config, keras_zip.weights(), keras_zip.where
     size = stream_size(stream)
     with weights_file(stream, where=where) as h5:
         tree = check_tree(h5, size=size, where=where)
@@ -983,9 +1121,9 @@ def layer_shape_problems(
     Example:
         >>> with open("model.keras", "rb") as f:
         ...     config = read_config(f)
-        ...     print(layer_shape_problems(config, open_nested(f, WEIGHTS_H5)))
+        ...     print(layer_shape_problems(config, open_keras(f).weights()))
         ...     config["config"]["layers"][1]["config"]["filters"] = 64  # enc_conv1 has 8
-        ...     layer_shape_problems(config, open_nested(f, WEIGHTS_H5))[1]
+        ...     layer_shape_problems(config, open_keras(f).weights())[1]
         []
         'enc_conv1/bias is stored as (8,); its layer declares 64 units'
     """
@@ -1014,9 +1152,9 @@ def check_layer_shapes(
     Example:
         >>> with open("model.keras", "rb") as f:
         ...     config = read_config(f)
-        ...     check_layer_shapes(config, open_nested(f, WEIGHTS_H5), where="model.keras")
+        ...     check_layer_shapes(config, open_keras(f).weights(), where="model.keras")
         ...     config["config"]["layers"][4]["config"]["kernel_size"] = [5, 5]  # dec_convT
-        ...     check_layer_shapes(config, open_nested(f, WEIGHTS_H5), where="model.keras")
+        ...     check_layer_shapes(config, open_keras(f).weights(), where="model.keras")
         Traceback (most recent call last):
         ...
         polybundle.errors.FormatError: model.keras: config.json declares layers of other sizes

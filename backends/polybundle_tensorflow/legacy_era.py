@@ -33,14 +33,13 @@ from polybundle.legacy.era import (
 )
 from polybundle.safety.unpickle import Allowed, is_numpy_value, list_globals
 from polybundle_tensorflow import keras_compat
-from polybundle_tensorflow.keras_archive import (
-    check_config,
+from polybundle_tensorflow.keras_archive import check_config, read_weights, weight_specs
+from polybundle_tensorflow.keras_file import (
+    check_layer_fields,
+    check_layer_shapes,
     keras_stream,
     open_keras,
-    read_weights,
-    weight_specs,
 )
-from polybundle_tensorflow.keras_file import check_layer_fields, check_layer_shapes
 
 if TYPE_CHECKING:
     from polybundle.format.archive import ArchiveReader
@@ -112,7 +111,7 @@ class TensorFlowDillEra(EraReader):
             keras_file = open_keras(read_member(archive, weights), where=weights)
             check_config(keras_file.config, where=weights, declared=custom)
             check_layer_fields(keras_file.config, where=weights)
-            check_layer_shapes(keras_file.config, io.BytesIO(keras_file.weights), where=weights)
+            check_layer_shapes(keras_file.config, keras_file.weights(), where=weights)
             params = read_params(archive, f"{role}/params.dill", extra=TF_PARAMS)
             if archive.has(f"{role}/model.h5"):
                 ignored.append(f"{role}/model.h5")

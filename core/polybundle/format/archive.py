@@ -614,7 +614,8 @@ class NestedZip:
     sub-ranges of the outer file (no copy); anything else through
     :mod:`zipfile`. Every member is name- and kind-checked before it is
     opened. Used for ``model.weights.h5`` inside ``model.keras`` and for the
-    storages inside ``model.pth``.
+    storages inside ``model.pth``. ``label`` names the file in messages
+    (default: the container's name).
 
     Example:
         >>> with ArchiveReader("run.bundle") as archive:
@@ -622,9 +623,9 @@ class NestedZip:
         ['archive/data.pkl']
     """
 
-    def __init__(self, container: BinaryIO | MemberRange) -> None:
+    def __init__(self, container: BinaryIO | MemberRange, *, label: str = "") -> None:
         self.container = container
-        self.label = repr(getattr(container, "name", None) or "a member")
+        self.label = label or repr(getattr(container, "name", None) or "a member")
         container.seek(0, io.SEEK_END)
         size = container.tell()
         self._zip = open_zip(
