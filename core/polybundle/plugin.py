@@ -17,9 +17,14 @@ A backend plugin imports only :mod:`polybundle` and this module. It gets:
   archive a detector and an era reader get (:class:`ArchiveReader`, whose
   members are read as :class:`MemberRange` streams);
 - legacy eras: :class:`EraReader`, :class:`LegacyContent`, :class:`LegacyRole`,
-  :func:`read_member` and :func:`safe_loads` (a restricted unpickler);
+  :func:`read_member`, :func:`read_params` and :func:`safe_loads` (a restricted
+  unpickler; a backend's pickle vocabulary maps names to :class:`Allowed`
+  stand-ins and :class:`Leaf` values);
 - the read budget: a reader of untrusted bytes calls :func:`charge` before it
   allocates (``polybundle.load(..., max_bytes=...)`` sets the limit);
+- the tensor checks of a weights file against its manifest, before anything is
+  read: :func:`check_index` (the file holds exactly the manifest's tensors, each
+  of its shape and dtype) and :func:`check_stored` (one tensor);
 - the errors a backend raises (:class:`BackendError`, :class:`FormatError`,
   :class:`TensorMismatchError`, :class:`OptimizerMismatchError`, ...);
 - the conformance kit: an :class:`Adapter` handed over through the
@@ -72,9 +77,10 @@ from polybundle.errors import (
 )
 from polybundle.format.archive import ArchiveReader, MemberRange
 from polybundle.format.detection import Detection, peek_format2_manifest
+from polybundle.format.tensor_check import check_index, check_stored
 from polybundle.hooks.hookspecs import hookimpl
 from polybundle.hooks.manager import get_plugin_manager, reset
-from polybundle.legacy.era import EraReader, LegacyContent, LegacyRole, read_member
+from polybundle.legacy.era import EraReader, LegacyContent, LegacyRole, read_member, read_params
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.canonical import (
     FILL_SLOTS,
@@ -92,7 +98,7 @@ from polybundle.model.optimizer import OptimizerState
 from polybundle.model.optimizer_conversion import NeutralOptimizer
 from polybundle.safety.budget import charge
 from polybundle.safety.dtypes import dtype_label, resolve_dtype
-from polybundle.safety.unpickle import safe_loads
+from polybundle.safety.unpickle import Allowed, Leaf, safe_loads
 from polybundle.tools.conformance import (
     ARCHITECTURE,
     Adapter,
@@ -104,6 +110,7 @@ from polybundle.tools.conformance import (
 __all__ = [
     "ARCHITECTURE",
     "Adapter",
+    "Allowed",
     "ArchiveReader",
     "Backend",
     "BackendError",
@@ -117,6 +124,7 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "KINDS",
+    "Leaf",
     "LegacyContent",
     "LegacyRole",
     "MemberRange",
@@ -136,7 +144,9 @@ __all__ = [
     "UnsupportedOptimizerError",
     "axes",
     "charge",
+    "check_index",
     "check_relayout",
+    "check_stored",
     "conv_spatial",
     "conv_tag",
     "describe_relayout",
@@ -150,6 +160,7 @@ __all__ = [
     "peek_format2_manifest",
     "permutation",
     "read_member",
+    "read_params",
     "relayout",
     "reset",
     "resolve_dtype",

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from polybundle.plugin import Backend, FormatError, TensorMismatchError, TensorSpec
+from polybundle.plugin import Backend, FormatError, TensorMismatchError, TensorSpec, check_index
 
 WEIGHTS_MEMBER = "arrays.safetensors"
 """File name of the weights member inside ``<role>/``."""
@@ -173,12 +173,8 @@ def decode(data: bytes | memoryview, where: str = WEIGHTS_MEMBER) -> dict[str, n
 
 
 def _checked(arrays: dict[str, np.ndarray], specs: list[TensorSpec], where: str) -> None:
-    stored = {spec.key for spec in specs}
-    mismatched = [spec.key for spec in specs if spec.key in arrays and (
-        arrays[spec.key].shape != spec.shape or arrays[spec.key].dtype.name != spec.dtype)]
-    if stored != set(arrays) or mismatched:
-        raise TensorMismatchError(missing=stored - set(arrays), unexpected=set(arrays) - stored,
-                                  mismatched=mismatched, context=f"reading {where}")
+    """Refuse a file that is not exactly the manifest's tensors (the core's check, public)."""
+    check_index(specs, {key: (a.shape, a.dtype) for key, a in arrays.items()}, where=where)
 
 
 class NumpyBackend(Backend):

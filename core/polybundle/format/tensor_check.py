@@ -4,7 +4,9 @@ Every reader (framework-free or not, eager or lazy) calls :func:`check_stored`
 with the shape and dtype it found in the weights file's own index (the pickle's
 tensor records, the HDF5 dataset header) before it allocates or maps the bytes.
 A manifest that says ``(3, 4)`` over a file holding ``(4, 3)`` is refused here,
-not when the model is first called.
+not when the model is first called. :func:`check_index` runs it over a whole
+file's index, after checking the file holds exactly the manifest's tensors.
+Both are exported to backend plugins by :mod:`polybundle.plugin`.
 
 Example:
     >>> from polybundle.model.backend import TensorSpec
@@ -18,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from polybundle.errors import IntegrityError
@@ -50,3 +52,37 @@ def check_stored(
         f"declares {tuple(spec.shape)} {spec.dtype}; the bundle was altered or damaged. "
         "Re-copy it or re-save it from the model."
     )
+
+
+def check_index(
+    specs: Iterable[TensorSpec], index: Mapping[str, tuple[Sequence[int], Any]], *, where: str
+) -> None:
+    """Refuse a weights file whose index is not exactly the tensors ``specs`` declare.
+
+    ``index`` maps every tensor key the file holds to the shape and dtype the
+    file records for it. A key the file lacks or holds beyond ``specs`` raises
+    :class:`~polybundle.errors.IntegrityError`, and so does any shape or dtype
+    that is not its spec's (:func:`check_stored`): all before a byte is read.
+
+    Example:
+        >>> from polybundle.model.backend import TensorSpec
+        >>> specs = [TensorSpec("w", "w", (2,), "float32", "out")]
+        >>> check_index(specs, {"w": ((2,), "float32")}, where="net/arrays.st")
+        >>> check_index(specs, {"w": ((2,), "<f4"), "x": ((1,), "<f4")}, where="net/arrays.st")
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.IntegrityError: net/arrays.st does not hold the tensors its manifest
+        declares (missing from the file: []; in the file but not in the manifest: ['x']); ...
+    """
+    wanted = {spec.key: spec for spec in specs}
+    missing = sorted(wanted.keys() - index.keys())
+    extra = sorted(index.keys() - wanted.keys())
+    if missing or extra:
+        raise IntegrityError(
+            f"{where} does not hold the tensors its manifest declares (missing from the file: "
+            f"{missing[:10]}; in the file but not in the manifest: {extra[:10]}); the bundle "
+            "was altered or damaged. Re-copy it or re-save it from the model."
+        )
+    for key, spec in wanted.items():
+        shape, dtype = index[key]
+        check_stored(spec, shape, dtype, where=where)
