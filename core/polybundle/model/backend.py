@@ -1,9 +1,9 @@
 """The interface every backend (framework binding) implements.
 
 A backend turns native models of one framework into the bundle's members and
-back. Built-in backends live in :mod:`polybundle.backends`; third parties ship
-their own in a plugin package and register an instance through the
-``polybundle_register_backends`` hook.
+back. The built-in backends (``polybundle_torch``, ``polybundle_tensorflow``)
+and third-party ones (``polybundle_jax``) alike ship in a plugin package and
+register an instance through the ``polybundle_register_backends`` hook.
 
 Example: a backend sets its class attributes, then writes the abstract methods
 (``tests/numpy_backend`` is a complete one).
