@@ -145,3 +145,16 @@ def test_polybundle_conformance_prints_the_matrix(tmp_path):
     for feature in FEATURES:
         assert feature.pairwise or feature.name in done.stdout  # pairwise: no other backend
     assert "numpy / resume: n.a.: " + NO_OPTIMIZER in done.stdout
+
+
+def test_a_plugin_module_that_does_not_import_is_a_one_line_error():
+    """Before: `polybundle conformance --plugin tests.numpy_backend.plugin` from the console
+    script (whose sys.path lacks the working folder) ended in a ModuleNotFoundError traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "polybundle.tools.cli", "conformance", "--plugin",
+         "no_such_plugin_module"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "BackendError" in done.stderr and "'no_such_plugin_module'" in done.stderr

@@ -41,6 +41,7 @@ from rich.text import Text
 from polybundle.api.loading import load
 from polybundle.api.saving import save
 from polybundle.api.transfer import convert, plan_bundle
+from polybundle.errors import BackendError
 from polybundle.format.archive import ArchiveReader
 from polybundle.hooks.manager import DEFAULT_PLUGINS, get_plugin_manager
 from polybundle.hooks.registry import get_backend
@@ -631,8 +632,24 @@ def problems(cells: list[Cell]) -> list[str]:
 def plugin_modules(names: Iterable[str]) -> list[types.ModuleType]:
     """Import the plugin modules ``names`` (for ``polybundle conformance --plugin``).
 
+    A module that cannot be imported is a :class:`BackendError` naming it.
+
     Example:
-        >>> plugin_modules([])
-        []
+        >>> plugin_modules(["json"])[0].__name__
+        'json'
+        >>> plugin_modules(["no_such_plugin"])
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.BackendError: cannot import plugin module 'no_such_plugin' (...
     """
-    return [importlib.import_module(name) for name in names]
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError as exc:
+            raise BackendError(
+                f"cannot import plugin module {name!r} ({exc}); expected an importable module "
+                "with @hookimpl functions. Install its package, or run from the folder that "
+                "holds it with `python -m polybundle.tools.cli conformance --plugin ...`."
+            ) from None
+    return modules
