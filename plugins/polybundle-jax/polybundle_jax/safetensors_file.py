@@ -32,10 +32,10 @@ import numpy as np
 
 from polybundle.plugin import (
     FormatError,
-    IntegrityError,
     MemberRange,
     TensorSpec,
     charge,
+    check_index,
     resolve_dtype,
 )
 
@@ -157,23 +157,8 @@ def _checked(
     stored: dict[str, StoredTensor], specs: Sequence[TensorSpec], where: str
 ) -> list[StoredTensor]:
     """Return the stored tensors of ``specs`` in order, once the file holds exactly them."""
-    wanted = {spec.key: spec for spec in specs}
-    missing = sorted(wanted.keys() - stored.keys())
-    extra = sorted(stored.keys() - wanted.keys())
-    if missing or extra:
-        raise IntegrityError(
-            f"{where} does not hold the tensors its manifest declares (missing from the file: "
-            f"{missing[:10]}; in the file but not in the manifest: {extra[:10]}); the bundle "
-            "was altered or damaged. Re-copy it or re-save it from the model."
-        )
-    for spec in specs:
-        found = stored[spec.key]
-        if found.shape != tuple(spec.shape) or found.dtype != spec.dtype:
-            raise IntegrityError(
-                f"{where} stores {spec.name} as {found.shape} {found.dtype}, but the manifest "
-                f"declares {tuple(spec.shape)} {spec.dtype}; the bundle was altered or "
-                "damaged. Re-copy it or re-save it from the model."
-            )
+    check_index(specs, {key: (tensor.shape, tensor.dtype) for key, tensor in stored.items()},
+                where=where)
     return [stored[spec.key] for spec in specs]
 
 
