@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from polybundle.model.canonical import KINDS, Canonical, conv_spatial, is_unit
+from polybundle.model.canonical import KINDS, Canonical, conv_spatial, shared_layout
 from polybundle.model.layouts import OPAQUE, conv_tag
 
 KIND_OF_CLASS: dict[str, str] = {
@@ -104,14 +104,9 @@ def native_layout(kind: str, slot: str, source_layout: str = "") -> str | None:
     """
     if slot not in KINDS.get(kind, ()) or slot == "count":
         return None
-    if slot in NORM_SLOTS:
-        return "c"
-    if slot == "bias":
-        return "out"
-    if slot == "embeddings":
-        return "vocab,dim"
-    if slot == "alpha":
-        return "1" if is_unit(source_layout) else "c"
+    shared = shared_layout(slot, source_layout)
+    if shared is not None:
+        return shared
     if kind == "dense":
         return "in,out"
     spatial = conv_spatial(kind)

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from polybundle.model.canonical import KINDS, Canonical, conv_spatial, is_unit
+from polybundle.model.canonical import KINDS, Canonical, conv_spatial, shared_layout
 from polybundle.model.layouts import SCALAR, conv_tag
 
 SLOTS: dict[str, dict[str, str]] = {
@@ -106,14 +106,9 @@ def native_layout(kind: str, slot: str, source_layout: str = "") -> str | None:
         return None
     if slot == "count":
         return SCALAR
-    if slot in ("gamma", "beta", "moving_mean", "moving_variance"):
-        return "c"
-    if slot == "bias":
-        return "out"
-    if slot == "embeddings":
-        return "vocab,dim"
-    if slot == "alpha":
-        return "1" if is_unit(source_layout) else "c"
+    shared = shared_layout(slot, source_layout)
+    if shared is not None:
+        return shared
     if kind == "dense":
         return "out,in"
     spatial = conv_spatial(kind)

@@ -7,7 +7,8 @@ A backend plugin imports only :mod:`polybundle` and this module. It gets:
   layout tags and helpers (:data:`OPAQUE`, :data:`SCALAR`, :func:`conv_tag`,
   :func:`axes`, :func:`permutation`, :func:`relayout`, :func:`check_relayout`,
   :func:`describe_relayout`, :func:`infer_shape`, :func:`conv_spatial`,
-  :func:`is_unit`) and dtype names (:func:`resolve_dtype`, :func:`dtype_label`);
+  :func:`is_unit`, :func:`shared_layout`) and dtype names (:func:`resolve_dtype`,
+  :func:`dtype_label`);
 - the optimizer state: :class:`OptimizerState` (what a bundle stores) and
   :class:`NeutralOptimizer` (what conversion between frameworks works on);
 - the hooks: :data:`hookimpl` (the hooks are listed in ``docs/hooks.md``),
@@ -92,6 +93,7 @@ from polybundle.model.canonical import (
     infer_shape,
     is_unit,
     relayout,
+    shared_layout,
 )
 from polybundle.model.layouts import OPAQUE, SCALAR, axes, conv_tag, permutation
 from polybundle.model.optimizer import OptimizerState
@@ -156,6 +158,7 @@ __all__ = [
     "hookimpl",
     "infer_shape",
     "is_unit",
+    "shared_layout",
     "neutral_inputs",
     "peek_format2_manifest",
     "permutation",

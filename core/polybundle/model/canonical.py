@@ -107,6 +107,29 @@ def is_unit(tag: str) -> bool:
     return bool(tag) and set(tag.split(",")) == {"1"}
 
 
+VECTOR_SLOTS: dict[str, str] = {
+    "gamma": "c", "beta": "c", "moving_mean": "c", "moving_variance": "c",
+    "bias": "out", "embeddings": "vocab,dim",
+}
+"""Slots whose layout is the same in every framework, and that layout."""
+
+
+def shared_layout(slot: str, source_layout: str = "") -> str | None:
+    """Return the layout ``slot`` has in every framework, or None when frameworks differ.
+
+    Per-channel vectors, biases, embeddings and PReLU slopes are stored alike
+    everywhere (a slope of one value stays ``1``); kernels and the batch-norm
+    count are each backend's own answer in :meth:`Backend.native_layout`.
+
+    Example:
+        >>> shared_layout("moving_mean"), shared_layout("alpha", "1"), shared_layout("kernel")
+        ('c', '1', None)
+    """
+    if slot == "alpha":
+        return "1" if is_unit(source_layout) else "c"
+    return VECTOR_SLOTS.get(slot)
+
+
 def _tokens(tag: str) -> list[list[str]]:
     if tag == SCALAR:
         return []

@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from polybundle.plugin import KINDS, Canonical, conv_spatial, conv_tag, is_unit
+from polybundle.plugin import KINDS, Canonical, conv_spatial, conv_tag, shared_layout
 
 _NORMS = {"BatchNorm": "batchnorm", "LayerNorm": "layernorm", "GroupNorm": "groupnorm"}
 _NORM_SLOTS = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
@@ -109,14 +109,9 @@ def native_layout(kind: str, slot: str, source_layout: str = "") -> str | None:
     """
     if slot not in KINDS.get(kind, ()) or slot == "count":
         return None
-    if slot in ("gamma", "beta", "moving_mean", "moving_variance"):
-        return "c"
-    if slot == "bias":
-        return "out"
-    if slot == "embeddings":
-        return "vocab,dim"
-    if slot == "alpha":
-        return "1" if is_unit(source_layout) else "c"
+    shared = shared_layout(slot, source_layout)
+    if shared is not None:
+        return shared
     if kind == "dense":
         return "in,out"
     spatial = conv_spatial(kind)
