@@ -50,7 +50,7 @@ DOCTEST_ROOTS = (
 """Folders whose modules' docstring examples run (relative to the repository root): the
 sources and the tests' and benchmarks' own helpers, so no example goes unrun."""
 
-DOCS = ("README.md", "plugins/polybundle-jax/README.md", "docs/*.md")
+DOCS = ("README.md", "plugins/polybundle-jax/README.md", "docs/*.md", "docs/tutorials/*.md")
 """Markdown files whose Python blocks run."""
 
 SELF_TESTED = re.compile(r"<!-- (walkthrough|source: [^>]*) -->\s*\Z")
