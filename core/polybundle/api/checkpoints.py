@@ -57,7 +57,7 @@ from polybundle.api.saving import save
 from polybundle.api.verify import verify
 from polybundle.errors import CheckpointError, FormatError, PolybundleError
 from polybundle.format.jsondoc import load_json
-from polybundle.format.writer import atomic_write_bytes, write_error
+from polybundle.format.writer import atomic_write_bytes, file_mode, write_error
 
 INDEX_NAME = "checkpoints.json"
 """The index file inside a checkpoint directory."""
@@ -99,8 +99,10 @@ class Checkpoint:
     created: str
 
 
-def write_json_atomically(path: Path, document: Any) -> None:
+def write_json_atomically(path: Path, document: Any, *, mode: int | None = None) -> None:
     """Write ``document`` as JSON to ``path`` so readers see the old file or the new one.
+
+    The file gets ``0o666`` less the umask, or ``mode`` when given.
 
     An OS error (full disk, read-only folder) raises a
     :class:`~polybundle.errors.WriteError` and leaves no temporary file.
@@ -110,7 +112,8 @@ def write_json_atomically(path: Path, document: Any) -> None:
         >>> json.loads(Path("index.json").read_text())
         {'steps': []}
     """
-    atomic_write_bytes(path, json.dumps(document, indent=1, allow_nan=False).encode("utf-8"))
+    data = json.dumps(document, indent=1, allow_nan=False).encode("utf-8")
+    atomic_write_bytes(path, data, mode=mode)
 
 
 def _finite(value: int | float) -> bool:
@@ -230,6 +233,9 @@ class CheckpointManager:
     ``keep_last`` keeps the most recent saves (``None`` keeps all);
     ``keep_best=(metric, "min" | "max"[, count])`` also keeps the best
     ``count`` checkpoints by that metric. ``latest`` is the most recent save.
+    Bundles and the index get the permissions of any file a tool writes
+    (``0o666`` less the umask), or ``mode`` when given (``0o600``: only the
+    owner reads them).
 
     Example:
         >>> manager = CheckpointManager("ckpt", keep_last=3)
@@ -241,6 +247,11 @@ class CheckpointManager:
         (40, [20, 30, 40])
         >>> sorted(path.name for path in Path("ckpt").glob("*.bundle"))[0]
         'checkpoint-0000000020.bundle'
+        >>> private = CheckpointManager("private", mode=0o600)
+        >>> oct(private.save(1, {"net": net}).path.stat().st_mode & 0o777)
+        '0o600'
+        >>> oct(private.index_path.stat().st_mode & 0o777)
+        '0o600'
     """
 
     def __init__(
@@ -249,6 +260,7 @@ class CheckpointManager:
         *,
         keep_last: int | None = 3,
         keep_best: tuple[Any, ...] | None = None,
+        mode: int | None = None,
     ) -> None:
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
             raise CheckpointError(
@@ -261,6 +273,8 @@ class CheckpointManager:
             )
         self.keep_last = keep_last
         self.keep_best = _check_keep_best(keep_best)
+        self.mode = None if mode is None else file_mode(mode)
+        """The bundles' and the index's permission bits; ``None`` follows the umask."""
 
     @property
     def index_path(self) -> Path:
@@ -443,6 +457,7 @@ class CheckpointManager:
                 optimizers=optimizers,
                 schedulers=schedulers,
                 rng=rng,
+                mode=self.mode,
             )
             created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             entry = {"step": step, "file": name, "metrics": metrics, "created": created}
@@ -451,7 +466,7 @@ class CheckpointManager:
             history.append({"step": step, "metrics": metrics, "created": created})
             kept = self._retained(checkpoints)
             index.update(checkpoints=kept, history=history)
-            write_json_atomically(self.index_path, index)
+            write_json_atomically(self.index_path, index, mode=self.mode)
             self._prune(kept)
         return self._checkpoint(entry)
 

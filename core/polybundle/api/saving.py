@@ -21,7 +21,7 @@ from polybundle.errors import BackendError, PolybundleError
 from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
 from polybundle.format.params import ARRAYS_MEMBER, encode_params
 from polybundle.format.parity import PARITY_MEMBER, encode_parity, per_role_inputs
-from polybundle.format.writer import ArchiveWriter
+from polybundle.format.writer import ArchiveWriter, file_mode
 from polybundle.hooks.registry import backend_for_model, remembered_architecture
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.optimizer import SLOTS_MEMBER, STATE_MEMBER, OptimizerState, encode_optimizer
@@ -157,6 +157,7 @@ def save(
     rng: bool = False,
     progress: bool = False,
     parity_inputs: Any = None,
+    mode: int | None = None,
 ) -> dict[str, Any]:
     """Save ``{role: native model}`` and ``params`` as a format-2 bundle at ``path``.
 
@@ -181,7 +182,10 @@ def save(
     list of arrays, or ``{role: ...}``) runs each model on them in inference
     mode and stores inputs and outputs in ``<role>/parity.safetensors`` as the
     reference for :func:`polybundle.tools.parity.compare` and ``polybundle verify
-    --parity``. Returns the manifest written.
+    --parity``. The file gets the permissions of any file a tool writes
+    (``0o666`` less the umask: ``0o644`` under the usual ``022``); ``mode``
+    sets them instead, e.g. ``mode=0o600`` for a bundle only its owner may
+    read. Returns the manifest written.
 
     Example:
         >>> manifest = polybundle.save("mine.bundle", {"net": net}, params={"lr": 1e-3})
@@ -189,8 +193,12 @@ def save(
         ('torch', ['net'])
         >>> polybundle.load("mine.bundle", lazy=True).params
         {'lr': 0.001}
+        >>> _ = polybundle.save("private.bundle", {"net": net}, mode=0o600)
+        >>> oct(os.stat("private.bundle").st_mode & 0o777)
+        '0o600'
     """
     target = Path(path)
+    permissions = file_mode(mode)
     _check_roles(models)
     backend = _infer_backend(models)
     encoded_params = encode_params({} if params is None else params)
@@ -227,7 +235,7 @@ def save(
     _check_target(target)
     weights_bytes = sum(TensorSpec.from_json(t).nbytes for e in entries for t in e["tensors"])
     bar = progress_bar(f"saving {target.name}", weights_bytes, enabled=progress)
-    with ArchiveWriter(target) as writer, bar as advance:
+    with ArchiveWriter(target, mode=permissions) as writer, bar as advance:
         writer.write_bytes(PARAMS_MEMBER, encoded_params.document, compress=True)
         if encoded_params.arrays is not None:
             writer.write_bytes(ARRAYS_MEMBER, encoded_params.arrays)

@@ -8,6 +8,10 @@ temporary file (before anything else, so a full disk is freed even when closing
 fails) and leaves the target untouched; an error of the operating system (full
 disk, read-only folder, no permission) becomes a
 :class:`~polybundle.errors.WriteError` naming the path and the OS's reason.
+A bundle gets the permissions of any file a tool writes, ``0o666`` less the
+umask (:func:`file_mode`), or the ``mode`` asked for; they are set on the
+temporary file (created ``0o600``) before the rename, so the bundle never
+appears with other permissions.
 
 Temporary files are named ``.<target>.polybundle-tmp-<pid>-<random>`` and are
 held under an advisory lock while written. The next write into the same
@@ -270,7 +274,9 @@ def create_temp(target: Path) -> tuple[int, Path]:
     """Create and lock a new temporary file beside ``target``; return ``(fd, path)``.
 
     The name is ``.<target name>.polybundle-tmp-<pid>-<random>``; the file is
-    created exclusively (mode 0600) and held under :func:`fcntl.flock` until closed.
+    created exclusively (mode 0600, so nobody reads a half-written bundle; the
+    writer gives it its final mode before the rename) and held under
+    :func:`fcntl.flock` until closed.
 
     Example:
         >>> fd, path = create_temp(Path("run.bundle"))
@@ -292,6 +298,70 @@ def create_temp(target: Path) -> tuple[int, Path]:
         _lock(fd)
         return fd, path
     raise AssertionError("unreachable")
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """Return this process's umask without changing it for other threads.
+
+    Linux reports it in ``/proc/self/status``; elsewhere it is read by setting
+    ``0o077`` and back under a lock, so a file another thread creates meanwhile
+    is at worst private, never more open than asked.
+
+    Example:
+        >>> 0 <= current_umask() <= 0o777
+        True
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return umask
+
+
+def file_mode(mode: int | None = None) -> int:
+    """Return the permission bits a new bundle gets: ``mode``, or ``0o666`` less the umask.
+
+    ``None`` gives what any file a tool creates gets (``0o644`` under the
+    usual umask ``022``); an int from ``0`` to ``0o777`` is used as given
+    (``0o600`` keeps a bundle private whatever the umask). Anything else is a
+    :class:`~polybundle.errors.PolybundleError`.
+
+    Example:
+        >>> oct(file_mode(0o600))
+        '0o600'
+        >>> file_mode(None) == 0o666 & ~current_umask()
+        True
+        >>> file_mode(0o4755)
+        Traceback (most recent call last):
+        polybundle.errors.PolybundleError: mode is 0o4755; expected permission bits from 0 to
+        0o777 (e.g. mode=0o600 for a private file), or None to follow the umask.
+    """
+    if mode is None:
+        return 0o666 & ~current_umask()
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
+        shown = oct(mode) if isinstance(mode, int) and not isinstance(mode, bool) else repr(mode)
+        raise PolybundleError(
+            f"mode is {shown}; expected permission bits from 0 to 0o777 (e.g. mode=0o600 for "
+            "a private file), or None to follow the umask."
+        )
+    return mode
+
+
+def _set_mode(fd: int, path: Path, mode: int) -> None:
+    """Give the open temporary file ``mode`` before it is renamed into place."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:  # Windows: only the read-only bit exists
+        os.chmod(path, mode)
 
 
 def _process_alive(pid: int) -> bool:
@@ -372,11 +442,14 @@ def write_error(exc: OSError, target: Path, detail: str = "") -> WriteError:
     return WriteError(str(target), os_reason(exc), detail)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, mode: int | None = None
+) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
-    On any failure the temporary file is removed; an OS error becomes a
-    :class:`~polybundle.errors.WriteError`.
+    The file gets :func:`file_mode` ``(mode)``: the umask's permissions unless
+    ``mode`` is given. On any failure the temporary file is removed; an OS
+    error becomes a :class:`~polybundle.errors.WriteError`.
 
     Example:
         >>> import tempfile
@@ -385,7 +458,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         >>> target.read_bytes()
         b'{}'
     """
-    atomic_write_chunks(path, [data])
+    atomic_write_chunks(path, [data], mode=mode)
 
 
 def atomic_write_chunks(
@@ -393,14 +466,16 @@ def atomic_write_chunks(
     chunks: Iterable[bytes],
     *,
     check: Callable[[Path], None] | None = None,
+    mode: int | None = None,
 ) -> None:
     """Write ``chunks`` to ``path`` atomically; ``check(temp)`` may refuse before it appears.
 
     The one atomic-path routine for whole files (bundles have
     :class:`ArchiveWriter`): stale temporary files of dead writers are
     removed, the bytes go to a locked temporary file beside ``path``, which is
-    fsynced, given the umask's permissions, checked, renamed over ``path``
-    and the folder fsynced. On any failure the temporary file is removed and
+    fsynced, given :func:`file_mode` ``(mode)`` (the umask's permissions
+    unless ``mode`` is given), checked, renamed over ``path`` and the folder
+    fsynced. On any failure the temporary file is removed and
     ``path`` is left as it was; an OS error becomes a
     :class:`~polybundle.errors.WriteError`.
 
@@ -412,6 +487,7 @@ def atomic_write_chunks(
         b'abcd'
     """
     target = Path(path)
+    permissions = file_mode(mode)
     remove_stale_temps(target.parent)
     try:
         fd, temp = create_temp(target)
@@ -424,9 +500,7 @@ def atomic_write_chunks(
                 while view:
                     view = view[os.write(fd, view) :]
             os.fsync(fd)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
+            _set_mode(fd, temp, permissions)
         finally:
             os.close(fd)
         if check is not None:
@@ -446,7 +520,10 @@ class ArchiveWriter:
     Members go in STORED unless ``compress=True`` is asked for (small JSON).
     Every member's size and sha256 is recorded in :attr:`records`. Creating
     the writer first removes stale temporary files of dead writers from the
-    target's folder (:func:`remove_stale_temps`).
+    target's folder (:func:`remove_stale_temps`). The bundle gets
+    :func:`file_mode` ``(mode)``: ``0o666`` less the umask, as any file a tool
+    writes, or ``mode`` when given; the temporary file stays ``0o600`` until
+    :meth:`commit` sets it, just before the rename.
 
     Example:
         >>> with ArchiveWriter("out.bundle") as writer:
@@ -458,7 +535,9 @@ class ArchiveWriter:
         b'0123'
     """
 
-    def __init__(self, target: str | os.PathLike[str]) -> None:
+    def __init__(self, target: str | os.PathLike[str], *, mode: int | None = None) -> None:
+        self.mode = file_mode(mode)
+        """The permission bits the bundle gets."""
         self.target = Path(target)
         self.records: list[MemberRecord] = []
         self._committed = False
@@ -543,6 +622,7 @@ class ArchiveWriter:
             self._zip.close()
             self._file.flush()
             os.fsync(self._file.fileno())
+            _set_mode(self._file.fileno(), self._temp_path, self.mode)
             self._file.close()
             os.replace(self._temp_path, self.target)
         except OSError as exc:
