@@ -30,9 +30,11 @@ Example (one architecture registered in PyTorch and Keras; the bundle stores its
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,7 @@ from polybundle.format.parity import as_inputs as as_inputs
 from polybundle.format.parity import encode_parity as encode_parity
 from polybundle.format.parity import input_names as input_names
 from polybundle.format.parity import per_role_inputs
+from polybundle.format.writer import atomic_write_bytes
 from polybundle.hooks.registry import get_backend, get_registry
 
 DEFAULT_RTOL = 1e-5
@@ -120,6 +123,10 @@ class ParityReport:
     atol: float
     reference: str
     skipped: dict[str, str] = field(default_factory=dict)
+    samples: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """``{(role, output, backend): (outputs, reference)}`` of every row with matching shapes."""
 
     @property
     def passed(self) -> bool:
@@ -147,6 +154,36 @@ class ParityReport:
             lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
         lines += [f"skipped {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike[str], *, mode: int | None = None) -> Path:
+        """Draw each role's outputs against the reference and its errors as a PNG at ``path``.
+
+        One row per role: on the left every output value of every backend
+        against the reference value (a scatter on the diagonal when they
+        agree), on the right the distribution of the errors ``output -
+        reference`` (a histogram per backend). Needs matplotlib (``pip install
+        'polybundle[plot]'``); it is imported here only and draws with the Agg
+        backend, leaving pyplot's state alone. The file is written atomically
+        with the umask's permissions (or ``mode``). Returns the path written.
+
+        Example:
+            >>> @polybundle.architecture("doc-plot", backend="torch")
+            ... def build_plot(config):
+            ...     return torch.nn.Linear(4, 3)
+            >>> model = polybundle.build("doc-plot", {}, backend="torch")
+            >>> x = np.linspace(-1, 1, 40, dtype="f4").reshape(10, 4)
+            >>> _ = polybundle.save("plotted.bundle", {"net": model}, parity_inputs=x)
+            >>> report = compare("plotted.bundle", backends=["torch"])
+            >>> report.plot("parity.png").read_bytes()[1:4]  # a PNG's signature
+            b'PNG'
+        """
+        if not self.samples:
+            raise PolybundleError(
+                "the parity report has no outputs to plot (every backend was skipped, or no "
+                "output matched its reference's shape); run compare on a backend that is "
+                f"installed. Skipped: {self.skipped or 'none'}."
+            )
+        return write_plot(self, Path(path), mode)
 
 
 def errors(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -220,6 +257,7 @@ def compare(
         reference = f"{writer!r} outputs on the given inputs"
     rows: list[ParityRow] = []
     skipped: dict[str, str] = {}
+    samples: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
     for name in sorted(get_registry().backends) if backends is None else backends:
         backend = get_backend(name)
         try:
@@ -243,7 +281,96 @@ def compare(
                                           False, "output missing"))
                     continue
                 max_abs, max_rel = errors(got, ref)
+                if np.shape(got) == np.shape(ref):
+                    samples[(role, output, backend.name)] = (np.asarray(got), np.asarray(ref))
                 scale = float(np.max(np.abs(ref))) if np.size(ref) else 0.0
                 rows.append(ParityRow(role, output, backend.name, max_abs, max_rel,
                                       max_abs <= atol + rtol * scale))
-    return ParityReport(rows, rtol=rtol, atol=atol, reference=reference, skipped=skipped)
+    return ParityReport(rows, rtol=rtol, atol=atol, reference=reference, skipped=skipped,
+                        samples=samples)
+
+
+PLOT_POINTS = 20_000
+"""Most values per series drawn in a parity plot's scatter (an even subsample beyond)."""
+
+
+def _float(values: np.ndarray) -> np.ndarray:
+    """Return ``values`` as a flat float64 array (complex: the real parts)."""
+    flat = np.asarray(values).reshape(-1)
+    if np.iscomplexobj(flat):
+        flat = flat.real
+    return flat.astype(np.float64)
+
+
+def _thin(count: int) -> np.ndarray | slice:
+    """Return the indices of at most :data:`PLOT_POINTS` evenly spread values of ``count``."""
+    if count <= PLOT_POINTS:
+        return slice(None)
+    return np.linspace(0, count - 1, PLOT_POINTS).astype(np.int64)
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    """Import matplotlib's Figure and Agg canvas, or say which extra installs it."""
+    try:
+        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PolybundleError(
+            f"the parity plot needs matplotlib, which is not installed ({exc}); install it with: "
+            "pip install 'polybundle[plot]'"
+        ) from None
+    del matplotlib  # imported first so a missing package fails here, not half way
+    return Figure, FigureCanvasAgg
+
+
+def write_plot(report: ParityReport, path: Path, mode: int | None = None) -> Path:
+    """Draw ``report``'s samples (see :meth:`ParityReport.plot`) into the PNG ``path``.
+
+    Example:
+        >>> row = ParityRow("net", "output", "torch", 0.0, 0.0, True)
+        >>> values = np.linspace(-1, 1, 8)
+        >>> report = ParityReport([row], rtol=1e-5, atol=1e-6, reference="stored",
+        ...                       samples={("net", "output", "torch"): (values, values)})
+        >>> write_plot(report, Path("p.png")).stat().st_size > 1000
+        True
+    """
+    figure_class, canvas_class = _matplotlib()
+    roles = list(dict.fromkeys(role for role, _, _ in report.samples))
+    figure = figure_class(figsize=(10, 3.6 * len(roles)), layout="constrained")
+    canvas_class(figure)
+    figure.suptitle(f"parity: reference = {report.reference}", fontsize=10)
+    axes = figure.subplots(len(roles), 2, squeeze=False)
+    for (scatter, histogram), role in zip(axes, roles, strict=True):
+        keys = [key for key in report.samples if key[0] == role]
+        several = len({output for _, output, _ in keys}) > 1
+        low, high = np.inf, -np.inf
+        for _, output, backend in keys:
+            got, ref = (_float(a) for a in report.samples[(role, output, backend)])
+            label = f"{backend}: {output}" if several else backend
+            row = next((r for r in report.rows if (r.role, r.output, r.backend) ==
+                        (role, output, backend)), None)
+            verdict = "" if row is None else (" (pass)" if row.passed else " (FAIL)")
+            chosen = _thin(ref.size)
+            scatter.scatter(ref[chosen], got[chosen], s=6, alpha=0.6, label=label + verdict)
+            error = got - ref
+            finite = error[np.isfinite(error)]
+            histogram.hist(finite, bins=50, histtype="step", linewidth=1.4,
+                           label=f"{label}: max |error| {row.max_abs:.2e}" if row else label)
+            if ref.size:
+                low, high = min(low, float(np.nanmin(ref))), max(high, float(np.nanmax(ref)))
+        if np.isfinite(low) and np.isfinite(high):
+            scatter.plot([low, high], [low, high], color="0.5", linewidth=0.8, linestyle="--")
+        scatter.set_title(f"{role}: outputs against the reference", fontsize=10)
+        scatter.set_xlabel("reference")
+        scatter.set_ylabel("output")
+        scatter.legend(fontsize=8)
+        histogram.set_title(f"{role}: error distribution", fontsize=10)
+        histogram.set_xlabel("output - reference")
+        histogram.set_ylabel("values")
+        histogram.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
+        histogram.legend(fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue(), mode=mode)
+    return path
