@@ -3,13 +3,18 @@
 ``polybundle conformance`` (and ``polybundle demo``) drive the PyTorch backend
 through :class:`TorchAdapter`. Nothing here imports torch until a model is built.
 
+The model takes channels-last images, as the other frameworks' models do, so
+one bundle's stored parity inputs (``polybundle parity``) run unchanged in
+every framework.
+
 Example:
     >>> TorchAdapter().native_inputs(np.zeros((4, 6, 6, 1), np.float32)).shape
-    (4, 1, 6, 6)
+    (4, 6, 6, 1)
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -17,8 +22,32 @@ import numpy as np
 from polybundle.plugin import Adapter
 
 
+@cache
+def channels_last_sequential() -> type:
+    """Return ``torch.nn.Sequential`` taking channels-last images (N, H, W, C), made once.
+
+    Its layers (and so its ``state_dict`` keys) are the ``Sequential``'s; only
+    ``forward`` moves the channel axis first.
+
+    Example:
+        >>> import torch
+        >>> net = channels_last_sequential()(torch.nn.Conv2d(1, 2, 3))
+        >>> tuple(net(torch.zeros(1, 5, 5, 1)).shape)
+        (1, 2, 3, 3)
+    """
+    import torch
+
+    class ChannelsLastSequential(torch.nn.Sequential):
+        """``torch.nn.Sequential`` whose input is channels-last (N, H, W, C)."""
+
+        def forward(self, x: Any) -> Any:
+            return super().forward(x.permute(0, 3, 1, 2))
+
+    return ChannelsLastSequential
+
+
 def build_conformance_model(config: dict[str, Any]) -> Any:
-    """Build :data:`polybundle.tools.conformance.ARCHITECTURE` in PyTorch (input N,1,H,W).
+    """Build :data:`polybundle.tools.conformance.ARCHITECTURE` in PyTorch (input N,H,W,1).
 
     Example:
         >>> build_conformance_model({"size": 6, "filters": 3, "outputs": 2})[0]
@@ -27,7 +56,7 @@ def build_conformance_model(config: dict[str, Any]) -> Any:
     import torch
 
     filters = config["filters"]
-    return torch.nn.Sequential(
+    return channels_last_sequential()(
         torch.nn.Conv2d(1, filters, 3, padding=1),
         torch.nn.BatchNorm2d(filters),
         torch.nn.ReLU(),
@@ -54,15 +83,11 @@ class TorchAdapter(Adapter):
 
         torch.manual_seed(seed)
         model = build_conformance_model(config).train()
-        warm = self.native_inputs(np.random.default_rng(seed + 100).standard_normal(
-            (8, config["size"], config["size"], 1)).astype(np.float32))
+        warm = np.random.default_rng(seed + 100).standard_normal(
+            (8, config["size"], config["size"], 1)).astype(np.float32)
         with torch.no_grad():
             model(torch.from_numpy(warm) * 2 + 1)
         return model.eval()
-
-    def native_inputs(self, x: np.ndarray) -> np.ndarray:
-        """Return channels-last ``x`` as channels-first (N, 1, H, W)."""
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
     def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
         """Return the inference-mode output for ``x``."""

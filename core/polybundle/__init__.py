@@ -53,6 +53,7 @@ from polybundle.errors import (
     UnsafeContentError,
     UnsupportedOptimizerError,
     UnsupportedVersionError,
+    UserCodeError,
     WriteError,
 )
 from polybundle.format.detection import Detection
@@ -97,6 +98,7 @@ __all__ = [
     "ConversionError",
     "ConversionUnavailableError",
     "UnknownArchitectureError",
+    "UserCodeError",
     "TensorMismatchError",
     "ParamsError",
     "OptimizerError",

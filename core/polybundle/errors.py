@@ -163,6 +163,15 @@ class UnknownArchitectureError(PolybundleError):
     """
 
 
+class UserCodeError(PolybundleError):
+    """A module the user asked to import (``--import``, ``[tool.polybundle] imports``) failed.
+
+    Example:
+        >>> str(UserCodeError("--import my_models: the module could not be found"))
+        '--import my_models: the module could not be found'
+    """
+
+
 class TensorMismatchError(PolybundleError):
     """Tensors are missing, unexpected or of the wrong shape when loading weights.
 
@@ -301,6 +310,7 @@ __all__ = [
     "BackendUnavailableError",
     "BackendMismatchError",
     "UnknownArchitectureError",
+    "UserCodeError",
     "TensorMismatchError",
     "ConversionError",
     "ConversionUnavailableError",

@@ -13,7 +13,12 @@ from typing import Any
 
 from polybundle.errors import ConversionUnavailableError
 from polybundle.format.archive import ArchiveReader
-from polybundle.hooks.registry import get_registry, remember_architecture, tensor_map
+from polybundle.hooks.registry import (
+    get_registry,
+    recorded_module,
+    remember_architecture,
+    tensor_map,
+)
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.conversion import ConversionPlan, plan_conversion
 
@@ -29,12 +34,19 @@ def _builder(entry: dict[str, Any], source: Backend, target: Backend) -> Any:
         )
     registry = get_registry()
     if not registry.has_builder(architecture["name"], target.name):
+        module = recorded_module(architecture)
+        hint = (
+            f" The bundle records that its {source.name!r} builder was defined in module "
+            f"{module!r}; if that module registers the {target.name!r} one too, import "
+            f"{module} first (on the command line: polybundle --import {module} ...)."
+            if module else ""
+        )
         raise ConversionUnavailableError(
             source.name, target.name,
             f"Converting needs a {target.name!r} builder for architecture "
             f"{architecture['name']!r} (role {entry['role']!r}); none is registered. Register "
             f"one with @polybundle.architecture({architecture['name']!r}, "
-            f"backend={target.name!r}).",
+            f"backend={target.name!r}).{hint}",
         )
     return registry.builder(architecture["name"], target.name)
 

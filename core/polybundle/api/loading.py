@@ -33,7 +33,13 @@ from polybundle.format.detection import FORMAT_DESCRIPTION, FORMAT_NAME, PLAIN_R
 from polybundle.format.manifest import read_manifest, verify_members, verifying_members
 from polybundle.format.params import read_params
 from polybundle.hooks.manager import get_plugin_manager
-from polybundle.hooks.registry import get_backend, get_registry, remember_architecture
+from polybundle.hooks.registry import (
+    get_backend,
+    get_registry,
+    recorded_module,
+    remember_architecture,
+    unregistered_architecture,
+)
 from polybundle.legacy.loading import LegacyModels
 from polybundle.legacy.plugin import era_reader, era_readers
 from polybundle.model.backend import Backend, TensorSpec
@@ -331,7 +337,14 @@ def _build_model(
             model = backend.build_and_load(builder, architecture["config"], source, specs)
             remember_architecture(model, architecture["name"], architecture["config"])
             return model
-        model = backend.load_standalone(source, specs)
+        try:
+            model = backend.load_standalone(source, specs)
+        except UnknownArchitectureError:
+            if not architecture:
+                raise
+            raise unregistered_architecture(
+                architecture["name"], backend.name, recorded_module(architecture), entry["role"]
+            ) from None
         if architecture:
             remember_architecture(model, architecture["name"], architecture["config"])
         return model

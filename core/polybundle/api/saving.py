@@ -22,7 +22,7 @@ from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_man
 from polybundle.format.params import ARRAYS_MEMBER, encode_params
 from polybundle.format.parity import PARITY_MEMBER, encode_parity, per_role_inputs
 from polybundle.format.writer import ArchiveWriter, file_mode
-from polybundle.hooks.registry import backend_for_model, remembered_architecture
+from polybundle.hooks.registry import backend_for_model, get_registry, remembered_architecture
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.optimizer import SLOTS_MEMBER, STATE_MEMBER, OptimizerState, encode_optimizer
 from polybundle.model.optimizer_conversion import check_state_fits
@@ -81,6 +81,18 @@ def _architecture(role: str, model: Any, given: ArchitectureSpec | None) -> dict
             f"the config of architecture {name!r} for role {role!r} is not plain JSON ({exc})."
         ) from None
     return {"name": name, "config": config}
+
+
+def _with_module(architecture: dict[str, Any] | None, backend: Backend) -> dict[str, Any] | None:
+    """Add ``module``: where the registered builder of ``architecture`` was defined, if known.
+
+    Informative only: a reader names it when no builder is registered, and
+    never imports it on its own.
+    """
+    if architecture is None:
+        return None
+    module = get_registry().builder_module(architecture["name"], backend.name)
+    return {**architecture, "module": module} if module else architecture
 
 
 def _optimizer_members(
@@ -214,7 +226,9 @@ def save(
         entries.append(
             {
                 "role": role,
-                "architecture": _architecture(role, model, architectures.get(role)),
+                "architecture": _with_module(
+                    _architecture(role, model, architectures.get(role)), backend
+                ),
                 "weights": f"{role}/{backend.weights_member}",
                 "tensors": [spec.to_json() for spec in backend.describe(model)],
             }

@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -53,20 +55,24 @@ Builder = Callable[[dict[str, Any]], Any]
 """``builder(config) -> native model``."""
 
 __all__ = [
+    "MODULE_NAME",
     "Builder",
     "Registry",
     "TensorMap",
     "architecture",
     "backend_for_model",
     "build",
+    "builder_module",
     "get_backend",
     "get_registry",
+    "recorded_module",
     "register_tensor_map",
     "remember_architecture",
     "remembered_architecture",
     "reset",
     "scoped_declarations",
     "tensor_map",
+    "unregistered_architecture",
 ]
 
 
@@ -212,6 +218,19 @@ class Registry:
                 "function config -> model, or through the "
                 "polybundle_register_architectures hook."
             ) from None
+
+    def builder_module(self, name: str, backend: str) -> str | None:
+        """Return the module that defined the builder of ``name`` for ``backend``, if any.
+
+        None when no builder is registered, or it comes from no importable
+        module (a script run as ``__main__``). See :func:`builder_module`.
+
+        Example:
+            >>> get_registry().builder_module("polybundle-conformance-convnet", "pt")
+            'polybundle_torch.conformance'
+        """
+        label = self._names.get(backend.lower(), backend.lower())
+        return builder_module(self.builders.get((name, label)))
 
     def has_builder(self, name: str, backend: str) -> bool:
         """Return True when a builder exists for ``name`` in a registered ``backend``."""
@@ -376,6 +395,87 @@ def backend_for_model(model: Any) -> Backend:
         f"(from module {type(model).__module__!r}); registered backends: "
         f"{', '.join(sorted(backends)) or 'none'}. Pass a model of one of those "
         "frameworks, or install the plugin for yours."
+    )
+
+
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+"""A module name a manifest may record (``architecture.module``): dotted ASCII identifiers."""
+
+
+def builder_module(builder: Any) -> str | None:
+    """Return the importable module that defined ``builder``, or None.
+
+    A ``functools.partial`` is followed to its function, a callable object to
+    its class. A builder from a script run as ``__main__``, or from
+    ``builtins``, has no module another process could import: None; so is a
+    name that is not dotted ASCII identifiers (:data:`MODULE_NAME`, the
+    manifest schema's pattern).
+
+    Example:
+        >>> builder_module(functools.partial(remember_architecture, name="mlp"))
+        'polybundle.hooks.registry'
+        >>> builder_module(print) is None, builder_module(None) is None
+        (True, True)
+    """
+    while isinstance(builder, functools.partial):
+        builder = builder.func
+    if builder is None:
+        return None
+    module = getattr(builder, "__module__", None) or getattr(type(builder), "__module__", None)
+    if not isinstance(module, str) or module in ("__main__", "builtins"):
+        return None
+    return module if MODULE_NAME.fullmatch(module) else None
+
+
+def recorded_module(architecture: dict[str, Any] | None) -> str | None:
+    """Return the module a manifest's ``architecture`` says defined its builder, if valid.
+
+    Example:
+        >>> recorded_module({"name": "mlp", "config": {}, "module": "my_models.nets"})
+        'my_models.nets'
+        >>> recorded_module({"name": "mlp", "config": {}, "module": "x\\n"}) is None
+        True
+    """
+    module = (architecture or {}).get("module")
+    return module if isinstance(module, str) and MODULE_NAME.fullmatch(module) else None
+
+
+def unregistered_architecture(
+    name: str, backend: str, module: str | None, role: str
+) -> UnknownArchitectureError:
+    """Return the error for a bundle whose architecture has no builder registered here.
+
+    ``module`` is the one the bundle records as having defined the builder
+    (``architecture.module`` in the manifest). polybundle never imports it on
+    its own: a bundle is data, and importing a module runs its code. The
+    message says how the user asks for it.
+
+    Example:
+        >>> print(unregistered_architecture("mlp", "torch", "my_models", "net"))
+        no builder for architecture 'mlp' is registered for the 'torch' backend, so role 'net'
+        cannot be rebuilt. The bundle records that its builder was defined in module
+        'my_models', which has not been imported: import my_models before loading (on the
+        command line: polybundle --import my_models ..., or imports = ['my_models'] under
+        [tool.polybundle] in pyproject.toml), or pass into={'net': model}. polybundle never
+        imports a module a bundle names unless you ask.
+    """
+    if module:
+        where = (
+            f"The bundle records that its builder was defined in module {module!r}, which has "
+            f"not been imported: import {module} before loading (on the command line: "
+            f"polybundle --import {module} ..., or imports = ['{module}'] under "
+            "[tool.polybundle] in pyproject.toml)"
+        )
+    else:
+        where = (
+            "The bundle does not record which module defined its builder: import the module "
+            f"that registers it with @polybundle.architecture({name!r}, backend={backend!r}) "
+            "(on the command line: polybundle --import MODULE ...)"
+        )
+    return UnknownArchitectureError(
+        f"no builder for architecture {name!r} is registered for the {backend!r} backend, so "
+        f"role {role!r} cannot be rebuilt. {where}, or pass into={{{role!r}: model}}. "
+        "polybundle never imports a module a bundle names unless you ask."
     )
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -39,6 +40,7 @@ from polybundle.errors import PolybundleError
 from polybundle.hooks.manager import get_plugin_manager
 from polybundle.tools import conformance, demo
 from polybundle.tools.parity import DEFAULT_ATOL, DEFAULT_RTOL, compare
+from polybundle.tools.user_code import import_user_modules
 
 Command = Callable[[argparse.Namespace, Console], int]
 
@@ -338,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polybundle", description="One archive format for trained models, any framework."
     )
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import MODULE before the command runs: your code that registers builders with "
+        "@polybundle.architecture (a [tool.polybundle] imports list in pyproject.toml names "
+        "them too)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     inspect_parser = sub.add_parser("inspect", help="describe a bundle (no framework needed)")
     inspect_parser.add_argument("path")
@@ -397,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     try:
+        import_user_modules(args.imports, start=Path.cwd())
         return COMMANDS[args.command](args, console)
     except PolybundleError as exc:
         Console(stderr=True).print(

@@ -151,7 +151,9 @@ def run(
             last = losses[-1] if losses else float("nan")
             params = {"framework": name, "steps": steps, "final_loss": last, **adapter.config}
             architectures = {role: (adapter.architecture, dict(adapter.config)) for role in ROLES}
-            save(path, models, params=params, architectures=architectures)
+            reference = adapter.inputs(dict(adapter.config), 0)  # for polybundle parity
+            save(path, models, params=params, architectures=architectures,
+                 parity_inputs=reference)
             bundle = load(path)
             x = adapter.inputs(dict(adapter.config), 0)
             difference = max(
