@@ -290,6 +290,8 @@ def compare(
                         samples=samples)
 
 
+_MARKERS = ("o", "x", "+", "^", "s", "v")
+
 PLOT_POINTS = 20_000
 """Most values per series drawn in a parity plot's scatter (an even subsample beyond)."""
 
@@ -345,20 +347,31 @@ def write_plot(report: ParityReport, path: Path, mode: int | None = None) -> Pat
         keys = [key for key in report.samples if key[0] == role]
         several = len({output for _, output, _ in keys}) > 1
         low, high = np.inf, -np.inf
-        for _, output, backend in keys:
+        series = []
+        for number, (_, output, backend) in enumerate(keys):
             got, ref = (_float(a) for a in report.samples[(role, output, backend)])
             label = f"{backend}: {output}" if several else backend
             row = next((r for r in report.rows if (r.role, r.output, r.backend) ==
                         (role, output, backend)), None)
             verdict = "" if row is None else (" (pass)" if row.passed else " (FAIL)")
             chosen = _thin(ref.size)
-            scatter.scatter(ref[chosen], got[chosen], s=6, alpha=0.6, label=label + verdict)
+            scatter.scatter(ref[chosen], got[chosen], s=10, alpha=0.6, label=label + verdict,
+                            marker=_MARKERS[number % len(_MARKERS)], color=f"C{number}")
             error = got - ref
-            finite = error[np.isfinite(error)]
-            histogram.hist(finite, bins=50, histtype="step", linewidth=1.4,
-                           label=f"{label}: max |error| {row.max_abs:.2e}" if row else label)
-            if ref.size:
-                low, high = min(low, float(np.nanmin(ref))), max(high, float(np.nanmax(ref)))
+            series.append((number, label, error[np.isfinite(error)]))
+            finite_ref = ref[np.isfinite(ref)]
+            if finite_ref.size:
+                low, high = min(low, float(finite_ref.min())), max(high, float(finite_ref.max()))
+        span = max((float(np.abs(e).max()) for _, _, e in series if e.size), default=0.0)
+        bins = np.linspace(-span, span, 51) if span > 0 else np.linspace(-1, 1, 51)
+        for number, label, error in series:
+            largest = float(np.abs(error).max()) if error.size else 0.0
+            if largest == 0:  # identical outputs (the writer itself): a line, not a spike
+                histogram.axvline(0, color=f"C{number}", linewidth=1.4,
+                                  label=f"{label}: exact (every error 0)")
+                continue
+            histogram.hist(error, bins=bins, histtype="step", linewidth=1.4,
+                           color=f"C{number}", label=f"{label}: max |error| {largest:.2e}")
         if np.isfinite(low) and np.isfinite(high):
             scatter.plot([low, high], [low, high], color="0.5", linewidth=0.8, linestyle="--")
         scatter.set_title(f"{role}: outputs against the reference", fontsize=10)
@@ -367,7 +380,7 @@ def write_plot(report: ParityReport, path: Path, mode: int | None = None) -> Pat
         scatter.legend(fontsize=8)
         histogram.set_title(f"{role}: error distribution", fontsize=10)
         histogram.set_xlabel("output - reference")
-        histogram.set_ylabel("values")
+        histogram.set_ylabel("number of values")
         histogram.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
         histogram.legend(fontsize=8)
     buffer = io.BytesIO()
