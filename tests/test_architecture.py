@@ -70,7 +70,8 @@ def test_the_contracts_cover_layers_neutrality_independence_and_cycles() -> None
     }
     assert config["session_options"]["exclude_type_checking_imports"] in (True, "True", "true")
     layers = contracts["layers"]["layers"]
-    assert layers[1:3] == ["api", "training | legacy"] and layers[-1] == "errors | _version"
+    assert layers[:2] == ["__main__", "tools : testing : (plugin)"]  # python -m polybundle
+    assert layers[2:4] == ["api", "training | legacy"] and layers[-1] == "errors | _version"
 
 
 def test_core_never_imports_the_package_root() -> None:

@@ -143,6 +143,7 @@ class TensorFlowBackend(Backend):
     aliases = ("tf", "keras")
     extra = "polybundle[tensorflow]"
     modules = ("tensorflow", "keras")
+    quiet_environment = (("TF_CPP_MIN_LOG_LEVEL", "2"),)  # C++ INFO and WARNING lines
     distribution = "keras"
     weights_member = "model.keras"
     plain_format = "keras-file"

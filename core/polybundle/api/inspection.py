@@ -12,11 +12,13 @@ import os
 from typing import Any
 
 from polybundle.api.loading import detect, open_plain, plain_backend, plain_manifest
-from polybundle.errors import FormatError
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.detection import FORMAT_NAME
 from polybundle.format.manifest import read_manifest
 from polybundle.format.params import read_params
+from polybundle.legacy.jsonsafe import to_json
+from polybundle.legacy.loading import describe
+from polybundle.legacy.plugin import era_reader
 from polybundle.model.backend import TensorSpec
 from polybundle.model.optimizer import summarize_document
 from polybundle.safety import budget
@@ -53,13 +55,19 @@ def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> di
     A plain framework file (Keras ``model.save`` or ``torch.save(state_dict)``)
     is described from its index alone by the backend that claims it
     (:meth:`~polybundle.model.backend.Backend.describe_stored`): one role
-    ``model``, no params. ``max_bytes`` caps the memory read from
+    ``model``, no params. A legacy archive is described by its era's reader
+    (the reader :func:`polybundle.load` uses; it runs nothing): ``format`` is the
+    era, each role's ``architecture`` is None and ``manifest["legacy"]`` holds
+    the original manifest. ``max_bytes`` caps the memory read from
     declared sizes (see :mod:`polybundle.safety.budget`).
 
     Example:
         >>> row = polybundle.inspect("run.bundle")["tensors"][0]
         >>> row["role"], row["name"], row["shape"], row["dtype"], row["bytes"]
         ('net', '0.weight', [3, 4], 'float32', 48)
+        >>> legacy = polybundle.inspect("wts.h5.zip")  # a TensorFlow-era archive
+        >>> legacy["format"], legacy["backend"], legacy["params"]["N"]
+        ('legacy-tf-dill', 'tensorflow', 16)
     """
     with budget.limit(max_bytes), ArchiveReader(path) as archive:
         detection = detect(archive)
@@ -67,11 +75,8 @@ def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> di
             with open_plain(path, detection) as plain:
                 manifest, params, optimizers = plain_manifest(plain, detection), {}, {}
         elif detection.format != FORMAT_NAME:
-            raise FormatError(
-                f"{str(path)!r} is {detection.format!r}; inspect reads format-2 bundles and "
-                "plain framework files. Use polybundle.verify to check it, or "
-                "polybundle.migrate to make it a format-2 bundle."
-            )
+            content = era_reader(detection.format).read(archive)
+            manifest, params, optimizers = describe(content), to_json(content.params).value, {}
         else:
             manifest = read_manifest(archive)
             params, optimizers = _params_and_optimizers(archive, manifest)

@@ -1,8 +1,9 @@
 """Progress bars for saving and loading large bundles (rich, on stderr); printable names.
 
-A bar is shown only when asked for (``progress=True``) and the bytes to move
-reach :data:`THRESHOLD`; below it a save or load is over before a bar could
-say anything. The bar is transient: it disappears when the work is done.
+A bar is shown only when asked for (``progress=True``), when stderr is a
+terminal and when the bytes to move reach :data:`THRESHOLD`; below it a save
+or load is over before a bar could say anything. The bar is transient: it
+disappears when the work is done.
 Names from a file are shown through :func:`printable` (the command line uses it too).
 
 Example:
@@ -59,7 +60,8 @@ def progress_bar(
     """Show a byte-progress bar of ``total`` bytes; yield ``advance(count)``.
 
     ``advance`` may be called from any thread (rich's progress is
-    thread-safe). Nothing is shown unless ``enabled`` and ``total >= threshold``.
+    thread-safe). Nothing is shown unless ``enabled`` and ``total >= threshold``, and
+    nothing at all (not even a blank line) when stderr is not a terminal.
     ``description`` (it holds a file name) is shown as plain text: control
     characters as escapes, no rich markup.
 
@@ -89,6 +91,10 @@ def progress_bar(
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+    console = Console(file=sys.stderr)
+    # Off a terminal (a log file, a pipe) a transient bar has nothing to redraw: rich would
+    # still end it with a blank line, so it is not drawn at all.
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
         task = bar.add_task(printable(description), total=total)
         yield lambda count: bar.advance(task, count)

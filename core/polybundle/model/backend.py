@@ -194,6 +194,10 @@ class Backend(ABC):
     weights file (``torch.save``, ``model.save``) when this backend reads one as a one-role
     bundle; ``""`` when it reads none. Its plugin detects such files (``polybundle_detect_archive``,
     ``trylast``) and :meth:`describe_stored` describes them."""
+    quiet_environment: tuple[tuple[str, str], ...] = ()
+    """Environment variables, as ``(name, value)`` pairs, that keep the framework's own log
+    lines (C++ start-up notices) off a command's output. The ``polybundle`` command sets each
+    one the user has not set, before any framework is imported."""
 
     def is_available(self) -> bool:
         """Return True when every module in :attr:`modules` can be imported.

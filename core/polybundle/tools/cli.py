@@ -10,18 +10,39 @@ prints as ``\x1b``, so no sequence reaches the terminal: no clearing, no
 colours, no OSC-8 hyperlinks), and is given to rich as plain text or with its
 markup escaped (a name holding ``[/red]`` prints as it is).
 
+Every command takes ``--json`` and then prints one JSON document on stdout.
+Tables fit the terminal; written to a pipe or a file they are never cut (set
+``COLUMNS`` to choose a width). Before any framework is imported, each backend's
+:attr:`~polybundle.model.backend.Backend.quiet_environment` is set where the
+user has not set it, so frameworks' C++ start-up lines stay off the output.
+
+Exit status (the same for every command; see :data:`EXIT_STATUS`):
+
+* 0: done, and every check passed;
+* 1: a check failed (``verify``, ``verify --parity``, ``parity``, ``plan``,
+  ``conformance``, ``demo``): the report says which;
+* 2: a user error (a missing or unreadable file, a file polybundle does not read, a
+  bad option or value): one line on stderr, never a Python traceback;
+* 130: interrupted (Ctrl-C);
+* 141: stdout was closed early (``polybundle checkpoints ckpt --json | head``): the
+  command stops quietly, as a tool killed by SIGPIPE does.
+
 Example:
     $ polybundle inspect run.bundle
     $ polybundle inspect run.bundle --json
     $ polybundle demo --out ./demo-bundles
+    $ python -m polybundle --version
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +51,103 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from polybundle._version import __version__
 from polybundle.api.checkpoints import CheckpointManager
 from polybundle.api.inspection import inspect
 from polybundle.api.migrate import migrate
 from polybundle.api.progress import printable
-from polybundle.api.transfer import plan_bundle
+from polybundle.api.transfer import convert, plan_bundle
 from polybundle.api.verify import verify
-from polybundle.errors import PolybundleError
+from polybundle.errors import CheckpointError, FormatError, PolybundleError
 from polybundle.hooks.manager import get_plugin_manager
+from polybundle.hooks.registry import get_registry
 from polybundle.tools import conformance, demo
 from polybundle.tools.parity import DEFAULT_ATOL, DEFAULT_RTOL, compare
 from polybundle.tools.user_code import import_user_modules
 
 Command = Callable[[argparse.Namespace, Console], int]
+
+OK, CHECK_FAILED, USER_ERROR, INTERRUPTED, BROKEN_PIPE = 0, 1, 2, 130, 141
+EXIT_STATUS = {
+    OK: "done, every check passed",
+    CHECK_FAILED: "a check failed (verify, parity, plan, conformance, demo)",
+    USER_ERROR: "user error: bad option, missing or unreadable file (one line on stderr)",
+    INTERRUPTED: "interrupted (Ctrl-C)",
+    BROKEN_PIPE: "stdout closed early (| head): stopped quietly",
+}
+"""What each exit status of the ``polybundle`` command means."""
+
+PIPE_WIDTH = 10_000
+"""Console width off a terminal (pipe, file) when ``COLUMNS`` is unset: tables are not cut."""
+
+
+class _Console(Console):
+    """A rich console that lets :func:`main` handle a closed stdout (rich would exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """Return the console commands print to: the terminal's width, or unlimited off a terminal.
+
+    Off a terminal (output piped or redirected) rich would cut tables at 80
+    columns with "…"; there the width is :data:`PIPE_WIDTH` unless ``COLUMNS`` says.
+
+    Example:
+        >>> make_console().width  # doctests print to a pipe
+        10000
+    """
+    console = _Console(stderr=stderr)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = _Console(stderr=stderr, width=PIPE_WIDTH)
+    return console
+
+
+def quiet_frameworks() -> None:
+    """Set each registered backend's ``quiet_environment`` variables the user has not set.
+
+    Imports no framework: backends declare the variables as data.
+
+    Example:
+        >>> quiet_frameworks()
+        >>> all(os.environ.get(name) is not None for backend in get_registry().backends.values()
+        ...     for name, _ in backend.quiet_environment)
+        True
+    """
+    for backend in get_registry().backends.values():
+        for name, value in backend.quiet_environment:
+            os.environ.setdefault(name, value)
+
+
+def positive_int(text: str) -> int:
+    """Parse a whole number of at least 1 (``--steps``), or tell argparse what is wrong.
+
+    Example:
+        >>> positive_int("3")
+        3
+        >>> positive_int("0")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: expected a whole number of 1 or more, got '0'
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
+def finite(value: float) -> float | None:
+    """Return ``value``, or None for NaN and infinities (JSON has no NaN).
+
+    Example:
+        >>> finite(0.5), finite(float("nan"))
+        (0.5, None)
+    """
+    return value if math.isfinite(value) else None
 
 
 def markup_safe(value: Any) -> str:
@@ -119,13 +224,18 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
         print_json(report)
         return 0
     safe = markup_safe
-    writer = report["manifest"]["writer"]
-    console.print(
-        f"[bold]{safe(report['path'])}[/bold]: polybundle format "
-        f"{safe(report['format_version'])}, backend [cyan]{safe(report['backend'])}[/cyan] "
-        f"({safe(writer['framework'])} {safe(writer['framework_version'])}), written "
-        f"{safe(report['manifest']['created'])}"
-    )
+    writer = report["manifest"].get("writer")
+    if writer is not None:
+        origin = (f"polybundle format {safe(report['format_version'])}, backend "
+                  f"[cyan]{safe(report['backend'])}[/cyan] ({safe(writer['framework'])} "
+                  f"{safe(writer['framework_version'])}), written "
+                  f"{safe(report['manifest'].get('created'))}")
+    else:  # a legacy archive: its era and version
+        origin = (f"legacy archive {safe(report['format'])} version "
+                  f"{safe(report['format_version'])}, backend "
+                  f"[cyan]{safe(report['backend'])}[/cyan] (polybundle migrate makes it "
+                  "a format-2 bundle)")
+    console.print(f"[bold]{safe(report['path'])}[/bold]: {origin}")
     for entry in report["manifest"]["models"]:
         arch = entry["architecture"]
         label = f"{arch['name']} {shortened(_json(arch['config']))}" if arch else "not recorded"
@@ -162,7 +272,14 @@ def run_checkpoints(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle checkpoints ./ckpt
     """
-    manager = CheckpointManager(args.directory, keep_last=None)
+    folder = Path(args.directory)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise CheckpointError(
+            f"{str(folder)!r} {what}; expected the folder a CheckpointManager saved into. "
+            "Check the path."
+        )
+    manager = CheckpointManager(folder, keep_last=None)
     in_order = manager.checkpoints()  # oldest save first
     retained = {checkpoint.step: checkpoint for checkpoint in in_order}
     history = manager.history()
@@ -195,8 +312,17 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle demo --out ./demo-bundles --steps 5
     """
-    results = demo.run(args.out, steps=args.steps, console=console)
-    return 0 if results and all(result.matches for result in results) else 1
+    quiet = Console(quiet=True) if args.json else console
+    results = demo.run(args.out, steps=args.steps, console=quiet)
+    if args.json:
+        print_json([
+            {"backend": r.backend, "path": str(r.path) if args.out else None,
+             "size_bytes": r.size_bytes, "first_loss": finite(r.first_loss),
+             "last_loss": finite(r.last_loss), "max_abs_difference": r.max_abs_difference,
+             "cross_errors": r.cross_errors, "seconds": r.seconds, "matches": r.matches}
+            for r in results
+        ])
+    return OK if results and all(result.matches for result in results) else CHECK_FAILED
 
 
 def run_conformance(args: argparse.Namespace, console: Console) -> int:
@@ -233,12 +359,21 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle verify wts.h5.zip
     """
+    if not Path(args.path).is_file():  # nothing to check: a user error (2), not a failed check
+        what = "a folder" if Path(args.path).is_dir() else "no file"
+        raise FormatError(f"{printable(args.path)!r} is {what}; expected a file to verify.")
     report = verify(args.path, progress=True)
-    parity_ok = True
+    parity = None
     if getattr(args, "parity", False) and report.ok:
-        parity_ok = run_parity(args, console) == 0
+        parity = _parity(args)
+        if not args.json:
+            _print_parity(parity, console)
+    parity_ok = parity is None or parity.passed
     if args.json:
-        print_json(report.to_json())
+        document = report.to_json()
+        if parity is not None:
+            document["parity"] = _parity_json(parity)
+        print_json(document)
         return 0 if report.ok and parity_ok else 1
     verdict = "[green]OK[/green]" if report.ok else "[red]PROBLEMS FOUND[/red]"
     console.print(f"[bold]{markup_safe(report.path)}[/bold] ({markup_safe(report.format)}): "
@@ -256,11 +391,66 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
     """Re-run the bundle's stored parity inputs on every installed backend; 1 on a failure.
 
     Example:
-        $ polybundle parity run.bundle --rtol 1e-5
+        $ polybundle parity run.bundle --rtol 1e-5 --plot parity.png
     """
-    rtol = getattr(args, "rtol", None) or DEFAULT_RTOL
-    atol = getattr(args, "atol", None) or DEFAULT_ATOL
-    report = compare(args.path, rtol=rtol, atol=atol)
+    report = _parity(args)
+    plot = getattr(args, "plot", None)  # verify --parity has no --plot
+    written = None if plot is None else report.report.plot(plot)  # drawn when it fails too
+    if args.json:
+        print_json({**_parity_json(report), **({"plot": str(written)} if written else {})})
+    else:
+        _print_parity(report, console)
+        if written is not None:
+            console.print(f"plot written to {markup_safe(str(written))}", highlight=False)
+    return 0 if report.passed else 1
+
+
+def tolerances(args: argparse.Namespace) -> tuple[float, float]:
+    """Return ``(rtol, atol)``: the options given (0 included), else the defaults.
+
+    Example:
+        >>> tolerances(argparse.Namespace(rtol=0.0, atol=None)) == (0.0, DEFAULT_ATOL)
+        True
+    """
+    rtol = getattr(args, "rtol", None)
+    atol = getattr(args, "atol", None)
+    return (DEFAULT_RTOL if rtol is None else rtol, DEFAULT_ATOL if atol is None else atol)
+
+
+@dataclass
+class _ParityRun:
+    """A parity report and the tolerances it was judged with."""
+
+    report: Any
+    rtol: float
+    atol: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report.passed)
+
+
+def _parity(args: argparse.Namespace) -> _ParityRun:
+    rtol, atol = tolerances(args)
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (math.isfinite(value) and value >= 0):
+            raise PolybundleError(f"--{name} is {value!r}; expected a number, 0 or more.")
+    return _ParityRun(compare(args.path, rtol=rtol, atol=atol), rtol, atol)
+
+
+def _parity_json(run: _ParityRun) -> dict[str, Any]:
+    report, rtol, atol = run.report, run.rtol, run.atol
+    return {
+        "reference": report.reference, "rtol": rtol, "atol": atol, "passed": report.passed,
+        "rows": [{"role": row.role, "output": row.output, "backend": row.backend,
+                  "max_abs": row.max_abs, "max_rel": row.max_rel, "passed": row.passed}
+                 for row in report.rows],
+        "skipped": report.skipped,
+    }
+
+
+def _print_parity(run: _ParityRun, console: Console) -> None:
+    report, rtol, atol = run.report, run.rtol, run.atol
     table = Table(title=Text(f"parity ({printable(report.reference)})"))
     for column in ("role", "output", "backend", "max abs error", "max rel error", "result"):
         table.add_column(column)
@@ -268,13 +458,11 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
         verdict = Text("pass", style="green") if row.passed else Text("FAIL", style="red")
         table.add_row(_plain(row.role), _plain(row.output), _plain(row.backend),
                       f"{row.max_abs:.3e}", f"{row.max_rel:.3e}", verdict)
-    if not getattr(args, "json", False):
-        console.print(table)
-        console.print(f"pass when max abs error <= {atol:g} + {rtol:g} * max|reference|")
-        for name, why in report.skipped.items():
-            console.print(f"  [yellow]skipped[/yellow] {markup_safe(name)}: {markup_safe(why)}",
-                          soft_wrap=True)
-    return 0 if report.passed else 1
+    console.print(table)
+    console.print(f"pass when max abs error <= {atol:g} + {rtol:g} * max|reference|")
+    for name, why in report.skipped.items():
+        console.print(f"  [yellow]skipped[/yellow] {markup_safe(name)}: {markup_safe(why)}",
+                      soft_wrap=True)
 
 
 def run_plan(args: argparse.Namespace, console: Console) -> int:
@@ -290,7 +478,14 @@ def run_plan(args: argparse.Namespace, console: Console) -> int:
     for role in plan["roles"]:
         issues = [(label, role[label]) for label in
                   ("missing", "unexpected", "unmapped", "misaligned", "mismatched") if role[label]]
-        if not role["builder"]:
+        if role["architecture"] is None:
+            issues.append(("builder", [
+                f"the bundle records no architecture for role {role['role']!r}, so no "
+                f"{plan['target']} builder can be chosen; build the model yourself and pass "
+                f"it: polybundle.load(path, backend={plan['target']!r}, "
+                f"into={{{role['role']!r}: model}})"
+            ]))
+        elif not role["builder"]:
             missing = f"no {plan['target']} builder for {role['architecture']!r}"
             issues.append(("builder", [missing]))
         problems += len(issues)
@@ -318,15 +513,41 @@ def run_migrate(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle migrate wts.h5.zip wts.bundle
     """
-    for line in migrate(args.src, args.dst).lines():
+    report = migrate(args.src, args.dst)
+    if args.json:
+        print_json({"source": report.source, "target": report.target, "era": report.era,
+                    "written": report.written, "converted": report.converted,
+                    "dropped": report.dropped})
+        return 0
+    for line in report.lines():
         console.print(markup_safe(line), highlight=False, soft_wrap=True)
+    return 0
+
+
+def run_convert(args: argparse.Namespace, console: Console) -> int:
+    """Write a bundle (or a plain framework file) as a native bundle of another backend.
+
+    Needs the target framework only; models are rebuilt with its builders.
+
+    Example:
+        $ polybundle convert tf.bundle torch.bundle --to torch
+    """
+    manifest = convert(args.src, args.dst, backend=args.to)
+    roles = [entry["role"] for entry in manifest["models"]]
+    if args.json:
+        print_json({"source": str(args.src), "target": str(args.dst),
+                    "backend": manifest["backend"], "roles": roles})
+        return 0
+    console.print(f"{markup_safe(args.src)} -> [bold]{markup_safe(args.dst)}[/bold]: backend "
+                  f"[cyan]{markup_safe(manifest['backend'])}[/cyan], roles "
+                  f"{markup_safe(', '.join(roles))}", soft_wrap=True)
     return 0
 
 
 COMMANDS: dict[str, Command] = {
     "inspect": run_inspect, "demo": run_demo, "checkpoints": run_checkpoints,
     "verify": run_verify, "migrate": run_migrate, "plan": run_plan, "parity": run_parity,
-    "conformance": run_conformance,
+    "conformance": run_conformance, "convert": run_convert,
 }
 
 
@@ -337,9 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().parse_args(["inspect", "run.bundle"]).command
         'inspect'
     """
+    epilog = "exit status: " + "; ".join(f"{code} {what}" for code, what in EXIT_STATUS.items())
     parser = argparse.ArgumentParser(
-        prog="polybundle", description="One archive format for trained models, any framework."
+        prog="polybundle", description="One archive format for trained models, any framework.",
+        epilog=epilog,
     )
+    parser.add_argument("--version", action="version", version=f"polybundle {__version__}")
     parser.add_argument(
         "--import", dest="imports", action="append", default=[], metavar="MODULE",
         help="import MODULE before the command runs: your code that registers builders with "
@@ -355,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoints_parser.add_argument("--json", action="store_true", help="print JSON")
     demo_parser = sub.add_parser("demo", help="train, save and load small models")
     demo_parser.add_argument("--out", default=None, help="folder for the bundles (default: temp)")
-    demo_parser.add_argument("--steps", type=int, default=20, help="training steps per model")
+    demo_parser.add_argument("--steps", type=positive_int, default=20,
+                             help="training steps per model (1 or more)")
+    demo_parser.add_argument("--json", action="store_true", help="print JSON")
     conformance_parser = sub.add_parser(
         "conformance", help="check every feature for every installed backend (feature matrix)"
     )
@@ -380,18 +606,35 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--json", action="store_true", help="print JSON")
     parity_parser = sub.add_parser("parity", help="compare stored outputs on every backend")
     parity_parser.add_argument("path")
-    parity_parser.add_argument("--rtol", type=float, default=None)
-    parity_parser.add_argument("--atol", type=float, default=None)
+    parity_parser.add_argument("--rtol", type=float, default=None,
+                               help=f"relative tolerance (default {DEFAULT_RTOL:g}; 0 allowed)")
+    parity_parser.add_argument("--atol", type=float, default=None,
+                               help=f"absolute tolerance (default {DEFAULT_ATOL:g}; 0 allowed)")
+    parity_parser.add_argument("--json", action="store_true", help="print JSON")
+    parity_parser.add_argument(
+        "--plot", metavar="PNG",
+        help="also draw outputs against the reference and the errors (needs polybundle[plot])",
+    )
     migrate_parser = sub.add_parser("migrate", help="rewrite a legacy archive as format 2")
     migrate_parser.add_argument("src")
     migrate_parser.add_argument("dst", nargs="?", help="where to write (optional for format 2)")
+    migrate_parser.add_argument("--json", action="store_true", help="print JSON")
+    convert_parser = sub.add_parser(
+        "convert", help="write a bundle as a native bundle of another backend"
+    )
+    convert_parser.add_argument("src")
+    convert_parser.add_argument("dst")
+    convert_parser.add_argument("--to", required=True, help="target backend (a registered name)")
+    convert_parser.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``polybundle`` command; return its exit status.
 
-    Errors polybundle raises on purpose are printed as one line, exit status 2.
+    Errors polybundle raises on purpose, and the operating system's (a missing
+    file, no permission), are printed as one line, exit status 2; see
+    :data:`EXIT_STATUS` for the others.
 
     Example:
         >>> main(["verify", "run.bundle"])
@@ -403,15 +646,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     args = build_parser().parse_args(argv)
-    console = Console()
+    quiet_frameworks()
+    console = make_console()
     try:
         import_user_modules(args.imports, start=Path.cwd())
-        return COMMANDS[args.command](args, console)
-    except PolybundleError as exc:
-        Console(stderr=True).print(
+        status = COMMANDS[args.command](args, console)
+        sys.stdout.flush()
+        return status
+    except (PolybundleError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return _stdout_closed()
+        make_console(stderr=True).print(
             f"[red]error[/red] ({type(exc).__name__}): {markup_safe(exc)}", soft_wrap=True
         )
-        return 2
+        return USER_ERROR
+    except KeyboardInterrupt:
+        make_console(stderr=True).print("interrupted", soft_wrap=True)
+        return INTERRUPTED
+
+
+def _stdout_closed() -> int:
+    """Point stdout at the null device (nothing more can reach the reader); return 141.
+
+    Python would otherwise report the closed pipe again when it flushes stdout at exit.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (tests capture it)
+        pass
+    return BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from rich.console import Console
 
 from polybundle.api.loading import load
 from polybundle.api.saving import save
+from polybundle.errors import PolybundleError
 from polybundle.hooks.manager import get_plugin_manager
 from polybundle.hooks.registry import get_backend
 from polybundle.tools.conformance import Adapter, neutral_inputs
@@ -123,12 +124,26 @@ def _adapters(console: Console) -> list[Adapter]:
     return list(chosen.values())
 
 
+def _check_folder(folder: Path) -> None:
+    """Refuse a demo folder that is a file, or whose parent folder does not exist (as save does)."""
+    if folder.exists() and not folder.is_dir():
+        raise PolybundleError(
+            f"{str(folder)!r} is a file; the demo needs a folder for its bundles."
+        )
+    if not folder.parent.is_dir():
+        raise PolybundleError(
+            f"the folder {str(folder.parent)!r} does not exist; create it, or choose a folder "
+            "whose parent exists (the demo creates only the last folder of the path)."
+        )
+
+
 def run(
     directory: str | Path | None = None, *, steps: int = 20, console: Console | None = None
 ) -> list[DemoResult]:
     """Run the demo for every installed backend; return one result per backend.
 
-    Bundles go to ``directory`` (a temporary folder when None, removed after).
+    Bundles go to ``directory`` (a temporary folder when None, removed after); it is
+    created when missing, but its parent must exist. ``steps`` is at least 1.
 
     Example:
         >>> results = run(steps=1, console=Console(quiet=True))
@@ -137,11 +152,18 @@ def run(
         >>> all(len(result.cross_errors) == len(results) - 1 for result in results)
         True
     """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PolybundleError(
+            f"steps is {steps!r}; the demo trains each model at least one step: pass a whole "
+            "number of steps, 1 or more."
+        )
+    if directory is not None:
+        _check_folder(Path(directory))
     console = console or Console()
     adapters = _adapters(console)
     with tempfile.TemporaryDirectory(prefix="polybundle-demo-") as scratch:
         folder = Path(directory) if directory is not None else Path(scratch)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
         results = []
         for adapter in adapters:
             name = adapter.backend
