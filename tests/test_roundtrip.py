@@ -154,7 +154,8 @@ def test_manifest_records_layouts_sizes_and_hashes(tmp_path):
     assert layouts["1.running_mean"] == "c"
     assert layouts["1.num_batches_tracked"] == "scalar"
     assert layouts["4.weight"] == "out,in"
-    assert entry["architecture"] == {"name": models.ARCH, "config": models.CONFIG}
+    assert entry["architecture"] == {"name": models.ARCH, "config": models.CONFIG,
+                                     "module": "tests.models"}  # where its builder is defined
     assert set(manifest["members"]) == {"params.json", "net/model.pth"}
     assert manifest["writer"]["framework"] == "torch"
     import zipfile
