@@ -133,10 +133,13 @@ def _docs_setup(namespace: dict[str, Any]) -> None:
     namespace["_workdir"] = workdir
     os.chdir(workdir)
     namespace.update(example_namespace(workdir))
+    # builders and maps a document declares are its own: later documents and tests never see them
+    namespace["_declarations"] = scoped_declarations()
+    namespace["_declarations"].__enter__()
 
 
 def _docs_teardown(namespace: dict[str, Any]) -> None:
-    polybundle.hooks.manager.reset()  # forget the builders and maps the document registered
+    namespace["_declarations"].__exit__(None, None, None)
     os.chdir(namespace["_previous_cwd"])
     shutil.rmtree(namespace["_workdir"], ignore_errors=True)
 
