@@ -48,6 +48,7 @@ import numpy as np
 
 from polybundle.errors import FormatError, IntegrityError, PolybundleError, UnsafeContentError
 from polybundle.format.archive import MAX_JSON_BYTES, MemberRange, NestedZip, local_data_start
+from polybundle.format.arrays import read_array
 from polybundle.format.jsondoc import load_json
 from polybundle.format.tensor_check import check_stored
 from polybundle.model.backend import TensorSpec, resolve_dtype
@@ -864,19 +865,9 @@ def read_stored(
     if mapped is not None and isinstance(stream, MemberRange):
         return _window(mapped, stored, stream.offset + stored.offset)
     label = where or "model.keras"
-    budget.charge(stored.nbytes, f"{label}: {WEIGHTS_H5} dataset {stored.key!r}")
-    array = np.empty(stored.shape, dtype=stored.dtype)
-    view = memoryview(array.reshape(-1).view(np.uint8))
     stream.seek(stored.offset)
-    done = 0
-    while done < stored.nbytes:
-        count = stream.readinto(view[done:])
-        if not count:
-            raise FormatError(
-                f"{label}: {WEIGHTS_H5} dataset {stored.key!r} runs past the end of the "
-                "file; the weights file is truncated."
-            )
-        done += count
+    array = read_array(stream, stored.shape, stored.dtype,
+                       what=f"{label}: {WEIGHTS_H5} dataset {stored.key!r}")
     if mapped is not None:
         array.flags.writeable = False
     return array

@@ -51,7 +51,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from polybundle.errors import FormatError, IntegrityError, PolybundleError, UnsafeContentError
+from polybundle.errors import FormatError, PolybundleError, UnsafeContentError
 from polybundle.format.archive import (
     MAX_RATIO,
     RATIO_FLOOR,
@@ -59,8 +59,9 @@ from polybundle.format.archive import (
     NestedZip,
     check_member_name,
 )
+from polybundle.format.arrays import read_array
 from polybundle.format.detection import PLAIN_ROLE
-from polybundle.format.tensor_check import check_stored
+from polybundle.format.tensor_check import check_index
 from polybundle.model.backend import TensorSpec, resolve_dtype
 from polybundle.model.layouts import OPAQUE, SCALAR
 from polybundle.safety import budget
@@ -345,7 +346,11 @@ class _PthFile:
         """Return :meth:`tensors` once each passes the manifest and ``views``; read nothing."""
         tensors = self.tensors()
         if specs is not None:
-            _check_specs(tensors, specs, self.where)
+            check_index(
+                specs,
+                {key: (tensor.shape, tensor.storage.dtype) for key, tensor in tensors.items()},
+                where=self.where,
+            )
         for tensor in tensors.values():
             views.admit(tensor)
         return tensors
@@ -362,20 +367,9 @@ class _PthFile:
 
     def read(self, storage: TorchStorage) -> np.ndarray:
         """Read the storage's elements into a new array in native byte order (charged first)."""
-        dtype = _numpy_dtype(storage.dtype)
-        budget.charge(storage.nbytes, f"{self.where} storage {storage.key!r}")
-        array = np.empty(storage.numel, dtype=dtype)
-        view = memoryview(array.view(np.uint8))
-        done = 0
         with self._open(storage) as stream:
-            while done < array.nbytes:
-                count = stream.readinto(view[done:])
-                if not count:
-                    raise FormatError(
-                        f"{self.where}: storage {storage.key!r} holds {done} bytes; expected "
-                        f"{array.nbytes} ({storage.numel} x {storage.dtype}). The file is damaged."
-                    )
-                done += count
+            array = read_array(stream, (storage.numel,), _numpy_dtype(storage.dtype),
+                               what=f"{self.where} storage {storage.key!r}")
         return array.byteswap() if storage.byteorder != _NATIVE else array
 
     def map(self, storage: TorchStorage, mapped: mmap.mmap) -> np.ndarray:
@@ -396,23 +390,6 @@ class _PthFile:
                 )
             start = stream.offset + stream.tell()
         return np.frombuffer(mapped, dtype=dtype, count=storage.numel, offset=start)
-
-
-def _check_specs(
-    tensors: dict[str, TorchTensor], specs: Sequence[TensorSpec], where: str
-) -> None:
-    """Refuse a file whose tensor names, shapes or dtypes are not the manifest's ``specs``."""
-    expected = {spec.key: spec for spec in specs}
-    missing = sorted(expected.keys() - tensors.keys())
-    extra = sorted(tensors.keys() - expected.keys())
-    if missing or extra:
-        raise IntegrityError(
-            f"{where} does not hold the tensors its manifest declares (missing from the file: "
-            f"{missing[:10]}; in the file but not in the manifest: {extra[:10]}); the bundle "
-            "was altered or damaged. Re-copy it or re-save it from the model."
-        )
-    for key, tensor in tensors.items():
-        check_stored(expected[key], tensor.shape, tensor.storage.dtype, where=where)
 
 
 def index_pth(source: Source, *, where: str = "model.pth") -> dict[str, TorchTensor]:

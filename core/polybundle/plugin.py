@@ -22,7 +22,8 @@ A backend plugin imports only :mod:`polybundle` and this module. It gets:
   unpickler; a backend's pickle vocabulary maps names to :class:`Allowed`
   stand-ins and :class:`Leaf` values);
 - the read budget: a reader of untrusted bytes calls :func:`charge` before it
-  allocates (``polybundle.load(..., max_bytes=...)`` sets the limit);
+  allocates (``polybundle.load(..., max_bytes=...)`` sets the limit), and
+  :func:`read_array` fills a new array from a stream, charged first;
 - the tensor checks of a weights file against its manifest, before anything is
   read: :func:`check_index` (the file holds exactly the manifest's tensors, each
   of its shape and dtype) and :func:`check_stored` (one tensor);
@@ -77,6 +78,7 @@ from polybundle.errors import (
     UnsupportedOptimizerError,
 )
 from polybundle.format.archive import ArchiveReader, MemberRange
+from polybundle.format.arrays import read_array
 from polybundle.format.detection import Detection, peek_format2_manifest
 from polybundle.format.tensor_check import check_index, check_stored
 from polybundle.hooks.hookspecs import hookimpl
@@ -146,6 +148,7 @@ __all__ = [
     "UnsupportedOptimizerError",
     "axes",
     "charge",
+    "read_array",
     "check_index",
     "check_relayout",
     "check_stored",

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from polybundle.errors import FormatError, UnsupportedOptimizerError
 from polybundle.format.jsondoc import load_json
+from polybundle.safety.budget import charge
 from polybundle.safety.dtypes import check_shape, count_bytes, dtype_label, resolve_dtype
 
 SAFETENSORS_DTYPES = {
@@ -35,6 +36,38 @@ SAFETENSORS_DTYPES = {
 _SAFETENSORS_CODES = {name: code for code, name in SAFETENSORS_DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest safetensors header accepted (the safetensors library's own limit)."""
+
+
+def read_array(stream: BinaryIO, shape: tuple[int, ...], dtype: Any, *, what: str) -> np.ndarray:
+    """Read one ``shape`` x ``dtype`` array's bytes from ``stream`` into a new array.
+
+    The array's size is charged to the memory budget (labelled ``what``) before
+    it is allocated; a stream that ends early is a :class:`FormatError` naming
+    ``what``. The one routine every weights reader uses to fill an array.
+
+    Example:
+        >>> import io
+        >>> read_array(io.BytesIO(bytes(8)), (2,), "float32", what="doc tensor")
+        array([0., 0.], dtype=float32)
+        >>> read_array(io.BytesIO(bytes(4)), (2,), "float32", what="doc tensor")
+        Traceback (most recent call last):
+        ...
+        polybundle.errors.FormatError: doc tensor ends after 4 of 8 bytes; the file is truncated...
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    charge(nbytes, what)
+    array = np.empty(shape, dtype=dtype)
+    view = memoryview(array.reshape(-1).view(np.uint8))
+    done = 0
+    while done < nbytes:
+        count = stream.readinto(view[done:])
+        if not count:
+            raise FormatError(
+                f"{what} ends after {done} of {nbytes} bytes; the file is truncated or damaged."
+            )
+        done += count
+    return array
 
 
 def save_arrays(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:

@@ -36,6 +36,7 @@ from polybundle.plugin import (
     TensorSpec,
     charge,
     check_index,
+    read_array,
     resolve_dtype,
 )
 
@@ -163,17 +164,9 @@ def _checked(
 
 
 def _read(stream: BinaryIO | MemberRange, tensor: StoredTensor, where: str) -> np.ndarray:
-    charge(tensor.nbytes, f"{where} tensor {tensor.key[:80]!r}")
-    array = np.empty(tensor.shape, dtype=resolve_dtype(tensor.dtype))
-    view = memoryview(array.reshape(-1).view(np.uint8))
     stream.seek(tensor.start)
-    done = 0
-    while done < tensor.nbytes:
-        count = stream.readinto(view[done:])
-        if not count:
-            raise FormatError(f"{where} ends early: the safetensors file is truncated.")
-        done += count
-    return array
+    return read_array(stream, tensor.shape, resolve_dtype(tensor.dtype),
+                      what=f"{where} tensor {tensor.key[:80]!r}")
 
 
 def _view(mapped: mmap.mmap, start: int, tensor: StoredTensor, where: str) -> np.ndarray:
