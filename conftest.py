@@ -37,6 +37,11 @@ import polybundle
 import polybundle.hooks.manager
 from polybundle.hooks.registry import scoped_declarations
 
+# pytest-xdist starts its workers with COLUMNS=80 and LINES=24, and the command honours
+# COLUMNS (rich would wrap its output there): every test sees the console a plain run sees.
+for _variable in ("COLUMNS", "LINES"):
+    os.environ.pop(_variable, None)
+
 ROOT = Path(__file__).resolve().parent
 
 DOCTEST_ROOTS = (

@@ -401,7 +401,8 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
     else:
         _print_parity(report, console)
         if written is not None:
-            console.print(f"plot written to {markup_safe(str(written))}", highlight=False)
+            console.print(f"plot written to {markup_safe(str(written))}", highlight=False,
+                          soft_wrap=True)
     return 0 if report.passed else 1
 
 
