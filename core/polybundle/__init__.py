@@ -47,6 +47,7 @@ from polybundle.errors import (
     ParamsError,
     PolybundleError,
     SchemaError,
+    StorageError,
     TensorMismatchError,
     UnknownArchitectureError,
     UnknownBackendError,
@@ -106,4 +107,5 @@ __all__ = [
     "OptimizerMismatchError",
     "CheckpointError",
     "WriteError",
+    "StorageError",
 ]
