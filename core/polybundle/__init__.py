@@ -29,6 +29,7 @@ from polybundle.api.checkpoints import Checkpoint, CheckpointManager
 from polybundle.api.inspection import inspect
 from polybundle.api.loading import load
 from polybundle.api.migrate import migrate
+from polybundle.api.remote_checkpoints import RemoteCheckpointManager
 from polybundle.api.saving import save
 from polybundle.api.transfer import convert
 from polybundle.api.verify import verify
@@ -82,6 +83,7 @@ __all__ = [
     "TensorSpec",
     "Bundle",
     "CheckpointManager",
+    "RemoteCheckpointManager",
     "Checkpoint",
     "OptimizerState",
     "Detection",

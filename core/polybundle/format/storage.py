@@ -179,6 +179,20 @@ class Location:
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         return bool(WHOLE_OBJECT_PROTOCOLS.intersection(protocols))
 
+    def __truediv__(self, name: str) -> Location:
+        return self.child(name)
+
+    def mkdir(self, *, parents: bool = True, exist_ok: bool = True) -> None:
+        """Make the folder where the store has folders; object stores have prefixes only."""
+        if self.atomic_put:
+            return
+        with store_errors(self.url):
+            self.fs.makedirs(self.path, exist_ok=exist_ok)
+
+    def is_file(self) -> bool:
+        """Return True when an object is stored under this key (as :meth:`exists`)."""
+        return self.exists()
+
     def child(self, name: str) -> Location:
         """Return the location of ``name`` inside this folder."""
         url, inner = self.url.rstrip("/"), self.path.rstrip("/")
@@ -229,6 +243,19 @@ class Location:
         if size > limit:
             raise StorageError(self.url, f"holds {size} bytes; at most {limit} expected here.")
         return self.fetch(0, size) if size else b""
+
+    def get_file(self, local: str | os.PathLike[str]) -> None:
+        """Download the whole object to the local file ``local`` (streamed, not held in memory).
+
+        Example:
+            >>> locate("memory://down/a.bin").write_bytes(b"abc")
+            >>> locate("memory://down/a.bin").get_file("a-copy.bin")
+            >>> Path("a-copy.bin").read_bytes()
+            b'abc'
+        """
+        self.details()  # a folder or a missing key says so in this store's words
+        with store_errors(self.url):
+            self.fs.get_file(self.path, os.fspath(local))
 
     def delete(self) -> None:
         """Remove the object; one already gone is fine."""

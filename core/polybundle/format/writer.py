@@ -444,7 +444,7 @@ def write_error(exc: OSError, target: Path | Location, detail: str = "") -> Writ
 
 
 def atomic_write_bytes(
-    path: str | os.PathLike[str], data: bytes, *, mode: int | None = None
+    path: str | os.PathLike[str] | Location, data: bytes, *, mode: int | None = None
 ) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
@@ -458,7 +458,14 @@ def atomic_write_bytes(
         >>> atomic_write_bytes(target, b"{}")
         >>> target.read_bytes()
         b'{}'
+
+    ``path`` may be a URL or a :class:`~polybundle.format.storage.Location`:
+    the object is then uploaded whole (``mode`` does not apply).
     """
+    remote = locate(path)
+    if remote is not None:
+        remote.write_bytes(data)
+        return
     atomic_write_chunks(path, [data], mode=mode)
 
 
