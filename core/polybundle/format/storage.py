@@ -206,6 +206,7 @@ class Location:
     def details(self) -> dict[str, Any]:
         """Return the store's record of the object (``size``, ``ETag``...): one request."""
         with store_errors(self.url):
+            self.fs.invalidate_cache(self.path)  # another process may have replaced it
             info = self.fs.info(self.path)
         if info.get("type") == "directory":
             raise StorageError(self.url, "is a folder (prefix); expected a bundle object.")
@@ -321,9 +322,10 @@ class RemoteFile(io.RawIOBase):
     Fetched bytes go to a private, unlinked, sparse temporary file of the
     object's size, so nothing is fetched twice and a memory map of that file
     (:meth:`cache_fileno`) holds them without a second copy in memory. A read
-    that misses fetches at least :data:`MIN_READ` bytes; misses that follow
-    each other double that, up to :data:`MAX_READ` per request, so a scan
-    streams in large requests while scattered small reads stay small.
+    that misses fetches at least :data:`MIN_READ` bytes (from the read on, or
+    the object's last ones near its end); misses that follow each other double
+    that, up to :data:`MAX_READ` per request, so a scan streams in large
+    requests while scattered small reads stay small.
     ``requests`` and ``fetched`` count what was asked of the store.
 
     Example:
@@ -415,7 +417,8 @@ class RemoteFile(io.RawIOBase):
             return
         self._ahead = min(MAX_READ, self._ahead * 2) if offset == self._last_end else MIN_READ
         stop = min(self._size, max(end, offset + self._ahead))
-        self.ensure(offset, stop)
+        start = max(0, min(offset, stop - self._ahead))  # at the end: the window reaches back
+        self.ensure(start, stop)
         self._last_end = stop
 
     def readinto_at(self, buffer: Any, offset: int) -> int:
