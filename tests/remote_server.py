@@ -23,18 +23,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
-from moto.server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
 BUCKET = "models"
@@ -61,6 +62,7 @@ class RequestLog:
     _hold: Callable[[dict[str, Any]], bool] | None = None
     held: threading.Event = field(default_factory=threading.Event)
     _release: threading.Event = field(default_factory=threading.Event)
+    _in_flight: int = 0
 
     def mark(self) -> int:
         """Return a position in the log (for :meth:`since`)."""
@@ -68,7 +70,14 @@ class RequestLog:
             return len(self.entries)
 
     def since(self, mark: int) -> list[Request]:
-        """Return the requests answered after ``mark``."""
+        """Return the requests answered after ``mark``, once none is being answered.
+
+        A client has its response before the server has finished writing it,
+        so this waits (up to 10 s) for every request in flight to be recorded.
+        """
+        deadline = time.monotonic() + 10
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.005)
         with self._lock:
             return list(self.entries[mark:])
 
@@ -87,6 +96,8 @@ class RequestLog:
         """Return ``app`` with every request recorded (and held when asked)."""
 
         def logged(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+            with self._lock:
+                self._in_flight += 1
             hold = self._hold
             if hold is not None and hold(environ):
                 self.held.set()
@@ -102,6 +113,7 @@ class RequestLog:
                         environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
                         environ.get("QUERY_STRING", ""), environ.get("HTTP_RANGE"), sent,
                     ))
+                    self._in_flight -= 1
 
         return logged
 
