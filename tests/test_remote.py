@@ -117,8 +117,8 @@ def test_lazy_tensor_read_fetches_the_tensor_and_the_index_only(s3, torch_net):
 def test_lazy_read_checks_the_weights_unless_verify_false(s3, torch_net):
     url = s3.url("lazy/checked.bundle")
     polybundle.save(url, {"net": torch_net}, storage_options=s3.storage_options)
-    bundle = polybundle.load(url, lazy=True, storage_options=s3.storage_options)
     mark = s3.log.mark()
+    bundle = polybundle.load(url, lazy=True, storage_options=s3.storage_options)
     tensors = bundle.tensors("net")  # hashes the weights member: every byte of it
     hashed = _sent(s3.log.since(mark))
     assert hashed >= sum(p.numel() * 4 for p in torch_net.parameters())

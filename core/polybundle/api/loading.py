@@ -440,7 +440,7 @@ def load(
     }
     path = locate(path, storage_options, filesystem) or path
     with budget.limit(max_bytes):
-        with ArchiveReader(path) as archive:
+        with ArchiveReader(path, whole=not lazy) as archive:
             detection = detect(archive)
             if plain_backend(detection) is not None:
                 with open_plain(path, detection) as plain:

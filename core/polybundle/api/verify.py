@@ -200,7 +200,7 @@ def _check_plain(path: str | os.PathLike[str], detection: Detection, report: Ver
 
 
 def _verify(path: str | os.PathLike[str] | Location, report: VerifyReport, progress: bool) -> None:
-    with ArchiveReader(path) as archive, progress_bar(
+    with ArchiveReader(path, whole=True) as archive, progress_bar(
         f"verifying {archive.path.name}",
         sum(archive.size(name) for name in archive.names()),
         enabled=progress,

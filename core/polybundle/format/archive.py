@@ -708,7 +708,9 @@ class ArchiveReader:
     ``path`` may be a URL or a :class:`~polybundle.format.storage.Location`
     (see :mod:`polybundle.format.storage`): the archive is then read by byte
     range, the directory first and then only the members opened, and
-    :attr:`path` is the location.
+    :attr:`path` is the location; ``whole=True`` (for reads that use every
+    byte: a full load, a verification) fetches the whole object first, in one
+    streamed request.
 
     Example:
         >>> with ArchiveReader("run.bundle") as archive:
@@ -716,12 +718,14 @@ class ArchiveReader:
         b'{"N": 4, "lr": 0.001}'
     """
 
-    def __init__(self, path: str | os.PathLike[str] | Location) -> None:
+    def __init__(self, path: str | os.PathLike[str] | Location, *, whole: bool = False) -> None:
         self.on_read: Callable[[int], None] | None = None
         """Given to every STORED member opened from now on (see :class:`MemberRange`)."""
         location = locate(path)
         self.path: Path | Location = location or Path(path)  # type: ignore[arg-type]
         self._remote = None if location is None else RemoteFile(location)
+        if self._remote is not None and whole:
+            self._remote.fetch_all()
         self._file: BinaryIO = self._remote or open_regular(self.path)  # type: ignore[assignment]
         label = repr(str(self.path))
         try:

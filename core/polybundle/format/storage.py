@@ -42,7 +42,7 @@ WHOLE_OBJECT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "
 makes the object appear whole: bundles go straight to their key. Any other
 filesystem gets a temporary key, then a move."""
 
-MIN_READ = 16 * 1024
+MIN_READ = 4 * 1024
 """Fewest bytes one missed read fetches (a zip header, a JSON member, an index)."""
 
 MAX_READ = 8 * 1024 * 1024
@@ -316,57 +316,22 @@ def staging_path(location: Location) -> Path:
     return Path(tempfile.gettempdir()) / (location.name or "bundle")
 
 
-class RemoteFile(io.RawIOBase):
-    """A read-only, seekable view of an object, fetched by byte range when first read.
+class _Fetched:
+    """The fetched bytes of one version of one object: a sparse local file and its ranges."""
 
-    Fetched bytes go to a private, unlinked, sparse temporary file of the
-    object's size, so nothing is fetched twice and a memory map of that file
-    (:meth:`cache_fileno`) holds them without a second copy in memory. A read
-    that misses fetches at least :data:`MIN_READ` bytes (from the read on, or
-    the object's last ones near its end); misses that follow each other double
-    that, up to :data:`MAX_READ` per request, so a scan streams in large
-    requests while scattered small reads stay small.
-    ``requests`` and ``fetched`` count what was asked of the store.
-
-    Example:
-        >>> where = locate("memory://r/data.bin")
-        >>> where.write_bytes(bytes(range(256)) * 1024)
-        >>> remote = RemoteFile(where)
-        >>> remote.pread(1000, 4), remote.requests, remote.fetched
-        (b'\\xe8\\xe9\\xea\\xeb', 1, 16384)
-        >>> remote.ensure(1000, 1010), remote.requests  # already fetched: no request
-        (None, 1)
-    """
-
-    def __init__(self, location: Location) -> None:
-        super().__init__()
+    def __init__(self, location: Location, size: int) -> None:
         self.location = location
-        self.name = location.url
-        details = location.details()
-        self._size = int(details["size"])
-        self.identity = (self._size, str(details.get("ETag") or details.get("mtime") or ""))
-        """``(size, ETag or modification time)`` of the object when it was opened."""
-        self._cache = tempfile.TemporaryFile(prefix="polybundle-range-")
-        os.ftruncate(self._cache.fileno(), self._size)
-        self._have: list[tuple[int, int]] = []
-        self._lock = threading.Lock()
-        self._pos = 0
-        self._ahead = MIN_READ
-        self._last_end = -1
+        self.size = size
+        self.file = tempfile.NamedTemporaryFile(prefix="polybundle-range-")  # noqa: SIM115
+        os.ftruncate(self.file.fileno(), size)
+        self.have: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
         self.requests = 0
         self.fetched = 0
 
-    def size(self) -> int:
-        """Return the object's size in bytes."""
-        return self._size
-
-    def cache_fileno(self) -> int:
-        """Return the descriptor of the local cache file (to memory-map fetched bytes)."""
-        return self._cache.fileno()
-
-    def _missing(self, start: int, end: int) -> list[tuple[int, int]]:
+    def missing(self, start: int, end: int) -> list[tuple[int, int]]:
         gaps, position = [], start
-        for low, high in self._have:
+        for low, high in self.have:
             if high <= position:
                 continue
             if low >= end:
@@ -378,42 +343,143 @@ class RemoteFile(io.RawIOBase):
             gaps.append((position, end))
         return gaps
 
-    def _add(self, start: int, end: int) -> None:
+    def add(self, start: int, end: int) -> None:
         merged: list[tuple[int, int]] = []
-        for low, high in sorted([*self._have, (start, end)]):
+        for low, high in sorted([*self.have, (start, end)]):
             if merged and low <= merged[-1][1]:
                 merged[-1] = (merged[-1][0], max(merged[-1][1], high))
             else:
                 merged.append((low, high))
-        self._have = merged
+        self.have = merged
 
     def ensure(self, start: int, end: int) -> None:
-        """Fetch whatever of bytes ``[start, end)`` is not cached yet (exactly that)."""
-        end = min(end, self._size)
-        with self._lock:
-            for low, high in self._missing(max(start, 0), end):
+        end = min(end, self.size)
+        with self.lock:
+            for low, high in self.missing(max(start, 0), end):
                 for piece in range(low, high, MAX_READ):
                     stop = min(piece + MAX_READ, high)
                     data = self.location.fetch(piece, stop)
                     if len(data) != stop - piece:
-                        raise StorageError(
-                            self.location.url,
-                            f"returned {len(data)} bytes for bytes {piece}..{stop} of an "
-                            f"object of {self._size}; it changed or was cut. Load it again.",
-                        )
-                    os.pwrite(self._cache.fileno(), data, piece)
+                        raise self.changed(f"returned {len(data)} bytes for {piece}..{stop}")
+                    os.pwrite(self.file.fileno(), data, piece)
                     self.requests += 1
                     self.fetched += len(data)
-                    self._add(piece, stop)
+                    self.add(piece, stop)
+
+    def fetch_all(self) -> None:
+        with self.lock:
+            if self.have == [(0, self.size)]:
+                return
+            with store_errors(self.location.url):
+                self.location.fs.get_file(self.location.path, self.file.name)
+            self.requests += 1
+            self.fetched += self.size
+            if os.fstat(self.file.fileno()).st_size != self.size:
+                self.have = []
+                os.ftruncate(self.file.fileno(), self.size)
+                raise self.changed("its size changed")
+            self.have = [(0, self.size)] if self.size else []
+
+    def changed(self, what: str) -> StorageError:
+        return StorageError(
+            self.location.url,
+            f"{what}; the object of {self.size} bytes changed or was cut while it was read. "
+            "Load it again.",
+        )
+
+
+_RECENT: dict[tuple[str, int, str], _Fetched] = {}
+_RECENT_LOCK = threading.Lock()
+KEEP_RECENT = 4
+"""Objects whose fetched bytes are kept for the next open of the same version (same ETag)."""
+
+
+def _fetched(location: Location, size: int, etag: str) -> _Fetched:
+    """Return the fetched bytes of this version of the object, reused while its ETag holds."""
+    if not etag:  # no version tag: a replaced object of the same size could not be told apart
+        return _Fetched(location, size)
+    key = (location.url, size, etag)
+    with _RECENT_LOCK:
+        found = _RECENT.pop(key, None) or _Fetched(location, size)
+        _RECENT[key] = found  # most recent last
+        while len(_RECENT) > KEEP_RECENT:
+            _RECENT.pop(next(iter(_RECENT)))
+    return found
+
+
+class RemoteFile(io.RawIOBase):
+    """A read-only, seekable view of an object, fetched by byte range when first read.
+
+    Fetched bytes go to a private, sparse temporary file of the object's
+    size, so nothing is fetched twice and a memory map of that file
+    (:meth:`cache_fileno`) holds them without a second copy in memory; the
+    next open of the same version of the object (same ``ETag``) reuses them.
+    A read that misses fetches at least :data:`MIN_READ` bytes (from the
+    read on, or the object's last ones near its end); misses that follow
+    each other double that, up to :data:`MAX_READ` per request, so a scan
+    streams in large requests while scattered small reads stay small.
+    :meth:`fetch_all` gets the whole object in one streamed request.
+    ``requests`` and ``fetched`` count what was asked of the store.
+
+    Example:
+        >>> where = locate("memory://r/data.bin")
+        >>> where.write_bytes(bytes(range(256)) * 1024)
+        >>> remote = RemoteFile(where)
+        >>> remote.pread(1000, 4), remote.requests, remote.fetched
+        (b'\\xe8\\xe9\\xea\\xeb', 1, 4096)
+        >>> remote.ensure(1000, 1010), remote.requests  # already fetched: no request
+        (None, 1)
+    """
+
+    def __init__(self, location: Location) -> None:
+        super().__init__()
+        self.location = location
+        self.name = location.url
+        details = location.details()
+        size = int(details["size"])
+        etag = str(details.get("ETag") or details.get("etag") or "")
+        self.identity = (size, etag or str(details.get("mtime") or ""))
+        """``(size, ETag or modification time)`` of the object when it was opened."""
+        self._fetched = _fetched(location, size, etag)
+        self._size = size
+        self._pos = 0
+        self._ahead = MIN_READ
+        self._last_end = -1
+
+    @property
+    def requests(self) -> int:
+        """Return how many requests fetched bytes of this version of the object."""
+        return self._fetched.requests
+
+    @property
+    def fetched(self) -> int:
+        """Return how many bytes were fetched of this version of the object."""
+        return self._fetched.fetched
+
+    def size(self) -> int:
+        """Return the object's size in bytes."""
+        return self._size
+
+    def cache_fileno(self) -> int:
+        """Return the descriptor of the local cache file (to memory-map fetched bytes)."""
+        return self._fetched.file.fileno()
+
+    def ensure(self, start: int, end: int) -> None:
+        """Fetch whatever of bytes ``[start, end)`` is not cached yet (exactly that)."""
+        self._fetched.ensure(start, end)
+
+    def fetch_all(self) -> None:
+        """Fetch the whole object in one streamed request (unless it is all cached)."""
+        self._fetched.fetch_all()
 
     def complete(self) -> bool:
         """Return True when every byte of the object is cached."""
-        return self._have == [(0, self._size)] or self._size == 0
+        return not self._fetched.missing(0, self._size)
 
     def _read_window(self, offset: int, count: int) -> None:
         """Fetch ``[offset, offset + count)``, read ahead by the current window when it misses."""
         end = min(self._size, offset + count)
-        if not self._missing(offset, end):
+        if not self._fetched.missing(offset, end):
             return
         self._ahead = min(MAX_READ, self._ahead * 2) if offset == self._last_end else MIN_READ
         stop = min(self._size, max(end, offset + self._ahead))
@@ -430,7 +496,7 @@ class RemoteFile(io.RawIOBase):
         self._read_window(offset, count)
         done = 0
         while done < count:
-            done += os.preadv(self._cache.fileno(), [view[done:count]], offset + done)
+            done += os.preadv(self.cache_fileno(), [view[done:count]], offset + done)
         return done
 
     def pread(self, offset: int, count: int) -> bytes:
