@@ -11,11 +11,10 @@ requests a predicate picks until released (to kill a client mid-upload).
 user with an access key allowed every S3 action and a bucket, then requires
 signed requests, so wrong credentials are refused as a real S3 refuses them.
 
-Example:
-    >>> server = start_s3()
-    >>> sorted(server.storage_options)
-    ['endpoint_url', 'key', 'secret']
-    >>> server.stop()
+Example (``tests/test_remote.py`` starts one server per session):
+    >>> log = RequestLog()
+    >>> log.mark(), log.since(0)
+    (0, [])
 """
 
 from __future__ import annotations

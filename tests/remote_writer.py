@@ -21,9 +21,16 @@ from polybundle.hooks.manager import get_plugin_manager  # noqa: E402
 from tests.numpy_backend import plugin  # noqa: E402
 from tests.numpy_backend.backend import NumpyBackend  # noqa: E402
 
-get_plugin_manager().register(plugin)
-url, options, step = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-model = NumpyBackend().build({"size": 6, "filters": 2048, "outputs": 4096})  # 32 MiB head
-manager = polybundle.CheckpointManager(url, keep_last=2, storage_options=options)
-manager.save(step, {"net": model}, metrics={"loss": 1.0 / step})
-print("saved", flush=True)
+
+def main() -> None:
+    """Save the checkpoint the command line asks for."""
+    get_plugin_manager().register(plugin)
+    url, options, step = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    model = NumpyBackend().build({"size": 6, "filters": 2048, "outputs": 4096})  # 32 MiB head
+    manager = polybundle.CheckpointManager(url, keep_last=2, storage_options=options)
+    manager.save(step, {"net": model}, metrics={"loss": 1.0 / step})
+    print("saved", flush=True)
+
+
+if __name__ == "__main__":
+    main()
