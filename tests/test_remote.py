@@ -268,3 +268,20 @@ def test_local_paths_never_use_fsspec(tmp_path, torch_net, monkeypatch):
     manager.save(1, {"net": torch_net})
     with pytest.raises(StorageError, match=r"polybundle\[remote\]"):
         polybundle.load("s3://bucket/run.bundle")
+
+
+@needs_torch
+def test_memory_legacy_archive_and_plain_file(legacy_dir, torch_net, tmp_path):
+    import torch
+
+    archive = "memory://unit/wts.h5.zip"
+    locate(archive).write_bytes((legacy_dir / "tf_era_shared.zip").read_bytes())
+    assert polybundle.inspect(archive)["format"] == "legacy-tf-dill"
+    legacy = polybundle.load(archive, lazy=True)
+    assert legacy.roles == ["autoencoder", "diffraction_to_obj"]
+    assert legacy.tensors("autoencoder")
+    torch.save(torch_net.state_dict(), tmp_path / "net.pth")
+    plain = "memory://unit/net.pth"
+    locate(plain).put_file(tmp_path / "net.pth")
+    tensors = polybundle.load(plain, lazy=True).tensors("model")
+    np.testing.assert_array_equal(tensors["2.bias"], torch_net[2].bias.detach().numpy())

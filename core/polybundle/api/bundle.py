@@ -74,6 +74,8 @@ class Bundle:
     """Weights members whose sha256 matched, with the file identity they matched in."""
     max_bytes: int | None = None
     """The ``max_bytes=`` the bundle was loaded with; later reads (:meth:`tensors`) keep it."""
+    _fetched: Any = field(default=None, init=False, repr=False, compare=False)
+    """For a lazy bundle at a URL: the bytes fetched so far, reused by :meth:`tensors`."""
     check_tensors: bool = True
     """False after ``load(..., verify=False)``: :meth:`tensors` does not hash the weights member."""
 

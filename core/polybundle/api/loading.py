@@ -453,6 +453,8 @@ def load(
                 )
             else:
                 bundle = _load_bundle(archive, read_manifest(archive), detection, **options)
+            if lazy and archive.remote is not None:
+                bundle._fetched = archive.remote.keep
     bundle.max_bytes = max_bytes
     bundle.check_tensors = verify is not False
     get_plugin_manager().hook.polybundle_params_loaded(

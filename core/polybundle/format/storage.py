@@ -26,6 +26,7 @@ import re
 import secrets
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -388,22 +389,26 @@ class _Fetched:
         )
 
 
-_RECENT: dict[tuple[str, int, str], _Fetched] = {}
-_RECENT_LOCK = threading.Lock()
-KEEP_RECENT = 4
-"""Objects whose fetched bytes are kept for the next open of the same version (same ETag)."""
+_OPEN: weakref.WeakValueDictionary[tuple[str, int, str], _Fetched] = (
+    weakref.WeakValueDictionary()
+)
+_OPEN_LOCK = threading.Lock()
 
 
 def _fetched(location: Location, size: int, etag: str) -> _Fetched:
-    """Return the fetched bytes of this version of the object, reused while its ETag holds."""
+    """Return the fetched bytes of this version of the object while anything still holds them.
+
+    A lazy :class:`~polybundle.api.bundle.Bundle` holds them, so its
+    ``tensors()`` calls reuse the index read by ``load``; they are dropped
+    (and their local file removed) with the last holder.
+    """
     if not etag:  # no version tag: a replaced object of the same size could not be told apart
         return _Fetched(location, size)
     key = (location.url, size, etag)
-    with _RECENT_LOCK:
-        found = _RECENT.pop(key, None) or _Fetched(location, size)
-        _RECENT[key] = found  # most recent last
-        while len(_RECENT) > KEEP_RECENT:
-            _RECENT.pop(next(iter(_RECENT)))
+    with _OPEN_LOCK:
+        found = _OPEN.get(key)
+        if found is None:
+            found = _OPEN[key] = _Fetched(location, size)
     return found
 
 
@@ -413,7 +418,8 @@ class RemoteFile(io.RawIOBase):
     Fetched bytes go to a private, sparse temporary file of the object's
     size, so nothing is fetched twice and a memory map of that file
     (:meth:`cache_fileno`) holds them without a second copy in memory; the
-    next open of the same version of the object (same ``ETag``) reuses them.
+    next open of the same version of the object (same ``ETag``) reuses them
+    while anything holds them (a lazy bundle does: :attr:`keep`).
     A read that misses fetches at least :data:`MIN_READ` bytes (from the
     read on, or the object's last ones near its end); misses that follow
     each other double that, up to :data:`MAX_READ` per request, so a scan
@@ -445,6 +451,11 @@ class RemoteFile(io.RawIOBase):
         self._pos = 0
         self._ahead = MIN_READ
         self._last_end = -1
+
+    @property
+    def keep(self) -> object:
+        """Return the fetched bytes, for an object that should keep them reusable."""
+        return self._fetched
 
     @property
     def requests(self) -> int:
