@@ -39,8 +39,12 @@ from tests.remote_server import start_s3  # noqa: E402
 
 
 def _model(mib: int) -> torch.nn.Sequential:
-    """Four square Linear layers holding about ``mib`` MiB of float32 weights."""
-    width = int((mib * 1024 * 1024 / 4 / 4) ** 0.5)
+    """Four square Linear layers holding just under ``mib`` MiB of float32 weights.
+
+    Just under: at 100 MiB the bundle stays one PUT (s3fs goes multipart from
+    100 MiB, and moto answers a retried CompleteMultipartUpload with an error).
+    """
+    width = int((mib * 1024 * 1024 / 4 / 4) ** 0.5) - 2
     return torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(4)])
 
 

@@ -48,7 +48,9 @@ class RemoteCheckpointManager(CheckpointManager):
     """A :class:`CheckpointManager` whose directory is a URL (a bucket prefix).
 
     ``storage_options`` (credentials, ``endpoint_url``) or a ready fsspec
-    ``filesystem`` reach the store; ``mode`` does not apply to objects.
+    ``filesystem`` reach the store; ``mode`` does not apply to objects. The
+    ``path`` of its checkpoints is a :class:`~polybundle.format.storage.Location`
+    (``.url``, ``.name``), which :func:`polybundle.load` takes as it is.
 
     Example:
         >>> manager = CheckpointManager("memory://runs/remote-doc")
