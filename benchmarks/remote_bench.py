@@ -18,6 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -73,6 +74,8 @@ def run(mib: int, repeats: int) -> dict[str, Any]:
         array = np.array(bundle.tensors("net")[tensor])
         lazy = s3.log.since(mark)
         fetched = sum(r.sent for r in lazy if r.method == "GET")
+        del bundle  # it keeps its fetched bytes for reuse: full loads below start cold
+        gc.collect()
 
         fresh = _model(mib)
         fs = locate(url, options).fs
