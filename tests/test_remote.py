@@ -285,3 +285,18 @@ def test_memory_legacy_archive_and_plain_file(legacy_dir, torch_net, tmp_path):
     locate(plain).put_file(tmp_path / "net.pth")
     tensors = polybundle.load(plain, lazy=True).tensors("model")
     np.testing.assert_array_equal(tensors["2.bias"], torch_net[2].bias.detach().numpy())
+
+
+@needs_torch
+def test_memory_lazy_tensors_hash_the_weights_unless_verify_false(torch_net):
+    url = "memory://unit/flipped.bundle"
+    polybundle.save(url, {"net": torch_net})
+    with polybundle.format.archive.ArchiveReader(url) as archive:
+        middle = archive.data_offset("net/model.pth") + archive.size("net/model.pth") // 2
+    data = bytearray(locate(url).read_bytes(limit=1 << 30))
+    data[middle] ^= 0xFF  # inside the 1 MiB of 2.weight: the zips still read
+    locate(url).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        polybundle.load(url, lazy=True).tensors("net")
+    unchecked = polybundle.load(url, lazy=True, verify=False).tensors("net")
+    assert unchecked["0.weight"].shape == (512, 256)  # read as asked: nothing hashed
