@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import polybundle
+from polybundle.api.transfer import plan_bundle
 from polybundle.errors import IntegrityError, StorageError
 from polybundle.format.storage import locate
 from polybundle.tools.cli import main
@@ -245,6 +246,8 @@ def test_memory_convert_migrate_and_cli(torch_net, capsys):
     assert report.written and polybundle.verify("memory://unit/copy.bundle").ok
     assert polybundle.migrate("memory://unit/src.bundle", "memory://unit/copy.bundle").written \
         is False  # idempotent, as for files
+    plan = plan_bundle("memory://unit/copy.bundle", "tensorflow")
+    assert plan["roles"][0]["rows"][0]["layout"] == "out,in -> in,out"
     assert main(["verify", "memory://unit/copy.bundle"]) == 0
     assert main(["inspect", "--json", "memory://unit/copy.bundle"]) == 0
     assert '"backend": "torch"' in capsys.readouterr().out
