@@ -29,6 +29,7 @@ from polybundle.api.checkpoints import Checkpoint, CheckpointManager
 from polybundle.api.inspection import inspect
 from polybundle.api.loading import load
 from polybundle.api.migrate import migrate
+from polybundle.api.remote_checkpoints import RemoteCheckpointManager
 from polybundle.api.saving import save
 from polybundle.api.transfer import convert
 from polybundle.api.verify import verify
@@ -47,6 +48,7 @@ from polybundle.errors import (
     ParamsError,
     PolybundleError,
     SchemaError,
+    StorageError,
     TensorMismatchError,
     UnknownArchitectureError,
     UnknownBackendError,
@@ -81,6 +83,7 @@ __all__ = [
     "TensorSpec",
     "Bundle",
     "CheckpointManager",
+    "RemoteCheckpointManager",
     "Checkpoint",
     "OptimizerState",
     "Detection",
@@ -106,4 +109,5 @@ __all__ = [
     "OptimizerMismatchError",
     "CheckpointError",
     "WriteError",
+    "StorageError",
 ]

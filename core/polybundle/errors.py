@@ -297,6 +297,22 @@ class WriteError(PolybundleError):
         )
 
 
+class StorageError(PolybundleError):
+    """A bundle's URL cannot be reached: no such object or bucket, access refused, no fsspec.
+
+    ``url`` is the location concerned. Nothing is changed at the URL.
+
+    Example:
+        >>> err = StorageError("s3://models/run.bundle", "no such object; check the key")
+        >>> err.url, str(err)
+        ('s3://models/run.bundle', "'s3://models/run.bundle': no such object; check the key")
+    """
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        super().__init__(f"{url!r}: {problem}")
+
+
 __all__ = [
     "PolybundleError",
     "FormatError",
@@ -320,4 +336,5 @@ __all__ = [
     "OptimizerMismatchError",
     "CheckpointError",
     "WriteError",
+    "StorageError",
 ]

@@ -20,6 +20,7 @@ from polybundle.api.lazy import lazy_tensors
 from polybundle.errors import IntegrityError, OptimizerError, PolybundleError
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.manifest import read_manifest, verify_member
+from polybundle.format.storage import Location
 from polybundle.hooks.registry import get_backend
 from polybundle.model.backend import TensorSpec
 from polybundle.model.conversion import ConversionPlan
@@ -58,7 +59,7 @@ class Bundle:
         torch.Size([1, 2])
     """
 
-    path: Path
+    path: Path | Location
     manifest: dict[str, Any]
     params: dict[str, Any]
     backend: str
@@ -73,6 +74,10 @@ class Bundle:
     """Weights members whose sha256 matched, with the file identity they matched in."""
     max_bytes: int | None = None
     """The ``max_bytes=`` the bundle was loaded with; later reads (:meth:`tensors`) keep it."""
+    _fetched: Any = field(default=None, init=False, repr=False, compare=False)
+    """For a lazy bundle at a URL: the bytes fetched so far, reused by :meth:`tensors`."""
+    check_tensors: bool = True
+    """False after ``load(..., verify=False)``: :meth:`tensors` does not hash the weights member."""
 
     @property
     def roles(self) -> list[str]:
@@ -110,7 +115,8 @@ class Bundle:
                 raise IntegrityError(
                     f"{str(self.path)!r} changed since it was loaded; load it again."
                 )
-            self._verify_weights(archive, entry["weights"])
+            if self.check_tensors:
+                self._verify_weights(archive, entry["weights"])
             writer = get_backend(self.manifest["backend"])
             if self.lazy:
                 return lazy_tensors(archive, entry["weights"], self.tensor_specs(role), writer)

@@ -57,6 +57,7 @@ from polybundle.api.saving import save
 from polybundle.api.verify import verify
 from polybundle.errors import CheckpointError, FormatError, PolybundleError
 from polybundle.format.jsondoc import load_json
+from polybundle.format.storage import is_url, locate
 from polybundle.format.writer import atomic_write_bytes, file_mode, write_error
 
 INDEX_NAME = "checkpoints.json"
@@ -254,6 +255,14 @@ class CheckpointManager:
         '0o600'
     """
 
+    url_manager: type[CheckpointManager] | None = None
+    """The subclass made for a URL directory (set by :mod:`polybundle.api.remote_checkpoints`)."""
+
+    def __new__(cls, directory: Any, **options: Any) -> CheckpointManager:
+        if cls is CheckpointManager and is_url(directory) and cls.url_manager is not None:
+            return super().__new__(cls.url_manager)  # a bucket or another fsspec store
+        return super().__new__(cls)
+
     def __init__(
         self,
         directory: str | os.PathLike[str],
@@ -261,7 +270,10 @@ class CheckpointManager:
         keep_last: int | None = 3,
         keep_best: tuple[Any, ...] | None = None,
         mode: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+        filesystem: Any = None,
     ) -> None:
+        locate(directory, storage_options, filesystem)  # options without a URL are refused
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
             raise CheckpointError(
                 f"keep_last is {keep_last!r}; expected an int >= 1, or None to keep every one."
@@ -580,7 +592,7 @@ class CheckpointManager:
                     bundle.restore_rng()
                 return bundle
             except PolybundleError as exc:
-                if os.path.lexists(chosen.path):
+                if self._exists(chosen.path):
                     raise
                 vanished = exc  # pruned by a concurrent save: read the index again
             _pause(attempt)
@@ -590,6 +602,10 @@ class CheckpointManager:
             "deleted, or another process prunes faster than it can be read. Restore a step "
             "that is kept (keep_best), or read when the writer pauses."
         ) from vanished
+
+    def _exists(self, path: Any) -> bool:
+        """Return True when a checkpoint's bundle is still there."""
+        return os.path.lexists(path)
 
     def _choose(self, step: int | None) -> Checkpoint:
         retained = self.checkpoints()

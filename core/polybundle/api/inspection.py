@@ -16,6 +16,7 @@ from polybundle.format.archive import ArchiveReader
 from polybundle.format.detection import FORMAT_NAME
 from polybundle.format.manifest import read_manifest
 from polybundle.format.params import read_params
+from polybundle.format.storage import locate
 from polybundle.legacy.jsonsafe import to_json
 from polybundle.legacy.loading import describe
 from polybundle.legacy.plugin import era_reader
@@ -42,7 +43,13 @@ def _params_and_optimizers(
     return params, optimizers
 
 
-def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> dict[str, Any]:
+def inspect(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
+) -> dict[str, Any]:
     """Return the manifest, the params and a table of tensors of the bundle at ``path``.
 
     Reads only JSON members and the zip directory: no framework is
@@ -60,6 +67,8 @@ def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> di
     era, each role's ``architecture`` is None and ``manifest["legacy"]`` holds
     the original manifest. ``max_bytes`` caps the memory read from
     declared sizes (see :mod:`polybundle.safety.budget`).
+    ``path`` may be a URL with ``storage_options`` or a ready fsspec
+    ``filesystem`` (see :func:`polybundle.load`); it is read by byte range.
 
     Example:
         >>> row = polybundle.inspect("run.bundle")["tensors"][0]
@@ -69,6 +78,7 @@ def inspect(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> di
         >>> legacy["format"], legacy["backend"], legacy["params"]["N"]
         ('legacy-tf-dill', 'tensorflow', 16)
     """
+    path = locate(path, storage_options, filesystem) or path
     with budget.limit(max_bytes), ArchiveReader(path) as archive:
         detection = detect(archive)
         if plain_backend(detection) is not None:

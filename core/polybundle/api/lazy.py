@@ -7,6 +7,11 @@ given a memory map), reading only its file's small index. One read-only
 ``mmap`` of the bundle backs every array, and a tensor's pages are read when
 it is first touched. No framework is imported.
 
+A bundle at a URL is read the same way from a local, sparse cache of the
+object (:class:`~polybundle.format.storage.RemoteFile`): the index is read by
+range now, and each tensor's own bytes are fetched, in one ranged request,
+when it is first looked up. Nothing else of the weights is fetched.
+
 Example:
     >>> tensors = LazyTensors({"w": lambda: np.arange(3.0)})
     >>> float(tensors["w"][1])
@@ -19,6 +24,11 @@ import mmap
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
+
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # NumPy 1.x
+    from numpy import byte_bounds  # type: ignore[attr-defined,no-redef]
 
 from polybundle.errors import FormatError
 from polybundle.format.archive import ArchiveReader, MemberRange
@@ -66,6 +76,41 @@ def _map_file(archive: ArchiveReader) -> mmap.mmap:
     return mmap.mmap(archive.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def _span(array: np.ndarray, mapped: mmap.mmap) -> tuple[int, int] | None:
+    """Return the bytes ``[start, end)`` of ``mapped`` that ``array`` views, else None."""
+    base = np.frombuffer(mapped, dtype=np.uint8).__array_interface__["data"][0]
+    low, high = byte_bounds(array)
+    if array.size and base <= low and high <= base + len(mapped):
+        return low - base, high - base
+    return None
+
+
+def _loaders(
+    archive: ArchiveReader, mapped: mmap.mmap, arrays: dict[str, np.ndarray]
+) -> dict[str, Loader] | None:
+    """Return loaders that fetch each array's bytes before handing it out (None: cannot).
+
+    A local file needs no fetch. For a bundle at a URL every array must be a
+    view of the map; otherwise (None) it was built from the map while the
+    index was read, from bytes perhaps not fetched yet.
+    """
+    if archive.remote is None:
+        return {name: (lambda array=array: array) for name, array in arrays.items()}
+    spans = {name: _span(array, mapped) for name, array in arrays.items() if array.size}
+    if any(span is None for span in spans.values()):
+        return None
+
+    def loader(name: str) -> Loader:
+        def fetch_and_view() -> np.ndarray:
+            if name in spans:
+                archive.fetch(*spans[name])  # type: ignore[misc]
+            return arrays[name]
+
+        return fetch_and_view
+
+    return {name: loader(name) for name in arrays}
+
+
 def lazy_tensors(
     archive: ArchiveReader, weights: str, specs: list[TensorSpec], backend: Backend
 ) -> LazyTensors:
@@ -94,5 +139,11 @@ def lazy_tensors(
             f"{weights!r} is compressed; lazy access needs STORED members (polybundle writes "
             "them so). Load it with lazy=False."
         )
-    arrays = backend.read_stored(source, specs, mapped=_map_file(archive))
-    return LazyTensors({name: (lambda array=array: array) for name, array in arrays.items()})
+    mapped = _map_file(archive)
+    arrays = backend.read_stored(source, specs, mapped=mapped)
+    loaders = _loaders(archive, mapped, arrays)
+    if loaders is None:  # fetch the whole member, then read it again from complete bytes
+        archive.fetch(source.offset, source.offset + source.size())
+        arrays = backend.read_stored(source, specs, mapped=mapped)
+        loaders = {name: (lambda array=array: array) for name, array in arrays.items()}
+    return LazyTensors(loaders)

@@ -20,7 +20,6 @@ its params and tensors load and no model is built.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,5 +111,5 @@ def load_legacy(
                 raise
             reasons[name] = exc
     return LegacyBundle(
-        Path(archive.path), describe(content), content.params, archived.name, models
+        archive.path, describe(content), content.params, archived.name, models
     )

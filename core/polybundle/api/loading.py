@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from polybundle.api.bundle import Bundle, model_entry
@@ -32,6 +31,7 @@ from polybundle.format.archive import ArchiveReader, MemberRange
 from polybundle.format.detection import FORMAT_DESCRIPTION, FORMAT_NAME, PLAIN_ROLE, Detection
 from polybundle.format.manifest import read_manifest, verify_members, verifying_members
 from polybundle.format.params import read_params
+from polybundle.format.storage import Location, locate
 from polybundle.hooks.manager import get_plugin_manager
 from polybundle.hooks.registry import (
     get_backend,
@@ -121,7 +121,7 @@ class WholeFileArchive(ArchiveReader):
         (True, True)
     """
 
-    def __init__(self, path: str | os.PathLike[str], weights: str) -> None:
+    def __init__(self, path: str | os.PathLike[str] | Location, weights: str) -> None:
         super().__init__(path)
         self.weights = weights
 
@@ -137,7 +137,7 @@ class WholeFileArchive(ArchiveReader):
         """Open ``weights`` as the whole (checked, still open) file, anything else as a member."""
         if name != self.weights:
             return super().open(name)
-        member = MemberRange(self.fileno(), 0, self.file_size(), name)
+        member = MemberRange(self.source, 0, self.file_size(), name)
         member.on_read = self.on_read
         return member
 
@@ -193,7 +193,9 @@ def plain_manifest(archive: WholeFileArchive, detection: Detection) -> dict[str,
     }
 
 
-def open_plain(path: str | os.PathLike[str], detection: Detection) -> WholeFileArchive:
+def open_plain(
+    path: str | os.PathLike[str] | Location, detection: Detection
+) -> WholeFileArchive:
     """Open a plain framework file that ``detection`` recognised as a whole-file archive.
 
     Example:
@@ -361,6 +363,8 @@ def load(
     trust_code: bool = False,
     progress: bool = False,
     max_bytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
 ) -> Bundle:
     """Load the bundle at ``path``, whichever registered backend wrote it.
 
@@ -389,7 +393,17 @@ def load(
     ``lazy=True`` builds no models and imports no framework: ``tensors(role)``
     then memory-maps the weights, reading only what is touched. A lazy load
     does not hash the members unless ``verify=True`` is passed (which reads
-    every byte up front); ``verify`` defaults to ``not lazy``.
+    every byte up front); ``verify`` defaults to ``not lazy``. Its
+    ``tensors(role)`` hashes the role's weights member before handing out
+    tensors, unless ``verify=False`` was passed explicitly: then only the
+    manifest is compared and only the touched tensors' bytes are read.
+
+    ``path`` may be a URL (``s3://bucket/run.bundle``, ``gs://``,
+    ``memory://``, any fsspec protocol) with ``storage_options`` (credentials,
+    ``endpoint_url``...) or a ready fsspec ``filesystem``: the archive is read
+    by byte range, its directory first and then the members needed
+    (:mod:`polybundle.format.storage`); failures of the store raise
+    :class:`~polybundle.errors.StorageError` naming the URL.
 
     Plain framework files load too: a Keras 3 ``model.save("model.keras")``
     file or a ``torch.save(model.state_dict())`` file is a one-role bundle
@@ -424,8 +438,9 @@ def load(
         "backend": backend, "roles": roles, "into": into, "lazy": lazy,
         "check": not lazy if verify is None else verify, "progress": progress,
     }
+    path = locate(path, storage_options, filesystem) or path
     with budget.limit(max_bytes):
-        with ArchiveReader(path) as archive:
+        with ArchiveReader(path, whole=not lazy) as archive:
             detection = detect(archive)
             if plain_backend(detection) is not None:
                 with open_plain(path, detection) as plain:
@@ -438,7 +453,10 @@ def load(
                 )
             else:
                 bundle = _load_bundle(archive, read_manifest(archive), detection, **options)
+            if lazy and archive.remote is not None:
+                bundle._fetched = archive.remote.keep
     bundle.max_bytes = max_bytes
+    bundle.check_tensors = verify is not False
     get_plugin_manager().hook.polybundle_params_loaded(
         params=bundle.params, manifest=bundle.manifest, path=str(path)
     )
@@ -486,7 +504,7 @@ def _load_bundle(
     to_read = sum(archive.size(model_entry(manifest, r)["weights"]) for r in selected)
     if check:
         to_read += sum(record["size"] for record in manifest["members"].values())
-    bar = progress_bar(f"loading {Path(path).name}", 0 if lazy else to_read, enabled=progress)
+    bar = progress_bar(f"loading {path.name}", 0 if lazy else to_read, enabled=progress)
     with bar as advance:
         archive.on_read = advance
         if check and (into or lazy):  # models the caller owns change only after the check
@@ -496,7 +514,7 @@ def _load_bundle(
             verify=check and not into and not lazy, lazy=lazy, plain=plain,
         )
     kind = PlainBundle if plain else Bundle
-    return kind(Path(path), manifest, params, requested.name, models, lazy=lazy,
+    return kind(path, manifest, params, requested.name, models, lazy=lazy,
                 conversions=plans)
 
 

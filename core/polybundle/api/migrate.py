@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from polybundle.format.manifest import (
 )
 from polybundle.format.params import ARRAYS_MEMBER, encode_params
 from polybundle.format.schemas import validate
+from polybundle.format.storage import locate
 from polybundle.format.writer import ArchiveWriter, atomic_write_chunks
 from polybundle.hooks.registry import get_backend, get_registry
 from polybundle.legacy.era import EraReader, LegacyContent, LegacyRole, read_member
@@ -286,6 +288,8 @@ def migrate(
     dst: str | os.PathLike[str] | None = None,
     *,
     max_bytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
 ) -> MigrationReport:
     """Write the archive ``src`` as a format-2 bundle at ``dst``; return a report.
 
@@ -306,12 +310,47 @@ def migrate(
     ``max_bytes`` caps the memory read from declared sizes
     (:mod:`polybundle.safety.budget`).
 
+    ``src`` and ``dst`` may be URLs, with ``storage_options`` or a ready
+    fsspec ``filesystem`` for both (see :func:`polybundle.load`): a URL's
+    archive is fetched to a local temporary file and migrated from there, and
+    the new bundle is uploaded whole (it appears under its key complete or
+    not at all).
+
     Example:
         >>> polybundle.migrate("wts.h5.zip", "wts.bundle").written
         True
         >>> polybundle.migrate("wts.h5.zip", "wts.bundle").written  # same source: nothing to do
         False
     """
+    source_at = locate(src, storage_options, filesystem)
+    target_at = None if dst is None else locate(dst, storage_options, filesystem)
+    if source_at is None and target_at is None:
+        return _migrate_files(src, dst, max_bytes)
+    if dst is not None and str(src) == str(dst):
+        dst = None  # the same object: already up to date, as for a path
+    with tempfile.TemporaryDirectory(prefix="polybundle-migrate-") as staging:
+        local_src: str | os.PathLike[str] = src
+        if source_at is not None:
+            local_src = Path(staging, "source", source_at.name or "source")
+            local_src.parent.mkdir()
+            source_at.get_file(local_src)
+        local_dst = dst
+        if target_at is not None and dst is not None:
+            local_dst = Path(staging, "target", target_at.name or "target")
+            local_dst.parent.mkdir()
+            if target_at.exists():  # a bundle migrated before is left alone (idempotent)
+                target_at.get_file(local_dst)
+        report = _migrate_files(local_src, local_dst, max_bytes)
+        if target_at is not None and report.written:
+            target_at.put_file(local_dst)  # type: ignore[arg-type]
+    report.source, report.target = str(src), None if dst is None else str(dst)
+    return report
+
+
+def _migrate_files(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str] | None, max_bytes: int | None
+) -> MigrationReport:
+    """:func:`migrate` between local files."""
     source = Path(src)
     target = None if dst is None else Path(dst)
     with budget.limit(max_bytes), ArchiveReader(source) as archive:

@@ -21,6 +21,7 @@ from polybundle.errors import BackendError, PolybundleError
 from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
 from polybundle.format.params import ARRAYS_MEMBER, encode_params
 from polybundle.format.parity import PARITY_MEMBER, encode_parity, per_role_inputs
+from polybundle.format.storage import locate
 from polybundle.format.writer import ArchiveWriter, file_mode
 from polybundle.hooks.registry import backend_for_model, get_registry, remembered_architecture
 from polybundle.model.backend import Backend, TensorSpec
@@ -170,6 +171,8 @@ def save(
     progress: bool = False,
     parity_inputs: Any = None,
     mode: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
 ) -> dict[str, Any]:
     """Save ``{role: native model}`` and ``params`` as a format-2 bundle at ``path``.
 
@@ -199,6 +202,12 @@ def save(
     sets them instead, e.g. ``mode=0o600`` for a bundle only its owner may
     read. Returns the manifest written.
 
+    ``path`` may be a URL (``s3://bucket/run.bundle``, ``memory://...``, any
+    fsspec protocol) with ``storage_options`` (credentials, endpoint) or a
+    ready fsspec ``filesystem``: the bundle is written locally first and
+    appears under its key whole (:mod:`polybundle.format.storage`); ``mode``
+    then does not apply.
+
     Example:
         >>> manifest = polybundle.save("mine.bundle", {"net": net}, params={"lr": 1e-3})
         >>> manifest["backend"], [model["role"] for model in manifest["models"]]
@@ -209,7 +218,7 @@ def save(
         >>> oct(os.stat("private.bundle").st_mode & 0o777)
         '0o600'
     """
-    target = Path(path)
+    target = locate(path, storage_options, filesystem) or Path(path)
     permissions = file_mode(mode)
     _check_roles(models)
     backend = _infer_backend(models)
@@ -246,7 +255,8 @@ def save(
                 "slots": f"{entry['role']}/{SLOTS_MEMBER}",
                 **summary,
             }
-    _check_target(target)
+    if isinstance(target, Path):
+        _check_target(target)
     weights_bytes = sum(TensorSpec.from_json(t).nbytes for e in entries for t in e["tensors"])
     bar = progress_bar(f"saving {target.name}", weights_bytes, enabled=progress)
     with ArchiveWriter(target, mode=permissions) as writer, bar as advance:

@@ -22,6 +22,7 @@ from polybundle.api.loading import detect, load
 from polybundle.api.saving import save
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.manifest import read_manifest
+from polybundle.format.storage import Location, locate
 from polybundle.hooks.registry import get_backend, get_registry, tensor_map
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.canonical import FILL_SLOTS, KINDS, infer_shape
@@ -70,13 +71,21 @@ def _synthetic_targets(
     return out, frozenset(unsized)
 
 
-def plan_bundle(path: str | os.PathLike[str], to: str) -> dict[str, Any]:
+def plan_bundle(
+    path: str | os.PathLike[str],
+    to: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
+) -> dict[str, Any]:
     """Say how each tensor of the bundle at ``path`` would convert to backend ``to``.
 
     Builds no model and imports no framework: target tensors are those the
     target framework's standard layers hold (named ``#<layer> <kind>.<slot>``).
     Returns ``{"source", "target", "roles": [{role, architecture, builder,
     rows, missing, unexpected, unmapped, misaligned, mismatched}]}``.
+    ``path`` may be a URL with ``storage_options`` or a ready fsspec
+    ``filesystem`` (see :func:`polybundle.load`); it is read by byte range.
 
     Example:
         >>> row = plan_bundle("run.bundle", "tensorflow")["roles"][0]["rows"][0]
@@ -84,7 +93,7 @@ def plan_bundle(path: str | os.PathLike[str], to: str) -> dict[str, Any]:
         ('0.weight', 'dense', 'out,in -> in,out', [4, 3])
     """
     target = get_backend(to)
-    with ArchiveReader(path) as archive:
+    with ArchiveReader(locate(path, storage_options, filesystem) or path) as archive:
         detect(archive)
         manifest = read_manifest(archive)
     source = manifest["backend"]
@@ -116,6 +125,8 @@ def convert(
     *,
     backend: str,
     max_bytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
 ) -> dict[str, Any]:
     """Write the bundle at ``source`` as a native bundle of ``backend`` at ``destination``.
 
@@ -125,7 +136,8 @@ def convert(
     target framework. Returns the manifest written. ``source`` may be a plain
     framework file too (see :func:`polybundle.load`). ``max_bytes`` caps the
     memory read from the source's declared sizes (:mod:`polybundle.safety.budget`);
-    past it nothing is written.
+    past it nothing is written. Either may be a URL; ``storage_options`` or
+    ``filesystem`` (see :func:`polybundle.load`) serve both.
 
     Example:
         >>> polybundle.architecture("doc-mlp", backend="torch", replace=True)(
@@ -138,11 +150,17 @@ def convert(
         ('torch', {'lr': 0.1})
     """
     with limit(max_bytes):
-        return _convert(source, destination, backend)
+        return _convert(
+            locate(source, storage_options, filesystem) or source,
+            locate(destination, storage_options, filesystem) or destination,
+            backend,
+        )
 
 
 def _convert(
-    source: str | os.PathLike[str], destination: str | os.PathLike[str], backend: str
+    source: str | os.PathLike[str] | Location,
+    destination: str | os.PathLike[str] | Location,
+    backend: str,
 ) -> dict[str, Any]:
     bundle = load(source, backend=backend)
     architectures = {

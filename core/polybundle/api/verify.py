@@ -30,6 +30,7 @@ from polybundle.format.archive import ArchiveReader
 from polybundle.format.detection import FORMAT_NAME, Detection
 from polybundle.format.manifest import read_manifest, verify_members
 from polybundle.format.params import ARRAYS_MEMBER, read_params
+from polybundle.format.storage import Location, locate
 from polybundle.hooks.registry import get_backend
 from polybundle.legacy.era import read_member
 from polybundle.legacy.plugin import era_reader
@@ -198,8 +199,8 @@ def _check_plain(path: str | os.PathLike[str], detection: Detection, report: Ver
     )
 
 
-def _verify(path: str | os.PathLike[str], report: VerifyReport, progress: bool) -> None:
-    with ArchiveReader(path) as archive, progress_bar(
+def _verify(path: str | os.PathLike[str] | Location, report: VerifyReport, progress: bool) -> None:
+    with ArchiveReader(path, whole=True) as archive, progress_bar(
         f"verifying {archive.path.name}",
         sum(archive.size(name) for name in archive.names()),
         enabled=progress,
@@ -217,7 +218,12 @@ def _verify(path: str | os.PathLike[str], report: VerifyReport, progress: bool) 
 
 
 def verify(
-    path: str | os.PathLike[str], *, progress: bool = False, max_bytes: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    max_bytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
 ) -> VerifyReport:
     """Check the archive at ``path`` for integrity and safety; load no model, run nothing.
 
@@ -232,6 +238,9 @@ def verify(
     ``progress=True`` shows a bar of the bytes read for archives of 64 MiB and
     more. Plain framework files (Keras ``model.save``, ``torch.save`` of a
     state_dict) are checked too, with a note that they record no digests.
+    ``path`` may be a URL with ``storage_options`` or a ready fsspec
+    ``filesystem`` (see :func:`polybundle.load`); an unreachable one is a
+    ``StorageError`` problem.
 
     Example:
         >>> report = polybundle.verify("no such file.bundle")
@@ -242,7 +251,7 @@ def verify(
     report = VerifyReport(str(path))
     try:
         with budget.limit(limit):
-            _verify(path, report, progress)
+            _verify(locate(path, storage_options, filesystem) or path, report, progress)
     except PolybundleError as exc:
         report.problems.append(f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - verify reports every failure, never raises

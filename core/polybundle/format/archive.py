@@ -23,9 +23,10 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from polybundle.errors import FormatError, UnsafeContentError
+from polybundle.format.storage import Location, RemoteFile, locate
 
 MAX_MEMBERS = 10_000
 """More members than this is refused: no real bundle comes near it."""
@@ -56,6 +57,7 @@ ENDS_EARLY = "the file ends early: truncated or still being copied?"
 """What every error about a cut or incomplete zip says."""
 _ALLOWED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 _HASH_CHUNK = 8 * 1024 * 1024
+_SHORT_TAIL = 1024  # the end record and a short comment; a longer comment reads 64 KiB more
 
 
 def check_member_name(name: str) -> None:
@@ -202,6 +204,17 @@ def _ends_early(label: str, detail: str) -> FormatError:
     )
 
 
+def _last_end_record(tail: bytes) -> tuple[int, tuple[Any, ...]] | None:
+    """Return ``(position, fields)`` of the last end record whose comment ends ``tail``."""
+    position = len(tail)
+    while (position := tail.rfind(_END_MAGIC, 0, position)) >= 0:
+        if position + _END.size <= len(tail):
+            fields = _END.unpack_from(tail, position)
+            if position + _END.size + fields[7] == len(tail):
+                return position, fields
+    return None
+
+
 def _end_record(pread: Pread, size: int, label: str) -> tuple[int, int, int]:
     """Return ``(directory offset, directory size, end)`` from the end record at the file's end.
 
@@ -209,19 +222,18 @@ def _end_record(pread: Pread, size: int, label: str) -> tuple[int, int, int]:
     directory must stop exactly there. Only an end record whose comment ends
     exactly at the end of the file counts.
     """
-    tail_start = max(0, size - (_END.size + 0xFFFF))
-    tail = pread(tail_start, size - tail_start)
-    position = len(tail)
-    while True:
-        position = tail.rfind(_END_MAGIC, 0, position)
-        if position < 0:
-            raise _ends_early(
-                label, "No zip end record ends where the file ends (the last bytes of a zip)."
-            )
-        if position + _END.size <= len(tail):
-            fields = _END.unpack_from(tail, position)
-            if position + _END.size + fields[7] == len(tail):
-                break
+    found = None
+    for window in (_SHORT_TAIL, _END.size + 0xFFFF):  # most zips have no comment: read little
+        tail_start = max(0, size - window)
+        tail = pread(tail_start, size - tail_start)
+        found = _last_end_record(tail)
+        if found is not None or tail_start == 0:
+            break
+    if found is None:
+        raise _ends_early(
+            label, "No zip end record ends where the file ends (the last bytes of a zip)."
+        )
+    position, fields = found
     end = tail_start + position
     directory_size, directory_offset = fields[5], fields[6]
     locator_at = end - _ZIP64_LOCATOR_SIZE
@@ -516,7 +528,9 @@ class MemberRange(io.RawIOBase):
 
     Reads go straight to the outer file with ``os.pread``, so several ranges
     may share one descriptor and the framework reading the member sees an
-    ordinary file.
+    ordinary file. ``fd`` may also be a
+    :class:`~polybundle.format.storage.RemoteFile`: reads then fetch the
+    window's bytes by range from the store.
 
     Example:
         >>> with open("run.bundle", "rb") as f:
@@ -524,7 +538,7 @@ class MemberRange(io.RawIOBase):
         b'PK\\x03\\x04'
     """
 
-    def __init__(self, fd: int, start: int, size: int, name: str = "") -> None:
+    def __init__(self, fd: int | RemoteFile, start: int, size: int, name: str = "") -> None:
         super().__init__()
         self._fd = fd
         self._start = start
@@ -567,7 +581,10 @@ class MemberRange(io.RawIOBase):
         want = min(len(view), max(0, self._size - self._pos))
         done = 0
         while done < want:
-            chunk = os.preadv(self._fd, [view[done:want]], self._start + self._pos + done)
+            if isinstance(self._fd, RemoteFile):
+                chunk = self._fd.readinto_at(view[done:want], self._start + self._pos + done)
+            else:
+                chunk = os.preadv(self._fd, [view[done:want]], self._start + self._pos + done)
             if chunk == 0:
                 raise FormatError(
                     f"member {self.name!r} ends early: the file is truncated. "
@@ -688,6 +705,12 @@ class ArchiveReader:
 
     Opening validates the whole central directory (names, duplicates, member
     kinds, compression methods, member count) before any member is read.
+    ``path`` may be a URL or a :class:`~polybundle.format.storage.Location`
+    (see :mod:`polybundle.format.storage`): the archive is then read by byte
+    range, the directory first and then only the members opened, and
+    :attr:`path` is the location; ``whole=True`` (for reads that use every
+    byte: a full load, a verification) fetches the whole object first, in one
+    streamed request.
 
     Example:
         >>> with ArchiveReader("run.bundle") as archive:
@@ -695,11 +718,15 @@ class ArchiveReader:
         b'{"N": 4, "lr": 0.001}'
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | Location, *, whole: bool = False) -> None:
         self.on_read: Callable[[int], None] | None = None
         """Given to every STORED member opened from now on (see :class:`MemberRange`)."""
-        self._file: BinaryIO = open_regular(self.path)
+        location = locate(path)
+        self.path: Path | Location = location or Path(path)  # type: ignore[arg-type]
+        self._remote = None if location is None else RemoteFile(location)
+        if self._remote is not None and whole:
+            self._remote.fetch_all()
+        self._file: BinaryIO = self._remote or open_regular(self.path)  # type: ignore[assignment]
         label = repr(str(self.path))
         try:
             self._zip = open_zip(self._file, self._pread, label)
@@ -714,27 +741,62 @@ class ArchiveReader:
             raise
 
     def _pread(self, offset: int, count: int) -> bytes:
+        if self._remote is not None:
+            return self._remote.pread(offset, count)
         return os.pread(self._file.fileno(), count, offset)
 
+    @property
+    def remote(self) -> RemoteFile | None:
+        """Return the ranged reader of a bundle at a URL, ``None`` for a local file."""
+        return self._remote
+
+    @property
+    def source(self) -> int | RemoteFile:
+        """Return what this archive's :class:`MemberRange` reads: a descriptor or a URL's reader."""
+        return self._file.fileno() if self._remote is None else self._remote
+
     def fileno(self) -> int:
-        """Return the descriptor of the open bundle file (to memory-map exactly this file)."""
-        return self._file.fileno()
+        """Return the descriptor of the open bundle file (to memory-map exactly this file).
+
+        For a bundle at a URL it is the local cache of the bytes fetched so far
+        (:meth:`~polybundle.format.storage.RemoteFile.cache_fileno`): fetch a
+        range (:meth:`fetch`) before reading it through a map.
+        """
+        return self._file.fileno() if self._remote is None else self._remote.cache_fileno()
+
+    def fetch(self, start: int, end: int) -> None:
+        """Make bytes ``[start, end)`` of the file readable through :meth:`fileno`.
+
+        A local file already is; a bundle at a URL fetches what it lacks of them.
+
+        Example:
+            >>> with ArchiveReader("run.bundle") as archive:
+            ...     archive.fetch(0, 10)
+        """
+        if self._remote is not None:
+            self._remote.ensure(start, end)
 
     def file_size(self) -> int:
         """Return the size of the open bundle file in bytes."""
+        if self._remote is not None:
+            return self._remote.size()
         return os.fstat(self._file.fileno()).st_size
 
-    def identity(self) -> tuple[int, ...]:
+    def identity(self) -> tuple[Any, ...]:
         """Return ``(device, inode, size, mtime_ns, ctime_ns)`` of the open file.
 
         Any write to the file changes ``ctime_ns``, which no program can set
-        back, so an unchanged identity means unchanged bytes.
+        back, so an unchanged identity means unchanged bytes. A bundle at a
+        URL gives ``(size, ETag)`` (or its modification time where the store
+        has no ETag).
 
         Example:
             >>> with ArchiveReader("run.bundle") as archive:
             ...     archive.identity()[2] == os.path.getsize("run.bundle")
             True
         """
+        if self._remote is not None:
+            return self._remote.identity
         status = os.fstat(self._file.fileno())
         return (
             status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
@@ -795,7 +857,7 @@ class ArchiveReader:
                     repr(str(self.path)),
                     f"Member {name!r} claims {info.file_size} bytes past the end of the file.",
                 )
-            member = MemberRange(self._file.fileno(), offset, info.file_size, name)
+            member = MemberRange(self.source, offset, info.file_size, name)
             member.on_read = self.on_read
             return member
         try:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from polybundle.errors import PolybundleError, WriteError
+from polybundle.format.storage import Location, locate, staging_path
 
 ALIGNMENT = 64
 """Byte boundary at which every STORED member's data starts."""
@@ -432,7 +433,7 @@ def remove_stale_temps(directory: str | os.PathLike[str]) -> list[str]:
     return removed
 
 
-def write_error(exc: OSError, target: Path, detail: str = "") -> WriteError:
+def write_error(exc: OSError, target: Path | Location, detail: str = "") -> WriteError:
     """Return the :class:`~polybundle.errors.WriteError` that reports ``exc`` for ``target``.
 
     Example:
@@ -443,7 +444,7 @@ def write_error(exc: OSError, target: Path, detail: str = "") -> WriteError:
 
 
 def atomic_write_bytes(
-    path: str | os.PathLike[str], data: bytes, *, mode: int | None = None
+    path: str | os.PathLike[str] | Location, data: bytes, *, mode: int | None = None
 ) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
@@ -457,7 +458,14 @@ def atomic_write_bytes(
         >>> atomic_write_bytes(target, b"{}")
         >>> target.read_bytes()
         b'{}'
+
+    ``path`` may be a URL or a :class:`~polybundle.format.storage.Location`:
+    the object is then uploaded whole (``mode`` does not apply).
     """
+    remote = locate(path)
+    if remote is not None:
+        remote.write_bytes(data)
+        return
     atomic_write_chunks(path, [data], mode=mode)
 
 
@@ -525,6 +533,11 @@ class ArchiveWriter:
     writes, or ``mode`` when given; the temporary file stays ``0o600`` until
     :meth:`commit` sets it, just before the rename.
 
+    ``target`` may be a URL or a :class:`~polybundle.format.storage.Location`:
+    the zip is then written to a local temporary file and :meth:`commit`
+    uploads it whole (:meth:`~polybundle.format.storage.Location.put_file`),
+    so the object appears under its key complete or not at all.
+
     Example:
         >>> with ArchiveWriter("out.bundle") as writer:
         ...     with writer.stream("net/weights.bin") as stream:
@@ -535,16 +548,21 @@ class ArchiveWriter:
         b'0123'
     """
 
-    def __init__(self, target: str | os.PathLike[str], *, mode: int | None = None) -> None:
+    def __init__(
+        self, target: str | os.PathLike[str] | Location, *, mode: int | None = None
+    ) -> None:
         self.mode = file_mode(mode)
         """The permission bits the bundle gets."""
-        self.target = Path(target)
+        self.remote = locate(target)
+        """Where the bundle is uploaded on commit; ``None`` for a local path."""
+        self.target: Path | Location = self.remote or Path(target)  # type: ignore[arg-type]
         self.records: list[MemberRecord] = []
         self._committed = False
         self._os_error: OSError | None = None
-        remove_stale_temps(self.target.parent)
+        beside = Path(target) if self.remote is None else staging_path(self.remote)  # type: ignore[arg-type]
+        remove_stale_temps(beside.parent)
         try:
-            fd, self._temp_path = create_temp(self.target)
+            fd, self._temp_path = create_temp(beside)
         except OSError as exc:
             raise write_error(exc, self.target) from None
         self._file = os.fdopen(fd, "w+b")
@@ -616,7 +634,9 @@ class ArchiveWriter:
         """Finish the zip, fsync it, move it over the target and fsync the directory.
 
         On an OS error (a full disk at the last bytes) everything is discarded
-        and a :class:`~polybundle.errors.WriteError` is raised.
+        and a :class:`~polybundle.errors.WriteError` is raised. A bundle for a
+        URL is uploaded instead of renamed; a failing store raises
+        :class:`~polybundle.errors.StorageError` and leaves the key as it was.
         """
         try:
             self._zip.close()
@@ -624,10 +644,18 @@ class ArchiveWriter:
             os.fsync(self._file.fileno())
             _set_mode(self._file.fileno(), self._temp_path, self.mode)
             self._file.close()
-            os.replace(self._temp_path, self.target)
+            if self.remote is None:
+                os.replace(self._temp_path, self.target)
         except OSError as exc:
             self.abort()
             raise write_error(exc, self.target) from exc
+        if self.remote is not None:
+            try:
+                self.remote.put_file(self._temp_path)
+            finally:
+                self.abort()  # the local copy: uploaded, or refused by the store
+            self._committed = True
+            return
         self._committed = True
         _fsync_directory(self.target.parent)
 

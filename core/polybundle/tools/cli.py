@@ -59,6 +59,7 @@ from polybundle.api.progress import printable
 from polybundle.api.transfer import convert, plan_bundle
 from polybundle.api.verify import verify
 from polybundle.errors import CheckpointError, FormatError, PolybundleError
+from polybundle.format.storage import is_url
 from polybundle.hooks.manager import get_plugin_manager
 from polybundle.hooks.registry import get_registry
 from polybundle.tools import conformance, demo
@@ -205,6 +206,33 @@ def print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, ensure_ascii=True))
 
 
+def storage_option(text: str) -> tuple[str, Any]:
+    """Parse ``--storage-option KEY=VALUE``: VALUE as JSON when it is JSON, else as text.
+
+    Example:
+        >>> storage_option("endpoint_url=http://127.0.0.1:9000")
+        ('endpoint_url', 'http://127.0.0.1:9000')
+        >>> storage_option('client_kwargs={"region_name": "eu-west-1"}')
+        ('client_kwargs', {'region_name': 'eu-west-1'})
+        >>> storage_option("anon=true")
+        ('anon', True)
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KEY=VALUE; e.g. --storage-option endpoint_url=http://host:9000"
+        )
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Return the ``--storage-option`` pairs as ``storage_options`` (None when none given)."""
+    return dict(args.storage_options) or None
+
+
 def _human_bytes(count: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
@@ -219,7 +247,7 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle inspect run.bundle --json
     """
-    report = inspect(args.path)
+    report = inspect(args.path, storage_options=_options(args))
     if args.json:
         print_json(report)
         return 0
@@ -272,14 +300,14 @@ def run_checkpoints(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle checkpoints ./ckpt
     """
-    folder = Path(args.directory)
-    if not folder.is_dir():
+    folder = args.directory if is_url(args.directory) else Path(args.directory)
+    if isinstance(folder, Path) and not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise CheckpointError(
             f"{str(folder)!r} {what}; expected the folder a CheckpointManager saved into. "
             "Check the path."
         )
-    manager = CheckpointManager(folder, keep_last=None)
+    manager = CheckpointManager(folder, keep_last=None, storage_options=_options(args))
     in_order = manager.checkpoints()  # oldest save first
     retained = {checkpoint.step: checkpoint for checkpoint in in_order}
     history = manager.history()
@@ -359,10 +387,11 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle verify wts.h5.zip
     """
-    if not Path(args.path).is_file():  # nothing to check: a user error (2), not a failed check
+    local = not is_url(args.path)
+    if local and not Path(args.path).is_file():  # a user error (2), not a failed check
         what = "a folder" if Path(args.path).is_dir() else "no file"
         raise FormatError(f"{printable(args.path)!r} is {what}; expected a file to verify.")
-    report = verify(args.path, progress=True)
+    report = verify(args.path, progress=True, storage_options=_options(args))
     parity = None
     if getattr(args, "parity", False) and report.ok:
         parity = _parity(args)
@@ -472,7 +501,7 @@ def run_plan(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle plan tf.bundle --to torch
     """
-    plan = plan_bundle(args.path, args.to)
+    plan = plan_bundle(args.path, args.to, storage_options=_options(args))
     if args.json:
         print_json(plan)
     problems = 0
@@ -514,7 +543,7 @@ def run_migrate(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle migrate wts.h5.zip wts.bundle
     """
-    report = migrate(args.src, args.dst)
+    report = migrate(args.src, args.dst, storage_options=_options(args))
     if args.json:
         print_json({"source": report.source, "target": report.target, "era": report.era,
                     "written": report.written, "converted": report.converted,
@@ -533,7 +562,7 @@ def run_convert(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle convert tf.bundle torch.bundle --to torch
     """
-    manifest = convert(args.src, args.dst, backend=args.to)
+    manifest = convert(args.src, args.dst, backend=args.to, storage_options=_options(args))
     roles = [entry["role"] for entry in manifest["models"]]
     if args.json:
         print_json({"source": str(args.src), "target": str(args.dst),
@@ -570,6 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="import MODULE before the command runs: your code that registers builders with "
         "@polybundle.architecture (a [tool.polybundle] imports list in pyproject.toml names "
         "them too)",
+    )
+    parser.add_argument(
+        "--storage-option", dest="storage_options", action="append", default=[],
+        type=storage_option, metavar="KEY=VALUE",
+        help="an fsspec storage option for URL paths (s3://, gs://...), e.g. "
+        "endpoint_url=http://127.0.0.1:9000 or key=...; VALUE is JSON or text; repeat it",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     inspect_parser = sub.add_parser("inspect", help="describe a bundle (no framework needed)")
