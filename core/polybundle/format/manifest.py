@@ -78,12 +78,12 @@ def build_manifest(
     return manifest
 
 
-def _check_version(version: Any) -> None:
+def check_version(version: Any) -> None:
     """Refuse a format version this polybundle cannot read, before the schema runs.
 
     Example:
-        >>> _check_version("2.1.0")
-        >>> _check_version("1" * 5000 + ".0.0")
+        >>> check_version("2.1.0")
+        >>> check_version("1" * 5000 + ".0.0")
         Traceback (most recent call last):
         ...
         polybundle.errors.UnsupportedVersionError: manifest.json says format_version ...
@@ -122,7 +122,7 @@ def read_manifest(archive: ArchiveReader) -> dict[str, Any]:
     """
     document = load_json(archive.read(MANIFEST_MEMBER), where=MANIFEST_MEMBER)
     if isinstance(document, dict) and isinstance(document.get("format_version"), str):
-        _check_version(document["format_version"])
+        check_version(document["format_version"])
     validate("manifest", document, where=MANIFEST_MEMBER)
     listed = set(document["members"])
     present = set(archive.names() + archive.directories()) - {MANIFEST_MEMBER}
