@@ -16,8 +16,11 @@
   steps of the same training, how far it is from ``full2.pt``.
 
 Every rank sees the same batch and only rank 0's loss counts (see
-:func:`train`), so the gradients do not depend on the rank count. The ``dist-mlp`` builders (both frameworks) are registered here, so the
-test process imports this module for them too.
+:func:`train`), so the gradients do not depend on the rank count. The
+``dist-mlp`` builders (both frameworks) are registered here, so the test
+process imports this module for them too. ``docs/distributed.md`` shows
+:func:`torch_mlp`, :func:`sharded_model`, :func:`save_checkpoint` and
+:func:`load_checkpoint` as they are here.
 
 Example:
     >>> [t.shape for t in batch()]
@@ -152,16 +155,40 @@ def differences(left: Any, right: Any) -> dict[str, Any]:
     return {"same_keys": set(a) == set(b), "bitwise": bool(bitwise), "max_abs": worst}
 
 
+def save_checkpoint(model: Any, optimizer: Any, folder: Path, *, writer: Any = None) -> None:
+    """Save the sharded model and optimizer into the sharded bundle ``folder`` (every rank)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from polybundle_torch.distributed import BundleWriter
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    writer = writer or BundleWriter(folder, params=PARAMS, architectures={"model": (ARCH, CONFIG)})
+    dcp.save({"model": model_state, "optim": optim_state}, storage_writer=writer)
+
+
+def load_checkpoint(model: Any, optimizer: Any, folder: Path) -> None:
+    """Load the sharded bundle ``folder`` into the sharded model and optimizer (every rank)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from polybundle_torch.distributed import BundleReader
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, storage_reader=BundleReader(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])
+
+
 def _writer(folder: Path) -> Any:
     from polybundle_torch.distributed import BundleWriter
 
     return BundleWriter(folder, params=PARAMS, architectures={"model": (ARCH, CONFIG)})
 
 
-def _killed_save(folder: Path, state: dict[str, Any], rank: int) -> None:
+def _killed_save(folder: Path, model: Any, optimizer: Any, rank: int) -> None:
     """Save into ``folder`` while rank 1 dies halfway through writing its part file."""
-    import torch.distributed.checkpoint as dcp
-
     from polybundle.format.writer import create_temp
 
     writer = _writer(folder)
@@ -176,7 +203,7 @@ def _killed_save(folder: Path, state: dict[str, Any], rank: int) -> None:
 
     writer.write_data = dying_write  # type: ignore[method-assign]
     try:
-        dcp.save(state, storage_writer=writer)
+        save_checkpoint(model, optimizer, folder, writer=writer)
     except Exception as exc:  # noqa: BLE001 - the save must fail; how is DCP's business
         (folder.parent / "killed-rank0.txt").write_text(type(exc).__name__)
 
@@ -188,10 +215,9 @@ def run_save(rank: int, out: Path) -> None:
 
     model, optimizer = sharded_model(seed=0)
     train(model, optimizer, STEPS)
-    state = dcp_state(model, optimizer)
-    dcp.save(state, storage_writer=_writer(out / "ck1"))
+    save_checkpoint(model, optimizer, out / "ck1")
     full = full_state(model, optimizer)
-    dcp.async_save(state, storage_writer=_writer(out / "ck_async")).result()
+    dcp.async_save(dcp_state(model, optimizer), storage_writer=_writer(out / "ck_async")).result()
     if rank == 0:
         torch.save(full, out / "full1.pt")
     train(model, optimizer, STEPS)
@@ -199,25 +225,18 @@ def run_save(rank: int, out: Path) -> None:
     if rank == 0:
         torch.save(full, out / "full2.pt")
     torch.distributed.barrier()
-    _killed_save(out / "ck_killed", dcp_state(model, optimizer), rank)
+    _killed_save(out / "ck_killed", model, optimizer, rank)
 
 
 def run_load(rank: int, out: Path) -> None:
     """Scenario ``load`` (see the module's docstring)."""
     import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
-    from polybundle_torch.distributed import BundleReader
 
     report = {}
     full1 = torch.load(out / "full1.pt", weights_only=True)
     for name in ("ck_async", "ck1"):  # ck1 last: training goes on from it
         model, optimizer = sharded_model(seed=123)
-        state = dcp_state(model, optimizer)
-        dcp.load(state, storage_reader=BundleReader(out / name))
-        set_state_dict(model, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+        load_checkpoint(model, optimizer, out / name)
         report[name] = differences(full_state(model, optimizer), full1)
     train(model, optimizer, STEPS)
     report["resumed"] = differences(full_state(model, optimizer),

@@ -10,8 +10,10 @@ torch blocked, and ``polybundle convert`` to a single-file bundle.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -198,3 +200,14 @@ def test_a_damaged_or_added_file_is_refused(run, tmp_path):
     (copy / "parts" / "extra.bin").write_bytes(b"x")
     with pytest.raises(UnsafeContentError, match="extra.bin"):
         polybundle.load(copy, lazy=True)
+
+
+def test_the_docs_show_the_code_the_ranks_run():
+    """docs/distributed.md's FSDP2 example is the worker's code, character for character."""
+    text = (REPO / "docs" / "distributed.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"<!-- source: tests/dist_worker.py (\w+) -->\n```python\n(.*?)\n```",
+                        text, re.S)
+    assert [name for name, _ in blocks] == [
+        "torch_mlp", "sharded_model", "save_checkpoint", "load_checkpoint"]
+    for name, block in blocks:
+        assert block == inspect.getsource(getattr(dist_worker, name)).rstrip(), name

@@ -16,6 +16,7 @@ with :mod:`polybundle.format.sharded`, no process group needed.
 
 Example (one process, no process group: DCP then saves and loads locally):
     >>> import torch.distributed.checkpoint as dcp
+    >>> from polybundle_torch.distributed import BundleReader, BundleWriter
     >>> net = torch.nn.Linear(3, 2)
     >>> _ = dcp.save({"model": net.state_dict()}, no_dist=True,
     ...              storage_writer=BundleWriter("dcp-doc", params={"lr": 0.1}))
@@ -35,31 +36,9 @@ import shutil
 import struct
 import warnings
 from collections.abc import Iterable, Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch.distributed._shard._utils import narrow_tensor_by_index
-from torch.distributed.checkpoint import StorageReader, StorageWriter
-from torch.distributed.checkpoint.metadata import (
-    BytesStorageMetadata,
-    ChunkStorageMetadata,
-    Metadata,
-    MetadataIndex,
-    StorageMeta,
-    TensorProperties,
-    TensorStorageMetadata,
-)
-from torch.distributed.checkpoint.planner import (
-    LoadItemType,
-    LoadPlan,
-    LoadPlanner,
-    SavePlan,
-    SavePlanner,
-    WriteItemType,
-)
-from torch.distributed.checkpoint.storage import WriteResult
-from torch.futures import Future
+from typing import TYPE_CHECKING, Any
 
 from polybundle.errors import (
     FormatError,
@@ -76,6 +55,13 @@ from polybundle.format.sharded import PARTS, ShardedFolder, digest_writer, file_
 from polybundle.format.writer import MemberRecord, atomic_write_bytes, atomic_write_chunks
 from polybundle.hooks.registry import get_backend, get_registry
 from polybundle.model.backend import TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+    from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
+    from torch.distributed.checkpoint.storage import WriteResult
+    from torch.futures import Future
 
 _CODES = {name: code for code, name in SAFETENSORS_DTYPES.items()}
 _ALIGN = 8
@@ -94,6 +80,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _raw(tensor: torch.Tensor) -> memoryview:
     """The bytes of ``tensor`` (on the CPU, contiguous), as a memoryview."""
+    import torch
+
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy())
 
@@ -104,8 +92,7 @@ def _chunk_key(fqn: str, offsets: Iterable[int]) -> str:
 
 def _part_bytes(entries: list[tuple[str, str, list[int], memoryview]]) -> list[memoryview | bytes]:
     """The safetensors bytes of ``(key, dtype, shape, data)``, largest items first (aligned)."""
-    ordered = sorted(entries, key=lambda e: (-torch.empty(0, dtype=_TORCH[e[1]]).element_size(),
-                                             e[0]))
+    ordered = sorted(entries, key=lambda e: (-_torch_dtype(e[1]).itemsize, e[0]))
     header: dict[str, Any] = {}
     offset = 0
     for key, dtype, shape, data in ordered:
@@ -117,7 +104,19 @@ def _part_bytes(entries: list[tuple[str, str, list[int], memoryview]]) -> list[m
     return [struct.pack("<Q", len(text)) + text, *(data for *_, data in ordered)]
 
 
-_TORCH = {name: getattr(torch, name) for name in _CODES}
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, name)
+
+
+def _done(value: Any) -> Future:
+    """A completed ``torch.futures.Future`` holding ``value`` (what DCP waits on)."""
+    from torch.futures import Future
+
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _hashed(chunks: list[Any], writer: Any) -> Iterator[Any]:
@@ -128,6 +127,9 @@ def _hashed(chunks: list[Any], writer: Any) -> Iterator[Any]:
 
 def _describe_role(role: str, architecture: Architecture, saved: dict[str, Any]) -> list[dict]:
     """The manifest tensors of ``role``: its builder's specs (keys prefixed), or opaque ones."""
+    import torch
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
     prefix = f"{role}."
     stored = {fqn: md for fqn, md in saved.items() if fqn.startswith(prefix)
               and isinstance(md, TensorStorageMetadata)}
@@ -170,8 +172,8 @@ def _architecture_json(architecture: Architecture) -> dict[str, Any] | None:
     return document
 
 
-class BundleWriter(StorageWriter):
-    """A DCP storage writer that makes a sharded polybundle folder at ``path``.
+class WriterMethods:
+    """``BundleWriter``: a DCP storage writer that makes a sharded polybundle folder at ``path``.
 
     ``params`` is the params dict (written to ``params.json``, arrays to
     ``params.safetensors``); ``architectures`` maps each role, a top-level
@@ -183,6 +185,7 @@ class BundleWriter(StorageWriter):
 
     Example:
         >>> import torch.distributed.checkpoint as dcp
+        >>> from polybundle_torch.distributed import BundleWriter
         >>> writer = BundleWriter("dcp-doc2", architectures={"model": None})
         >>> _ = dcp.save({"model": torch.nn.Linear(2, 2).state_dict()}, storage_writer=writer,
         ...              no_dist=True)
@@ -197,7 +200,6 @@ class BundleWriter(StorageWriter):
         params: dict[str, Any] | None = None,
         architectures: dict[str, Architecture] | None = None,
     ) -> None:
-        super().__init__()
         self.path = Path(path)
         self.params = dict(params or {})
         self.architectures = dict(architectures or {"model": None})
@@ -236,6 +238,9 @@ class BundleWriter(StorageWriter):
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         """Write this rank's chunks and objects to its part file, atomically; report them."""
+        from torch.distributed.checkpoint.planner import WriteItemType
+        from torch.distributed.checkpoint.storage import WriteResult
+
         part = f"{PARTS}/{plan.storage_data}.safetensors"
         entries, results = [], []
         for item in plan.items:
@@ -254,12 +259,12 @@ class BundleWriter(StorageWriter):
         atomic_write_chunks(self.path / part, _hashed(_part_bytes(entries), writer))
         for result in results:
             result.storage_data.update(part_size=writer.size, part_digest=writer.hexdigest())
-        future: Future[list[WriteResult]] = Future()
-        future.set_result(results)
-        return future
+        return _done(results)
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """Coordinator: write params, then the manifest last, both atomically."""
+        import torch
+
         members = [self._write_member(PARAMS_MEMBER, self.encoded.document)]
         if self.encoded.arrays is not None:
             members.append(self._write_member(ARRAYS_MEMBER, self.encoded.arrays))
@@ -305,6 +310,8 @@ class BundleWriter(StorageWriter):
 
     def storage_meta(self) -> StorageMeta | None:
         """Return the folder as DCP's checkpoint id."""
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
         return StorageMeta(checkpoint_id=str(self.path))
 
     @classmethod
@@ -332,6 +339,8 @@ def _checked_object(data: bytes, fqn: str) -> io.BytesIO:
     steps) itself, with ``weights_only=False``; checking each with the
     restricted unpickler first means only plain data ever reaches it.
     """
+    import torch
+
     try:
         torch.load(io.BytesIO(data), weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any refusal means: not plain data
@@ -342,8 +351,8 @@ def _checked_object(data: bytes, fqn: str) -> io.BytesIO:
     return io.BytesIO(data)
 
 
-class BundleReader(StorageReader):
-    """A DCP storage reader of a sharded polybundle folder (any number of ranks may load).
+class ReaderMethods:
+    """``BundleReader``: a DCP storage reader of a sharded polybundle folder, on any rank count.
 
     The manifest and every part's index are checked as
     :class:`polybundle.format.sharded.ShardedFolder` does; each part a rank
@@ -351,6 +360,7 @@ class BundleReader(StorageReader):
 
     Example:
         >>> import torch.distributed.checkpoint as dcp
+        >>> from polybundle_torch.distributed import BundleReader
         >>> fresh = {"model": torch.nn.Sequential(torch.nn.Linear(3, 4)).state_dict()}
         >>> dcp.load(fresh, storage_reader=BundleReader("sharded"), no_dist=True)
         >>> fresh["model"]["0.weight"].shape
@@ -358,7 +368,6 @@ class BundleReader(StorageReader):
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__()
         self.path = Path(path)
         self.folder: ShardedFolder | None = None
         self._checked: set[str] = set()
@@ -376,6 +385,17 @@ class BundleReader(StorageReader):
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         """Rebuild DCP's metadata from the manifest (JSON; nothing is unpickled)."""
+        import torch
+        from torch.distributed.checkpoint.metadata import (
+            BytesStorageMetadata,
+            ChunkStorageMetadata,
+            Metadata,
+            MetadataIndex,
+            StorageMeta,
+            TensorProperties,
+            TensorStorageMetadata,
+        )
+
         shards = self._open().shards
         state: dict[str, Any] = {}
         storage: dict[MetadataIndex, Any] = {}
@@ -383,7 +403,7 @@ class BundleReader(StorageReader):
             chunks = [ChunkStorageMetadata(torch.Size(c["offsets"]), torch.Size(c["sizes"]))
                       for c in record["chunks"]]
             state[fqn] = TensorStorageMetadata(
-                TensorProperties(dtype=_TORCH[record["dtype"]]), torch.Size(record["shape"]),
+                TensorProperties(dtype=_torch_dtype(record["dtype"])), torch.Size(record["shape"]),
                 chunks,
             )
             for c in record["chunks"]:
@@ -421,6 +441,9 @@ class BundleReader(StorageReader):
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         """Copy each requested chunk (or object) from the part files into ``planner``'s tensors."""
+        from torch.distributed._shard._utils import narrow_tensor_by_index
+        from torch.distributed.checkpoint.planner import LoadItemType
+
         folder = self._open()
         for item in plan.items:
             where = self.storage_data[item.storage_index]
@@ -439,9 +462,7 @@ class BundleReader(StorageReader):
                 )
             target.copy_(source)
             planner.commit_tensor(item, target)
-        future: Future[None] = Future()
-        future.set_result(None)
-        return future
+        return _done(None)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
@@ -451,11 +472,50 @@ class BundleReader(StorageReader):
 
 def _chunk_tensor(folder: ShardedFolder, fqn: str, where: dict[str, Any]) -> torch.Tensor:
     """The chunk at ``where`` as a tensor viewing the part's map (bit for bit, any dtype)."""
+    import torch
+
     for place, view in folder.chunks(fqn):
         if [s.start for s in place] == where["offsets"]:
             with warnings.catch_warnings():  # a read-only map: the tensor is only copied from
                 warnings.simplefilter("ignore", UserWarning)
                 raw = torch.from_numpy(view.reshape(-1).view("uint8"))
-            dtype = _TORCH[folder.shards["tensors"][fqn]["dtype"]]
+            dtype = _torch_dtype(folder.shards["tensors"][fqn]["dtype"])
             return raw.view(dtype).reshape(view.shape)
     raise FormatError(f"{fqn!r} has no chunk at {where['offsets']}.")
+
+
+@cache
+def storage_classes() -> tuple[type, type]:
+    """Return ``(BundleWriter, BundleReader)``, made on first use (this imports torch).
+
+    Each is DCP's abstract ``StorageWriter``/``StorageReader`` with the methods
+    of :class:`WriterMethods`/:class:`ReaderMethods`; defining them here keeps
+    ``import polybundle_torch.distributed`` free of torch, as every module of
+    the backend is. ``from polybundle_torch.distributed import BundleWriter``
+    gives the same classes.
+
+    Example:
+        >>> writer_class, reader_class = storage_classes()
+        >>> from torch.distributed.checkpoint import StorageWriter
+        >>> issubclass(writer_class, StorageWriter), writer_class.__name__
+        (True, 'BundleWriter')
+    """
+    from torch.distributed.checkpoint import StorageReader, StorageWriter
+
+    class BundleWriter(WriterMethods, StorageWriter):
+        __doc__ = WriterMethods.__doc__
+
+    class BundleReader(ReaderMethods, StorageReader):
+        __doc__ = ReaderMethods.__doc__
+
+    for made in (BundleWriter, BundleReader):
+        made.__module__ = __name__
+    return BundleWriter, BundleReader
+
+
+def __getattr__(name: str) -> Any:
+    """Make ``BundleWriter`` and ``BundleReader`` on first access (see :func:`storage_classes`)."""
+    if name in ("BundleWriter", "BundleReader"):
+        writer, reader = storage_classes()
+        return writer if name == "BundleWriter" else reader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -124,7 +124,7 @@ def index_arrays(data: Any, *, where: str) -> tuple[int, dict[str, ArrayEntry]]:
     Example:
         >>> start, entries = index_arrays(save_arrays({"w": np.zeros(2, np.int8)}), where="x")
         >>> start, entries
-        (72, {'w': ('int8', (2,), 0, 2)})
+        (64, {'w': ('int8', (2,), 0, 2)})
     """
     if len(data) < 8:
         raise FormatError(f"{where} is {len(data)} bytes; a safetensors file has at least 8.")

@@ -39,9 +39,8 @@ from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, check_ver
 from polybundle.format.params import ARRAYS_MEMBER, decode_params, holds_references, resolve_arrays
 from polybundle.format.schemas import validate
 from polybundle.format.writer import TEMP_MARK, HashingWriter
-from polybundle.model.backend import TensorSpec
 from polybundle.safety import budget
-from polybundle.safety.dtypes import resolve_dtype
+from polybundle.safety.dtypes import count_bytes, resolve_dtype
 
 PARTS = "parts"
 """The folder of part files inside a sharded bundle (and its models' ``weights`` value)."""
@@ -376,17 +375,22 @@ class ShardedFolder:
             raise FormatError(f"{record['part']!r} lacks object {record['key'][:100]!r} as bytes.")
         return bytes(mapped[start + found[2] : start + found[3]])
 
-    def role_specs(self, role: str) -> list[TensorSpec]:
-        """Return the :class:`TensorSpec` of each tensor of ``role`` (keys are shard names)."""
+    def role_tensor_keys(self, role: str) -> dict[str, str]:
+        """Return ``{tensor name: shard key}`` of ``role``, in manifest order.
+
+        Example:
+            >>> ShardedFolder("sharded").role_tensor_keys("model")["0.bias"]
+            'model.0.bias'
+        """
         for entry in self.manifest["models"]:
             if entry["role"] == role:
-                return [TensorSpec.from_json(t) for t in entry["tensors"]]
+                return {t["name"]: t["key"] for t in entry["tensors"]}
         roles = [entry["role"] for entry in self.manifest["models"]]
         raise FormatError(f"the sharded bundle has no role {role!r}; its roles are {roles}.")
 
     def role_tensors(self, role: str) -> dict[str, np.ndarray]:
         """Return ``{tensor name: full array}`` of ``role``, every tensor assembled now."""
-        return {spec.name: self.tensor(spec.key) for spec in self.role_specs(role)}
+        return {name: self.tensor(key) for name, key in self.role_tensor_keys(role).items()}
 
     def lazy_tensor(self, fqn: str) -> np.ndarray:
         """Return ``fqn`` read-only: the part's own view when one chunk holds it all, else a copy.
@@ -404,7 +408,14 @@ class ShardedFolder:
         return array
 
     def lazy_loaders(self, role: str) -> Mapping[str, Callable[[], np.ndarray]]:
-        """Return ``{tensor name: loader}`` for ``role``: each assembles its tensor when called."""
-        specs = self.role_specs(role)
-        budget.check(sum(spec.nbytes for spec in specs), f"the tensors of {role!r}")
-        return {spec.name: (lambda key=spec.key: self.lazy_tensor(key)) for spec in specs}
+        """Return ``{tensor name: loader}`` for ``role``: each assembles its tensor when called.
+
+        The tensors' declared bytes must fit the open memory budget: what is
+        mapped may all be touched.
+        """
+        keys = self.role_tensor_keys(role)
+        records = self.shards["tensors"]
+        declared = sum(count_bytes(records[key]["shape"], records[key]["dtype"], where=key)
+                       for key in keys.values())
+        budget.check(declared, f"the tensors of {role!r}")
+        return {name: (lambda key=key: self.lazy_tensor(key)) for name, key in keys.items()}
