@@ -194,6 +194,8 @@ def test_a_damaged_or_added_file_is_refused(run, tmp_path):
     part.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="rank-00001"):
         polybundle.load(copy)
+    with pytest.raises(IntegrityError, match="rank-00001"):
+        polybundle.load(copy, lazy=True).tensors("model")  # checked before anything is mapped
     report = polybundle.verify(copy)
     assert not report.ok and "IntegrityError" in report.problems[0]
     shutil.copy(run / "ck1" / "parts" / "rank-00001.safetensors", part)

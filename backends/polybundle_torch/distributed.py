@@ -35,7 +35,8 @@ import os
 import shutil
 import struct
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,6 @@ from polybundle.errors import (
 from polybundle.format.arrays import SAFETENSORS_DTYPES
 from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
 from polybundle.format.params import ARRAYS_MEMBER, encode_params
-from polybundle.format.schemas import validate
 from polybundle.format.sharded import PARTS, ShardedFolder, digest_writer, file_digest
 from polybundle.format.writer import MemberRecord, atomic_write_bytes, atomic_write_chunks
 from polybundle.hooks.registry import get_backend, get_registry
@@ -119,10 +119,20 @@ def _done(value: Any) -> Future:
     return future
 
 
-def _hashed(chunks: list[Any], writer: Any) -> Iterator[Any]:
-    for chunk in chunks:
-        writer.write(chunk)
-        yield chunk
+def _write_hashed(target: Path, chunks: list[Any]) -> tuple[int, str]:
+    """Write ``chunks`` to ``target`` atomically; return its size and digest.
+
+    The digest (the bundle writer's own, :func:`~polybundle.format.sharded.digest_writer`)
+    is computed in a second thread over the same buffers while they are
+    written: both release the GIL, so hashing costs little wall time where a
+    core is free.
+    """
+    writer = digest_writer()
+    with ThreadPoolExecutor(1, thread_name_prefix="polybundle-part-digest") as pool:
+        hashing = pool.submit(lambda: [writer.write(chunk) for chunk in chunks])
+        atomic_write_chunks(target, chunks)
+        hashing.result()
+    return writer.size, writer.hexdigest()
 
 
 def _describe_role(role: str, architecture: Architecture, saved: dict[str, Any]) -> list[dict]:
@@ -255,10 +265,9 @@ class WriterMethods:
                 where = {"part": part, "key": key, "object": False}
             results.append(WriteResult(index=item.index, size_in_bytes=entries[-1][3].nbytes,
                                        storage_data=where))
-        writer = digest_writer()
-        atomic_write_chunks(self.path / part, _hashed(_part_bytes(entries), writer))
+        size, digest = _write_hashed(self.path / part, _part_bytes(entries))
         for result in results:
-            result.storage_data.update(part_size=writer.size, part_digest=writer.hexdigest())
+            result.storage_data.update(part_size=size, part_digest=digest)
         return _done(results)
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
@@ -290,17 +299,16 @@ class WriterMethods:
              "tensors": _describe_role(role, architecture, metadata.state_dict_metadata)}
             for role, architecture in self.architectures.items()
         ]
-        manifest = build_manifest(
-            backend="torch", framework="torch", framework_version=torch.__version__,
-            models=models, members=[*members, *parts.values()],
-        )
-        manifest["shards"] = {"tensors": tensors, "objects": objects}
+        shards: dict[str, Any] = {"tensors": tensors, "objects": objects}
         planner_data = _json_planner_data(metadata.planner_data)
         if planner_data is not None:
-            manifest["shards"]["planner_data"] = planner_data
-        validate("manifest", manifest, where="the sharded manifest being written")
+            shards["planner_data"] = planner_data
+        manifest = build_manifest(
+            backend="torch", framework="torch", framework_version=torch.__version__,
+            models=models, members=[*members, *parts.values()], shards=shards,
+        )
         atomic_write_bytes(self.path / MANIFEST_MEMBER,
-                           json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8"))
+                           json.dumps(manifest, allow_nan=False).encode("utf-8"))
 
     def _write_member(self, name: str, data: bytes) -> MemberRecord:
         writer = digest_writer()

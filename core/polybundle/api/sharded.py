@@ -58,7 +58,10 @@ class ShardedBundle(Bundle):
     def tensors(self, role: str) -> Mapping[str, np.ndarray]:
         """Return ``{name: array}`` of ``role``: full arrays, or (lazy) each assembled on touch.
 
-        The folder must still hold the manifest this bundle was loaded with.
+        The folder must still hold the manifest this bundle was loaded with,
+        and the digests of the parts holding the role's chunks are checked
+        before any tensor is handed out (a lazy tensor is assembled from
+        those checked parts when first touched).
 
         Example:
             >>> polybundle.load("sharded", lazy=True).tensors("model")["0.bias"].shape
@@ -71,6 +74,7 @@ class ShardedBundle(Bundle):
                 raise IntegrityError(
                     f"{str(self.path)!r} changed since it was loaded; load it again."
                 )
+            folder.verify(folder.role_parts(role))
             if self.lazy:
                 return LazyTensors(dict(folder.lazy_loaders(role)))
             return folder.role_tensors(role)

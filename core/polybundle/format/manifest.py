@@ -52,12 +52,14 @@ def build_manifest(
     models: list[dict[str, Any]],
     members: list[MemberRecord],
     rng: str | None = None,
+    shards: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return a schema-valid manifest for the given models and written members.
 
-    ``rng`` names the member holding the random-generator state, if any. The
-    result is validated: a manifest with no model or no member raises
-    :class:`~polybundle.errors.SchemaError`.
+    ``rng`` names the member holding the random-generator state, if any;
+    ``shards`` is a sharded bundle's ``shards`` object (see
+    :mod:`polybundle.format.sharded`). The result is validated: a manifest
+    with no model or no member raises :class:`~polybundle.errors.SchemaError`.
     """
     manifest = {
         "format": "polybundle",
@@ -74,6 +76,8 @@ def build_manifest(
     }
     if rng is not None:
         manifest["rng"] = rng
+    if shards is not None:
+        manifest["shards"] = shards
     validate("manifest", manifest, where="the manifest being written")
     return manifest
 

@@ -26,13 +26,14 @@ import math
 import mmap
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from polybundle.errors import FormatError, IntegrityError, UnsafeContentError
+from polybundle.format.archive import MAX_JSON_BYTES
 from polybundle.format.arrays import index_arrays
 from polybundle.format.jsondoc import load_json
 from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, check_version
@@ -212,8 +213,14 @@ def read_sharded_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
             "bundle, whose manifest is written last, so a save that did not finish (a rank "
             "killed, a full disk) leaves none. Load the previous checkpoint, or save again."
         )
+    size = manifest_path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise FormatError(
+            f"{MANIFEST_MEMBER} of {str(folder)!r} is {size} bytes; at most {MAX_JSON_BYTES} "
+            "are read. The manifest is damaged or hostile."
+        )
+    budget.charge(size, MANIFEST_MEMBER)
     data = manifest_path.read_bytes()
-    budget.charge(len(data), MANIFEST_MEMBER)
     manifest = load_json(data, where=MANIFEST_MEMBER)
     if isinstance(manifest, dict) and isinstance(manifest.get("format_version"), str):
         check_version(manifest["format_version"])
@@ -294,13 +301,16 @@ class ShardedFolder:
             data = arrays_path.read_bytes()
         return resolve_arrays(document, data, where=ARRAYS_MEMBER)
 
-    def verify(self, on_member: Callable[[str], None] | None = None) -> None:
-        """Check every member's digest against the manifest; raise :class:`IntegrityError`.
+    def verify(self, names: Iterable[str] | None = None) -> None:
+        """Check each member's digest (``names``, or all) against the manifest.
+
+        Raises :class:`IntegrityError` at the first mismatch.
 
         Example:
             >>> ShardedFolder("sharded").verify()  # all match: returns None
         """
-        for name, record in self.manifest["members"].items():
+        for name in self.manifest["members"] if names is None else names:
+            record = self.manifest["members"][name]
             actual = file_digest(_member_path(self.path, name))
             if actual != record["sha256"]:
                 raise IntegrityError(
@@ -308,8 +318,6 @@ class ShardedFolder:
                     f"{MANIFEST_MEMBER} records {record['sha256']}. The bundle was altered or "
                     "damaged; do not use it. Re-copy it from its source."
                 )
-            if on_member is not None:
-                on_member(name)
 
     def _part(self, name: str) -> tuple[mmap.mmap, int, dict[str, Any]]:
         if name not in self._maps:
@@ -391,6 +399,17 @@ class ShardedFolder:
     def role_tensors(self, role: str) -> dict[str, np.ndarray]:
         """Return ``{tensor name: full array}`` of ``role``, every tensor assembled now."""
         return {name: self.tensor(key) for name, key in self.role_tensor_keys(role).items()}
+
+    def role_parts(self, role: str) -> list[str]:
+        """Return the part files that hold ``role``'s chunks, sorted.
+
+        Example:
+            >>> ShardedFolder("sharded").role_parts("model")
+            ['parts/rank-00000.safetensors']
+        """
+        records = self.shards["tensors"]
+        return sorted({chunk["part"] for key in self.role_tensor_keys(role).values()
+                       for chunk in records[key]["chunks"]})
 
     def lazy_tensor(self, fqn: str) -> np.ndarray:
         """Return ``fqn`` read-only: the part's own view when one chunk holds it all, else a copy.
