@@ -1,19 +1,21 @@
 """One rank of the sharded-bundle tests (FSDP2 on CPU with gloo); runs in its own process.
 
-``python -m tests.dist_worker SCENARIO RANK WORLD PORT FOLDER``
+``python -m tests.dist_worker RANK PORT FOLDER``: one of 3 ranks (one process
+start each, for every scenario), in three phases.
 
-- ``save`` (2 ranks): build the ``dist-mlp`` from seed 0, ``fully_shard`` it,
-  train :data:`STEPS` Adam steps, save model and optimizer through DCP into
+- Save, on ranks 0 and 1 (a 2-rank group; rank 2 waits): build the
+  ``dist-mlp`` from seed 0, ``fully_shard`` it over the pair, train
+  :data:`STEPS` Adam steps, save model and optimizer through DCP into
   ``FOLDER/ck1`` (:class:`~polybundle_torch.distributed.BundleWriter`) and,
   with ``dcp.async_save``, into ``FOLDER/ck_async``; rank 0 writes the
   gathered full state to ``full1.pt``. Training then goes on :data:`STEPS`
-  more steps (the uninterrupted run, gathered into ``full2.pt``). Last, a
-  save into ``FOLDER/ck_killed`` during which rank 1 dies (``os._exit``)
-  halfway through writing its part.
-- ``load`` (3 ranks): a differently initialised sharded model loads ``ck1``
-  (and ``ck_async``) through DCP; rank 0 writes ``load3.json``: whether the
-  gathered state equals ``full1.pt`` bit for bit, and, after :data:`STEPS`
-  steps of the same training, how far it is from ``full2.pt``.
+  more steps (the uninterrupted run, gathered into ``full2.pt``).
+- Load, on all 3 ranks: a differently initialised model sharded over 3 ranks
+  loads ``ck_async`` and ``ck1`` through DCP; rank 0 writes ``load3.json``:
+  whether the gathered state equals ``full1.pt`` bit for bit, and whether,
+  after :data:`STEPS` steps of the same training, it equals ``full2.pt``.
+- Killed save, on ranks 0 and 1 again: a save into ``FOLDER/ck_killed``
+  during which rank 1 dies (``os._exit(17)``) halfway through writing its part.
 
 Every rank sees the same batch and only rank 0's loss counts (see
 :func:`train`), so the gradients do not depend on the rank count. The
@@ -74,15 +76,15 @@ def batch() -> tuple[Any, Any]:
             torch.randn(16, CONFIG["outputs"], generator=generator))
 
 
-def sharded_model(seed: int) -> tuple[Any, Any]:
-    """The ``dist-mlp`` from ``seed``, FSDP2-sharded over the process group, and its Adam."""
+def sharded_model(seed: int, mesh: Any = None) -> tuple[Any, Any]:
+    """The ``dist-mlp`` from ``seed``, FSDP2-sharded over ``mesh`` (None: all ranks), and Adam."""
     import torch
     from torch.distributed.fsdp import fully_shard
 
     torch.manual_seed(seed)
     model = torch_mlp(CONFIG)
     for module in (model[0], model[2], model):
-        fully_shard(module)
+        fully_shard(module, mesh=mesh)
         module.set_gradient_divide_factor(1.0)  # a sum of the ranks' gradients...
         module.set_force_sum_reduction_for_comms(True)  # ...as gloo's plain SUM
     return model, torch.optim.Adam(model.parameters(), lr=PARAMS["lr"])
@@ -155,7 +157,9 @@ def differences(left: Any, right: Any) -> dict[str, Any]:
     return {"same_keys": set(a) == set(b), "bitwise": bool(bitwise), "max_abs": worst}
 
 
-def save_checkpoint(model: Any, optimizer: Any, folder: Path, *, writer: Any = None) -> None:
+def save_checkpoint(
+    model: Any, optimizer: Any, folder: Path, *, writer: Any = None, group: Any = None
+) -> None:
     """Save the sharded model and optimizer into the sharded bundle ``folder`` (every rank)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -164,7 +168,8 @@ def save_checkpoint(model: Any, optimizer: Any, folder: Path, *, writer: Any = N
 
     model_state, optim_state = get_state_dict(model, optimizer)
     writer = writer or BundleWriter(folder, params=PARAMS, architectures={"model": (ARCH, CONFIG)})
-    dcp.save({"model": model_state, "optim": optim_state}, storage_writer=writer)
+    dcp.save({"model": model_state, "optim": optim_state}, storage_writer=writer,
+             process_group=group)
 
 
 def load_checkpoint(model: Any, optimizer: Any, folder: Path) -> None:
@@ -187,7 +192,7 @@ def _writer(folder: Path) -> Any:
     return BundleWriter(folder, params=PARAMS, architectures={"model": (ARCH, CONFIG)})
 
 
-def _killed_save(folder: Path, model: Any, optimizer: Any, rank: int) -> None:
+def _killed_save(folder: Path, model: Any, optimizer: Any, rank: int, group: Any) -> None:
     """Save into ``folder`` while rank 1 dies halfway through writing its part file."""
     from polybundle.format.writer import create_temp
 
@@ -203,33 +208,36 @@ def _killed_save(folder: Path, model: Any, optimizer: Any, rank: int) -> None:
 
     writer.write_data = dying_write  # type: ignore[method-assign]
     try:
-        save_checkpoint(model, optimizer, folder, writer=writer)
+        save_checkpoint(model, optimizer, folder, writer=writer, group=group)
     except Exception as exc:  # noqa: BLE001 - the save must fail; how is DCP's business
         (folder.parent / "killed-rank0.txt").write_text(type(exc).__name__)
 
 
-def run_save(rank: int, out: Path) -> None:
-    """Scenario ``save`` (see the module's docstring)."""
+def save_phase(rank: int, out: Path, pair: Any) -> tuple[Any, Any]:
+    """Ranks 0 and 1: train, save (and async-save), gather the states (module docstring)."""
     import torch
+    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import DeviceMesh
 
-    model, optimizer = sharded_model(seed=0)
+    model, optimizer = sharded_model(seed=0, mesh=DeviceMesh.from_group(pair, "cpu"))
     train(model, optimizer, STEPS)
-    save_checkpoint(model, optimizer, out / "ck1")
+    save_checkpoint(model, optimizer, out / "ck1", group=pair)
     full = full_state(model, optimizer)
-    dcp.async_save(dcp_state(model, optimizer), storage_writer=_writer(out / "ck_async")).result()
+    dcp.async_save(dcp_state(model, optimizer), storage_writer=_writer(out / "ck_async"),
+                   process_group=pair).result()
     if rank == 0:
         torch.save(full, out / "full1.pt")
     train(model, optimizer, STEPS)
     full = full_state(model, optimizer)
     if rank == 0:
         torch.save(full, out / "full2.pt")
-    torch.distributed.barrier()
-    _killed_save(out / "ck_killed", model, optimizer, rank)
+    dist.barrier(group=pair)
+    return model, optimizer
 
 
-def run_load(rank: int, out: Path) -> None:
-    """Scenario ``load`` (see the module's docstring)."""
+def load_phase(rank: int, out: Path) -> None:
+    """All 3 ranks: load both checkpoints resharded, compare, train on (module docstring)."""
     import torch
 
     report = {}
@@ -246,15 +254,22 @@ def run_load(rank: int, out: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Join the gloo group on 127.0.0.1 and run one scenario as one rank."""
+    """Join the 3-rank gloo group on 127.0.0.1 and run the three phases as one rank."""
     import torch.distributed as dist
 
-    scenario, rank, world, port, out = argv
+    rank, port, out = int(argv[0]), argv[1], Path(argv[2])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    dist.init_process_group("gloo", rank=int(rank), world_size=int(world),
+    dist.init_process_group("gloo", rank=rank, world_size=3,
                             timeout=datetime.timedelta(seconds=60))
     try:
-        {"save": run_save, "load": run_load}[scenario](int(rank), Path(out))
+        pair = dist.new_group([0, 1])
+        if rank < 2:
+            model, optimizer = save_phase(rank, out, pair)
+        dist.barrier()
+        load_phase(rank, out)
+        dist.barrier()
+        if rank < 2:
+            _killed_save(out / "ck_killed", model, optimizer, rank, pair)
     finally:
         dist.destroy_process_group()
 

@@ -1,9 +1,9 @@
 """Sharded bundles through torch.distributed.checkpoint: FSDP2 on CPU with gloo, real processes.
 
-One module-scoped run spawns 2 ranks that train and save (``tests/dist_worker.py``,
-scenario ``save``: a DCP save, an async save, the gathered full states, and a save
-during which rank 1 is killed), then 3 ranks that load and train on (scenario
-``load``). The tests read what they left, in this process: a 1-rank DCP load,
+One module-scoped run spawns 3 ranks (``tests/dist_worker.py``): ranks 0 and 1
+train and save (a DCP save, an async save, the gathered full states), all 3 load
+and train on, then ranks 0 and 1 save again while rank 1 is killed. The tests read
+what they left, in this process: a 1-rank DCP load,
 ``polybundle.load`` (eager, lazy, into Keras), ``inspect`` and ``verify`` with
 torch blocked, and ``polybundle convert`` to a single-file bundle.
 """
@@ -41,17 +41,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _spawn(scenario: str, world: int, out: Path) -> list[tuple[int, str]]:
-    """Run ``world`` ranks of ``scenario``; return each one's exit status and output."""
+def _spawn(world: int, out: Path) -> list[tuple[int, str]]:
+    """Run the ``world`` ranks of the worker; return each one's exit status and output."""
     port = str(_free_port())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO), str(REPO / "core"), str(REPO / "backends"), os.environ.get("PYTHONPATH", "")]
     )}
     ranks = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.dist_worker", scenario, str(rank), str(world), port,
-             str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
+            [sys.executable, "-m", "tests.dist_worker", str(rank), port, str(out)], cwd=REPO,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for rank in range(world)
     ]
@@ -69,13 +68,10 @@ def _spawn(scenario: str, world: int, out: Path) -> list[tuple[int, str]]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder the 2-rank save and the 3-rank load left behind."""
+    """The folder the 2-rank saves and the 3-rank loads left behind (3 processes in all)."""
     out = tmp_path_factory.mktemp("dist")
-    saved = _spawn("save", 2, out)
-    assert saved[0][0] == 0, saved[0][1]
-    assert saved[1][0] == 17, saved[1][1]  # rank 1 died on purpose, mid-save
-    loaded = _spawn("load", 3, out)
-    assert all(code == 0 for code, _ in loaded), loaded
+    ranks = _spawn(3, out)
+    assert [code for code, _ in ranks] == [0, 17, 0], ranks  # rank 1 died on purpose, mid-save
     return out
 
 
