@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import polybundle
+from polybundle.api.transfer import plan_bundle
 from polybundle.errors import FormatError, IntegrityError, UnsafeContentError
 from polybundle.tools.cli import main
 from tests import dist_worker
@@ -149,6 +150,9 @@ print(json.dumps({{"loaded": loaded, "rows": [[t["name"], t["shape"]] for t in r
 
 @needs_tensorflow
 def test_sharded_torch_bundle_loads_into_keras(run):
+    plan = plan_bundle(run / "ck1", "tensorflow")["roles"][0]
+    assert [row["detail"] for row in plan["rows"]] == [
+        "transpose (1, 0)", "identity", "transpose (1, 0)", "identity"]
     import torch
 
     x = dist_worker.batch()[0]
