@@ -196,6 +196,11 @@ def test_a_damaged_or_added_file_is_refused(run, tmp_path):
         polybundle.load(copy)
     with pytest.raises(IntegrityError, match="rank-00001"):
         polybundle.load(copy, lazy=True).tensors("model")  # checked before anything is mapped
+    owned = dist_worker.torch_mlp(dist_worker.CONFIG)
+    before = {name: tensor.clone() for name, tensor in owned.state_dict().items()}
+    with pytest.raises(IntegrityError, match="rank-00001"):
+        polybundle.load(copy, into={"model": owned})
+    assert dist_worker.differences(owned.state_dict(), before)["bitwise"]  # left as it was
     report = polybundle.verify(copy)
     assert not report.ok and "IntegrityError" in report.problems[0]
     shutil.copy(run / "ck1" / "parts" / "rank-00001.safetensors", part)

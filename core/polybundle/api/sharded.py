@@ -178,7 +178,9 @@ def load_sharded(
         raise PolybundleError(
             f"roles {unknown} are not in the bundle or not being loaded; it holds {available}."
         )
-    join = _verified(folder, check)
+    if check and into:  # models the caller owns change only after every digest matched
+        folder.verify()
+    join = _verified(folder, check and not into)
     models: dict[str, Any] = {}
     plans: dict[str, Any] = {}
     try:
