@@ -10,7 +10,9 @@ tiny PyTorch model (``nn.Sequential(Linear(4, 3), ReLU(), Linear(3, 2))``, role
 ``net``, params ``{"N": 4, "lr": 0.001}``), ``wts.h5.zip``: a real TensorFlow-era
 legacy archive (``tests/fixtures/legacy/tf_era_shared.zip``), and ``model.keras``: the Keras 3
 file of that archive's ``autoencoder`` role (a Functional model with a custom last layer,
-saved after training: its weights file holds optimizer slots too). Its namespace holds ``np``,
+saved after training: its weights file holds optimizer slots too), and ``sharded``: a sharded
+bundle (a folder) of ``Sequential(Linear(3, 4))``, role ``model``, params ``{"lr": 0.01}``,
+saved through ``torch.distributed.checkpoint`` in one process. Its namespace holds ``np``,
 ``Path``, ``polybundle``, ``torch`` and ``net`` (a fresh copy of the saved model).
 """
 
@@ -22,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -76,15 +79,32 @@ def _example_files() -> tuple[Path, Any]:
         shutil.copy(legacy, folder / "wts.h5.zip")
         with zipfile.ZipFile(legacy) as archive:
             (folder / "model.keras").write_bytes(archive.read("autoencoder/model.keras"))
+        _write_sharded(folder / "sharded", torch)
         _made.update(folder=folder, net=net, torch=torch)
     return _made["folder"], _made["net"]
+
+
+def _write_sharded(path: Path, torch: Any) -> None:
+    """Write ``sharded``: a sharded bundle of ``Sequential(Linear(3, 4))`` saved through DCP."""
+    import torch.distributed.checkpoint as dcp
+
+    from polybundle_torch.distributed import BundleWriter
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    with warnings.catch_warnings():  # DCP warns that it saves in one process: that is the point
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": model.state_dict()},
+                 storage_writer=BundleWriter(path, params={"lr": 0.01}), no_dist=True)
 
 
 def example_namespace(workdir: Path) -> dict[str, Any]:
     """Fill ``workdir`` with the example files; return the names every example sees."""
     folder, net = _example_files()
     for path in folder.iterdir():
-        shutil.copy(path, workdir / path.name)
+        if path.is_dir():
+            shutil.copytree(path, workdir / path.name)
+        else:
+            shutil.copy(path, workdir / path.name)
     return {"np": np, "Path": Path, "polybundle": polybundle, "torch": _made["torch"],
             "net": copy.deepcopy(net)}
 

@@ -9,7 +9,10 @@ into the target's layouts, are loaded strictly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from polybundle.errors import ConversionUnavailableError
 from polybundle.format.archive import ArchiveReader
@@ -75,6 +78,37 @@ def converted_model(
         >>> model.out_features, [move.detail for move in plan.moves]
         (3, ['identity', 'identity'])
     """
+    def read() -> dict[str, np.ndarray]:
+        with archive.open(entry["weights"]) as stream:
+            return source.read_tensors(stream, [TensorSpec.from_json(t) for t in entry["tensors"]])
+
+    return converted_from_arrays(read, entry, source, target, given)
+
+
+def converted_from_arrays(
+    read: Callable[[], dict[str, np.ndarray]], entry: dict[str, Any], source: Backend,
+    target: Backend, given: Any | None = None,
+) -> tuple[Any, ConversionPlan]:
+    """Build (or take ``given``) a ``target`` model for ``entry``; load ``read()``, converted.
+
+    ``read`` gives the source tensors by name (called once the plan is
+    checked): a weights member read by ``source``, or the assembled shards of
+    a sharded bundle. Everything is checked before the model is changed.
+
+    Example:
+        >>> polybundle.architecture("doc-lin2", backend="torch", replace=True)(
+        ...     lambda config: torch.nn.Linear(2, 1))  # doctest: +ELLIPSIS
+        <function <lambda> at ...>
+        >>> torch_backend = polybundle.get_backend("torch")
+        >>> specs = torch_backend.describe(torch.nn.Linear(2, 1))
+        >>> entry = {"role": "net", "architecture": {"name": "doc-lin2", "config": {}},
+        ...          "tensors": [spec.to_json() for spec in specs]}
+        >>> model, plan = converted_from_arrays(
+        ...     lambda: {"weight": np.ones((1, 2), np.float32), "bias": np.zeros(1, np.float32)},
+        ...     entry, torch_backend, torch_backend)
+        >>> model.weight.tolist()
+        [[1.0, 1.0]]
+    """
     architecture = entry["architecture"]
     model = given if given is not None else _builder(entry, source, target)(architecture["config"])
     source_specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
@@ -83,9 +117,7 @@ def converted_model(
         source_specs, target.describe(model), mapping=tensor_map(name, source.name, target.name)
     )
     plan.check(context=f"role {entry['role']!r} from {source.name} to {target.name}")
-    with archive.open(entry["weights"]) as stream:
-        arrays = source.read_tensors(stream, source_specs)
-    target.assign(model, plan.apply(arrays))
+    target.assign(model, plan.apply(read()))
     if architecture:
         remember_architecture(model, architecture["name"], architecture["config"])
     return model, plan

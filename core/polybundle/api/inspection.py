@@ -16,7 +16,8 @@ from polybundle.format.archive import ArchiveReader
 from polybundle.format.detection import FORMAT_NAME
 from polybundle.format.manifest import read_manifest
 from polybundle.format.params import read_params
-from polybundle.format.storage import locate
+from polybundle.format.sharded import ShardedFolder, is_sharded
+from polybundle.format.storage import Location, locate
 from polybundle.legacy.jsonsafe import to_json
 from polybundle.legacy.loading import describe
 from polybundle.legacy.plugin import era_reader
@@ -41,6 +42,27 @@ def _params_and_optimizers(
             "slot_bytes": archive.size(entry["optimizer"]["slots"]),
         }
     return params, optimizers
+
+
+def _describe(
+    path: str | os.PathLike[str] | Location,
+) -> tuple[dict[str, Any], dict[str, Any], dict]:
+    """Return the manifest (or its like), params and optimizer summaries of ``path``."""
+    if is_sharded(path):
+        folder = ShardedFolder(path)
+        return folder.manifest, folder.params(arrays=False), {}
+    with ArchiveReader(path) as archive:
+        detection = detect(archive)
+        if plain_backend(detection) is not None:
+            with open_plain(path, detection) as plain:
+                manifest, params, optimizers = plain_manifest(plain, detection), {}, {}
+        elif detection.format != FORMAT_NAME:
+            content = era_reader(detection.format).read(archive)
+            manifest, params, optimizers = describe(content), to_json(content.params).value, {}
+        else:
+            manifest = read_manifest(archive)
+            params, optimizers = _params_and_optimizers(archive, manifest)
+    return manifest, params, optimizers
 
 
 def inspect(
@@ -78,18 +100,8 @@ def inspect(
         >>> legacy["format"], legacy["backend"], legacy["params"]["N"]
         ('legacy-tf-dill', 'tensorflow', 16)
     """
-    path = locate(path, storage_options, filesystem) or path
-    with budget.limit(max_bytes), ArchiveReader(path) as archive:
-        detection = detect(archive)
-        if plain_backend(detection) is not None:
-            with open_plain(path, detection) as plain:
-                manifest, params, optimizers = plain_manifest(plain, detection), {}, {}
-        elif detection.format != FORMAT_NAME:
-            content = era_reader(detection.format).read(archive)
-            manifest, params, optimizers = describe(content), to_json(content.params).value, {}
-        else:
-            manifest = read_manifest(archive)
-            params, optimizers = _params_and_optimizers(archive, manifest)
+    with budget.limit(max_bytes):
+        manifest, params, optimizers = _describe(locate(path, storage_options, filesystem) or path)
     tensors = []
     for entry in manifest["models"]:
         for document in entry["tensors"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from polybundle.api.bundle import Bundle, model_entry
@@ -19,6 +20,7 @@ from polybundle.api.converted import converted_model
 from polybundle.api.lazy import lazy_tensors
 from polybundle.api.legacy_bundle import load_legacy
 from polybundle.api.progress import progress_bar
+from polybundle.api.sharded import load_sharded
 from polybundle.errors import (
     BackendMismatchError,
     FormatError,
@@ -31,6 +33,7 @@ from polybundle.format.archive import ArchiveReader, MemberRange
 from polybundle.format.detection import FORMAT_DESCRIPTION, FORMAT_NAME, PLAIN_ROLE, Detection
 from polybundle.format.manifest import read_manifest, verify_members, verifying_members
 from polybundle.format.params import read_params
+from polybundle.format.sharded import is_sharded
 from polybundle.format.storage import Location, locate
 from polybundle.hooks.manager import get_plugin_manager
 from polybundle.hooks.registry import (
@@ -440,26 +443,41 @@ def load(
     }
     path = locate(path, storage_options, filesystem) or path
     with budget.limit(max_bytes):
-        with ArchiveReader(path, whole=not lazy) as archive:
-            detection = detect(archive)
-            if plain_backend(detection) is not None:
-                with open_plain(path, detection) as plain:
-                    bundle = _load_bundle(plain, plain_manifest(plain, detection), None, **options)
-            elif detection.format != FORMAT_NAME:
-                budget.check(sum(archive.size(n) for n in archive.names()), "the archive's members")
-                bundle = load_legacy(
-                    archive, era_reader(detection.format), backend=backend,
-                    roles=[] if lazy else roles, into=into, trust_code=trust_code,
-                )
-            else:
-                bundle = _load_bundle(archive, read_manifest(archive), detection, **options)
-            if lazy and archive.remote is not None:
-                bundle._fetched = archive.remote.keep
+        if is_sharded(path):
+            bundle: Bundle = load_sharded(
+                Path(path), backend=backend, roles=roles, into=into, lazy=lazy,
+                check=options["check"],
+            )
+        else:
+            bundle = _load_archive(path, options, trust_code)
     bundle.max_bytes = max_bytes
     bundle.check_tensors = verify is not False
     get_plugin_manager().hook.polybundle_params_loaded(
         params=bundle.params, manifest=bundle.manifest, path=str(path)
     )
+    return bundle
+
+
+def _load_archive(
+    path: str | os.PathLike[str] | Location, options: dict[str, Any], trust_code: bool
+) -> Bundle:
+    """Load a bundle file: format 2, a plain framework file or a legacy archive."""
+    with ArchiveReader(path, whole=not options["lazy"]) as archive:
+        detection = detect(archive)
+        if plain_backend(detection) is not None:
+            with open_plain(path, detection) as plain:
+                bundle = _load_bundle(plain, plain_manifest(plain, detection), None, **options)
+        elif detection.format != FORMAT_NAME:
+            budget.check(sum(archive.size(n) for n in archive.names()), "the archive's members")
+            bundle = load_legacy(
+                archive, era_reader(detection.format), backend=options["backend"],
+                roles=[] if options["lazy"] else options["roles"], into=options["into"],
+                trust_code=trust_code,
+            )
+        else:
+            bundle = _load_bundle(archive, read_manifest(archive), detection, **options)
+        if options["lazy"] and archive.remote is not None:
+            bundle._fetched = archive.remote.keep
     return bundle
 
 

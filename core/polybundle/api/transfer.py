@@ -22,6 +22,7 @@ from polybundle.api.loading import detect, load
 from polybundle.api.saving import save
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.manifest import read_manifest
+from polybundle.format.sharded import ShardedFolder, is_sharded
 from polybundle.format.storage import Location, locate
 from polybundle.hooks.registry import get_backend, get_registry, tensor_map
 from polybundle.model.backend import Backend, TensorSpec
@@ -78,7 +79,7 @@ def plan_bundle(
     storage_options: dict[str, Any] | None = None,
     filesystem: Any = None,
 ) -> dict[str, Any]:
-    """Say how each tensor of the bundle at ``path`` would convert to backend ``to``.
+    """Say how each tensor of the bundle at ``path`` (a file or a sharded folder) would convert.
 
     Builds no model and imports no framework: target tensors are those the
     target framework's standard layers hold (named ``#<layer> <kind>.<slot>``).
@@ -93,9 +94,12 @@ def plan_bundle(
         ('0.weight', 'dense', 'out,in -> in,out', [4, 3])
     """
     target = get_backend(to)
-    with ArchiveReader(locate(path, storage_options, filesystem) or path) as archive:
-        detect(archive)
-        manifest = read_manifest(archive)
+    if is_sharded(path):
+        manifest = ShardedFolder(path).manifest
+    else:
+        with ArchiveReader(locate(path, storage_options, filesystem) or path) as archive:
+            detect(archive)
+            manifest = read_manifest(archive)
     source = manifest["backend"]
     roles = []
     for entry in manifest["models"]:

@@ -30,6 +30,7 @@ from polybundle.format.archive import ArchiveReader
 from polybundle.format.detection import FORMAT_NAME, Detection
 from polybundle.format.manifest import read_manifest, verify_members
 from polybundle.format.params import ARRAYS_MEMBER, read_params
+from polybundle.format.sharded import ShardedFolder, is_sharded
 from polybundle.format.storage import Location, locate
 from polybundle.hooks.registry import get_backend
 from polybundle.legacy.era import read_member
@@ -199,7 +200,36 @@ def _check_plain(path: str | os.PathLike[str], detection: Detection, report: Ver
     )
 
 
+def check_sharded(path: str | os.PathLike[str], report: VerifyReport) -> None:
+    """Run every check of a sharded bundle (a folder); raise the first typed error found.
+
+    The manifest, the member list and sizes, every member's digest, the
+    params, and each part's safetensors index against the chunks the
+    manifest records.
+
+    Example:
+        >>> report = VerifyReport("sharded")
+        >>> check_sharded("sharded", report)
+        >>> report.format, report.checked[0], report.ok
+        ('polybundle-sharded', 'manifest schema, shards, member list and sizes', True)
+    """
+    report.format = f"{FORMAT_NAME}-sharded"
+    folder = ShardedFolder(path)
+    report.checked.append("manifest schema, shards, member list and sizes")
+    folder.verify()
+    report.checked.append(f"sha256 of {len(folder.manifest['members'])} members")
+    folder.params()
+    report.checked.append("params.json")
+    count = 0
+    for fqn in folder.shards["tensors"]:
+        count += len(folder.chunks(fqn))
+    report.checked.append(f"part indexes against {count} chunks")
+
+
 def _verify(path: str | os.PathLike[str] | Location, report: VerifyReport, progress: bool) -> None:
+    if is_sharded(path):
+        check_sharded(path, report)
+        return
     with ArchiveReader(path, whole=True) as archive, progress_bar(
         f"verifying {archive.path.name}",
         sum(archive.size(name) for name in archive.names()),

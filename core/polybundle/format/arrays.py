@@ -107,14 +107,64 @@ def save_arrays(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None =
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
+ArrayEntry = tuple[str, tuple[int, ...], int, int]
+"""One safetensors header entry, checked: ``(dtype name, shape, begin, end)``."""
+
+
+def index_arrays(data: Any, *, where: str) -> tuple[int, dict[str, ArrayEntry]]:
+    """Check the safetensors header of ``data``; return where the data starts and each entry.
+
+    ``data`` is any buffer (bytes, a read-only ``mmap``); nothing past the
+    header is read. Each entry is ``(dtype name, shape, begin, end)`` with
+    offsets relative to the data start. The checks are :func:`load_arrays`'
+    (a bounded strict-JSON header, known dtypes, valid shapes, byte ranges of
+    exactly each tensor's size that tile the data); anything else raises
+    :class:`FormatError` naming ``where``.
+
+    Example:
+        >>> start, entries = index_arrays(save_arrays({"w": np.zeros(2, np.int8)}), where="x")
+        >>> start, entries
+        (64, {'w': ('int8', (2,), 0, 2)})
+    """
+    if len(data) < 8:
+        raise FormatError(f"{where} is {len(data)} bytes; a safetensors file has at least 8.")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > min(len(data) - 8, MAX_HEADER_BYTES):
+        raise FormatError(
+            f"{where} declares a header of {length} bytes, but the file holds {len(data) - 8} "
+            f"after the length (and at most {MAX_HEADER_BYTES} are accepted). The file is "
+            "truncated or not safetensors; re-save it."
+        )
+    header = load_json(bytes(data[8 : 8 + length]), where=f"{where} header")
+    if not isinstance(header, dict):
+        raise FormatError(f"{where} header is a {type(header).__name__}; expected an object.")
+    size = len(data) - 8 - length
+    header.pop("__metadata__", None)
+    entries = {}
+    for name, entry in header.items():
+        dtype, shape, begin, end = _tensor_entry(name, entry, where)
+        if not 0 <= begin <= end <= size or end - begin != count_bytes(
+            shape, dtype, where=f"{where} tensor {name[:100]!r}"
+        ):
+            raise FormatError(
+                f"{where} tensor {name[:100]!r} ({dtype}, shape {list(shape)}) spans bytes "
+                f"{begin}..{end} of {size}; expected exactly its size inside the file. "
+                "The file is damaged or hostile."
+            )
+        entries[name] = (dtype, shape, begin, end)
+    _check_tiling([(begin, end) for _, _, begin, end in entries.values()], size, where)
+    return 8 + length, entries
+
+
 def load_arrays(data: bytes, *, where: str) -> dict[str, np.ndarray]:
     """Return the arrays of safetensors ``data`` as read-only views; check everything first.
 
     The header must be at most :data:`MAX_HEADER_BYTES` of strict JSON; each
     tensor's dtype must be known, its shape valid, and its byte range exactly
     ``prod(shape) * itemsize`` long; the ranges must tile the data with no gap
-    or overlap. Anything else raises :class:`FormatError` naming ``where``. No
-    array memory is allocated: each array views ``data``.
+    or overlap (:func:`index_arrays`). Anything else raises
+    :class:`FormatError` naming ``where``. No array memory is allocated: each
+    array views ``data``.
 
     Example:
         >>> load_arrays(bytes([2]) + bytes(7) + b"{}", where="x.safetensors")
@@ -125,38 +175,14 @@ def load_arrays(data: bytes, *, where: str) -> dict[str, np.ndarray]:
         polybundle.errors.FormatError: x.safetensors declares a header of ...
     """
     data = bytes(data)
-    if len(data) < 8:
-        raise FormatError(f"{where} is {len(data)} bytes; a safetensors file has at least 8.")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > min(len(data) - 8, MAX_HEADER_BYTES):
-        raise FormatError(
-            f"{where} declares a header of {length} bytes, but the file holds {len(data) - 8} "
-            f"after the length (and at most {MAX_HEADER_BYTES} are accepted). The file is "
-            "truncated or not safetensors; re-save the optimizer state."
-        )
-    header = load_json(data[8 : 8 + length], where=f"{where} header")
-    if not isinstance(header, dict):
-        raise FormatError(f"{where} header is a {type(header).__name__}; expected an object.")
-    body = memoryview(data)[8 + length :]
-    header.pop("__metadata__", None)
-    spans = []
-    arrays = {}
-    for name, entry in header.items():
-        dtype, shape, begin, end = _tensor_entry(name, entry, where)
-        if not 0 <= begin <= end <= len(body) or end - begin != count_bytes(
-            shape, dtype, where=f"{where} tensor {name[:100]!r}"
-        ):
-            raise FormatError(
-                f"{where} tensor {name[:100]!r} ({dtype}, shape {list(shape)}) spans bytes "
-                f"{begin}..{end} of {len(body)}; expected exactly its size inside the file. "
-                "The file is damaged or hostile."
-            )
-        spans.append((begin, end))
-        arrays[name] = np.frombuffer(
+    start, entries = index_arrays(data, where=where)
+    body = memoryview(data)[start:]
+    return {
+        name: np.frombuffer(
             body, dtype=resolve_dtype(dtype), count=math.prod(shape), offset=begin
         ).reshape(shape)
-    _check_tiling(spans, len(body), where)
-    return arrays
+        for name, (dtype, shape, begin, _) in entries.items()
+    }
 
 
 def _tensor_entry(name: str, entry: Any, where: str) -> tuple[str, tuple[int, ...], int, int]:

@@ -52,12 +52,14 @@ def build_manifest(
     models: list[dict[str, Any]],
     members: list[MemberRecord],
     rng: str | None = None,
+    shards: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return a schema-valid manifest for the given models and written members.
 
-    ``rng`` names the member holding the random-generator state, if any. The
-    result is validated: a manifest with no model or no member raises
-    :class:`~polybundle.errors.SchemaError`.
+    ``rng`` names the member holding the random-generator state, if any;
+    ``shards`` is a sharded bundle's ``shards`` object (see
+    :mod:`polybundle.format.sharded`). The result is validated: a manifest
+    with no model or no member raises :class:`~polybundle.errors.SchemaError`.
     """
     manifest = {
         "format": "polybundle",
@@ -74,16 +76,18 @@ def build_manifest(
     }
     if rng is not None:
         manifest["rng"] = rng
+    if shards is not None:
+        manifest["shards"] = shards
     validate("manifest", manifest, where="the manifest being written")
     return manifest
 
 
-def _check_version(version: Any) -> None:
+def check_version(version: Any) -> None:
     """Refuse a format version this polybundle cannot read, before the schema runs.
 
     Example:
-        >>> _check_version("2.1.0")
-        >>> _check_version("1" * 5000 + ".0.0")
+        >>> check_version("2.1.0")
+        >>> check_version("1" * 5000 + ".0.0")
         Traceback (most recent call last):
         ...
         polybundle.errors.UnsupportedVersionError: manifest.json says format_version ...
@@ -122,7 +126,7 @@ def read_manifest(archive: ArchiveReader) -> dict[str, Any]:
     """
     document = load_json(archive.read(MANIFEST_MEMBER), where=MANIFEST_MEMBER)
     if isinstance(document, dict) and isinstance(document.get("format_version"), str):
-        _check_version(document["format_version"])
+        check_version(document["format_version"])
     validate("manifest", document, where=MANIFEST_MEMBER)
     listed = set(document["members"])
     present = set(archive.names() + archive.directories()) - {MANIFEST_MEMBER}

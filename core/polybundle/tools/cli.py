@@ -387,10 +387,14 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
     Example:
         $ polybundle verify wts.h5.zip
     """
-    local = not is_url(args.path)
-    if local and not Path(args.path).is_file():  # a user error (2), not a failed check
-        what = "a folder" if Path(args.path).is_dir() else "no file"
-        raise FormatError(f"{printable(args.path)!r} is {what}; expected a file to verify.")
+    folder = Path(args.path).is_dir()
+    sharded = folder and (Path(args.path) / "manifest.json").exists()
+    if not is_url(args.path) and not Path(args.path).is_file() and not sharded:
+        # nothing to check: a user error (2), not a failed check
+        what = "a folder without manifest.json" if folder else "no file"
+        raise FormatError(
+            f"{printable(args.path)!r} is {what}; expected a file or a sharded bundle to verify."
+        )
     report = verify(args.path, progress=True, storage_options=_options(args))
     parity = None
     if getattr(args, "parity", False) and report.ok:
