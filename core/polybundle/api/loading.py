@@ -373,7 +373,7 @@ def load(
     ``roles`` limits which models are built. ``into`` gives
     ready instances to load weights into; other roles are rebuilt with the
     registered builder of their architecture, or (Keras) from the ``.keras``
-    file with ``safe_mode=True``. ``verify`` checks every member's sha256
+    file with ``safe_mode=True``. ``verify`` checks every member's digest
     (on by default): beside the framework's read in a background thread for
     models built here (they are discarded on a mismatch), before anything is
     loaded when ``into`` gives models the caller owns. Nothing is ever unpickled.

@@ -21,6 +21,7 @@ import numpy as np
 from polybundle.api.loading import detect, load
 from polybundle.api.saving import save
 from polybundle.format.archive import ArchiveReader
+from polybundle.format.digests import DEFAULT, algorithm
 from polybundle.format.manifest import read_manifest
 from polybundle.hooks.registry import get_backend, get_registry, tensor_map
 from polybundle.model.backend import Backend, TensorSpec
@@ -116,6 +117,7 @@ def convert(
     *,
     backend: str,
     max_bytes: int | None = None,
+    digest: str = DEFAULT,
 ) -> dict[str, Any]:
     """Write the bundle at ``source`` as a native bundle of ``backend`` at ``destination``.
 
@@ -125,7 +127,8 @@ def convert(
     target framework. Returns the manifest written. ``source`` may be a plain
     framework file too (see :func:`polybundle.load`). ``max_bytes`` caps the
     memory read from the source's declared sizes (:mod:`polybundle.safety.budget`);
-    past it nothing is written.
+    past it nothing is written. ``digest`` names the algorithm of the new
+    bundle's digests, as for :func:`polybundle.save`.
 
     Example:
         >>> polybundle.architecture("doc-mlp", backend="torch", replace=True)(
@@ -138,11 +141,12 @@ def convert(
         ('torch', {'lr': 0.1})
     """
     with limit(max_bytes):
-        return _convert(source, destination, backend)
+        return _convert(source, destination, backend, algorithm(digest).name)
 
 
 def _convert(
-    source: str | os.PathLike[str], destination: str | os.PathLike[str], backend: str
+    source: str | os.PathLike[str], destination: str | os.PathLike[str], backend: str,
+    digest: str,
 ) -> dict[str, Any]:
     bundle = load(source, backend=backend)
     architectures = {
@@ -154,4 +158,4 @@ def _convert(
         if bundle.has_optimizer(role)
     }
     return save(destination, bundle.models, params=bundle.params, architectures=architectures,
-                optimizers=optimizers)
+                optimizers=optimizers, digest=digest)

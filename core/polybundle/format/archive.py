@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from polybundle.errors import FormatError, UnsafeContentError
+from polybundle.format import digests
 
 MAX_MEMBERS = 10_000
 """More members than this is refused: no real bundle comes near it."""
@@ -55,7 +55,6 @@ _REGULAR_MODE = 0o100000
 ENDS_EARLY = "the file ends early: truncated or still being copied?"
 """What every error about a cut or incomplete zip says."""
 _ALLOWED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
-_HASH_CHUNK = 8 * 1024 * 1024
 
 
 def check_member_name(name: str) -> None:
@@ -828,15 +827,13 @@ class ArchiveReader:
         with self.open(name) as stream:
             return stream.read(count)
 
-    def sha256(self, name: str) -> str:
-        """Return the hex sha256 of a member's uncompressed bytes, read in chunks."""
-        digest = hashlib.sha256()
-        buffer = bytearray(_HASH_CHUNK)
-        view = memoryview(buffer)
+    def digest(self, name: str, algorithm: str = digests.DEFAULT) -> digests.Digest:
+        """Return the digest of a member's uncompressed bytes, read in chunks.
+
+        Example:
+            >>> with ArchiveReader("run.bundle") as archive:
+            ...     str(archive.digest("params.json", "sha256"))[:15]
+            'sha256:2d234b90'
+        """
         with self.open(name) as stream:
-            while True:
-                count = stream.readinto(view)
-                if not count:
-                    break
-                digest.update(view[:count])
-        return digest.hexdigest()
+            return digests.of_stream(stream, algorithm)
