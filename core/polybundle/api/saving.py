@@ -18,6 +18,7 @@ from typing import Any
 
 from polybundle.api.progress import progress_bar
 from polybundle.errors import BackendError, PolybundleError
+from polybundle.format import digests
 from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
 from polybundle.format.params import ARRAYS_MEMBER, encode_params
 from polybundle.format.parity import PARITY_MEMBER, encode_parity, per_role_inputs
@@ -170,6 +171,7 @@ def save(
     progress: bool = False,
     parity_inputs: Any = None,
     mode: int | None = None,
+    digest: str = digests.DEFAULT,
 ) -> dict[str, Any]:
     """Save ``{role: native model}`` and ``params`` as a format-2 bundle at ``path``.
 
@@ -197,7 +199,10 @@ def save(
     --parity``. The file gets the permissions of any file a tool writes
     (``0o666`` less the umask: ``0o644`` under the usual ``022``); ``mode``
     sets them instead, e.g. ``mode=0o600`` for a bundle only its owner may
-    read. Returns the manifest written.
+    read. ``digest`` names the algorithm of every member's digest in the
+    manifest: ``"xxh3-128"`` (the default: it detects corruption at memory
+    speed) or ``"sha256"`` (for provenance and signing workflows; see
+    ``docs/security.md``). Returns the manifest written.
 
     Example:
         >>> manifest = polybundle.save("mine.bundle", {"net": net}, params={"lr": 1e-3})
@@ -211,6 +216,7 @@ def save(
     """
     target = Path(path)
     permissions = file_mode(mode)
+    digests.algorithm(digest)
     _check_roles(models)
     backend = _infer_backend(models)
     encoded_params = encode_params({} if params is None else params)
@@ -249,7 +255,7 @@ def save(
     _check_target(target)
     weights_bytes = sum(TensorSpec.from_json(t).nbytes for e in entries for t in e["tensors"])
     bar = progress_bar(f"saving {target.name}", weights_bytes, enabled=progress)
-    with ArchiveWriter(target, mode=permissions) as writer, bar as advance:
+    with ArchiveWriter(target, mode=permissions, digest=digest) as writer, bar as advance:
         writer.write_bytes(PARAMS_MEMBER, encoded_params.document, compress=True)
         if encoded_params.arrays is not None:
             writer.write_bytes(ARRAYS_MEMBER, encoded_params.arrays)
