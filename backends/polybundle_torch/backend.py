@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from polybundle.errors import FormatError, TensorMismatchError
-from polybundle.model.backend import Backend, TensorSpec
+from polybundle.model.backend import Backend, TensorSpec, WeightsSnapshot
 from polybundle.model.canonical import Canonical
 from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
 from polybundle.model.optimizer import OptimizerState
@@ -78,6 +78,13 @@ def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:
     return {prefix: to_numpy(value)}
 
 
+def _write_state(state: dict[str, Any], stream: BinaryIO) -> None:
+    """Write a state_dict (the live one or a snapshot's host copy) as ``model.pth``."""
+    import torch
+
+    torch.save(state, stream)
+
+
 class TorchBackend(Backend):
     """The PyTorch backend (aliases ``pytorch``, ``pt``).
 
@@ -118,9 +125,45 @@ class TorchBackend(Backend):
 
     def write(self, model: Any, stream: BinaryIO) -> None:
         """Write ``model.state_dict()`` with ``torch.save``."""
+        _write_state(model.state_dict(), stream)
+
+    def snapshot(self, model: Any, reuse: WeightsSnapshot | None = None) -> WeightsSnapshot:
+        """Copy the state_dict into host tensors (``reuse``'s when they fit); write them later.
+
+        Example:
+            >>> backend = TorchBackend()
+            >>> first = backend.snapshot(net)
+            >>> with torch.no_grad():
+            ...     _ = net[0].weight.add_(1)  # training goes on
+            >>> again = backend.snapshot(net, reuse=first)
+            >>> again.copy["0.weight"] is first.copy["0.weight"], again.nbytes
+            (True, 92)
+            >>> bool(torch.equal(again.copy["0.weight"], net[0].weight))
+            True
+        """
         import torch
 
-        torch.save(model.state_dict(), stream)
+        previous = {} if reuse is None else reuse.copy
+        copy = {}
+        for key, tensor in model.state_dict().items():
+            buffer = previous.get(key)
+            fits = (
+                isinstance(buffer, torch.Tensor) and buffer.shape == tensor.shape
+                and buffer.dtype == tensor.dtype and buffer.stride() == tensor.stride()
+            )
+            if not fits:
+                buffer = torch.empty_like(tensor, device="cpu")
+            copy[key] = buffer.copy_(tensor.detach())
+        nbytes = sum(t.untyped_storage().nbytes() for t in copy.values())
+        return WeightsSnapshot(write=lambda stream: _write_state(copy, stream), copy=copy,
+                               nbytes=nbytes)
+
+    def snapshot_optimizer(
+        self, model: Any, optimizer: Any, scheduler: Any | None = None,
+        reuse: OptimizerState | None = None,
+    ) -> OptimizerState:
+        """Export the optimizer, each slot copied once into host memory (``reuse``'s if it fits)."""
+        return torch_optim.export_optimizer(model, optimizer, scheduler, reuse=reuse)
 
     def _load_state_dict(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, Any]:
         import torch
