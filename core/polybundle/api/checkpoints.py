@@ -57,6 +57,7 @@ from polybundle.api.loading import load
 from polybundle.api.saving import HostCopies, PreparedSave, prepare_save, write_prepared
 from polybundle.api.verify import verify
 from polybundle.errors import CheckpointError, FormatError, PolybundleError
+from polybundle.format import digests
 from polybundle.format.jsondoc import load_json
 from polybundle.format.writer import atomic_write_bytes, file_mode, write_error
 
@@ -236,7 +237,8 @@ class CheckpointManager:
     ``count`` checkpoints by that metric. ``latest`` is the most recent save.
     Bundles and the index get the permissions of any file a tool writes
     (``0o666`` less the umask), or ``mode`` when given (``0o600``: only the
-    owner reads them).
+    owner reads them). ``digest`` names the algorithm of the bundles' member
+    digests, as for :func:`polybundle.save` (``"xxh3-128"`` or ``"sha256"``).
 
     With ``async_save=True``, :meth:`save` copies the weights and optimizer
     slots to host memory (through the backend, into the previous save's
@@ -281,6 +283,7 @@ class CheckpointManager:
         keep_last: int | None = 3,
         keep_best: tuple[Any, ...] | None = None,
         mode: int | None = None,
+        digest: str = digests.DEFAULT,
         async_save: bool = False,
     ) -> None:
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
@@ -295,6 +298,8 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.keep_best = _check_keep_best(keep_best)
         self.mode = None if mode is None else file_mode(mode)
+        self.digest = digests.algorithm(digest).name
+        """The algorithm of the bundles' member digests."""
         """The bundles' and the index's permission bits; ``None`` follows the umask."""
         self.async_save = bool(async_save)
         """Whether :meth:`save` returns once the state is copied, writing in the background."""
@@ -525,6 +530,7 @@ class CheckpointManager:
                 schedulers=schedulers,
                 rng=rng,
                 mode=self.mode,
+                digest=self.digest,
                 host=self._host,
             )
         except BaseException:
