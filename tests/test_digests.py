@@ -117,6 +117,16 @@ def test_an_unknown_algorithm_asked_for_is_refused_before_writing(tmp_path, net)
     assert snapshot_tree(tmp_path) == before
 
 
+@needs_torch
+def test_checkpoint_manager_writes_the_digest_asked_for(tmp_path, net) -> None:
+    with pytest.raises(UnknownDigestError, match="'sha-256'"):
+        polybundle.CheckpointManager(tmp_path / "bad", digest="sha-256")
+    manager = polybundle.CheckpointManager(tmp_path / "ckpt", digest="sha256")
+    saved = manager.save(1, {"net": net})
+    assert all(r["digest"].startswith("sha256:") for r in _records(saved.path).values())
+    assert polybundle.verify(saved.path).ok
+
+
 def _with_records(source: Path, target: Path, change) -> Path:
     """Copy ``source`` with its manifest's member records changed by ``change(records)``."""
     members = _members(source)
