@@ -1,7 +1,9 @@
 """PyTorch backend: ``<role>/model.pth`` holds the model's state_dict (``torch.save``).
 
-Loading always passes ``weights_only=True`` to ``torch.load``, so no pickled
-code runs. Layout tags come from the module that owns each tensor.
+Loading never unpickles with ``torch.load``: polybundle's own reader of the
+torch zip (an allow-list of tensor rebuilders, the safety of
+``weights_only=True``) reads each storage straight into its tensor. Layout
+tags come from the module that owns each tensor.
 
 Example:
     >>> import polybundle, torch
@@ -29,7 +31,8 @@ from polybundle_torch import optim as torch_optim
 from polybundle_torch.arrays import from_numpy, to_numpy
 from polybundle_torch.layers import native_layout as torch_native_layout
 from polybundle_torch.layers import torch_canonical
-from polybundle_torch.pth_reader import describe_pth, read_pth
+from polybundle_torch.pickle_vocabulary import UNTYPED
+from polybundle_torch.pth_reader import describe_pth, fill_pth, read_pth
 
 _VECTOR_MODULES = {
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
@@ -66,6 +69,18 @@ def _canonical(module: Any, attribute: str, shape: tuple[int, ...]) -> Canonical
     )
 
 
+def _torch_dtype(name: str) -> Any:
+    """Return the torch dtype called ``name`` (``float32``, ``bfloat16``...), or raise."""
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise FormatError(
+            f"model.pth holds {name} tensors, which torch {torch.__version__} lacks; upgrade torch."
+        )
+    return dtype
+
+
 def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:
     """Return a model's outputs (a tensor, or tuples/lists/dicts of them) as named arrays."""
     if isinstance(value, (tuple, list)):
@@ -100,6 +115,7 @@ class TorchBackend(Backend):
     distribution = "torch"
     weights_member = "model.pth"
     plain_format = "torch-file"
+    reads_front_to_back = True
 
     def owns(self, model: Any) -> bool:
         """Return True for a ``torch.nn.Module`` (never imports torch)."""
@@ -166,26 +182,31 @@ class TorchBackend(Backend):
         return torch_optim.export_optimizer(model, optimizer, scheduler, reuse=reuse)
 
     def _load_state_dict(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, Any]:
+        """Read the state_dict with polybundle's reader, each storage straight into its tensor.
+
+        No ``torch.load``: :func:`~polybundle_torch.pth_reader.fill_pth` checks
+        the pickle (tensor rebuilders only), geometry, sizes and ``specs``
+        and charges the budget first, then reads each storage into a tensor
+        allocated here, front to back; tensors are views of their storages,
+        as ``torch.load`` makes them.
+        """
         import torch
 
-        from polybundle_torch.pth_reader import check_pth
+        memory: dict[str, Any] = {}
 
-        # manifest, geometry, sizes and memory budget, before torch allocates anything
-        check_pth(source, specs=specs)
-        source.seek(0)
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
-            raise FormatError(
-                f"model.pth could not be read as a weights-only state_dict ({exc}). "
-                "Expected a file written by torch.save(model.state_dict())."
-            ) from None
-        if not isinstance(state, dict):
-            raise FormatError(
-                f"model.pth holds a {type(state).__name__}; expected a state_dict (a dict "
-                "of tensors)."
-            )
-        return state
+        def allocate(storage: Any) -> np.ndarray:
+            dtype = torch.uint8 if storage.dtype == UNTYPED else _torch_dtype(storage.dtype)
+            flat = torch.empty(storage.numel, dtype=dtype)
+            memory[storage.key] = flat
+            return flat.view(torch.uint8).numpy()
+
+        name = getattr(source, "name", None)
+        where = name if isinstance(name, str) and name else self.weights_member
+        index = fill_pth(source, allocate, where=where, specs=specs)
+        return {
+            key: memory[t.storage.key].as_strided(t.shape, t.strides, t.offset)
+            for key, t in index.items()
+        }
 
     def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
         """Load the state_dict strictly; shapes and names are checked first."""

@@ -224,6 +224,12 @@ class Backend(ABC):
     """Environment variables, as ``(name, value)`` pairs, that keep the framework's own log
     lines (C++ start-up notices) off a command's output. The ``polybundle`` command sets each
     one the user has not set, before any framework is imported."""
+    reads_front_to_back: bool = False
+    """True when :meth:`load_into` and :meth:`build_and_load` read the weights file once, in
+    order and to its end, before they change a model. A loader then hands them a
+    :class:`~polybundle.format.verified.VerifiedMember`, which checks the member's digest as
+    it is read and raises :class:`~polybundle.errors.IntegrityError` from the read that
+    reaches the end, so ``into=`` models need no hashing pass before the load."""
 
     def is_available(self) -> bool:
         """Return True when every module in :attr:`modules` can be imported.
