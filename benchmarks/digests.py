@@ -11,8 +11,11 @@ Measures, at one size of float32 weights (400 MiB by default), the medians of
 - checking every member's digest (``verify_members``, what ``load`` runs
   beside the read) and the whole ``polybundle.verify``, of each bundle.
 
-It prints a Markdown table (seconds and GB/s) and, with ``--json``, writes the
-numbers. Nothing is asserted; ``benchmarks/README.md`` keeps a run.
+Each operation gets its median wall time and its median CPU time (every
+thread of the process): on a busy machine the wall times wander with the
+other jobs, the CPU times much less. It prints a Markdown table and, with
+``--json``, writes the numbers. Nothing is asserted; ``benchmarks/README.md``
+keeps a run.
 
     python benchmarks/digests.py --mib 400 --repeats 5 --dir /tmp
 """
@@ -39,17 +42,18 @@ from polybundle.format.archive import ArchiveReader
 from polybundle.format.manifest import read_manifest, verify_members
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    """Return the median wall time of ``repeats`` calls of ``run``."""
-    times = []
+def median_seconds(run: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Return the median wall and CPU (process) seconds of ``repeats`` calls of ``run``."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
-def raw_speeds(mib: int, repeats: int) -> dict[str, float]:
+def raw_speeds(mib: int, repeats: int) -> dict[str, tuple[float, float]]:
     """Return the seconds each hash (and a copy) takes over ``mib`` MiB of random bytes."""
     data = np.random.default_rng(0).integers(0, 256, mib << 20, dtype=np.uint8)
     target = np.empty_like(data)
@@ -79,7 +83,7 @@ def check_digests(path: Path) -> None:
         verify_members(archive, read_manifest(archive))
 
 
-def bundle_speeds(mib: int, repeats: int, folder: Path) -> dict[str, float]:
+def bundle_speeds(mib: int, repeats: int, folder: Path) -> dict[str, tuple[float, float]]:
     """Return the seconds of saving and verifying the model with each digest."""
     import torch
 
@@ -106,11 +110,12 @@ def bundle_speeds(mib: int, repeats: int, folder: Path) -> dict[str, float]:
     return results
 
 
-def table(results: dict[str, float], nbytes: int) -> str:
-    """Return the results as a Markdown table of seconds and GB/s."""
-    rows = ["| what | seconds | GB/s |", "| --- | ---: | ---: |"]
-    rows += [f"| {name} | {seconds:.3f} | {nbytes / seconds / 1e9:.1f} |"
-             for name, seconds in results.items()]
+def table(results: dict[str, tuple[float, float]], nbytes: int) -> str:
+    """Return the results as a Markdown table: wall and CPU seconds, GB/s of the weights."""
+    rows = ["| what | wall s | CPU s | GB/s (wall) | GB/s (CPU) |",
+            "| --- | ---: | ---: | ---: | ---: |"]
+    rows += [f"| {name} | {wall:.3f} | {cpu:.3f} | {nbytes / wall / 1e9:.2f} | "
+             f"{nbytes / cpu / 1e9:.2f} |" for name, (wall, cpu) in results.items()]
     return "\n".join(rows)
 
 
