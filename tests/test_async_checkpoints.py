@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +120,27 @@ def test_one_save_in_flight_reuses_its_buffers_and_commits_like_a_sync_save(
     assert ours.manifest["members"].keys() == theirs.manifest["members"].keys()
     assert sorted(p.name for p in (tmp_path / "async").iterdir() if not p.name.startswith(".")) \
         == ["checkpoint-0000000002.bundle", "checkpoint-0000000003.bundle", INDEX_NAME]
+
+
+@needs_torch
+def test_a_process_forked_during_a_background_write_does_not_keep_the_directory_locked(
+    tmp_path: Path,
+) -> None:
+    net, opt = _trained(512)  # 1 MiB of weights, 3 MiB with Adam: the write takes a while
+    manager = polybundle.CheckpointManager(tmp_path, async_save=True)
+    manager.save(1, {"net": net}, optimizers={"net": opt})
+    child = os.fork()  # a DataLoader worker starting while the write holds the lock
+    if child == 0:
+        time.sleep(5)
+        os._exit(0)
+    try:
+        manager.wait_until_finished()
+        manager.save(2, {"net": net}, optimizers={"net": opt})  # the child lives on
+        manager.wait_until_finished()
+        assert manager.latest().step == 2
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
 
 
 def _fail_next_commit(directory: Path) -> None:

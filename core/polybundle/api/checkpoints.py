@@ -73,6 +73,25 @@ _READ_ATTEMPTS = 20
 _MAX_TEXT = 200  # longest date string an index record may hold
 MAX_INDEX_BYTES = 256 * 1024 * 1024
 """Largest index read (about two million saved steps); a larger one counts as damaged."""
+_HELD_LOCKS: set[IO[bytes]] = set()
+"""Writer locks this process holds now (an asynchronous save holds one while it writes)."""
+
+
+def _release_inherited_locks() -> None:
+    """In a forked child, close the lock files inherited from the parent.
+
+    An ``flock`` lock belongs to the open file, which a fork shares: a child
+    forked while a background save holds the lock (a ``DataLoader`` worker)
+    would otherwise keep the directory locked after the parent's save ends.
+    Closing the child's copy leaves the parent's lock as it is.
+    """
+    for lock in list(_HELD_LOCKS):
+        lock.close()
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_inherited_locks)
 
 
 class DamagedIndexWarning(UserWarning):
@@ -298,9 +317,9 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.keep_best = _check_keep_best(keep_best)
         self.mode = None if mode is None else file_mode(mode)
+        """The bundles' and the index's permission bits; ``None`` follows the umask."""
         self.digest = digests.algorithm(digest).name
         """The algorithm of the bundles' member digests."""
-        """The bundles' and the index's permission bits; ``None`` follows the umask."""
         self.async_save = bool(async_save)
         """Whether :meth:`save` returns once the state is copied, writing in the background."""
         self._host = HostCopies() if self.async_save else None
@@ -445,7 +464,15 @@ class CheckpointManager:
                 f"another process is saving into {str(self.directory)!r}; one writer per "
                 "checkpoint directory."
             ) from None
+        _HELD_LOCKS.add(lock)
         return lock
+
+    @staticmethod
+    def _unlock(lock: IO[bytes] | None) -> None:
+        """Release a lock :meth:`_lock` took."""
+        if lock is not None:
+            _HELD_LOCKS.discard(lock)
+            lock.close()
 
     def _retained(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keep = set(range(len(entries)))
@@ -534,8 +561,7 @@ class CheckpointManager:
                 host=self._host,
             )
         except BaseException:
-            if lock is not None:
-                lock.close()
+            self._unlock(lock)
             raise
         commit = partial(self._commit, prepared, entry, lock)
         if self.async_save:
@@ -560,8 +586,7 @@ class CheckpointManager:
             write_json_atomically(self.index_path, index, mode=self.mode)
             self._prune(kept)
         finally:
-            if lock is not None:
-                lock.close()
+            self._unlock(lock)
 
     def checkpoints(self) -> list[Checkpoint]:
         """Return the retained checkpoints, oldest save first.
