@@ -163,10 +163,8 @@ class TorchBackend(Backend):
         copy = {}
         for key, tensor in model.state_dict().items():
             buffer = previous.get(key)
-            fits = (
-                isinstance(buffer, torch.Tensor) and buffer.shape == tensor.shape
-                and buffer.dtype == tensor.dtype and buffer.stride() == tensor.stride()
-            )
+            fits = isinstance(buffer, torch.Tensor) and buffer.shape == tensor.shape \
+                and buffer.dtype == tensor.dtype
             if not fits:
                 buffer = torch.empty_like(tensor, device="cpu")
             copy[key] = buffer.copy_(tensor.detach())
