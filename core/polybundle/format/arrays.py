@@ -39,12 +39,34 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest safetensors header accepted (the safetensors library's own limit)."""
 
 
+ARRAY_ALIGNMENT = 64
+"""Byte boundary of the arrays :func:`read_array` allocates (a cache line; what TensorFlow's
+kernels assume of a tensor's buffer)."""
+
+
+def empty_aligned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Return a new uninitialised C-ordered array whose data starts on :data:`ARRAY_ALIGNMENT`.
+
+    Example:
+        >>> array = empty_aligned((3, 5), "float32")
+        >>> array.shape, array.ctypes.data % ARRAY_ALIGNMENT, array.flags.c_contiguous
+        ((3, 5), 0, True)
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ARRAY_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ARRAY_ALIGNMENT
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
 def read_array(stream: BinaryIO, shape: tuple[int, ...], dtype: Any, *, what: str) -> np.ndarray:
     """Read one ``shape`` x ``dtype`` array's bytes from ``stream`` into a new array.
 
     The array's size is charged to the memory budget (labelled ``what``) before
     it is allocated; a stream that ends early is a :class:`FormatError` naming
-    ``what``. The one routine every weights reader uses to fill an array.
+    ``what``. The one routine every weights reader uses to fill an array. The
+    array starts on :data:`ARRAY_ALIGNMENT` bytes (:func:`empty_aligned`), so a
+    framework can adopt its memory as a tensor without copying it.
 
     Example:
         >>> import io
@@ -58,7 +80,7 @@ def read_array(stream: BinaryIO, shape: tuple[int, ...], dtype: Any, *, what: st
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     charge(nbytes, what)
-    array = np.empty(shape, dtype=dtype)
+    array = empty_aligned(shape, dtype)
     view = memoryview(array.reshape(-1).view(np.uint8))
     done = 0
     while done < nbytes:
