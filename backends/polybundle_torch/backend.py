@@ -207,7 +207,8 @@ class TorchBackend(Backend):
         }
 
     def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
-        """Load the state_dict strictly; shapes and names are checked first."""
+        """Load the state_dict strictly; names and shapes are checked before any byte is read."""
+        self._check_fits(model, {spec.key: spec.shape for spec in specs})
         self._load_state(model, self._load_state_dict(source, specs))
 
     def build_and_load(
@@ -261,17 +262,22 @@ class TorchBackend(Backend):
         except Exception:  # e.g. NotImplementedError: Cannot copy out of meta tensor
             return None
 
-    def _load_state(self, model: Any, state: dict[str, Any], *, assign: bool = False) -> None:
+    @staticmethod
+    def _check_fits(model: Any, shapes: dict[str, Any]) -> None:
+        """Raise :class:`TensorMismatchError` unless ``model`` has exactly these tensor shapes."""
         own = model.state_dict()
-        shared = own.keys() & state.keys()
-        mismatched = [key for key in shared if tuple(own[key].shape) != tuple(state[key].shape)]
-        if own.keys() != state.keys() or mismatched:
+        shared = own.keys() & shapes.keys()
+        mismatched = [key for key in shared if tuple(own[key].shape) != tuple(shapes[key])]
+        if own.keys() != shapes.keys() or mismatched:
             raise TensorMismatchError(
-                missing=own.keys() - state.keys(),
-                unexpected=state.keys() - own.keys(),
+                missing=own.keys() - shapes.keys(),
+                unexpected=shapes.keys() - own.keys(),
                 mismatched=mismatched,
                 context=f"loading into {type(model).__name__}",
             )
+
+    def _load_state(self, model: Any, state: dict[str, Any], *, assign: bool = False) -> None:
+        self._check_fits(model, {key: tuple(tensor.shape) for key, tensor in state.items()})
         model.load_state_dict(state, strict=True, assign=assign)
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
