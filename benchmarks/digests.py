@@ -5,6 +5,9 @@ Measures, at one size of float32 weights (400 MiB by default), the medians of
 
 - the raw speed of each hash and checksum on the same bytes (and a NumPy copy,
   the floor);
+- the bundle writer alone (``ArchiveWriter``: one STORED member written in
+  4 MiB chunks, hashed, CRC'd, fsynced and renamed) with each digest, against
+  writing the same chunks to a plain file + fsync;
 - ``polybundle.save`` of a torch model (four bias-free ``Linear`` layers) with
   ``digest="xxh3-128"`` and ``digest="sha256"``, against ``torch.save`` +
   fsync of its state_dict;
@@ -40,6 +43,7 @@ import polybundle
 from polybundle.format import crc
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.manifest import read_manifest, verify_members
+from polybundle.format.writer import ArchiveWriter
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -65,6 +69,31 @@ def raw_speeds(mib: int, repeats: int) -> dict[str, tuple[float, float]]:
         f"polybundle crc32 ({crc.IMPLEMENTATION})": median_seconds(
             lambda: crc.crc32(data), repeats),
     }
+
+
+def writer_speeds(mib: int, repeats: int, folder: Path) -> dict[str, tuple[float, float]]:
+    """Return the seconds of writing ``mib`` MiB as one member with each digest, and plainly."""
+    data = np.random.default_rng(1).integers(0, 256, mib << 20, dtype=np.uint8)
+    chunks = [data[start:start + (4 << 20)] for start in range(0, data.size, 4 << 20)]
+
+    def plain() -> None:
+        with open(folder / "plain.bin", "wb") as stream:
+            for chunk in chunks:
+                stream.write(chunk)
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    def bundle(digest: str) -> None:
+        with ArchiveWriter(folder / "writer.zip", digest=digest) as writer:
+            with writer.stream("w/data.bin") as stream:
+                for chunk in chunks:
+                    stream.write(chunk)
+            writer.commit()
+
+    results = {"plain file write + fsync": median_seconds(plain, repeats)}
+    for digest in ("xxh3-128", "sha256"):
+        results[f"ArchiveWriter, {digest}"] = median_seconds(lambda d=digest: bundle(d), repeats)
+    return results
 
 
 def model(mib: int):
@@ -130,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     nbytes = args.mib << 20
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         results = {**raw_speeds(args.mib, args.repeats),
+                   **writer_speeds(args.mib, args.repeats, Path(folder)),
                    **bundle_speeds(args.mib, args.repeats, Path(folder))}
     print(f"{args.mib} MiB, medians of {args.repeats}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
