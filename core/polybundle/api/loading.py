@@ -404,9 +404,16 @@ def load(
     ready instances to load weights into; other roles are rebuilt with the
     registered builder of their architecture, or (Keras) from the ``.keras``
     file with ``safe_mode=True``. ``verify`` checks every member's digest
-    (on by default): beside the framework's read in a background thread for
-    models built here (they are discarded on a mismatch), before anything is
-    loaded when ``into`` gives models the caller owns. Nothing is ever unpickled.
+    (on by default). A backend that reads its weights front to back
+    (:attr:`~polybundle.model.backend.Backend.reads_front_to_back`, PyTorch)
+    has each weights member hashed from the bytes it reads, in the same pass,
+    while a thread checks the other members; the end of the weights waits for
+    that thread, so models the caller passed in ``into`` change only once the
+    whole bundle has matched. For other backends a thread hashes every member
+    beside the framework's read (models built here are discarded on a
+    mismatch), or before anything is loaded when ``into`` gives the caller's
+    models. A mismatch raises :class:`~polybundle.errors.IntegrityError` and
+    leaves ``into`` models as they were. Nothing is ever unpickled.
 
     ``progress=True`` shows a progress bar of the bytes read (hashing and
     loading) for bundles of 64 MiB and more (:mod:`polybundle.api.progress`).
