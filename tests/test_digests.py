@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import runpy
 import subprocess
 import sys
 import zipfile
@@ -230,3 +231,15 @@ def test_zip_crc_comes_from_isal_when_installed() -> None:
 def test_zip_crc_falls_back_to_zlib_without_isal(tmp_path) -> None:
     """A process where isal cannot be imported writes the same, right CRC-32 with zlib."""
     assert _crc_check(tmp_path / "b.zip", block_isal=True) == "zlib"
+
+
+@needs_torch
+def test_digest_benchmark_runs_at_one_mib(tmp_path, monkeypatch, capsys) -> None:
+    """Smoke run of ``benchmarks/digests.py`` (no timing asserted)."""
+    out = tmp_path / "digests.json"
+    monkeypatch.setattr(sys, "argv", ["digests.py", "--mib", "1", "--repeats", "1",
+                                      "--dir", str(tmp_path), "--json", str(out)])
+    runpy.run_path(str(REPO / "benchmarks" / "digests.py"), run_name="__main__")
+    seconds = json.loads(out.read_text())["seconds"]
+    assert {"ArchiveWriter, xxh3-128", "polybundle.save, sha256"} <= set(seconds)
+    assert "| polybundle.verify, xxh3-128 |" in capsys.readouterr().out
