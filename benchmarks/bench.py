@@ -141,7 +141,8 @@ def _torch_operations(weights: Weights, folder: Path) -> list[Operation]:
         Operation("safetensors save_file", lambda: safetensors.torch.save_file(state, safe),
                   _unlink(safe)),
         Operation("safetensors load_file", lambda: safetensors.torch.load_file(safe)),
-        Operation("polybundle.save (torch)", lambda: polybundle.save(bundle, {"net": model})),
+        Operation("polybundle.save (torch)", lambda: polybundle.save(bundle, {"net": model}),
+                  _unlink(bundle)),
         Operation("polybundle.load (torch)", lambda: polybundle.load(bundle).models),
         Operation("polybundle.load into= (torch)",
                   lambda: polybundle.load(bundle, into={"net": target}).models),
@@ -177,7 +178,7 @@ def _adam_operations(model: Any, folder: Path) -> list[Operation]:
     return [
         Operation("torch.save + fsync (weights + Adam)", plain_save, _unlink(plain)),
         Operation("torch.load + load_state_dict (weights + Adam)", plain_restore),
-        Operation("polybundle.save (weights + Adam)", ours_save),
+        Operation("polybundle.save (weights + Adam)", ours_save, _unlink(bundle)),
         Operation("polybundle.load into= + restore_optimizer (weights + Adam)", ours_restore),
     ]
 
@@ -231,7 +232,8 @@ def _keras_operations(weights: Weights, folder: Path) -> list[Operation]:
         Operation("keras load_model", lambda: keras.saving.load_model(native, compile=False)),
         Operation("keras save_weights", lambda: model.save_weights(h5), _unlink(h5)),
         Operation("keras load_weights", lambda: model.load_weights(h5)),
-        Operation("polybundle.save (tensorflow)", lambda: polybundle.save(bundle, {"net": model})),
+        Operation("polybundle.save (tensorflow)", lambda: polybundle.save(bundle, {"net": model}),
+                  _unlink(bundle)),
         Operation("polybundle.load (tensorflow)", lambda: polybundle.load(bundle).models),
         Operation("polybundle.load (tensorflow, no builder)",
                   lambda: polybundle.load(unregistered).models),
