@@ -56,21 +56,26 @@ class Hasher(Protocol):
 
 @dataclass(frozen=True)
 class Algorithm:
-    """A digest algorithm a bundle may name: its factory and its hex length.
+    """A digest algorithm a bundle may name: its factory, its hex length, its speed.
+
+    ``inline`` says it runs at memory speed, so a writer hashes in the
+    writing thread; a slower one (sha256) is better computed by a thread
+    reading the bytes back (see :mod:`polybundle.format.writer`).
 
     Example:
-        >>> ALGORITHMS["sha256"].hex_length
-        64
+        >>> ALGORITHMS["sha256"].hex_length, ALGORITHMS["sha256"].inline
+        (64, False)
     """
 
     name: str
     new: Callable[[], Hasher]
     hex_length: int
+    inline: bool
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "xxh3-128": Algorithm("xxh3-128", xxhash.xxh3_128, 32),
-    "sha256": Algorithm("sha256", hashlib.sha256, 64),
+    "xxh3-128": Algorithm("xxh3-128", xxhash.xxh3_128, 32, inline=True),
+    "sha256": Algorithm("sha256", hashlib.sha256, 64, inline=False),
 }
 """Every algorithm this polybundle writes and reads, by the name records use."""
 

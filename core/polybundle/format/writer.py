@@ -136,7 +136,7 @@ class HashingWriter(io.RawIOBase):
         """Called with each write's byte count (e.g. to advance a progress bar)."""
         if readback is not None:
             self._file, start = readback
-            if self.algorithm in _READ_BACK:
+            if not digests.algorithm(algorithm).inline:
                 self._trailing = _TrailingHasher(self._file.fileno(), start, algorithm)
         self._crc: int | None = None if readback is None else 0
         self.size = 0
@@ -186,10 +186,6 @@ class HashingWriter(io.RawIOBase):
         thread meanwhile, so the two share two cores.
         """
         return self._crc
-
-
-_READ_BACK = frozenset({"sha256"})
-"""Algorithms too slow to run in the writing thread: a trailing thread reads the bytes back."""
 
 
 class _TrailingHasher:
