@@ -419,7 +419,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     names = list(dict.fromkeys(n for size in report["sizes"] for n in size["operations"]))
     panels = [(index, title) for index, title in enumerate(("PyTorch", "TensorFlow / Keras"))
               if any(_panel(name) == index for name in names)]
-    figure = Figure(figsize=(6.5 * len(panels), 6.5), layout="constrained")
+    figure = Figure(figsize=(7 * len(panels), 8), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for axis, (index, title) in zip(axes, panels, strict=True):
         axis.set_prop_cycle(color=colormaps["tab20"].colors)
@@ -435,7 +435,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
         axis.set(xscale="log", yscale="log", xlabel="weights, MiB", ylabel="median seconds",
                  title=title)
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7, loc="upper left")
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.1), ncols=2)
     figure.suptitle(f"save and load time against size (median of {report['repeats']} runs)")
     FigureCanvasAgg(figure).print_png(str(path))
 
