@@ -84,5 +84,27 @@ def host_copy(tensor: Any, into: np.ndarray | None = None) -> np.ndarray:
         into = np.empty(shape, dtype)
     bits = into.view(np.int16 if dtype.itemsize == 2 else np.uint8) \
         if dtype_label(dtype) in ML_DTYPES else into
-    torch.from_numpy(bits).view(tensor.dtype).copy_(tensor)
+    copy_tensor(torch.from_numpy(bits).view(tensor.dtype), tensor)
     return into
+
+
+def copy_tensor(target: Any, source: Any) -> None:
+    """Copy ``source`` into ``target`` (same shape and dtype; ``source`` on any device).
+
+    Between contiguous CPU tensors the copy is one single-threaded ``memcpy``
+    through NumPy: torch's ``copy_`` wakes its thread pool for each tensor,
+    which on a busy machine costs several times the copy itself. Otherwise
+    (another device, other strides) it is ``copy_``.
+
+    Example:
+        >>> import torch
+        >>> target = torch.empty(3)
+        >>> copy_tensor(target, torch.arange(3.0))
+        >>> target.tolist()
+        [0.0, 1.0, 2.0]
+    """
+    source = source.detach()
+    if source.device.type == "cpu" and source.is_contiguous() and target.is_contiguous():
+        np.copyto(to_numpy(target), to_numpy(source))
+    else:
+        target.copy_(source)

@@ -28,7 +28,7 @@ from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
 from polybundle.model.optimizer import OptimizerState
 from polybundle.model.optimizer_conversion import NeutralOptimizer
 from polybundle_torch import optim as torch_optim
-from polybundle_torch.arrays import from_numpy, to_numpy
+from polybundle_torch.arrays import copy_tensor, from_numpy, to_numpy
 from polybundle_torch.layers import native_layout as torch_native_layout
 from polybundle_torch.layers import torch_canonical
 from polybundle_torch.pickle_vocabulary import UNTYPED
@@ -167,7 +167,8 @@ class TorchBackend(Backend):
                 and buffer.dtype == tensor.dtype
             if not fits:
                 buffer = torch.empty_like(tensor, device="cpu")
-            copy[key] = buffer.copy_(tensor.detach())
+            copy_tensor(buffer, tensor)
+            copy[key] = buffer
         nbytes = sum(t.untyped_storage().nbytes() for t in copy.values())
         return WeightsSnapshot(write=lambda stream: _write_state(copy, stream), copy=copy,
                                nbytes=nbytes)
