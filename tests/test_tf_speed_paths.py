@@ -160,3 +160,28 @@ def test_a_damaged_weight_byte_is_caught_by_the_digest_beside_the_load(saved, wh
     damaged.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="net/model.keras"):
         polybundle.load(damaged)
+
+
+def test_a_scalar_variable_keeps_its_shape(tmp_path):
+    """A variable of shape () is stored as shape (), as Keras stores it (it was stored as (1,))."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="polybundle_tests")
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape: Any) -> None:
+            self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+
+        def call(self, inputs: Any) -> Any:
+            return inputs * self.scale
+
+    def build() -> Any:
+        inputs = keras.Input((3,))
+        return keras.Model(inputs, Scale(name="scale")(keras.layers.Dense(2, name="fc")(inputs)))
+
+    model = build()
+    model.get_layer("scale").scale.assign(2.5)
+    polybundle.save(tmp_path / "scalar.bundle", {"net": model})
+    loaded = polybundle.load(tmp_path / "scalar.bundle", into={"net": build()}).models["net"]
+    _assert_bit_exact(loaded, _weights(model))
+    keras_file = _inner_keras(tmp_path / "scalar.bundle", tmp_path / "scalar.keras")
+    assert tuple(keras.saving.load_model(keras_file).get_layer("scale").scale.shape) == ()

@@ -186,7 +186,8 @@ def _plain(value: Any) -> np.ndarray:
     array = host_view(value)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    return np.ascontiguousarray(array)
+    # not np.ascontiguousarray, which turns a scalar (shape ()) into shape (1,)
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def _dataset_plist() -> Any:
