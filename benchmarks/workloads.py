@@ -24,6 +24,8 @@ import polybundle
 
 ARCHITECTURE = "bench-mlp"
 LAYERS = 8
+MANY = 500
+"""Layers of the many-tensor workload: 500 ``Linear`` layers hold 1,000 tensors."""
 
 
 @dataclass
@@ -121,6 +123,22 @@ def torch_model(weights: Weights) -> Any:
     return model
 
 
+def keras_model_unregistered(weights: Weights) -> Any:
+    """Return a Keras model holding ``weights``, built by hand: its bundle records no architecture.
+
+    ``polybundle.load`` of its bundle rebuilds it from the ``.keras`` config (no builder),
+    the default a Keras user gets.
+
+    Usage::
+
+        keras_model_unregistered(Weights.of_size(mib=1))
+    """
+    model = build_keras(weights.config)
+    for layer, kernel, bias in zip(model.layers, weights.kernels, weights.biases, strict=True):
+        layer.set_weights([kernel, bias])
+    return model
+
+
 def keras_model(weights: Weights) -> Any:
     """Return the Keras model holding ``weights``.
 
@@ -132,3 +150,32 @@ def keras_model(weights: Weights) -> Any:
     for layer, kernel, bias in zip(model.layers, weights.kernels, weights.biases, strict=True):
         layer.set_weights([kernel, bias])
     return model
+
+
+def many_tensors(mib: float) -> Weights:
+    """Return :data:`MANY` square layers of about ``mib`` MiB in all: 1,000 tensors.
+
+    Example:
+        >>> weights = many_tensors(1)
+        >>> len(weights.kernels) + len(weights.biases)
+        1000
+    """
+    return Weights.of_size(mib, layers=MANY)
+
+
+def adam_state(model: Any) -> Any:
+    """Return an Adam optimizer of ``model`` after one step: its two moments filled.
+
+    Usage::
+
+        adam_state(torch_model(Weights.of_size(mib=1))).state_dict()["state"][0].keys()
+        # -> dict_keys(['step', 'exp_avg', 'exp_avg_sq'])
+    """
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for parameter in model.parameters():
+        parameter.grad = torch.full_like(parameter, 1e-3)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer

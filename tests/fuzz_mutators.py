@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 STORED, DEFLATED = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
 
@@ -162,6 +163,12 @@ def _digest(record: dict[str, Any], data: bytes) -> None:
         for key in ("digest", "hash", "value"):
             if key in record:
                 record[key] = hashlib.new(record["algorithm"], data).hexdigest()
+    elif isinstance(record.get("digest"), str) and ":" in record["digest"]:
+        name = record["digest"].split(":", 1)[0]  # format 2.2: "<algorithm>:<hex>"
+        if name == "xxh3-128":
+            record["digest"] = f"{name}:{xxhash.xxh3_128_hexdigest(data)}"
+        elif name in hashlib.algorithms_available:
+            record["digest"] = f"{name}:{hashlib.new(name, data).hexdigest()}"
 
 
 def rebundle(members: list[tuple[str, bytes]], manifest: Any = None) -> list[tuple[str, bytes]]:

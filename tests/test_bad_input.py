@@ -75,11 +75,11 @@ def test_zip_without_manifest_is_refused(tmp_path):
 def test_manifest_failing_its_schema_is_a_schema_error(torch_bundle, tmp_path):
     with zipfile.ZipFile(torch_bundle) as zf:
         manifest = json.loads(zf.read("manifest.json"))
-    del manifest["members"]["params.json"]["sha256"]
+    del manifest["members"]["params.json"]["digest"]
     broken = tmp_path / "broken.bundle"
     _rewrite(torch_bundle, broken, {"manifest.json": json.dumps(manifest).encode()})
     _assert_raises_and_writes_nothing(
-        tmp_path, polybundle.SchemaError, lambda: polybundle.load(broken), match="sha256"
+        tmp_path, polybundle.SchemaError, lambda: polybundle.load(broken), match="digest"
     )
 
 
@@ -112,7 +112,7 @@ def test_missing_member_is_an_integrity_error(torch_bundle, tmp_path):
 def test_verify_false_skips_hashes_but_not_sizes(torch_bundle, tmp_path):
     with zipfile.ZipFile(torch_bundle) as zf:
         manifest = json.loads(zf.read("manifest.json"))
-    manifest["members"]["params.json"]["sha256"] = "0" * 64
+    manifest["members"]["params.json"]["digest"] = "xxh3-128:" + "0" * 32
     edited = tmp_path / "edited.bundle"
     _rewrite(torch_bundle, edited, {"manifest.json": json.dumps(manifest).encode()})
     with pytest.raises(polybundle.IntegrityError):

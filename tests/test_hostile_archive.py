@@ -475,7 +475,7 @@ def test_lazy_tensors_refuse_a_changed_file(tmp_path, bundle_bytes):
     role = bundle.roles[0]
     assert len(bundle.tensors(role)) == len(bundle.tensor_specs(role))
     flip_byte(path, weights_byte_offset(path, f"{role}/model.pth"))
-    with pytest.raises(IntegrityError, match="sha256"):
+    with pytest.raises(IntegrityError, match="digest"):
         bundle.tensors(role)
 
 
@@ -488,7 +488,7 @@ def test_eager_tensors_refuse_a_changed_file(tmp_path, bundle_bytes):
     role = bundle.roles[0]
     before = bundle.tensors(role)
     flip_byte(path, weights_byte_offset(path, f"{role}/model.pth"))
-    with pytest.raises(IntegrityError, match="sha256"):
+    with pytest.raises(IntegrityError, match="digest"):
         bundle.tensors(role)
     assert before  # what was handed out earlier stays as it was read
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 
 import polybundle
 from polybundle.errors import BudgetExceededError, FormatError, ParamsError, PolybundleError
@@ -117,10 +118,10 @@ def test_torch_model_with_array_params_round_trips_bit_for_bit(tmp_path):
     net = models.trained_torch(0)
     params = seed_params()
     manifest = polybundle.save(tmp_path / "pt.bundle", {"net": net}, params=params)
-    assert manifest["format_version"] == "2.1.0"
+    assert manifest["format_version"] == "2.2.0"
     record = manifest["members"]["params.safetensors"]
     data = _members(tmp_path / "pt.bundle")["params.safetensors"]
-    assert record == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert record == {"size": len(data), "digest": f"xxh3-128:{xxhash.xxh3_128_hexdigest(data)}"}
     for lazy in (False, True):
         bundle = polybundle.load(tmp_path / "pt.bundle", lazy=lazy)
         assert_same(bundle.params, params)
@@ -379,7 +380,7 @@ def test_legacy_archive_with_a_complex_probe_migrates_losslessly(legacy_dir, tmp
     migrated = polybundle.load(target, lazy=True)
     assert migrated.params["probe"].dtype == np.complex64
     assert_same(migrated.params, legacy)
-    assert migrated.manifest["format_version"] == "2.1.0"
+    assert migrated.manifest["format_version"] == "2.2.0"
     assert "params.safetensors" in migrated.manifest["members"]
     assert main(["verify", str(target)]) == 0
     capsys.readouterr()

@@ -161,7 +161,7 @@ def test_save_from_keras_and_load_back_bit_for_bit(trained):
         assert np.array_equal(got[role], expected[role])  # bit for bit
     assert_params_equal(bundle.params, trained["params"])
     assert bundle.params["intensity_scale"] == 12.5
-    assert bundle.manifest["format_version"] == "2.1.0"  # params arrays: params.safetensors
+    assert bundle.manifest["format_version"] == "2.2.0"  # params arrays, named digests
     state = bundle.optimizer_state("autoencoder")
     assert state.algorithm == "adam" and state.step == WARMUP
     assert state.slots["intensity_out/intensity_scale"]["m"].shape == ()  # a scalar's moments

@@ -47,6 +47,7 @@ from polybundle_tensorflow import keras_compat
 from polybundle_tensorflow import optim as tensorflow_optim
 from polybundle_tensorflow.keras_archive import check_config, read_weights
 from polybundle_tensorflow.keras_file import (
+    check_for_rebuild,
     check_layer_fields,
     check_layer_shapes,
     check_weights,
@@ -54,9 +55,12 @@ from polybundle_tensorflow.keras_file import (
     open_keras,
     read_datasets,
     read_keras_weights,
+    read_stored,
 )
+from polybundle_tensorflow.keras_writer import write_keras
 from polybundle_tensorflow.layers import keras_canonical
 from polybundle_tensorflow.layers import native_layout as keras_native_layout
+from polybundle_tensorflow.tensors import adopt
 
 _CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
 _CONV_TRANSPOSE = {"Conv1DTranspose": 1, "Conv2DTranspose": 2, "Conv3DTranspose": 3}
@@ -172,14 +176,16 @@ class TensorFlowBackend(Backend):
     def write(self, model: Any, stream: BinaryIO) -> None:
         """Write the Keras 3 native ``.keras`` file (config and weights) to ``stream``.
 
-        A compiled model's optimizer variables are left out: optimizer state
-        lives only in the neutral ``optimizer.*`` members (see
-        ``docs/training-state.md``).
+        The weights are streamed once, from the variables into ``stream``
+        (:func:`polybundle_tensorflow.keras_writer.write_keras`), so the
+        bundle's digest and CRC follow the write. A compiled model's optimizer
+        variables are left out: optimizer state lives only in the neutral
+        ``optimizer.*`` members (see ``docs/training-state.md``).
         """
         from polybundle_tensorflow.optim import without_optimizer
 
         with without_optimizer(model):
-            keras_compat.save_model(model, stream)
+            write_keras(model, stream)
 
     def build_and_load(
         self, builder: Any, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec]
@@ -201,13 +207,7 @@ class TensorFlowBackend(Backend):
             return super().build_and_load(builder, config, source, specs)
         try:
             own = self._checked_variables(model, specs)
-            keys = [spec.key for spec in specs]
-            for key, array in zip(keys, read_datasets(source, specs), strict=True):
-                variable = own[key]
-                if variable._value is None:
-                    variable._initialize(array)
-                else:
-                    variable.assign(array)
+            _fill(own, specs, read_datasets(source, specs))
         finally:  # whatever happened, leave no variable of this build pending
             keras_compat.keep_uninitialized_pending()
         keras_compat.initialize_pending()
@@ -235,9 +235,8 @@ class TensorFlowBackend(Backend):
     def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
         """Assign the bundle's weights to ``model``'s variables after checking all of them."""
         own = self._checked_variables(model, specs)
-        keys = [spec.key for spec in specs]
-        for key, array in zip(keys, read_datasets(source, specs), strict=True):
-            own[key].assign(array)
+        for spec, array in zip(specs, read_datasets(source, specs), strict=True):
+            own[spec.key].assign(_tensor_for(own[spec.key], array))
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         """Read every listed tensor from ``model.weights.h5`` with h5py (no TensorFlow)."""
@@ -338,36 +337,54 @@ class TensorFlowBackend(Backend):
         :func:`polybundle_tensorflow.keras_file.check_layer_fields`), and so is
         the weights file (:func:`polybundle_tensorflow.keras_file.keras_stream`:
         every dataset passes the HDF5 checks, no member but config, metadata
-        and weights). Given the manifest's ``specs``, Keras rebuilds the model
-        from ``config.json`` with variable initialisation deferred (as
-        :meth:`build_and_load`), every variable's shape and dtype is compared
-        with the manifest before any variable memory exists, and each is then
-        created from the file. Without specs (a bare ``.keras`` file) Keras
-        loads the file object, which has no name, so nothing is extracted to
-        disk. Whatever Keras raises becomes a :class:`FormatError`.
+        and weights). Given the manifest's ``specs``, the weights file is
+        checked in one pass (:func:`polybundle_tensorflow.keras_file.check_for_rebuild`:
+        exactly the manifest's datasets, the layer sizes the config declares),
+        Keras rebuilds the model from ``config.json`` with variable
+        initialisation deferred (as :meth:`build_and_load`), every variable's
+        shape and dtype is compared with the manifest before any variable
+        memory exists, and each is then created holding the bytes read for it.
+        Without specs (a bare ``.keras`` file) Keras loads the file object,
+        which has no name, so nothing is extracted to disk. Whatever Keras
+        raises becomes a :class:`FormatError`.
         """
         keras_file = open_keras(source)
         config, where = keras_file.config, keras_file.where
         check_config(config, where=where)
         check_layer_fields(config, where=where)
-        stream = keras_stream(source, where=where, specs=specs, charge=specs is None)
+        if specs is not None:
+            checked = check_for_rebuild(keras_file, specs)
+            return self._rebuild_deferred(config, source, specs, where, checked=checked)
+        stream = keras_stream(source, where=where)
         check_layer_shapes(config, keras_file.weights(), where=where)
         source.seek(0)
-        if specs is None:
-            return _keras_call(where, lambda: keras_compat.load_model(stream))
-        source.seek(0)
-        return self._rebuild_deferred(config, source, specs, where)
+        return _keras_call(where, lambda: keras_compat.load_model(stream))
 
     def _rebuild_deferred(
-        self, config: dict[str, Any], source: BinaryIO, specs: list[TensorSpec], where: str
+        self,
+        config: dict[str, Any],
+        source: BinaryIO,
+        specs: list[TensorSpec],
+        where: str,
+        *,
+        checked: tuple[Any, list[Any]] | None = None,
     ) -> Any:
-        """Deserialize ``config`` with initialisation deferred; check, then fill each variable."""
+        """Deserialize ``config`` with initialisation deferred; check, then fill each variable.
+
+        ``checked`` is what :func:`polybundle_tensorflow.keras_file.check_for_rebuild`
+        returned for ``source`` (its datasets are read as they are); without it
+        :func:`polybundle_tensorflow.keras_file.read_datasets` checks and reads them.
+        """
         try:
             with keras_compat.deferred_initialization():
                 model = _keras_call(where, lambda: keras_compat.deserialize(config))
             own = self._checked_variables(model, specs)
             _check_dtypes(own, specs, model)
-            arrays = read_datasets(source, specs)
+            if checked is None:
+                arrays = read_datasets(source, specs)
+            else:
+                weights, stored = checked
+                arrays = [read_stored(weights, dataset, where=where) for dataset in stored]
             _keras_call(where, lambda: _fill(own, specs, arrays))
         finally:  # whatever happened, leave no variable of this build pending
             keras_compat.keep_uninitialized_pending()
@@ -412,13 +429,28 @@ class TensorFlowBackend(Backend):
 
 
 def _fill(own: dict[str, Any], specs: list[TensorSpec], arrays: list[np.ndarray]) -> None:
-    """Create (or assign) each variable of ``own`` from the array of its spec."""
+    """Create (or assign) each variable of ``own`` from the array of its spec.
+
+    A deferred variable is created holding the array's own memory
+    (:func:`polybundle_tensorflow.tensors.adopt`): the bytes read from the
+    file are the variable's, nothing is copied.
+    """
     for spec, array in zip(specs, arrays, strict=True):
         variable = own[spec.key]
         if variable._value is None:
-            variable._initialize(array)
+            variable._initialize(_tensor_for(variable, array))
         else:
-            variable.assign(array)
+            variable.assign(_tensor_for(variable, array))
+
+
+def _tensor_for(variable: Any, array: np.ndarray) -> Any:
+    """Return ``array`` as a tensor adopting its memory when its dtype is ``variable``'s.
+
+    Otherwise the array itself, which Keras converts (and casts) as it always did.
+    """
+    if str(variable.dtype) == array.dtype.name:
+        return adopt(array)
+    return array
 
 
 def _check_dtypes(own: dict[str, Any], specs: list[TensorSpec], model: Any) -> None:

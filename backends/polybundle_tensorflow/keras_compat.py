@@ -3,8 +3,9 @@
 Everything polybundle needs from Keras that Keras does not export publicly is
 wrapped here, so a Keras release that moves it breaks one module: saving and
 loading a ``.keras`` file from a stream, the walk Keras' saver makes over a
-model's variables, deserializing a config, creating variables with their
-initialisers deferred, and Keras' global seed generator.
+model's variables (:func:`saved_state`), the JSON members Keras writes,
+deserializing a config, creating variables with their initialisers deferred,
+and Keras' global seed generator.
 
 Keras is imported inside each function: importing it loads TensorFlow (seconds),
 and ``polybundle_tensorflow`` is imported by every polybundle session through
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 _PENDING = "uninitialized_variables"
@@ -60,19 +62,78 @@ def load_model(stream: BinaryIO, *, custom_objects: dict[str, Any] | None = None
     )
 
 
-def saved_variable_slots(model: Any) -> dict[str, dict[str, Any]]:
-    """Return ``{h5 folder: {slot: variable}}``: where Keras' saver puts each variable.
+@dataclass(frozen=True)
+class SavedGroup:
+    """One object Keras' saver visits: its folder, its ``name`` attribute, what it stores.
 
-    The saver's own walk is run with an in-memory store; nothing is written.
-    The root's folder is ``"__root__"``. Example: see the module docstring.
+    ``path`` is the folder in ``model.weights.h5`` (``""`` for the model
+    itself), ``name`` the ``name`` attribute Keras gives the folder's
+    ``vars`` group (None when it gives none), ``values`` the slots the object
+    stores, ``{"0": variable, ...}``, in order (a variable, or an array or
+    tensor a layer computes, such as a kernel with LoRA merged in).
+
+    Example:
+        >>> SavedGroup("layers/dense", "fc", {}).path
+        'layers/dense'
+    """
+
+    path: str
+    name: str | None
+    values: dict[str, Any]
+
+
+def saved_state(model: Any) -> list[SavedGroup]:
+    """Return what Keras' saver writes for ``model``, in the order it writes it.
+
+    The saver's own walk is run into a recording store; nothing is written.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, name="fc")],
+        ...                          name="net")
+        >>> [(group.path, group.name, list(group.values)) for group in saved_state(model)]
+        [('', 'net', []), ('layers/dense', 'fc', ['0', '1'])]
     """
     from keras.src.saving import saving_lib
 
-    store = saving_lib.NpzIOStore("polybundle-walk", mode="w")
+    class RecordingStore(saving_lib.NpzIOStore):  # _save_state accepts Keras' stores only
+        def __init__(self) -> None:
+            super().__init__("polybundle-walk", mode="w")
+            self.groups: list[SavedGroup] = []
+
+        def make(self, path: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+            name = (metadata or {}).get("name")
+            self.groups.append(SavedGroup(path, name if isinstance(name, str) else None, {}))
+            return self.groups[-1].values
+
+    store = RecordingStore()
     saving_lib._save_state(
         model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
     )
-    return store.contents
+    return store.groups
+
+
+def saved_variable_slots(model: Any) -> dict[str, dict[str, Any]]:
+    """Return ``{h5 folder: {slot: variable}}``: where Keras' saver puts each variable.
+
+    The root's folder is ``"__root__"`` (see :func:`saved_state`). Example:
+    see the module docstring.
+    """
+    return {group.path or "__root__": group.values for group in saved_state(model)}
+
+
+def serialized_members(model: Any) -> tuple[str, str]:
+    """Return the ``config.json`` and ``metadata.json`` texts Keras writes for ``model``.
+
+    Example:
+        >>> import json, keras
+        >>> config, metadata = serialized_members(keras.Sequential([keras.Input((2,))]))
+        >>> json.loads(config)["class_name"], sorted(json.loads(metadata))
+        ('Sequential', ['date_saved', 'keras_version'])
+    """
+    from keras.src.saving import saving_lib
+
+    return saving_lib._serialize_model_as_json(model)
 
 
 def deserialize(config: dict[str, Any]) -> Any:

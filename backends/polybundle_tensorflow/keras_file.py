@@ -991,6 +991,67 @@ class _Unnamed(io.RawIOBase):
         return self._raw.tell()
 
 
+def _refuse_other_members(keras_zip: KerasZip) -> None:
+    """Refuse a ``.keras`` zip holding members other than Keras' three (assets, anything)."""
+    names = keras_zip.names()
+    extra = sorted(set(names) - KERAS_MEMBERS)
+    if extra:
+        raise UnsafeContentError(
+            f"{keras_zip.where} holds members {sorted(names)[:8]}; Keras loads a file of exactly "
+            f"{sorted(KERAS_MEMBERS)} without writing to disk, and would extract the others "
+            f"({extra[:4]}) to a temporary folder. polybundle extracts nothing "
+            "to disk: register a builder with @polybundle.architecture(name, "
+            "backend='tensorflow') so only the weights are read, or pass into={role: model}."
+        )
+
+
+def check_for_rebuild(
+    keras_zip: KerasZip, specs: Sequence[TensorSpec]
+) -> tuple[BinaryIO | MemberRange, list[StoredDataset]]:
+    """Check a ``.keras`` file for a rebuild from its config, in one pass over its weights file.
+
+    The checks :func:`keras_stream` and :func:`check_layer_shapes` run, with
+    ``model.weights.h5`` opened once: the zip holds exactly Keras' members;
+    the links pass :func:`check_tree`; the datasets are exactly the
+    manifest's ``specs`` (:func:`check_listed`), each passing
+    :func:`check_dataset` against its spec (unlisted optimizer slots too);
+    and the layer sizes ``config.json`` declares are the stored ones. Returns
+    the weights stream and the specs' datasets, in order, for
+    :func:`read_stored`. Only metadata is read.
+
+    Example:
+        >>> with open("model.keras", "rb") as f:
+        ...     keras_zip = open_keras(f)
+        ...     specs = [TensorSpec(w.name, w.key, w.shape, w.dtype, "opaque")
+        ...              for w, _ in read_keras_weights(f, with_arrays=False)]
+        ...     stream, stored = check_for_rebuild(keras_zip, specs)
+        ...     read_stored(stream, stored[1]).shape
+        (8,)
+    """
+    where = keras_zip.where
+    _refuse_other_members(keras_zip)
+    stream = keras_zip.weights()
+    size = stream_size(stream)
+    by_key = {spec.key: spec for spec in specs}
+    configs: dict[str, dict[str, Any]] = {}
+    weights: list[KerasWeight] = []
+    with weights_file(stream, where=where) as h5:
+        tree = check_tree(h5, size=size, where=where)
+        check_listed(tree, by_key)
+        stored = {
+            key: check_dataset(tree, key, spec=by_key.get(key)) for key in sorted(tree.datasets)
+        }
+        _walk(keras_zip.config, "", h5, weights, configs)
+    problems = [
+        problem
+        for weight in weights
+        if (problem := _declared_shape_problem(weight, configs[weight.key.rpartition("/")[0]]))
+    ]
+    if problems:
+        raise _shape_error(where, problems)
+    return stream, [stored[spec.key] for spec in specs]
+
+
 def keras_stream(
     source: BinaryIO | MemberRange,
     *,
@@ -1025,16 +1086,7 @@ def keras_stream(
     """
     keras_zip = open_keras(source, where=where)
     where = keras_zip.where
-    names = keras_zip.names()
-    extra = sorted(set(names) - KERAS_MEMBERS)
-    if extra:
-        raise UnsafeContentError(
-            f"{where} holds members {sorted(names)[:8]}; Keras loads a file of exactly "
-            f"{sorted(KERAS_MEMBERS)} without writing to disk, and would extract the others "
-            f"({extra[:4]}) to a temporary folder. polybundle extracts nothing "
-            "to disk: register a builder with @polybundle.architecture(name, "
-            "backend='tensorflow') so only the weights are read, or pass into={role: model}."
-        )
+    _refuse_other_members(keras_zip)
     stored = check_weights(keras_zip.weights(), where=where, specs=specs)
     if charge:
         budget.charge(sum(d.nbytes for d in stored), f"{where}: the weights Keras loads")
@@ -1154,11 +1206,15 @@ def check_layer_shapes(
     """
     problems = layer_shape_problems(config, stream, where=where)
     if problems:
-        raise FormatError(
-            f"{where}: {CONFIG_JSON} declares layers of other sizes than its weights hold "
-            f"({'; '.join(problems[:4])}); the file was altered or damaged. Re-save the model "
-            "from a trusted copy, or register a builder for its architecture."
-        )
+        raise _shape_error(where, problems)
+
+
+def _shape_error(where: str, problems: list[str]) -> FormatError:
+    return FormatError(
+        f"{where}: {CONFIG_JSON} declares layers of other sizes than its weights hold "
+        f"({'; '.join(problems[:4])}); the file was altered or damaged. Re-save the model "
+        "from a trusted copy, or register a builder for its architecture."
+    )
 
 
 def read_keras(source: Source) -> dict[str, np.ndarray]:

@@ -59,3 +59,52 @@ def from_numpy(array: np.ndarray) -> Any:
         bits = np.int16 if array.dtype.itemsize == 2 else np.uint8
         return torch.from_numpy(np.array(array.view(bits), order="C")).view(kind)
     return torch.from_numpy(np.array(array, order="C"))
+
+
+def host_copy(tensor: Any, into: np.ndarray | None = None) -> np.ndarray:
+    """Copy ``tensor`` (any device) into a host NumPy array in one copy; return the array.
+
+    ``into`` is filled when it has the tensor's shape and dtype (a buffer kept
+    from the previous copy: no new memory, no page faults); otherwise a new
+    array is made.
+
+    Example:
+        >>> import torch
+        >>> first = host_copy(torch.ones(2, dtype=torch.bfloat16))
+        >>> again = host_copy(torch.zeros(2, dtype=torch.bfloat16), into=first)
+        >>> again is first, again.tolist()
+        (True, [0.0, 0.0])
+    """
+    import torch
+
+    tensor = tensor.detach()
+    dtype = to_numpy(torch.empty(0, dtype=tensor.dtype)).dtype
+    shape = tuple(tensor.shape)
+    if into is None or into.shape != shape or into.dtype != dtype or not into.flags.c_contiguous:
+        into = np.empty(shape, dtype)
+    bits = into.view(np.int16 if dtype.itemsize == 2 else np.uint8) \
+        if dtype_label(dtype) in ML_DTYPES else into
+    copy_tensor(torch.from_numpy(bits).view(tensor.dtype), tensor)
+    return into
+
+
+def copy_tensor(target: Any, source: Any) -> None:
+    """Copy ``source`` into ``target`` (same shape and dtype; ``source`` on any device).
+
+    Between contiguous CPU tensors the copy is one single-threaded ``memcpy``
+    through NumPy: torch's ``copy_`` wakes its thread pool for each tensor,
+    which on a busy machine costs several times the copy itself. Otherwise
+    (another device, other strides) it is ``copy_``.
+
+    Example:
+        >>> import torch
+        >>> target = torch.empty(3)
+        >>> copy_tensor(target, torch.arange(3.0))
+        >>> target.tolist()
+        [0.0, 1.0, 2.0]
+    """
+    source = source.detach()
+    if source.device.type == "cpu" and source.is_contiguous() and target.is_contiguous():
+        np.copyto(to_numpy(target), to_numpy(source))
+    else:
+        target.copy_(source)

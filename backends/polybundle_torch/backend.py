@@ -1,7 +1,9 @@
 """PyTorch backend: ``<role>/model.pth`` holds the model's state_dict (``torch.save``).
 
-Loading always passes ``weights_only=True`` to ``torch.load``, so no pickled
-code runs. Layout tags come from the module that owns each tensor.
+Loading never unpickles with ``torch.load``: polybundle's own reader of the
+torch zip (an allow-list of tensor rebuilders, the safety of
+``weights_only=True``) reads each storage straight into its tensor. Layout
+tags come from the module that owns each tensor.
 
 Example:
     >>> import polybundle, torch
@@ -20,16 +22,17 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from polybundle.errors import FormatError, TensorMismatchError
-from polybundle.model.backend import Backend, TensorSpec
+from polybundle.model.backend import Backend, TensorSpec, WeightsSnapshot
 from polybundle.model.canonical import Canonical
 from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
 from polybundle.model.optimizer import OptimizerState
 from polybundle.model.optimizer_conversion import NeutralOptimizer
 from polybundle_torch import optim as torch_optim
-from polybundle_torch.arrays import from_numpy, to_numpy
+from polybundle_torch.arrays import copy_tensor, from_numpy, to_numpy
 from polybundle_torch.layers import native_layout as torch_native_layout
 from polybundle_torch.layers import torch_canonical
-from polybundle_torch.pth_reader import describe_pth, read_pth
+from polybundle_torch.pickle_vocabulary import UNTYPED
+from polybundle_torch.pth_reader import describe_pth, fill_pth, read_pth
 
 _VECTOR_MODULES = {
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
@@ -66,6 +69,18 @@ def _canonical(module: Any, attribute: str, shape: tuple[int, ...]) -> Canonical
     )
 
 
+def _torch_dtype(name: str) -> Any:
+    """Return the torch dtype called ``name`` (``float32``, ``bfloat16``...), or raise."""
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise FormatError(
+            f"model.pth holds {name} tensors, which torch {torch.__version__} lacks; upgrade torch."
+        )
+    return dtype
+
+
 def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:
     """Return a model's outputs (a tensor, or tuples/lists/dicts of them) as named arrays."""
     if isinstance(value, (tuple, list)):
@@ -76,6 +91,13 @@ def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:
             out.update(_flat_outputs(item, f"{prefix}.{key}"))
         return out
     return {prefix: to_numpy(value)}
+
+
+def _write_state(state: dict[str, Any], stream: BinaryIO) -> None:
+    """Write a state_dict (the live one or a snapshot's host copy) as ``model.pth``."""
+    import torch
+
+    torch.save(state, stream)
 
 
 class TorchBackend(Backend):
@@ -93,6 +115,7 @@ class TorchBackend(Backend):
     distribution = "torch"
     weights_member = "model.pth"
     plain_format = "torch-file"
+    reads_front_to_back = True
 
     def owns(self, model: Any) -> bool:
         """Return True for a ``torch.nn.Module`` (never imports torch)."""
@@ -118,34 +141,75 @@ class TorchBackend(Backend):
 
     def write(self, model: Any, stream: BinaryIO) -> None:
         """Write ``model.state_dict()`` with ``torch.save``."""
+        _write_state(model.state_dict(), stream)
+
+    def snapshot(self, model: Any, reuse: WeightsSnapshot | None = None) -> WeightsSnapshot:
+        """Copy the state_dict into host tensors (``reuse``'s when they fit); write them later.
+
+        Example:
+            >>> backend = TorchBackend()
+            >>> first = backend.snapshot(net)
+            >>> with torch.no_grad():
+            ...     _ = net[0].weight.add_(1)  # training goes on
+            >>> again = backend.snapshot(net, reuse=first)
+            >>> again.copy["0.weight"] is first.copy["0.weight"], again.nbytes
+            (True, 92)
+            >>> bool(torch.equal(again.copy["0.weight"], net[0].weight))
+            True
+        """
         import torch
 
-        torch.save(model.state_dict(), stream)
+        previous = {} if reuse is None else reuse.copy
+        copy = {}
+        for key, tensor in model.state_dict().items():
+            buffer = previous.get(key)
+            fits = isinstance(buffer, torch.Tensor) and buffer.shape == tensor.shape \
+                and buffer.dtype == tensor.dtype
+            if not fits:
+                buffer = torch.empty_like(tensor, device="cpu")
+            copy_tensor(buffer, tensor)
+            copy[key] = buffer
+        nbytes = sum(t.untyped_storage().nbytes() for t in copy.values())
+        return WeightsSnapshot(write=lambda stream: _write_state(copy, stream), copy=copy,
+                               nbytes=nbytes)
+
+    def snapshot_optimizer(
+        self, model: Any, optimizer: Any, scheduler: Any | None = None,
+        reuse: OptimizerState | None = None,
+    ) -> OptimizerState:
+        """Export the optimizer, each slot copied once into host memory (``reuse``'s if it fits)."""
+        return torch_optim.export_optimizer(model, optimizer, scheduler, reuse=reuse)
 
     def _load_state_dict(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, Any]:
+        """Read the state_dict with polybundle's reader, each storage straight into its tensor.
+
+        No ``torch.load``: :func:`~polybundle_torch.pth_reader.fill_pth` checks
+        the pickle (tensor rebuilders only), geometry, sizes and ``specs``
+        and charges the budget first, then reads each storage into a tensor
+        allocated here, front to back; tensors are views of their storages,
+        as ``torch.load`` makes them.
+        """
         import torch
 
-        from polybundle_torch.pth_reader import check_pth
+        memory: dict[str, Any] = {}
 
-        # manifest, geometry, sizes and memory budget, before torch allocates anything
-        check_pth(source, specs=specs)
-        source.seek(0)
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
-            raise FormatError(
-                f"model.pth could not be read as a weights-only state_dict ({exc}). "
-                "Expected a file written by torch.save(model.state_dict())."
-            ) from None
-        if not isinstance(state, dict):
-            raise FormatError(
-                f"model.pth holds a {type(state).__name__}; expected a state_dict (a dict "
-                "of tensors)."
-            )
-        return state
+        def allocate(storage: Any) -> np.ndarray:
+            dtype = torch.uint8 if storage.dtype == UNTYPED else _torch_dtype(storage.dtype)
+            flat = torch.empty(storage.numel, dtype=dtype)
+            memory[storage.key] = flat
+            return flat.view(torch.uint8).numpy()
+
+        name = getattr(source, "name", None)
+        where = name if isinstance(name, str) and name else self.weights_member
+        index = fill_pth(source, allocate, where=where, specs=specs)
+        return {
+            key: memory[t.storage.key].as_strided(t.shape, t.strides, t.offset)
+            for key, t in index.items()
+        }
 
     def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:
-        """Load the state_dict strictly; shapes and names are checked first."""
+        """Load the state_dict strictly; names and shapes are checked before any byte is read."""
+        self._check_fits(model, {spec.key: spec.shape for spec in specs})
         self._load_state(model, self._load_state_dict(source, specs))
 
     def build_and_load(
@@ -199,17 +263,22 @@ class TorchBackend(Backend):
         except Exception:  # e.g. NotImplementedError: Cannot copy out of meta tensor
             return None
 
-    def _load_state(self, model: Any, state: dict[str, Any], *, assign: bool = False) -> None:
+    @staticmethod
+    def _check_fits(model: Any, shapes: dict[str, Any]) -> None:
+        """Raise :class:`TensorMismatchError` unless ``model`` has exactly these tensor shapes."""
         own = model.state_dict()
-        shared = own.keys() & state.keys()
-        mismatched = [key for key in shared if tuple(own[key].shape) != tuple(state[key].shape)]
-        if own.keys() != state.keys() or mismatched:
+        shared = own.keys() & shapes.keys()
+        mismatched = [key for key in shared if tuple(own[key].shape) != tuple(shapes[key])]
+        if own.keys() != shapes.keys() or mismatched:
             raise TensorMismatchError(
-                missing=own.keys() - state.keys(),
-                unexpected=state.keys() - own.keys(),
+                missing=own.keys() - shapes.keys(),
+                unexpected=shapes.keys() - own.keys(),
                 mismatched=mismatched,
                 context=f"loading into {type(model).__name__}",
             )
+
+    def _load_state(self, model: Any, state: dict[str, Any], *, assign: bool = False) -> None:
+        self._check_fits(model, {key: tuple(tensor.shape) for key, tensor in state.items()})
         model.load_state_dict(state, strict=True, assign=assign)
 
     def read_tensors(self, source: BinaryIO, specs: list[TensorSpec]) -> dict[str, np.ndarray]:

@@ -48,7 +48,9 @@ from polybundle.errors import (
     TensorMismatchError,
     UnsafeContentError,
 )
+from polybundle.format import digests
 from polybundle.format.arrays import SAFETENSORS_DTYPES
+from polybundle.format.digests import Digest
 from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, build_manifest
 from polybundle.format.params import ARRAYS_MEMBER, encode_params
 from polybundle.format.sharded import PARTS, ShardedFolder, digest_writer, file_digest
@@ -119,7 +121,7 @@ def _done(value: Any) -> Future:
     return future
 
 
-def _write_hashed(target: Path, chunks: list[Any]) -> tuple[int, str]:
+def _write_hashed(target: Path, chunks: list[Any]) -> tuple[int, Digest]:
     """Write ``chunks`` to ``target`` atomically; return its size and digest.
 
     The digest (the bundle writer's own, :func:`~polybundle.format.sharded.digest_writer`)
@@ -132,7 +134,7 @@ def _write_hashed(target: Path, chunks: list[Any]) -> tuple[int, str]:
         hashing = pool.submit(lambda: [writer.write(chunk) for chunk in chunks])
         atomic_write_chunks(target, chunks)
         hashing.result()
-    return writer.size, writer.hexdigest()
+    return writer.size, writer.digest()
 
 
 def _describe_role(role: str, architecture: Architecture, saved: dict[str, Any]) -> list[dict]:
@@ -314,7 +316,7 @@ class WriterMethods:
         writer = digest_writer()
         writer.write(data)
         atomic_write_bytes(self.path / name, data)
-        return MemberRecord(name, writer.size, writer.hexdigest())
+        return MemberRecord(name, writer.size, writer.digest())
 
     def storage_meta(self) -> StorageMeta | None:
         """Return the folder as DCP's checkpoint id."""
@@ -439,8 +441,8 @@ class ReaderMethods:
 
     def _check_part(self, folder: ShardedFolder, part: str) -> None:
         if part not in self._checked:
-            record = folder.manifest["members"][part]
-            if file_digest(folder.path / part) != record["sha256"]:
+            expected = digests.from_record(folder.manifest["members"][part], where=part)
+            if file_digest(folder.path / part, expected.algorithm) != expected:
                 raise IntegrityError(
                     f"{part!r} in {str(folder.path)!r} does not match the digest its manifest "
                     "records; the bundle was altered or damaged. Re-copy it."

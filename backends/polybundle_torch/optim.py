@@ -39,7 +39,7 @@ from polybundle.model.optimizer import (
     to_plain,
 )
 from polybundle.model.optimizer_conversion import NeutralOptimizer, refuse
-from polybundle_torch.arrays import from_numpy, to_numpy
+from polybundle_torch.arrays import from_numpy, host_copy
 
 _ALGORITHMS = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd", "RMSprop": "rmsprop"}
 _SLOTS = {
@@ -131,8 +131,13 @@ def _schedule(scheduler: Any, optimizer: Any) -> dict[str, Any] | None:
     return {"class": _qualified(scheduler), "state": state}
 
 
-def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -> OptimizerState:
+def export_optimizer(
+    model: Any, optimizer: Any, scheduler: Any | None = None, reuse: OptimizerState | None = None
+) -> OptimizerState:
     """Return the neutral state of a PyTorch optimizer bound to ``model``'s parameters.
+
+    Slots are host copies; with ``reuse`` (an earlier export of the same
+    optimizer that nothing reads any more) they are copied into its arrays.
 
     Example:
         >>> import torch
@@ -156,7 +161,8 @@ def export_optimizer(model: Any, optimizer: Any, scheduler: Any | None = None) -
             elif value is None:
                 continue
             elif isinstance(value, torch.Tensor) and key in _SLOTS:
-                slots.setdefault(name, {})[_SLOTS[key]] = to_numpy(value).copy()
+                previous = None if reuse is None else reuse.slots.get(name, {}).get(_SLOTS[key])
+                slots.setdefault(name, {})[_SLOTS[key]] = host_copy(value, into=previous)
             else:
                 raise UnsupportedOptimizerError(
                     f"{_qualified(optimizer)} keeps state {key!r} ({type(value).__name__}) "

@@ -23,7 +23,9 @@ compression-ratio rule, and, given the manifest's ``specs``, every tensor's
 name, shape and dtype must be the declared ones. What is then allocated (each
 storage, each copied view) is charged to :mod:`polybundle.safety.budget` first.
 :func:`index_pth` reads only the pickle and says where each tensor's
-elements lie; :func:`read_pth` reads them into arrays, or views them in a
+elements lie; :func:`fill_pth` reads each storage into memory its caller
+allocates (the torch backend: the tensors' own), front to back in one pass;
+:func:`read_pth` reads them into arrays, or views them in a
 read-only memory map of the file. A STORED member of a bundle is reached
 through a sub-range of the outer file, so nothing is copied on the way.
 
@@ -46,7 +48,7 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -372,6 +374,43 @@ class _PthFile:
                                what=f"{self.where} storage {storage.key!r}")
         return array.byteswap() if storage.byteorder != _NATIVE else array
 
+    def position(self, storage: TorchStorage) -> int | None:
+        """Return where the storage's bytes start in the file, or None (a deflated member)."""
+        if self.inner is None:
+            return storage.start
+        with self.inner.open(storage.member) as stream:
+            if isinstance(stream, MemberRange) and isinstance(self.container, MemberRange):
+                return stream.offset - self.container.offset
+        return None
+
+    def fill(self, storage: TorchStorage, target: np.ndarray, position: int | None) -> None:
+        """Read the storage's bytes into ``target`` (its ``nbytes`` as uint8), native order.
+
+        A STORED storage is read through the file itself at ``position``
+        (:meth:`position`), so a stream that hashes what it reads in order
+        sees its bytes.
+        """
+        what = f"{self.where} storage {storage.key!r}"
+        if position is None:
+            with self._open(storage) as stream:
+                _read_fully(stream, memoryview(target), what)
+        else:
+            self.container.seek(position)
+            _read_fully(self.container, memoryview(target), what)
+        if storage.byteorder != _NATIVE and storage.itemsize > 1:
+            target.view(_numpy_dtype(storage.dtype)).byteswap(inplace=True)
+
+    def drain(self, start: int) -> None:
+        """Read from ``start`` to the end of the file (the zip records after the storages).
+
+        A front-to-back reader ends here, so a stream that checks a digest
+        when it is read to its end gives its verdict now.
+        """
+        self.container.seek(start)
+        scratch = memoryview(bytearray(256 * 1024))
+        while self.container.readinto(scratch):
+            pass
+
     def map(self, storage: TorchStorage, mapped: mmap.mmap) -> np.ndarray:
         """Return the storage's elements as a read-only window of ``mapped``."""
         dtype = _numpy_dtype(storage.dtype)
@@ -415,31 +454,6 @@ def index_pth(source: Source, *, where: str = "model.pth") -> dict[str, TorchTen
         return _PthFile(source, where).checked(None, TensorViews(where, copy=False))
 
 
-def check_pth(
-    source: Source, *, where: str = "model.pth", specs: Sequence[TensorSpec] | None = None
-) -> dict[str, TorchTensor]:
-    """Check a weights file as :func:`read_pth` does and charge its storages; read no tensor.
-
-    For a caller that hands the file to torch next (``torch.load`` allocates
-    every storage): the pickle is read with the allow-list, every tensor's
-    geometry and every storage's size are checked, the inner zip's deflated
-    members pass the ratio rule, ``specs`` (if given) match, and each
-    storage's bytes are charged to :mod:`polybundle.safety.budget`. Returns what
-    :func:`index_pth` returns; the caller rewinds ``source`` itself.
-
-    Example:
-        >>> torch.save(net.state_dict(), "model.pth")
-        >>> with open("model.pth", "rb") as f:
-        ...     sorted(check_pth(f))
-        ['0.bias', '0.weight', '2.bias', '2.weight']
-    """
-    with _reading(where):
-        tensors = _PthFile(source, where).checked(specs, TensorViews(where, copy=False))
-        for storage in {id(t.storage): t.storage for t in tensors.values()}.values():
-            budget.charge(storage.nbytes, f"{where} storage {storage.key!r}")
-        return tensors
-
-
 def read_pth(
     source: Source,
     *,
@@ -479,6 +493,68 @@ def read_pth(
         for storage in {id(t.storage): t.storage for t in tensors.values()}.values():
             storage.array = pth.read(storage) if mapped is None else pth.map(storage, mapped)
         return {name: views.array(tensor) for name, tensor in tensors.items()}
+
+
+def _read_fully(stream: Any, view: memoryview, what: str) -> None:
+    """Fill ``view`` from ``stream``; a stream that ends first is a :class:`FormatError`."""
+    done = 0
+    while done < len(view):
+        count = stream.readinto(view[done:])
+        if not count:
+            raise FormatError(
+                f"{what} ends after {done} of {len(view)} bytes; the file is truncated or damaged."
+            )
+        done += count
+
+
+def fill_pth(
+    source: Source,
+    allocate: Callable[[TorchStorage], np.ndarray],
+    *,
+    where: str = "model.pth",
+    specs: Sequence[TensorSpec] | None = None,
+) -> dict[str, TorchTensor]:
+    """Read every storage of a weights file straight into memory ``allocate`` gives; no torch.
+
+    The file is checked as :func:`read_pth` checks it (allow-listed pickle,
+    geometry, sizes, ``specs``) before any storage is allocated; then each
+    storage's bytes are charged to the budget, ``allocate(storage)`` returns a
+    writable ``uint8`` array of ``storage.nbytes`` (a framework's own tensor
+    memory, seen through NumPy) and the bytes are read into it, in native byte
+    order. The file is read once, front to back and to its end, so a
+    :class:`~polybundle.format.verified.VerifiedMember` source has checked its
+    digest (and raised on a mismatch) by the time this returns. Returns the
+    tensors by name; each one's ``storage`` is the one its memory was given for.
+
+    Example:
+        >>> buffer = io.BytesIO()
+        >>> torch.save({"w": torch.arange(4.0)}, buffer)
+        >>> memory = {}
+        >>> def allocate(storage):
+        ...     memory[storage.key] = np.empty(storage.nbytes, np.uint8)
+        ...     return memory[storage.key]
+        >>> index = fill_pth(buffer, allocate)
+        >>> memory[index["w"].storage.key].view(np.float32).tolist()
+        [0.0, 1.0, 2.0, 3.0]
+    """
+    with _reading(where):
+        pth = _PthFile(source, where)
+        tensors = pth.checked(specs, TensorViews(where, copy=False))
+        unique = {id(t.storage): t.storage for t in tensors.values()}.values()
+        for storage in unique:
+            budget.charge(storage.nbytes, f"{where} storage {storage.key!r}")
+        located = sorted(
+            ((pth.position(storage), storage) for storage in unique),
+            key=lambda item: (item[0] is None, item[0] or 0),
+        )
+        end = 0
+        for position, storage in located:
+            pth.fill(storage, allocate(storage), position)
+            if position is not None:
+                end = max(end, position + storage.nbytes)
+        if pth.inner is not None:
+            pth.drain(end)
+        return tensors
 
 
 def torch_zip_prefix(names: list[str]) -> str | None:

@@ -61,15 +61,26 @@ class UnsupportedVersionError(FormatError):
         >>> import zipfile
         >>> with zipfile.ZipFile("run.bundle") as src, zipfile.ZipFile("x.bundle", "w") as dst:
         ...     for name in src.namelist():
-        ...         dst.writestr(name, src.read(name).replace(b'"2.1.0"', b'"3.0.0"'))
+        ...         dst.writestr(name, src.read(name).replace(b'"2.2.0"', b'"3.0.0"'))
         >>> polybundle.load("x.bundle")
         Traceback (most recent call last):
         polybundle.errors.UnsupportedVersionError: this bundle is format 3.0.0, newer than ...
     """
 
 
+class UnknownDigestError(FormatError):
+    """A digest algorithm polybundle does not know, asked for or named by a manifest.
+
+    Example:
+        >>> polybundle.save("x.bundle", {"net": net}, digest="md5")
+        Traceback (most recent call last):
+        polybundle.errors.UnknownDigestError: digest= names digest algorithm 'md5'; this
+        polybundle knows 'xxh3-128' (the default) and 'sha256'. ...
+    """
+
+
 class IntegrityError(PolybundleError):
-    """A member's bytes do not match the size or sha256 the manifest records.
+    """A member's bytes do not match the size or digest the manifest records.
 
     Example:
         >>> import zipfile
@@ -78,7 +89,7 @@ class IntegrityError(PolybundleError):
         ...         dst.writestr(name, src.read(name).replace(b'"N": 4', b'"N": 5'))
         >>> polybundle.load("x.bundle")
         Traceback (most recent call last):
-        polybundle.errors.IntegrityError: member 'params.json' has sha256 ...
+        polybundle.errors.IntegrityError: member 'params.json' has xxh3-128 digest ...
     """
 
 

@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,10 @@ import numpy as np
 
 from polybundle.api.lazy import lazy_tensors
 from polybundle.errors import IntegrityError, OptimizerError, PolybundleError
+from polybundle.format import digests
 from polybundle.format.archive import ArchiveReader
-from polybundle.format.manifest import read_manifest, verify_member
+from polybundle.format.digests import from_record
+from polybundle.format.manifest import check_digest, read_manifest, verify_member
 from polybundle.format.storage import Location
 from polybundle.hooks.registry import get_backend
 from polybundle.model.backend import TensorSpec
@@ -71,7 +72,7 @@ class Bundle:
     _verified: dict[str, tuple[int, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    """Weights members whose sha256 matched, with the file identity they matched in."""
+    """Weights members whose digest matched, with the file identity they matched in."""
     max_bytes: int | None = None
     """The ``max_bytes=`` the bundle was loaded with; later reads (:meth:`tensors`) keep it."""
     _fetched: Any = field(default=None, init=False, repr=False, compare=False)
@@ -97,7 +98,7 @@ class Bundle:
         """Read the tensors of ``role`` from the file as ``{name: numpy array}``.
 
         The file is re-opened; it must still hold the manifest this bundle was
-        loaded with, and the weights member's sha256 is checked against it
+        loaded with, and the weights member's digest is checked against it
         before any tensor is handed out (a file changed since loading, even to
         the same size, raises :class:`~polybundle.errors.IntegrityError`). A lazy
         bundle returns a :class:`~polybundle.api.lazy.LazyTensors` of read-only
@@ -124,14 +125,14 @@ class Bundle:
                 return writer.read_tensors(source, self.tensor_specs(role))
 
     def _verify_weights(self, archive: ArchiveReader, name: str) -> None:
-        """Check a weights member's sha256, once per unchanged file (see ``identity``)."""
+        """Check a weights member's digest, once per unchanged file (see ``identity``)."""
         identity = archive.identity()
         if self._verified.get(name) != identity:
             verify_member(archive, self.manifest, name)
             self._verified[name] = identity
 
     def _read_checked(self, names: list[str]) -> list[bytes]:
-        """Read whole members, checking the manifest and each member's sha256."""
+        """Read whole members, checking the manifest and each member's digest."""
         with ArchiveReader(self.path) as archive:
             if read_manifest(archive) != self.manifest:
                 raise IntegrityError(
@@ -140,11 +141,8 @@ class Bundle:
             contents = []
             for name in names:
                 data = archive.read(name, limit=archive.size(name))
-                if hashlib.sha256(data).hexdigest() != self.manifest["members"][name]["sha256"]:
-                    raise IntegrityError(
-                        f"member {name!r} of {str(self.path)!r} does not match the sha256 its "
-                        "manifest records; the bundle was altered or damaged. Re-copy it."
-                    )
+                record = self.manifest["members"][name]
+                check_digest(name, record, digests.of_bytes(data, from_record(record).algorithm))
                 contents.append(data)
             return contents
 

@@ -45,17 +45,19 @@ import re
 import stat
 import time
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from polybundle.api.async_writer import BackgroundWriter
 from polybundle.api.bundle import Bundle
 from polybundle.api.loading import load
-from polybundle.api.saving import save
+from polybundle.api.saving import HostCopies, PreparedSave, prepare_save, write_prepared
 from polybundle.api.verify import verify
 from polybundle.errors import CheckpointError, FormatError, PolybundleError
+from polybundle.format import digests
 from polybundle.format.jsondoc import load_json
 from polybundle.format.storage import is_url, locate
 from polybundle.format.writer import atomic_write_bytes, file_mode, write_error
@@ -72,6 +74,25 @@ _READ_ATTEMPTS = 20
 _MAX_TEXT = 200  # longest date string an index record may hold
 MAX_INDEX_BYTES = 256 * 1024 * 1024
 """Largest index read (about two million saved steps); a larger one counts as damaged."""
+_HELD_LOCKS: set[IO[bytes]] = set()
+"""Writer locks this process holds now (an asynchronous save holds one while it writes)."""
+
+
+def _release_inherited_locks() -> None:
+    """In a forked child, close the lock files inherited from the parent.
+
+    An ``flock`` lock belongs to the open file, which a fork shares: a child
+    forked while a background save holds the lock (a ``DataLoader`` worker)
+    would otherwise keep the directory locked after the parent's save ends.
+    Closing the child's copy leaves the parent's lock as it is.
+    """
+    for lock in list(_HELD_LOCKS):
+        lock.close()
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_inherited_locks)
 
 
 class DamagedIndexWarning(UserWarning):
@@ -236,7 +257,19 @@ class CheckpointManager:
     ``count`` checkpoints by that metric. ``latest`` is the most recent save.
     Bundles and the index get the permissions of any file a tool writes
     (``0o666`` less the umask), or ``mode`` when given (``0o600``: only the
-    owner reads them).
+    owner reads them). ``digest`` names the algorithm of the bundles' member
+    digests, as for :func:`polybundle.save` (``"xxh3-128"`` or ``"sha256"``).
+
+    With ``async_save=True``, :meth:`save` copies the weights and optimizer
+    slots to host memory (through the backend, into the previous save's
+    buffers) and returns; one background thread writes, hashes, fsyncs and
+    commits the bundle, then the index, then prunes, exactly as a synchronous
+    save does. At most one save is in flight: the next :meth:`save` waits for
+    it, and so do the reading methods, so they see it. A failure in the
+    background is raised by the next call (see :meth:`wait_until_finished`).
+    A process that ends normally finishes the write first; one killed
+    mid-write keeps the previous checkpoint as :meth:`latest`. The copies stay
+    allocated for the next save (:meth:`host_bytes`).
 
     Example:
         >>> manager = CheckpointManager("ckpt", keep_last=3)
@@ -253,6 +286,14 @@ class CheckpointManager:
         '0o600'
         >>> oct(private.index_path.stat().st_mode & 0o777)
         '0o600'
+        >>> import copy
+        >>> background = CheckpointManager("async", async_save=True)
+        >>> _ = background.save(1, {"net": net})
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.zero_()  # training goes on at once
+        >>> restored = background.restore(into={"net": copy.deepcopy(net)})  # waits for step 1
+        >>> bool((restored.models["net"][0].weight != 0).any())
+        True
     """
 
     url_manager: type[CheckpointManager] | None = None
@@ -272,6 +313,8 @@ class CheckpointManager:
         mode: int | None = None,
         storage_options: dict[str, Any] | None = None,
         filesystem: Any = None,
+        digest: str = digests.DEFAULT,
+        async_save: bool = False,
     ) -> None:
         locate(directory, storage_options, filesystem)  # options without a URL are refused
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
@@ -287,6 +330,46 @@ class CheckpointManager:
         self.keep_best = _check_keep_best(keep_best)
         self.mode = None if mode is None else file_mode(mode)
         """The bundles' and the index's permission bits; ``None`` follows the umask."""
+        self.digest = digests.algorithm(digest).name
+        """The algorithm of the bundles' member digests."""
+        self.async_save = bool(async_save)
+        """Whether :meth:`save` returns once the state is copied, writing in the background."""
+        self._host = HostCopies() if self.async_save else None
+        self._writer = BackgroundWriter(str(self.directory))
+
+    def host_bytes(self) -> int:
+        """Return the host memory held by the last asynchronous save's copies (0 when sync).
+
+        The copies are kept so that the next save reuses them; they are what
+        ``async_save=True`` costs in memory: about the size of the weights and
+        optimizer slots saved.
+
+        Example:
+            >>> manager = CheckpointManager("ckpt", async_save=True)
+            >>> _ = manager.save(1, {"net": net})
+            >>> manager.host_bytes()  # net holds 23 float32 numbers
+            92
+        """
+        return 0 if self._host is None else self._host.nbytes()
+
+    def wait_until_finished(self) -> None:
+        """Block until the save in flight has committed; raise its error if it failed.
+
+        With ``async_save=True`` a failed background save surfaces here, or in
+        whichever call comes next (:meth:`save`, :meth:`restore`,
+        :meth:`latest`, :meth:`checkpoints`, :meth:`best`, :meth:`history`), as
+        a :class:`~polybundle.errors.CheckpointError` whose ``__cause__`` is
+        the original error; it is raised once. Returns at once when nothing is
+        in flight.
+
+        Example:
+            >>> manager = CheckpointManager("ckpt", async_save=True)
+            >>> _ = manager.save(1, {"net": net})  # returns once the weights are copied
+            >>> manager.wait_until_finished()
+            >>> Path("ckpt/checkpoint-0000000001.bundle").is_file()
+            True
+        """
+        self._writer.wait()
 
     @property
     def index_path(self) -> Path:
@@ -371,26 +454,37 @@ class CheckpointManager:
             entry["step"], self.directory / entry["file"], entry["metrics"], entry["created"]
         )
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _lock(self) -> IO[bytes] | None:
+        """Take the directory's writer lock, or raise when another process holds it.
+
+        Returns the open lock file (closing it releases the lock), or ``None``
+        where the platform has no advisory locks.
+        """
         try:
             import fcntl
         except ImportError:  # no advisory locks on this platform
-            yield
-            return
+            return None
         try:
             lock = open(self.directory / _LOCK_NAME, "a+b")
         except OSError as exc:
             raise write_error(exc, self.directory / _LOCK_NAME) from None
-        with lock:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise CheckpointError(
-                    f"another process is saving into {str(self.directory)!r}; one writer per "
-                    "checkpoint directory."
-                ) from None
-            yield
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise CheckpointError(
+                f"another process is saving into {str(self.directory)!r}; one writer per "
+                "checkpoint directory."
+            ) from None
+        _HELD_LOCKS.add(lock)
+        return lock
+
+    @staticmethod
+    def _unlock(lock: IO[bytes] | None) -> None:
+        """Release a lock :meth:`_lock` took."""
+        if lock is not None:
+            _HELD_LOCKS.discard(lock)
+            lock.close()
 
     def _retained(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keep = set(range(len(entries)))
@@ -435,7 +529,9 @@ class CheckpointManager:
 
         Arguments are those of :func:`polybundle.save`; ``metrics`` are plain
         numbers kept in the index (and in :meth:`history` for good). Saving a
-        step again replaces its checkpoint.
+        step again replaces its checkpoint. With ``async_save=True`` it
+        returns once the state is copied; the returned checkpoint's file
+        appears when the background write commits.
 
         Example:
             >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
@@ -454,14 +550,17 @@ class CheckpointManager:
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise CheckpointError(f"step is {step!r}; expected an int >= 0.")
         metrics = _check_metrics(metrics)
+        self.wait_until_finished()  # one save in flight: its buffers are about to be reused
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise write_error(exc, self.directory) from None
         name = f"{_PREFIX}{step:010d}{_SUFFIX}"
-        with self._locked():
-            index = self._read_index()
-            save(
+        created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        entry = {"step": step, "file": name, "metrics": metrics, "created": created}
+        lock = self._lock()
+        try:
+            prepared = prepare_save(
                 self.directory / name,
                 models,
                 params=params,
@@ -470,17 +569,36 @@ class CheckpointManager:
                 schedulers=schedulers,
                 rng=rng,
                 mode=self.mode,
+                digest=self.digest,
+                host=self._host,
             )
-            created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            entry = {"step": step, "file": name, "metrics": metrics, "created": created}
+        except BaseException:
+            self._unlock(lock)
+            raise
+        commit = partial(self._commit, prepared, entry, lock)
+        if self.async_save:
+            self._writer.submit(commit, f"step {step}")
+        else:
+            commit()
+        return self._checkpoint(entry)
+
+    def _commit(
+        self, prepared: PreparedSave, entry: dict[str, Any], lock: IO[bytes] | None
+    ) -> None:
+        """Write the bundle, then the index, then prune; release the writer lock at the end."""
+        try:
+            index = self._read_index()
+            write_prepared(prepared)
+            step = entry["step"]
             checkpoints = [e for e in index["checkpoints"] if e["step"] != step] + [entry]
             history = [h for h in index["history"] if h["step"] != step]
-            history.append({"step": step, "metrics": metrics, "created": created})
+            history.append({key: entry[key] for key in ("step", "metrics", "created")})
             kept = self._retained(checkpoints)
             index.update(checkpoints=kept, history=history)
             write_json_atomically(self.index_path, index, mode=self.mode)
             self._prune(kept)
-        return self._checkpoint(entry)
+        finally:
+            self._unlock(lock)
 
     def checkpoints(self) -> list[Checkpoint]:
         """Return the retained checkpoints, oldest save first.
@@ -492,6 +610,7 @@ class CheckpointManager:
             >>> [c.step for c in manager.checkpoints()]  # the best (200) and the last two
             [200, 300, 400]
         """
+        self.wait_until_finished()
         return [self._checkpoint(e) for e in self._read_index()["checkpoints"]]
 
     def latest(self) -> Checkpoint | None:
@@ -548,6 +667,7 @@ class CheckpointManager:
             >>> manager.history()[0]["metrics"]
             {'val_loss': 0.31}
         """
+        self.wait_until_finished()
         return [dict(h) for h in self._read_index()["history"]]
 
     def restore(

@@ -76,7 +76,7 @@ def inspect(
 
     Reads only JSON members and the zip directory: no framework is
     imported, and sizes are checked against the manifest (run
-    :func:`polybundle.load` to check sha256 too). Each tensor row has
+    :func:`polybundle.verify` to check the digests too). Each tensor row has
     ``role``, ``name``, ``shape``, ``dtype``, ``layout`` and ``bytes``.
     ``optimizers`` maps each role saved with optimizer state to its summary
     (algorithm, class, step, hyperparameters, slot counts, slot bytes).

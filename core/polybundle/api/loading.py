@@ -11,6 +11,7 @@ Example (``net`` is a model of the saved architecture):
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,14 @@ from polybundle.errors import (
     UnknownArchitectureError,
     UnknownBackendError,
 )
+from polybundle.format import digests
 from polybundle.format.archive import ArchiveReader, MemberRange
 from polybundle.format.detection import FORMAT_DESCRIPTION, FORMAT_NAME, PLAIN_ROLE, Detection
 from polybundle.format.manifest import read_manifest, verify_members, verifying_members
 from polybundle.format.params import read_params
 from polybundle.format.sharded import is_sharded
 from polybundle.format.storage import Location, locate
+from polybundle.format.verified import MemberCheck, VerifiedMember
 from polybundle.hooks.manager import get_plugin_manager
 from polybundle.hooks.registry import (
     get_backend,
@@ -327,32 +330,59 @@ def _select_roles(manifest: dict[str, Any], roles: Iterable[str] | None) -> list
     return wanted
 
 
+def _open_weights(archive: ArchiveReader, name: str, check: MemberCheck | None) -> Any:
+    """Open a weights member; verified as it is read when ``check`` (the others' check) is given."""
+    if check is None:
+        return archive.open(name)
+    where = f"manifest.json's record of {name!r}"
+    expected = digests.from_record(check.manifest["members"][name], where=where)
+    return VerifiedMember.open(archive, name, expected, then=check.wait)
+
+
 def _build_model(
-    archive: ArchiveReader, backend: Backend, entry: dict[str, Any], given: Any | None
+    archive: ArchiveReader,
+    backend: Backend,
+    entry: dict[str, Any],
+    given: Any | None,
+    check: MemberCheck | None = None,
 ) -> Any:
+    """Build (or fill ``given``) from the role's weights; ``check``: verify in the same pass."""
+    with _open_weights(archive, entry["weights"], check) as source:
+        try:
+            model = _model_from(backend, entry, given, source)
+        except BaseException as exc:
+            if isinstance(source, VerifiedMember):
+                source.finish_quietly(exc)  # a damaged member is the likelier cause: it wins
+            raise
+        if isinstance(source, VerifiedMember):
+            source.finish()  # a model built here is dropped on a mismatch
+        return model
+
+
+def _model_from(backend: Backend, entry: dict[str, Any], given: Any | None, source: Any) -> Any:
+    """Return ``given`` loaded from ``source``, or a model built by a builder or the backend."""
     specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
     architecture = entry["architecture"]
     registry = get_registry()
-    with archive.open(entry["weights"]) as source:
-        if given is not None:
-            backend.load_into(given, source, specs)
-            return given
-        if architecture and registry.has_builder(architecture["name"], backend.name):
-            builder = registry.builder(architecture["name"], backend.name)
-            model = backend.build_and_load(builder, architecture["config"], source, specs)
-            remember_architecture(model, architecture["name"], architecture["config"])
-            return model
-        try:
-            model = backend.load_standalone(source, specs)
-        except UnknownArchitectureError:
-            if not architecture:
-                raise
-            raise unregistered_architecture(
-                architecture["name"], backend.name, recorded_module(architecture), entry["role"]
-            ) from None
-        if architecture:
-            remember_architecture(model, architecture["name"], architecture["config"])
+    if given is not None:
+        backend.load_into(given, source, specs)
+        return given
+    if architecture and registry.has_builder(architecture["name"], backend.name):
+        builder = registry.builder(architecture["name"], backend.name)
+        model = backend.build_and_load(builder, architecture["config"], source, specs)
+        remember_architecture(model, architecture["name"], architecture["config"])
         return model
+    try:
+        model = backend.load_standalone(source, specs)
+    except UnknownArchitectureError:
+        if not architecture:
+            raise
+        raise unregistered_architecture(
+            architecture["name"], backend.name, recorded_module(architecture), entry["role"]
+        ) from None
+    if architecture:
+        remember_architecture(model, architecture["name"], architecture["config"])
+    return model
 
 
 def load(
@@ -380,10 +410,17 @@ def load(
     ``roles`` limits which models are built. ``into`` gives
     ready instances to load weights into; other roles are rebuilt with the
     registered builder of their architecture, or (Keras) from the ``.keras``
-    file with ``safe_mode=True``. ``verify`` checks every member's sha256
-    (on by default): beside the framework's read in a background thread for
-    models built here (they are discarded on a mismatch), before anything is
-    loaded when ``into`` gives models the caller owns. Nothing is ever unpickled.
+    file with ``safe_mode=True``. ``verify`` checks every member's digest
+    (on by default). A backend that reads its weights front to back
+    (:attr:`~polybundle.model.backend.Backend.reads_front_to_back`, PyTorch)
+    has each weights member hashed from the bytes it reads, in the same pass,
+    while a thread checks the other members; the end of the weights waits for
+    that thread, so models the caller passed in ``into`` change only once the
+    whole bundle has matched. For other backends a thread hashes every member
+    beside the framework's read (models built here are discarded on a
+    mismatch), or before anything is loaded when ``into`` gives the caller's
+    models. A mismatch raises :class:`~polybundle.errors.IntegrityError` and
+    leaves ``into`` models as they were. Nothing is ever unpickled.
 
     ``progress=True`` shows a progress bar of the bytes read (hashing and
     loading) for bundles of 64 MiB and more (:mod:`polybundle.api.progress`).
@@ -523,17 +560,35 @@ def _load_bundle(
     if check:
         to_read += sum(record["size"] for record in manifest["members"].values())
     bar = progress_bar(f"loading {path.name}", 0 if lazy else to_read, enabled=progress)
+    in_pass = check and not lazy and requested is archived and _verifiable_in_pass(
+        archive, manifest, archived, selected
+    )
     with bar as advance:
         archive.on_read = advance
-        if check and (into or lazy):  # models the caller owns change only after the check
+        if check and (into or lazy) and not in_pass:  # caller's models change after the check
             verify_members(archive, manifest)
-        models, plans, params = _load_models(
+        models, plans, params = _load_checked(
             archive, manifest, archived, requested, selected, into,
-            verify=check and not into and not lazy, lazy=lazy, plain=plain,
+            verify=check and not lazy and (in_pass or not into), lazy=lazy, plain=plain,
+            in_pass=in_pass,
         )
     kind = PlainBundle if plain else Bundle
     return kind(path, manifest, params, requested.name, models, lazy=lazy,
                 conversions=plans)
+
+
+def _verifiable_in_pass(
+    archive: ArchiveReader, manifest: dict[str, Any], backend: Backend, roles: list[str]
+) -> bool:
+    """True when each role's weights can be verified as ``backend`` reads them (one pass).
+
+    The backend must read front to back (:attr:`~polybundle.model.backend.Backend.
+    reads_front_to_back`) and every weights member must be STORED.
+    """
+    if not backend.reads_front_to_back:
+        return False
+    names = [model_entry(manifest, role)["weights"] for role in roles]
+    return all(archive.info(name).compress_type == zipfile.ZIP_STORED for name in names)
 
 
 def _plain_reason(role: str, backend: Backend, exc: PolybundleError) -> PolybundleError:
@@ -544,6 +599,42 @@ def _plain_reason(role: str, backend: Backend, exc: PolybundleError) -> Polybund
         f"or pass into={{{role!r}: model}}; bundle.tensors({role!r}) reads the weights "
         "without one."
     )
+
+
+def _load_checked(
+    archive: ArchiveReader,
+    manifest: dict[str, Any],
+    archived: Backend,
+    requested: Backend,
+    selected: list[str],
+    into: dict[str, Any],
+    *,
+    verify: bool,
+    lazy: bool,
+    plain: bool = False,
+    in_pass: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Read params and build the selected roles' models, hashing alongside when asked.
+
+    With ``in_pass`` the selected roles' weights are verified as the backend
+    reads them (:class:`~polybundle.format.verified.VerifiedMember`) and the
+    other members in a background thread, whose verdict the end of each
+    weights member waits for, so a caller's ``into=`` model changes only after
+    the whole bundle has been checked.
+    """
+    if verify and in_pass:
+        weights = {model_entry(manifest, role)["weights"] for role in selected}
+        check = MemberCheck(archive, manifest, [n for n in manifest["members"] if n not in weights])
+        try:
+            built = _load_models(archive, manifest, archived, requested, selected, into,
+                                 verify=False, lazy=lazy, plain=plain, check=check)
+        except BaseException as exc:
+            check.wait_quietly(exc)  # a damaged member is the likelier cause: it wins
+            raise
+        check.wait()
+        return built
+    return _load_models(archive, manifest, archived, requested, selected, into,
+                        verify=verify, lazy=lazy, plain=plain)
 
 
 def _load_models(
@@ -557,8 +648,9 @@ def _load_models(
     verify: bool,
     lazy: bool,
     plain: bool = False,
+    check: MemberCheck | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Read params and build the selected roles' models, hashing alongside when asked."""
+    """Read params and build the selected roles' models (``verify``: hash beside in a thread)."""
     with verifying_members(archive, manifest, enabled=verify):
         params: dict[str, Any] = {}
         if not plain:
@@ -571,7 +663,7 @@ def _load_models(
             entry = model_entry(manifest, role)
             try:
                 if requested is archived:
-                    models[role] = _build_model(archive, archived, entry, into.get(role))
+                    models[role] = _build_model(archive, archived, entry, into.get(role), check)
                 else:
                     models[role], plans[role] = converted_model(
                         archive, entry, archived, requested, into.get(role)

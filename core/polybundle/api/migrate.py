@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -32,8 +31,10 @@ from polybundle.api.loading import (
 )
 from polybundle.api.verify import VerifyReport, check_format_two
 from polybundle.errors import IntegrityError, PolybundleError
+from polybundle.format import digests
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.detection import FORMAT_NAME, Detection
+from polybundle.format.digests import DEFAULT, algorithm
 from polybundle.format.manifest import (
     FORMAT_VERSION,
     MANIFEST_MEMBER,
@@ -86,15 +87,14 @@ class MigrationReport:
         return lines
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _file_digest(path: Path, algorithm: str) -> str:
+    """Return the hex digest of a whole file (``sha256``: the source's recorded identity)."""
     with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(8 * 1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return digests.of_stream(stream, algorithm).hex
 
 
-def _already_migrated(target: Path, source_sha: str) -> bool:
+def _already_migrated(target: Path, source_sha: str, digest: str) -> bool:
+    """Return True when ``target`` is a good migration of the same source, with ``digest``."""
     if not target.is_file():
         return False
     try:
@@ -103,7 +103,8 @@ def _already_migrated(target: Path, source_sha: str) -> bool:
             verify_members(archive, manifest)
     except PolybundleError:
         return False
-    return manifest.get("legacy", {}).get("source_sha256") == source_sha
+    algorithms = {digests.from_record(r).algorithm for r in manifest["members"].values()}
+    return manifest.get("legacy", {}).get("source_sha256") == source_sha and algorithms == {digest}
 
 
 def _role_specs(
@@ -145,6 +146,7 @@ def _write(
     content: LegacyContent,
     source_sha: str,
     report: MigrationReport,
+    digest: str,
 ) -> None:
     check_json_size(content.params, where="the legacy params", arrays_as_json=False)
     check_json_size(content.manifest, where="the legacy manifest")
@@ -171,7 +173,7 @@ def _write(
                 f"manifest ({', '.join(role.custom_objects)})"
             )
     report.dropped += [f"{name}: not needed (its values are in params)" for name in content.ignored]
-    with ArchiveWriter(target) as writer:
+    with ArchiveWriter(target, digest=digest) as writer:
         writer.write_bytes(PARAMS_MEMBER, encoded.document, compress=True)
         if encoded.arrays is not None:
             writer.write_bytes(ARRAYS_MEMBER, encoded.arrays)
@@ -231,7 +233,7 @@ def _migrate_format_two(
     _check_bundle(archive, repr(str(source)))
     if target is None or (target.exists() and target.resolve() == source.resolve()):
         return report
-    if target.is_file() and _sha256(target) == _sha256(source):
+    if target.is_file() and _file_digest(target, DEFAULT) == _file_digest(source, DEFAULT):
         return report
     _copy_bundle(source, target)
     report.converted.append(
@@ -243,7 +245,12 @@ def _migrate_format_two(
 
 
 def _write_plain(
-    target: Path, source: Path, detection: Detection, source_sha: str, report: MigrationReport
+    target: Path,
+    source: Path,
+    detection: Detection,
+    source_sha: str,
+    report: MigrationReport,
+    digest: str,
 ) -> None:
     """Write the plain framework file ``source`` as a one-role bundle (no params)."""
     with open_plain(source, detection) as archive:
@@ -265,7 +272,7 @@ def _write_plain(
         budget.charge(size, archive.weights)
         data = archive.read(archive.weights, limit=size)
     models = [{**entry, "weights": member}]
-    with ArchiveWriter(target) as writer:
+    with ArchiveWriter(target, digest=digest) as writer:
         writer.write_bytes(PARAMS_MEMBER, encode_params({}).document, compress=True)
         writer.write_bytes(models[0]["weights"], data)
         written = build_manifest(
@@ -290,6 +297,7 @@ def migrate(
     max_bytes: int | None = None,
     storage_options: dict[str, Any] | None = None,
     filesystem: Any = None,
+    digest: str = DEFAULT,
 ) -> MigrationReport:
     """Write the archive ``src`` as a format-2 bundle at ``dst``; return a report.
 
@@ -300,15 +308,20 @@ def migrate(
     function already produced from the same ``src`` is left alone
     (idempotent). A format-2 ``src`` is checked in full (as
     :func:`polybundle.verify` does); given a ``dst`` other than ``src`` it
-    is copied there, and the copy is checked before it appears (a 2.0 bundle
-    is a valid 2.1 bundle: 2.1 only adds params arrays, so a copy is the
-    rewrite). Params arrays of a legacy archive (a complex probe, a mask) go
-    to ``params.safetensors`` bit for bit. Without ``dst`` (or
+    is copied there, and the copy is checked before it appears (every 2.x
+    bundle is valid as it is: 2.1 added params arrays and 2.2 named digests,
+    and readers read the older forms, so a copy is the rewrite). Params
+    arrays of a legacy archive (a complex probe, a mask) go to
+    ``params.safetensors`` bit for bit. Without ``dst`` (or
     with ``dst`` equal to ``src``) it is reported as already up to date and
     nothing is written. Register builders named after the roles first to give
     the tensors real layout tags (needed to convert across frameworks).
     ``max_bytes`` caps the memory read from declared sizes
-    (:mod:`polybundle.safety.budget`).
+    (:mod:`polybundle.safety.budget`). ``digest`` names the algorithm of the
+    members' digests in a bundle written anew (``"xxh3-128"``, the default,
+    or ``"sha256"``; see :mod:`polybundle.format.digests`); the manifest's
+    ``legacy.source_sha256`` is the source file's sha256 either way. A
+    format-2 bundle is copied byte for byte and keeps its own digests.
 
     ``src`` and ``dst`` may be URLs, with ``storage_options`` or a ready
     fsspec ``filesystem`` for both (see :func:`polybundle.load`): a URL's
@@ -322,10 +335,11 @@ def migrate(
         >>> polybundle.migrate("wts.h5.zip", "wts.bundle").written  # same source: nothing to do
         False
     """
+    digest = algorithm(digest).name  # an unknown algorithm is refused before anything
     source_at = locate(src, storage_options, filesystem)
     target_at = None if dst is None else locate(dst, storage_options, filesystem)
     if source_at is None and target_at is None:
-        return _migrate_files(src, dst, max_bytes)
+        return _migrate_files(src, dst, max_bytes, digest)
     if dst is not None and str(src) == str(dst):
         dst = None  # the same object: already up to date, as for a path
     with tempfile.TemporaryDirectory(prefix="polybundle-migrate-") as staging:
@@ -340,7 +354,7 @@ def migrate(
             local_dst.parent.mkdir()
             if target_at.exists():  # a bundle migrated before is left alone (idempotent)
                 target_at.get_file(local_dst)
-        report = _migrate_files(local_src, local_dst, max_bytes)
+        report = _migrate_files(local_src, local_dst, max_bytes, digest)
         if target_at is not None and report.written:
             target_at.put_file(local_dst)  # type: ignore[arg-type]
     report.source, report.target = str(src), None if dst is None else str(dst)
@@ -348,9 +362,12 @@ def migrate(
 
 
 def _migrate_files(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str] | None, max_bytes: int | None
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None,
+    max_bytes: int | None,
+    digest: str,
 ) -> MigrationReport:
-    """:func:`migrate` between local files."""
+    """:func:`migrate` between local files, writing member digests of algorithm ``digest``."""
     source = Path(src)
     target = None if dst is None else Path(dst)
     with budget.limit(max_bytes), ArchiveReader(source) as archive:
@@ -371,16 +388,16 @@ def _migrate_files(
                 f"the folder {str(target.parent)!r} does not exist; create it first."
             )
         budget.check(sum(archive.size(n) for n in archive.names()), "the archive's members")
-        source_sha = _sha256(source)
+        source_sha = _file_digest(source, "sha256")
         if plain_backend(detection) is not None:
             report = MigrationReport(str(source), str(target), detection.format)
-            if not _already_migrated(target, source_sha):
-                _write_plain(target, source, detection, source_sha, report)
+            if not _already_migrated(target, source_sha, digest):
+                _write_plain(target, source, detection, source_sha, report, digest)
             return report
         reader = era_reader(detection.format)
         content = reader.read(archive)
         report = MigrationReport(str(source), str(target), content.format)
-        if _already_migrated(target, source_sha):
+        if _already_migrated(target, source_sha, digest):
             return report
-        _write(target, archive, reader, content, source_sha, report)
+        _write(target, archive, reader, content, source_sha, report, digest)
     return report

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 from polybundle.api.checkpoints import (
@@ -40,6 +39,7 @@ from polybundle.api.checkpoints import (
 )
 from polybundle.api.verify import verify
 from polybundle.errors import FormatError, StorageError
+from polybundle.format.digests import DEFAULT
 from polybundle.format.jsondoc import load_json
 from polybundle.format.storage import Location, locate
 
@@ -67,8 +67,13 @@ class RemoteCheckpointManager(CheckpointManager):
         mode: int | None = None,
         storage_options: dict[str, Any] | None = None,
         filesystem: Any = None,
+        digest: str = DEFAULT,
+        async_save: bool = False,
     ) -> None:
-        super().__init__(os.curdir, keep_last=keep_last, keep_best=keep_best, mode=mode)
+        super().__init__(
+            os.curdir, keep_last=keep_last, keep_best=keep_best, mode=mode, digest=digest,
+            async_save=async_save,
+        )
         self.directory = locate(directory, storage_options, filesystem)  # type: ignore[assignment]
 
     @property
@@ -114,9 +119,8 @@ class RemoteCheckpointManager(CheckpointManager):
             found[step] = {"step": step, "file": name, "metrics": {}, "created": created}
         return [found[step] for step in sorted(found)]
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        yield  # object stores have no locks: one writer per run is the caller's to ensure
+    def _lock(self) -> None:
+        return None  # object stores have no locks: one writer per run is the caller's to ensure
 
     def _prune(self, kept: Iterable[dict[str, Any]]) -> None:
         names = {entry["file"] for entry in kept}

@@ -21,6 +21,7 @@ import numpy as np
 from polybundle.api.loading import detect, load
 from polybundle.api.saving import save
 from polybundle.format.archive import ArchiveReader
+from polybundle.format.digests import DEFAULT, algorithm
 from polybundle.format.manifest import read_manifest
 from polybundle.format.sharded import ShardedFolder, is_sharded
 from polybundle.format.storage import Location, locate
@@ -131,6 +132,7 @@ def convert(
     max_bytes: int | None = None,
     storage_options: dict[str, Any] | None = None,
     filesystem: Any = None,
+    digest: str = DEFAULT,
 ) -> dict[str, Any]:
     """Write the bundle at ``source`` as a native bundle of ``backend`` at ``destination``.
 
@@ -141,7 +143,8 @@ def convert(
     framework file too (see :func:`polybundle.load`). ``max_bytes`` caps the
     memory read from the source's declared sizes (:mod:`polybundle.safety.budget`);
     past it nothing is written. Either may be a URL; ``storage_options`` or
-    ``filesystem`` (see :func:`polybundle.load`) serve both.
+    ``filesystem`` (see :func:`polybundle.load`) serve both. ``digest`` names
+    the algorithm of the new bundle's digests, as for :func:`polybundle.save`.
 
     Example:
         >>> polybundle.architecture("doc-mlp", backend="torch", replace=True)(
@@ -158,6 +161,7 @@ def convert(
             locate(source, storage_options, filesystem) or source,
             locate(destination, storage_options, filesystem) or destination,
             backend,
+            algorithm(digest).name,
         )
 
 
@@ -165,6 +169,7 @@ def _convert(
     source: str | os.PathLike[str] | Location,
     destination: str | os.PathLike[str] | Location,
     backend: str,
+    digest: str,
 ) -> dict[str, Any]:
     bundle = load(source, backend=backend)
     architectures = {
@@ -176,4 +181,4 @@ def _convert(
         if bundle.has_optimizer(role)
     }
     return save(destination, bundle.models, params=bundle.params, architectures=architectures,
-                optimizers=optimizers)
+                optimizers=optimizers, digest=digest)

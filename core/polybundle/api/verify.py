@@ -1,7 +1,7 @@
 """``polybundle.verify``: an integrity and safety report, without loading any model.
 
 Checks, for a format-2 bundle: the zip's structure (names, kinds, sizes,
-bombs), the manifest's schema and member list, every member's sha256, the
+bombs), the manifest's schema and member list, every member's digest, the
 params, and each weights file: the backend that wrote it checks it without
 its framework, as a load would before the framework sees it (for example a
 Keras config is checked for code), and its tensors are compared with the
@@ -28,6 +28,7 @@ from polybundle.api.progress import progress_bar
 from polybundle.errors import PolybundleError, UnknownBackendError
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.detection import FORMAT_NAME, Detection
+from polybundle.format.digests import from_record
 from polybundle.format.manifest import read_manifest, verify_members
 from polybundle.format.params import ARRAYS_MEMBER, read_params
 from polybundle.format.sharded import ShardedFolder, is_sharded
@@ -115,7 +116,8 @@ def check_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
     manifest = read_manifest(archive)
     report.checked.append("manifest schema, member list and sizes")
     verify_members(archive, manifest)
-    report.checked.append(f"sha256 of {len(manifest['members'])} members")
+    count = len(manifest["members"])
+    report.checked.append(f"{_digest_names(manifest)} digests of {count} members")
     read_params(archive, manifest)
     report.checked.append(
         "params.json" + (" and params.safetensors" if ARRAYS_MEMBER in manifest["members"] else "")
@@ -123,6 +125,16 @@ def check_format_two(archive: ArchiveReader, report: VerifyReport) -> None:
     check_weights(archive, manifest, report)
 
     report.checked += check_training_members(archive, manifest)
+
+
+def _digest_names(manifest: dict[str, Any]) -> str:
+    """Return the digest algorithms a (read) manifest's records name, e.g. ``'xxh3-128'``.
+
+    Example:
+        >>> _digest_names({"members": {"a": {"size": 0, "sha256": "0" * 64}}})
+        'sha256'
+    """
+    return " and ".join(sorted({from_record(r).algorithm for r in manifest["members"].values()}))
 
 
 def _checks_stored(backend: Backend) -> bool:
@@ -217,7 +229,8 @@ def check_sharded(path: str | os.PathLike[str], report: VerifyReport) -> None:
     folder = ShardedFolder(path)
     report.checked.append("manifest schema, shards, member list and sizes")
     folder.verify()
-    report.checked.append(f"sha256 of {len(folder.manifest['members'])} members")
+    count = len(folder.manifest["members"])
+    report.checked.append(f"{_digest_names(folder.manifest)} digests of {count} members")
     folder.params()
     report.checked.append("params.json")
     count = 0

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from polybundle.errors import FormatError, UnsafeContentError
+from polybundle.format import digests
 from polybundle.format.storage import Location, RemoteFile, locate
 
 MAX_MEMBERS = 10_000
@@ -890,15 +890,13 @@ class ArchiveReader:
         with self.open(name) as stream:
             return stream.read(count)
 
-    def sha256(self, name: str) -> str:
-        """Return the hex sha256 of a member's uncompressed bytes, read in chunks."""
-        digest = hashlib.sha256()
-        buffer = bytearray(_HASH_CHUNK)
-        view = memoryview(buffer)
+    def digest(self, name: str, algorithm: str = digests.DEFAULT) -> digests.Digest:
+        """Return the digest of a member's uncompressed bytes, read in chunks.
+
+        Example:
+            >>> with ArchiveReader("run.bundle") as archive:
+            ...     str(archive.digest("params.json", "sha256"))[:15]
+            'sha256:2d234b90'
+        """
         with self.open(name) as stream:
-            while True:
-                count = stream.readinto(view)
-                if not count:
-                    break
-                digest.update(view[:count])
-        return digest.hexdigest()
+            return digests.of_stream(stream, algorithm)

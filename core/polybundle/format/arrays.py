@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
@@ -38,12 +39,34 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest safetensors header accepted (the safetensors library's own limit)."""
 
 
+ARRAY_ALIGNMENT = 64
+"""Byte boundary of the arrays :func:`read_array` allocates (a cache line; what TensorFlow's
+kernels assume of a tensor's buffer)."""
+
+
+def empty_aligned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Return a new uninitialised C-ordered array whose data starts on :data:`ARRAY_ALIGNMENT`.
+
+    Example:
+        >>> array = empty_aligned((3, 5), "float32")
+        >>> array.shape, array.ctypes.data % ARRAY_ALIGNMENT, array.flags.c_contiguous
+        ((3, 5), 0, True)
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ARRAY_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ARRAY_ALIGNMENT
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
 def read_array(stream: BinaryIO, shape: tuple[int, ...], dtype: Any, *, what: str) -> np.ndarray:
     """Read one ``shape`` x ``dtype`` array's bytes from ``stream`` into a new array.
 
     The array's size is charged to the memory budget (labelled ``what``) before
     it is allocated; a stream that ends early is a :class:`FormatError` naming
-    ``what``. The one routine every weights reader uses to fill an array.
+    ``what``. The one routine every weights reader uses to fill an array. The
+    array starts on :data:`ARRAY_ALIGNMENT` bytes (:func:`empty_aligned`), so a
+    framework can adopt its memory as a tensor without copying it.
 
     Example:
         >>> import io
@@ -57,7 +80,7 @@ def read_array(stream: BinaryIO, shape: tuple[int, ...], dtype: Any, *, what: st
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     charge(nbytes, what)
-    array = np.empty(shape, dtype=dtype)
+    array = empty_aligned(shape, dtype)
     view = memoryview(array.reshape(-1).view(np.uint8))
     done = 0
     while done < nbytes:
@@ -70,11 +93,70 @@ def read_array(stream: BinaryIO, shape: tuple[int, ...], dtype: Any, *, what: st
     return array
 
 
+def safetensors_layout(
+    arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> tuple[bytes, list[np.ndarray]]:
+    """Return the safetensors header bytes of ``arrays`` and the arrays in file order.
+
+    Tensors are laid out by item size, largest first, then by name, as the
+    safetensors library does, so every tensor stays aligned. Every dtype is
+    checked here, before any byte is written; nothing is copied.
+
+    Example:
+        >>> header, ordered = safetensors_layout({"a": np.zeros(2, np.int8),
+        ...                                       "b": np.zeros(1, np.float64)})
+        >>> len(header) % 8, [array.dtype.name for array in ordered]
+        (0, ['float64', 'int8'])
+    """
+    header: dict[str, Any] = {}
+    ordered = []
+    offset = 0
+    for name, array in sorted(arrays.items(), key=lambda item: (-item[1].dtype.itemsize, item[0])):
+        code = _SAFETENSORS_CODES.get(dtype_label(array.dtype))
+        if code is None:
+            raise UnsupportedOptimizerError(
+                f"slot array {name!r} is {array.dtype}; safetensors stores "
+                f"{', '.join(SAFETENSORS_DTYPES.values())}. Cast the optimizer state to one."
+            )
+        end = offset + array.nbytes
+        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, end]}
+        ordered.append(array)
+        offset += array.nbytes
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, ordered
+
+
+def write_arrays(
+    arrays: dict[str, np.ndarray], stream: BinaryIO, metadata: dict[str, str] | None = None
+) -> None:
+    """Write the safetensors file of ``arrays`` into ``stream``, array by array, without a copy.
+
+    Every dtype is checked before the first byte is written (see
+    :func:`safetensors_layout`); big-endian arrays are written little-endian.
+
+    Example:
+        >>> import io
+        >>> stream = io.BytesIO()
+        >>> write_arrays({"w": np.arange(3, dtype=np.int16)}, stream)
+        >>> load_arrays(stream.getvalue(), where="x.safetensors")["w"].tolist()
+        [0, 1, 2]
+    """
+    header, ordered = safetensors_layout(arrays, metadata)
+    stream.write(header)
+    for array in ordered:
+        raw = np.ascontiguousarray(array)
+        if raw.dtype.byteorder == ">":
+            raw = raw.byteswap()
+        stream.write(memoryview(raw.reshape(-1).view(np.uint8)))
+
+
 def save_arrays(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
     """Return the safetensors bytes of ``arrays`` (bfloat16 and float8 included).
 
-    Tensors are laid out by item size, largest first, then by name, as the
-    safetensors library does, so every tensor stays aligned.
+    The bytes :func:`write_arrays` writes.
 
     Example:
         >>> import ml_dtypes
@@ -82,29 +164,9 @@ def save_arrays(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None =
         >>> load_arrays(data, where="net/optimizer.safetensors")["m/w"].dtype.name
         'bfloat16'
     """
-    header: dict[str, Any] = {}
-    chunks = []
-    offset = 0
-    ordered = sorted(arrays.items(), key=lambda item: (-item[1].dtype.itemsize, item[0]))
-    for name, array in ordered:
-        code = _SAFETENSORS_CODES.get(dtype_label(array.dtype))
-        if code is None:
-            raise UnsupportedOptimizerError(
-                f"slot array {name!r} is {array.dtype}; safetensors stores "
-                f"{', '.join(SAFETENSORS_DTYPES.values())}. Cast the optimizer state to one."
-            )
-        raw = np.ascontiguousarray(array)
-        data = (raw.byteswap() if raw.dtype.byteorder == ">" else raw).tobytes()
-        header[name] = {
-            "dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]
-        }
-        chunks.append(data)
-        offset += len(data)
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    stream = io.BytesIO()
+    write_arrays(arrays, stream, metadata)
+    return stream.getvalue()
 
 
 ArrayEntry = tuple[str, tuple[int, ...], int, int]

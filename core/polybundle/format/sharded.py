@@ -33,10 +33,12 @@ from typing import Any
 import numpy as np
 
 from polybundle.errors import FormatError, IntegrityError, UnsafeContentError
+from polybundle.format import digests
 from polybundle.format.archive import MAX_JSON_BYTES
 from polybundle.format.arrays import index_arrays
+from polybundle.format.digests import Digest
 from polybundle.format.jsondoc import load_json
-from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, check_version
+from polybundle.format.manifest import MANIFEST_MEMBER, PARAMS_MEMBER, check_digest, check_version
 from polybundle.format.params import ARRAYS_MEMBER, decode_params, holds_references, resolve_arrays
 from polybundle.format.schemas import validate
 from polybundle.format.writer import TEMP_MARK, HashingWriter
@@ -49,7 +51,6 @@ PARTS = "parts"
 MAX_CHUNKS = 65536
 """Most chunks one tensor may have (the overlap check is quadratic in them)."""
 
-_READ = 4 * 1024 * 1024
 
 
 def is_sharded(path: object) -> bool:
@@ -72,7 +73,7 @@ class _Discard(io.RawIOBase):
         return memoryview(data).nbytes
 
 
-def digest_writer(sink: Any | None = None) -> HashingWriter:
+def digest_writer(sink: Any | None = None, algorithm: str = digests.DEFAULT) -> HashingWriter:
     """Return the writer that records a part file's size and digest as its bytes pass.
 
     The bundle writer's own :class:`~polybundle.format.writer.HashingWriter`,
@@ -81,25 +82,22 @@ def digest_writer(sink: Any | None = None) -> HashingWriter:
 
     Example:
         >>> writer = digest_writer()
-        >>> writer.write(b"abc"), writer.size, writer.hexdigest()[:8]
-        (3, 3, 'ba7816bf')
+        >>> writer.write(b"abc"), writer.size, str(writer.digest())[:17]
+        (3, 3, 'xxh3-128:06b05ab6')
     """
-    return HashingWriter(sink if sink is not None else _Discard())
+    return HashingWriter(sink if sink is not None else _Discard(), algorithm=algorithm)
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """Return the hex digest of the regular file at ``path``, read in chunks.
+def file_digest(path: str | os.PathLike[str], algorithm: str = digests.DEFAULT) -> Digest:
+    """Return the digest (of algorithm ``algorithm``) of the regular file at ``path``.
 
     Example:
-        >>> file_digest("sharded/params.json") == ShardedFolder("sharded").manifest[
-        ...     "members"]["params.json"]["sha256"]
+        >>> record = ShardedFolder("sharded").manifest["members"]["params.json"]
+        >>> file_digest("sharded/params.json") == digests.from_record(record)
         True
     """
-    writer = digest_writer()
     with open(path, "rb") as stream:
-        while chunk := stream.read(_READ):
-            writer.write(chunk)
-    return writer.hexdigest()
+        return digests.of_stream(stream, algorithm)
 
 
 def _member_path(folder: Path, name: str) -> Path:
@@ -311,13 +309,9 @@ class ShardedFolder:
         """
         for name in self.manifest["members"] if names is None else names:
             record = self.manifest["members"][name]
-            actual = file_digest(_member_path(self.path, name))
-            if actual != record["sha256"]:
-                raise IntegrityError(
-                    f"{name!r} in {str(self.path)!r} has digest {actual}, but "
-                    f"{MANIFEST_MEMBER} records {record['sha256']}. The bundle was altered or "
-                    "damaged; do not use it. Re-copy it from its source."
-                )
+            where = f"{MANIFEST_MEMBER}'s record of {name!r}"
+            algorithm = digests.from_record(record, where=where).algorithm
+            check_digest(name, record, file_digest(_member_path(self.path, name), algorithm))
 
     def _part(self, name: str) -> tuple[mmap.mmap, int, dict[str, Any]]:
         if name not in self._maps:

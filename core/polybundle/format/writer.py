@@ -22,10 +22,16 @@ file is removed only when its process is gone *and* nobody holds its lock
 Large members are written for reading without copies: STORED, with their
 data starting at a multiple of :data:`ALIGNMENT` in the file (the local
 header's extra field is padded, as Android's zipalign does), so a reader can
-memory-map them and every tensor stays aligned. Their sha256 is computed by a
-background thread that reads the bytes back from the page cache just behind
-the framework writing them, so on a machine with a free core hashing costs
-little wall time; small or deflated members are hashed inline.
+memory-map them and every tensor stays aligned. Each member's digest is of
+the algorithm the writer was given (:mod:`polybundle.format.digests`:
+xxh3-128 by default, sha256 on request). A large STORED member is hashed
+while it is written: with xxh3-128 inline, in the writing thread, where the
+bytes are hot (it runs at memory speed); with sha256 by a background thread
+that reads the bytes back from the page cache just behind the framework
+writing them, so on a machine with a free core the slow hash costs little
+wall time. The zip header's CRC-32 is computed in the writing thread
+(:mod:`polybundle.format.crc`: ISA-L when installed). Small or deflated
+members are hashed inline.
 
 Example:
     >>> with ArchiveWriter("out.bundle") as writer:
@@ -37,7 +43,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -45,7 +50,6 @@ import secrets
 import struct
 import threading
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +57,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from polybundle.errors import PolybundleError, WriteError
+from polybundle.format import crc, digests
+from polybundle.format.digests import Digest
 from polybundle.format.storage import Location, locate, staging_path
 
 ALIGNMENT = 64
@@ -73,16 +79,21 @@ _NAME_KEEP = 180  # characters of the target's name kept in the temporary name (
 
 @dataclass(frozen=True)
 class MemberRecord:
-    """Size and sha256 of one member, as the manifest records them.
+    """Size and named digest of one member, as the manifest records them.
 
     Example:
-        >>> MemberRecord("params.json", 2, "44136fa3...").size
-        2
+        >>> record = MemberRecord("params.json", 2, digests.of_bytes(b"{}"))
+        >>> record.to_json()
+        {'size': 2, 'digest': 'xxh3-128:dc7048f8f8747f561349cde127705c16'}
     """
 
     name: str
     size: int
-    sha256: str
+    digest: Digest
+
+    def to_json(self) -> dict[str, int | str]:
+        """Return the manifest's record of this member."""
+        return digests.member_record(self.size, self.digest)
 
 
 class HashingWriter(io.RawIOBase):
@@ -90,33 +101,45 @@ class HashingWriter(io.RawIOBase):
 
     Frameworks write their native files into it (``torch.save``, Keras'
     ``save_model``) while it forwards the bytes into the zip member.
+    ``algorithm`` names the digest (:data:`~polybundle.format.digests.ALGORITHMS`).
+    With ``readback=(file, start)`` (the member's bytes go straight into
+    ``file`` from ``start``) it also computes the CRC-32, and a slow
+    algorithm (sha256) is computed by a thread reading the file back.
 
     Example:
         >>> sink = io.BytesIO()
         >>> w = HashingWriter(sink)
         >>> w.write(b"abc")
         3
-        >>> w.size, w.hexdigest()[:8]
-        (3, 'ba7816bf')
+        >>> w.size, str(w.digest())
+        (3, 'xxh3-128:06b05ab6733a618578af5f94892f3950')
+        >>> w = HashingWriter(io.BytesIO(), algorithm="sha256")
+        >>> _ = w.write(b"abc")
+        >>> w.digest().hex[:8]
+        'ba7816bf'
     """
 
     def __init__(
         self,
         sink: io.RawIOBase | io.BufferedIOBase,
         *,
+        algorithm: str = digests.DEFAULT,
         readback: tuple[BinaryIO, int] | None = None,
     ) -> None:
         super().__init__()
         self._sink = sink
-        self._digest = hashlib.sha256()
+        self.algorithm = digests.algorithm(algorithm).name
+        """The name of the digest's algorithm."""
+        self._digest = digests.new(algorithm)
         self._trailing: _TrailingHasher | None = None
         self._file: BinaryIO | None = None
         self.on_write: Callable[[int], None] | None = None
         """Called with each write's byte count (e.g. to advance a progress bar)."""
         if readback is not None:
             self._file, start = readback
-            self._trailing = _TrailingHasher(self._file.fileno(), start)
-        self._crc = 0
+            if not digests.algorithm(algorithm).inline:
+                self._trailing = _TrailingHasher(self._file.fileno(), start, algorithm)
+        self._crc: int | None = None if readback is None else 0
         self.size = 0
         self.os_error: OSError | None = None
         """The first OS error a write met (a framework may raise it as something else)."""
@@ -134,8 +157,9 @@ class HashingWriter(io.RawIOBase):
             self.os_error = self.os_error or exc
             raise
         self.size += len(view)
+        if self._crc is not None:
+            self._crc = crc.crc32(view, self._crc)  # cheap, and the bytes are hot here
         if self._trailing is not None and self._file is not None:
-            self._crc = zlib.crc32(view, self._crc)  # cheap, and the bytes are hot here
             self._file.flush()  # the trailing hasher reads what the OS holds
             self._trailing.advance(self.size)
         else:
@@ -148,33 +172,34 @@ class HashingWriter(io.RawIOBase):
         """Return the number of bytes written so far."""
         return self.size
 
-    def hexdigest(self) -> str:
-        """Return the hex sha256 of everything written (waits for a trailing hasher)."""
+    def digest(self) -> Digest:
+        """Return the named digest of everything written (waits for a trailing hasher)."""
         if self._trailing is not None:
-            return self._trailing.finish()
-        return self._digest.hexdigest()
+            return Digest(self.algorithm, self._trailing.finish())
+        return Digest(self.algorithm, self._digest.hexdigest())
 
     @property
     def crc32(self) -> int | None:
-        """Return the CRC-32 of what was written when a trailing hasher runs, else None.
+        """Return the CRC-32 of what was written when written with ``readback``, else None.
 
-        The CRC is computed in the writing thread (it is several times cheaper
-        than sha256), so the two hashes share the two cores.
+        The CRC is computed in the writing thread, where the bytes are hot; a
+        sha256 digest, several times slower, is computed by the trailing
+        thread meanwhile, so the two share two cores.
         """
-        return None if self._trailing is None else self._crc
+        return self._crc
 
 
 class _TrailingHasher:
-    """Hash (sha256) bytes ``[start, start + n)`` of a file as ``n`` grows."""
+    """Hash bytes ``[start, start + n)`` of a file as ``n`` grows, in a thread."""
 
-    def __init__(self, fd: int, start: int) -> None:
+    def __init__(self, fd: int, start: int, algorithm: str) -> None:
         self._fd = fd
         self._start = start
         self._written = 0
         self._closed = False
         self._result: str | None = None
         self._error: BaseException | None = None
-        self._digest = hashlib.sha256()
+        self._digest = digests.new(algorithm)
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="polybundle-hash", daemon=True)
         self._thread.start()
@@ -526,7 +551,8 @@ class ArchiveWriter:
     """Write a zip into a temporary file and publish it atomically.
 
     Members go in STORED unless ``compress=True`` is asked for (small JSON).
-    Every member's size and sha256 is recorded in :attr:`records`. Creating
+    Every member's size and digest (of algorithm ``digest``, see
+    :mod:`polybundle.format.digests`) is recorded in :attr:`records`. Creating
     the writer first removes stale temporary files of dead writers from the
     target's folder (:func:`remove_stale_temps`). The bundle gets
     :func:`file_mode` ``(mode)``: ``0o666`` less the umask, as any file a tool
@@ -549,10 +575,16 @@ class ArchiveWriter:
     """
 
     def __init__(
-        self, target: str | os.PathLike[str] | Location, *, mode: int | None = None
+        self,
+        target: str | os.PathLike[str] | Location,
+        *,
+        mode: int | None = None,
+        digest: str = digests.DEFAULT,
     ) -> None:
         self.mode = file_mode(mode)
         """The permission bits the bundle gets."""
+        self.digest = digests.algorithm(digest).name
+        """The algorithm of every member's digest."""
         self.remote = locate(target)
         """Where the bundle is uploaded on commit; ``None`` for a local path."""
         self.target: Path | Location = self.remote or Path(target)  # type: ignore[arg-type]
@@ -597,28 +629,30 @@ class ArchiveWriter:
         """Open member ``name`` for writing; yields a :class:`HashingWriter`.
 
         A STORED member starts on :data:`ALIGNMENT`; its bytes go straight to
-        the file; a trailing thread computes its sha256 from the page cache
-        while the writing thread computes the CRC-32 the zip header needs.
+        the file, which the writing thread hashes and CRCs as it passes (a
+        sha256 digest is computed by a trailing thread from the page cache).
         A deflated member goes through zipfile and is hashed inline.
         """
         info = self._info(name, compress)
         if compress:
             with self._zip.open(info, "w", force_zip64=True) as member:
-                writer = HashingWriter(member)
+                writer = HashingWriter(member, algorithm=self.digest)
                 try:
                     yield writer
                 finally:
                     self._os_error = self._os_error or writer.os_error
-            self.records.append(MemberRecord(name, writer.size, writer.hexdigest()))
+            self.records.append(MemberRecord(name, writer.size, writer.digest()))
             return
         info.extra = _padding(self._file.tell(), name)
         with self._zip.open(info, "w", force_zip64=True) as member:
-            writer = HashingWriter(self._file, readback=(self._file, self._file.tell()))
+            writer = HashingWriter(
+                self._file, algorithm=self.digest, readback=(self._file, self._file.tell())
+            )
             try:
                 yield writer
             finally:
                 self._os_error = self._os_error or writer.os_error
-                digest = writer.hexdigest()
+                digest = writer.digest()
             # zipfile takes the sizes and CRC of the member from these on close
             member._file_size = member._compress_size = writer.size
             member._crc = writer.crc32

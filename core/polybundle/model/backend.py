@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import io
 import mmap
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -164,6 +165,31 @@ class TensorSpec:
         )
 
 
+@dataclass(frozen=True)
+class WeightsSnapshot:
+    """A host-memory copy of one model's weights, taken by :meth:`Backend.snapshot`.
+
+    ``write(stream)`` writes the weights file (the bytes :meth:`Backend.write`
+    would have written when the copy was taken) from the copy alone, on any
+    thread, while training goes on changing the live model. ``copy`` is what
+    the backend may reuse for the next snapshot of the same model (passed back
+    as ``reuse``); ``nbytes`` is the host memory the copy holds.
+
+    Example:
+        >>> import io
+        >>> snapshot = WeightsSnapshot(write=lambda stream: stream.write(b"w"), copy=b"w",
+        ...                            nbytes=1)
+        >>> stream = io.BytesIO()
+        >>> _ = snapshot.write(stream)
+        >>> stream.getvalue()
+        b'w'
+    """
+
+    write: Callable[[BinaryIO], Any]
+    copy: Any
+    nbytes: int
+
+
 class Backend(ABC):
     """Base class of backends. Subclasses set the class attributes and the methods.
 
@@ -198,6 +224,12 @@ class Backend(ABC):
     """Environment variables, as ``(name, value)`` pairs, that keep the framework's own log
     lines (C++ start-up notices) off a command's output. The ``polybundle`` command sets each
     one the user has not set, before any framework is imported."""
+    reads_front_to_back: bool = False
+    """True when :meth:`load_into` and :meth:`build_and_load` read the weights file once, in
+    order and to its end, before they change a model. A loader then hands them a
+    :class:`~polybundle.format.verified.VerifiedMember`, which checks the member's digest as
+    it is read and raises :class:`~polybundle.errors.IntegrityError` from the read that
+    reaches the end, so ``into=`` models need no hashing pass before the load."""
 
     def is_available(self) -> bool:
         """Return True when every module in :attr:`modules` can be imported.
@@ -272,6 +304,74 @@ class Backend(ABC):
 
         Example: ``backend.write(model, stream)`` calls ``torch.save(...)``.
         """
+
+    def snapshot(self, model: Any, reuse: WeightsSnapshot | None = None) -> WeightsSnapshot:
+        """Copy ``model``'s weights to host memory now; return a :class:`WeightsSnapshot`.
+
+        Used by asynchronous checkpoints: the caller's thread takes the copy
+        and training may change the model as soon as this returns, while
+        another thread writes the copy. ``reuse`` is the previous snapshot of
+        the same model, which nothing reads any more: a backend may copy into
+        its buffers instead of allocating new ones. The default serialises the
+        weights file into memory with :meth:`write` (correct for any backend,
+        but it does all of the serialisation in the caller's thread); backends
+        override it with a plain copy of the tensors.
+
+        Example: the default, run for the torch backend (which overrides it).
+
+            >>> import io
+            >>> snapshot = Backend.snapshot(polybundle.get_backend("torch"), net)
+            >>> stream = io.BytesIO()
+            >>> _ = snapshot.write(stream)
+            >>> stream.getvalue()[:2], snapshot.nbytes == len(stream.getvalue())
+            (b'PK', True)
+        """
+        buffer = io.BytesIO()
+        self.write(model, buffer)
+        data = buffer.getbuffer()
+        return WeightsSnapshot(write=lambda stream: stream.write(data), copy=data,
+                               nbytes=data.nbytes)
+
+    def snapshot_optimizer(
+        self, model: Any, optimizer: Any, scheduler: Any | None = None,
+        reuse: OptimizerState | None = None,
+    ) -> OptimizerState:
+        """Return :meth:`export_optimizer`'s state with slot arrays copied to host memory.
+
+        The slot arrays of the result belong to the caller: training may
+        change the live optimizer as soon as this returns. ``reuse`` is the
+        previous snapshot of the same optimizer, which nothing reads any more;
+        its arrays are filled instead of new ones where name, shape and dtype
+        match. The default exports, then copies each slot (export may return
+        views of live memory); a backend whose export copies anyway may
+        override it to copy once, straight into ``reuse``.
+
+        Example: the default, run for the torch backend (which overrides it).
+
+            >>> opt = torch.optim.Adam(net.parameters())
+            >>> net(torch.ones(1, 4)).sum().backward()
+            >>> opt.step()
+            >>> backend = polybundle.get_backend("torch")
+            >>> first = Backend.snapshot_optimizer(backend, net, opt)
+            >>> opt.step()
+            >>> again = Backend.snapshot_optimizer(backend, net, opt, reuse=first)
+            >>> again.slots["0.weight"]["m"] is first.slots["0.weight"]["m"]  # reused buffer
+            True
+            >>> bool((again.slots["0.weight"]["m"] == opt.state[net[0].weight]["exp_avg"].numpy())
+            ...      .all())
+            True
+        """
+        state = self.export_optimizer(model, optimizer, scheduler)
+        old = {} if reuse is None else reuse.slots
+        for name, slots in state.slots.items():
+            for slot, array in slots.items():
+                array = np.asarray(array)
+                buffer = old.get(name, {}).get(slot)
+                if buffer is None or buffer.shape != array.shape or buffer.dtype != array.dtype:
+                    buffer = np.empty_like(array)
+                np.copyto(buffer, array)
+                slots[slot] = buffer
+        return state
 
     @abstractmethod
     def load_into(self, model: Any, source: BinaryIO, specs: list[TensorSpec]) -> None:

@@ -25,12 +25,12 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from polybundle.errors import FormatError, UnsupportedOptimizerError
-from polybundle.format.arrays import load_arrays, save_arrays
+from polybundle.format.arrays import load_arrays, safetensors_layout, save_arrays, write_arrays
 from polybundle.format.jsondoc import load_json
 from polybundle.safety.dtypes import dtype_label
 
@@ -206,15 +206,16 @@ def from_plain(value: Any) -> Any:
     return value
 
 
-def encode_optimizer(state: OptimizerState) -> tuple[bytes, bytes]:
-    """Return ``(optimizer.json bytes, optimizer.safetensors bytes)`` for ``state``.
+def slot_arrays(state: OptimizerState) -> dict[str, np.ndarray]:
+    """Return ``state``'s slot arrays keyed as ``optimizer.safetensors`` stores them.
+
+    Keys are ``"<slot>/<tensor name>"``; the arrays are not copied.
 
     Example:
-        >>> state = OptimizerState("sgd", "numpy", "numpy.SGD", 2, [{"parameters": ["w"],
-        ...     "hyperparameters": {"learning_rate": 0.1}}], {"w": {"momentum": np.ones(2)}})
-        >>> document, arrays = encode_optimizer(state)
-        >>> json.loads(document)["slots"], sorted(load_arrays(arrays, where="net"))
-        ({'w': ['momentum']}, ['momentum/w'])
+        >>> state = OptimizerState("sgd", "numpy", "numpy.SGD", 2, [], {"w": {"momentum":
+        ...     np.ones(2)}})
+        >>> sorted(slot_arrays(state))
+        ['momentum/w']
     """
     arrays: dict[str, np.ndarray] = {}
     for tensor, slots in state.slots.items():
@@ -222,6 +223,23 @@ def encode_optimizer(state: OptimizerState) -> tuple[bytes, bytes]:
             if "/" in slot or not slot:
                 raise UnsupportedOptimizerError(f"slot name {slot!r} must be non-empty, no '/'.")
             arrays[f"{slot}/{tensor}"] = np.asarray(array, order="C")  # 0-d stays 0-d
+    return arrays
+
+
+def encode_optimizer_document(state: OptimizerState) -> bytes:
+    """Return the ``optimizer.json`` bytes of ``state`` (everything but the slot arrays).
+
+    Raises :class:`UnsupportedOptimizerError` when the state is not plain JSON
+    or a slot name or slot dtype cannot be stored, so a save can refuse
+    before it writes anything.
+
+    Example:
+        >>> state = OptimizerState("sgd", "numpy", "numpy.SGD", 2, [{"parameters": ["w"],
+        ...     "hyperparameters": {"learning_rate": 0.1}}], {"w": {"momentum": np.ones(2)}})
+        >>> json.loads(encode_optimizer_document(state))["slots"]
+        {'w': ['momentum']}
+    """
+    safetensors_layout(slot_arrays(state))  # every slot name and dtype can be stored
     document = {
         "format": DOCUMENT_FORMAT,
         "version": DOCUMENT_VERSION,
@@ -241,7 +259,36 @@ def encode_optimizer(state: OptimizerState) -> tuple[bytes, bytes]:
             f"the {state.native_class} state is not plain JSON ({exc}); it cannot be stored "
             "without pickle."
         ) from None
-    return text.encode("utf-8"), save_arrays(arrays, metadata={"format": DOCUMENT_FORMAT})
+    return text.encode("utf-8")
+
+
+def write_slots(state: OptimizerState, stream: BinaryIO) -> None:
+    """Write ``state``'s ``optimizer.safetensors`` into ``stream``, array by array.
+
+    Example:
+        >>> import io
+        >>> state = OptimizerState("sgd", "numpy", "numpy.SGD", 2, [], {"w": {"momentum":
+        ...     np.ones(2)}})
+        >>> stream = io.BytesIO()
+        >>> write_slots(state, stream)
+        >>> load_arrays(stream.getvalue(), where="net")["momentum/w"].tolist()
+        [1.0, 1.0]
+    """
+    write_arrays(slot_arrays(state), stream, metadata={"format": DOCUMENT_FORMAT})
+
+
+def encode_optimizer(state: OptimizerState) -> tuple[bytes, bytes]:
+    """Return ``(optimizer.json bytes, optimizer.safetensors bytes)`` for ``state``.
+
+    Example:
+        >>> state = OptimizerState("sgd", "numpy", "numpy.SGD", 2, [{"parameters": ["w"],
+        ...     "hyperparameters": {"learning_rate": 0.1}}], {"w": {"momentum": np.ones(2)}})
+        >>> document, arrays = encode_optimizer(state)
+        >>> json.loads(document)["slots"], sorted(load_arrays(arrays, where="net"))
+        ({'w': ['momentum']}, ['momentum/w'])
+    """
+    document = encode_optimizer_document(state)
+    return document, save_arrays(slot_arrays(state), metadata={"format": DOCUMENT_FORMAT})
 
 
 _REQUIRED = {
