@@ -55,7 +55,7 @@ from polybundle_tensorflow.keras_file import (
     read_datasets,
     read_keras_weights,
 )
-from polybundle_tensorflow.layers import keras_canonical
+from polybundle_tensorflow.layers import layer_canonical
 from polybundle_tensorflow.layers import native_layout as keras_native_layout
 
 _CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
@@ -116,14 +116,10 @@ def _specs(model: Any) -> list[TensorSpec]:
         name = variable.path if variable.path not in seen else key
         seen.add(name)
         shape = tuple(int(d) for d in variable.shape)
-        kernel = tuple(getattr(getattr(layer, "kernel", None), "shape", ()) or ())
-        canonical = keras_canonical(
-            type(layer).__name__, variable.name, shape,
-            groups=int(getattr(layer, "groups", 1) or 1),
-            group_channels=int(kernel[-2]) if len(kernel) >= 2 else 0,
-        )
+        canonical = layer_canonical(layer, variable.name, shape)
         layout = canonical.layout if canonical.kind else _layout(layer, variable.name, len(shape))
         owner = variable.path.rpartition("/")[0] if canonical.kind else ""
+        owner = f"{owner}/{canonical.part}".lstrip("/") if canonical.part else owner
         specs.append(
             TensorSpec(name, key, shape, str(variable.dtype), layout, canonical.kind, owner,
                        canonical.slot)
@@ -289,7 +285,10 @@ class TensorFlowBackend(Backend):
             TensorSpec(
                 w.name, w.key, w.shape, w.dtype,
                 w.canonical.layout if w.canonical.kind else (OPAQUE if w.shape else SCALAR),
-                w.canonical.kind, w.layer if w.canonical.kind else "", w.canonical.slot,
+                w.canonical.kind,
+                (f"{w.layer}/{w.canonical.part}".lstrip("/") if w.canonical.part else w.layer)
+                if w.canonical.kind else "",
+                w.canonical.slot,
             )
             for w, _ in read_keras_weights(source, with_arrays=False)
         ]
@@ -313,6 +312,9 @@ class TensorFlowBackend(Backend):
             )
         for name, (spec, variable) in own.items():
             variable.assign(np.asarray(arrays[name], dtype=spec.dtype))
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            if callable(getattr(layer, "finalize_state", None)):
+                layer.finalize_state()  # state derived from variables (Normalization's mean)
 
     def native_layout(self, kind: str, slot: str, source_layout: str = "") -> str | None:
         """Return the layout tag Keras's standard layer of ``kind`` gives ``slot``."""

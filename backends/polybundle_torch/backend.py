@@ -27,8 +27,8 @@ from polybundle.model.optimizer import OptimizerState
 from polybundle.model.optimizer_conversion import NeutralOptimizer
 from polybundle_torch import optim as torch_optim
 from polybundle_torch.arrays import from_numpy, to_numpy
+from polybundle_torch.layers import module_canonical
 from polybundle_torch.layers import native_layout as torch_native_layout
-from polybundle_torch.layers import torch_canonical
 from polybundle_torch.pth_reader import describe_pth, read_pth
 
 _VECTOR_MODULES = {
@@ -59,11 +59,7 @@ def _layout(module: Any, attribute: str, ndim: int) -> str:
 
 def _canonical(module: Any, attribute: str, shape: tuple[int, ...]) -> Canonical:
     """Return the canonical kind, slot and layout of ``module.<attribute>``."""
-    groups = int(getattr(module, "groups", 1) or 1)
-    in_channels = int(getattr(module, "in_channels", 0) or 0)
-    return torch_canonical(
-        type(module).__name__, attribute, shape, groups=groups, group_channels=in_channels // groups
-    )
+    return module_canonical(module, attribute, shape)
 
 
 def _flat_outputs(value: Any, prefix: str = "output") -> dict[str, np.ndarray]:
@@ -110,9 +106,10 @@ class TorchBackend(Backend):
             layout = _layout(modules.get(owner), attribute, len(shape))
             layout = canonical.layout if canonical.kind else layout
             dtype = str(tensor.dtype).removeprefix("torch.")
+            layer = f"{owner}.{canonical.part}".lstrip(".") if canonical.part else owner
             specs.append(
                 TensorSpec(key, key, shape, dtype, layout, canonical.kind,
-                           owner if canonical.kind else "", canonical.slot)
+                           layer if canonical.kind else "", canonical.slot)
             )
         return specs
 
