@@ -143,6 +143,7 @@ class TensorFlowBackend(Backend):
     distribution = "keras"
     weights_member = "model.keras"
     plain_format = "keras-file"
+    image_layout = "channels_last"
 
     def framework_version(self) -> str:
         """Return ``"tensorflow <v>, keras <v>"`` from the installed distributions."""
@@ -319,6 +320,24 @@ class TensorFlowBackend(Backend):
     def native_layout(self, kind: str, slot: str, source_layout: str = "") -> str | None:
         """Return the layout tag Keras's standard layer of ``kind`` gives ``slot``."""
         return keras_native_layout(kind, slot, source_layout)
+
+    def trace(self, model: Any, inputs: dict[str, np.ndarray]) -> Any:
+        """Return ``model``'s dataflow graph (see :mod:`polybundle_tensorflow.tracing`)."""
+        from polybundle_tensorflow.tracing import trace
+
+        return trace(model, inputs)
+
+    def sample_inputs(self, model: Any) -> Any:
+        """Return a seeded sample of the model's declared inputs (see :mod:`.tracing`)."""
+        from polybundle_tensorflow.tracing import sample_inputs
+
+        return sample_inputs(model)
+
+    def layer_outputs(self, model: Any, inputs: dict[str, np.ndarray], layers: Any) -> Any:
+        """Return the named layers' outputs (see :mod:`polybundle_tensorflow.tracing`)."""
+        from polybundle_tensorflow.tracing import layer_outputs
+
+        return layer_outputs(model, inputs, layers)
 
     def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call ``model(..., training=False)`` on ``inputs``; outputs as arrays."""

@@ -89,6 +89,7 @@ class TorchBackend(Backend):
     distribution = "torch"
     weights_member = "model.pth"
     plain_format = "torch-file"
+    image_layout = "channels_first"
 
     def owns(self, model: Any) -> bool:
         """Return True for a ``torch.nn.Module`` (never imports torch)."""
@@ -259,6 +260,18 @@ class TorchBackend(Backend):
     def native_layout(self, kind: str, slot: str, source_layout: str = "") -> str | None:
         """Return the layout tag PyTorch's standard layer of ``kind`` gives ``slot``."""
         return torch_native_layout(kind, slot, source_layout)
+
+    def trace(self, model: Any, inputs: dict[str, np.ndarray]) -> Any:
+        """Return ``model``'s dataflow graph (see :mod:`polybundle_torch.tracing`)."""
+        from polybundle_torch.tracing import trace
+
+        return trace(model, inputs)
+
+    def layer_outputs(self, model: Any, inputs: dict[str, np.ndarray], layers: Any) -> Any:
+        """Return the named layers' outputs (see :mod:`polybundle_torch.tracing`)."""
+        from polybundle_torch.tracing import layer_outputs
+
+        return layer_outputs(model, inputs, layers)
 
     def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``model.eval()`` under ``torch.no_grad()`` on ``inputs``; outputs as arrays."""

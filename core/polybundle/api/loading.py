@@ -361,6 +361,8 @@ def load(
     trust_code: bool = False,
     progress: bool = False,
     max_bytes: int | None = None,
+    check: bool = True,
+    example_inputs: Any = None,
 ) -> Bundle:
     """Load the bundle at ``path``, whichever registered backend wrote it.
 
@@ -370,6 +372,12 @@ def load(
     (see :mod:`polybundle.api.transfer`); without such a builder
     :class:`~polybundle.errors.ConversionUnavailableError` (a
     :class:`~polybundle.errors.BackendMismatchError`) names both backends.
+    A converted model is checked (``check=True``): run on a sample input --
+    ``example_inputs`` (in the writer framework's layout) or the stored parity
+    inputs -- against the stored parity outputs or the source model, a
+    difference raises :class:`~polybundle.errors.ConversionMismatchError`;
+    what checked each role is in ``bundle.checks``, and a conversion nothing
+    could check warns (:mod:`polybundle.api.conversion_check`).
     ``roles`` limits which models are built. ``into`` gives
     ready instances to load weights into; other roles are rebuilt with the
     registered builder of their architecture, or (Keras) from the ``.keras``
@@ -423,6 +431,7 @@ def load(
     options = {
         "backend": backend, "roles": roles, "into": into, "lazy": lazy,
         "check": not lazy if verify is None else verify, "progress": progress,
+        "check_conversion": check, "example_inputs": example_inputs,
     }
     with budget.limit(max_bytes):
         with ArchiveReader(path) as archive:
@@ -456,6 +465,8 @@ def _load_bundle(
     lazy: bool,
     check: bool,
     progress: bool,
+    check_conversion: bool = True,
+    example_inputs: Any = None,
 ) -> Bundle:
     """Load a format-2 bundle, or a plain framework file (``detection`` None) seen as one."""
     path = archive.path
@@ -491,13 +502,14 @@ def _load_bundle(
         archive.on_read = advance
         if check and (into or lazy):  # models the caller owns change only after the check
             verify_members(archive, manifest)
-        models, plans, params = _load_models(
+        models, plans, params, checks = _load_models(
             archive, manifest, archived, requested, selected, into,
             verify=check and not into and not lazy, lazy=lazy, plain=plain,
+            check_conversion=check_conversion, example_inputs=example_inputs,
         )
     kind = PlainBundle if plain else Bundle
     return kind(Path(path), manifest, params, requested.name, models, lazy=lazy,
-                conversions=plans)
+                conversions=plans, checks=checks)
 
 
 def _plain_reason(role: str, backend: Backend, exc: PolybundleError) -> PolybundleError:
@@ -521,7 +533,9 @@ def _load_models(
     verify: bool,
     lazy: bool,
     plain: bool = False,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    check_conversion: bool = True,
+    example_inputs: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Read params and build the selected roles' models, hashing alongside when asked."""
     with verifying_members(archive, manifest, enabled=verify):
         params: dict[str, Any] = {}
@@ -531,17 +545,20 @@ def _load_models(
             requested.require()
         models: dict[str, Any] = LegacyModels({}) if plain else {}
         plans: dict[str, Any] = {}
+        checks: dict[str, Any] = {}
         for role in [] if lazy else selected:
             entry = model_entry(manifest, role)
             try:
                 if requested is archived:
                     models[role] = _build_model(archive, archived, entry, into.get(role))
                 else:
-                    models[role], plans[role] = converted_model(
-                        archive, entry, archived, requested, into.get(role)
+                    models[role], plans[role], checks[role] = converted_model(
+                        archive, entry, archived, requested, into.get(role),
+                        check=check_conversion, example_inputs=example_inputs,
+                        members=manifest["members"],
                     )
             except UnknownArchitectureError as exc:
                 if not plain or role in into or requested is not archived:
                     raise
                 models.reasons[role] = _plain_reason(role, archived, exc)
-    return models, plans, params
+    return models, plans, params, checks

@@ -120,8 +120,11 @@ def convert(
     """Write the bundle at ``source`` as a native bundle of ``backend`` at ``destination``.
 
     Models are rebuilt with ``backend``'s builders and loaded with the
-    converted weights; params and architectures are kept, and optimizer state
-    is converted with the same pairing when the bundle has it. Needs only the
+    converted weights, checked as :func:`polybundle.load` checks them; params
+    and architectures are kept, optimizer state is converted with the same
+    pairing when the bundle has it, and each checked role's sample input is
+    stored as its parity input (laid out for ``backend``), so the new bundle
+    can be checked in turn. Needs only the
     target framework. Returns the manifest written. ``source`` may be a plain
     framework file too (see :func:`polybundle.load`). ``max_bytes`` caps the
     memory read from the source's declared sizes (:mod:`polybundle.safety.budget`);
@@ -153,5 +156,7 @@ def _convert(
         role: bundle.converted_optimizer_state(role) for role in bundle.roles
         if bundle.has_optimizer(role)
     }
+    checked = {role: check.inputs for role, check in bundle.checks.items()
+               if check.inputs is not None}
     return save(destination, bundle.models, params=bundle.params, architectures=architectures,
-                optimizers=optimizers)
+                optimizers=optimizers, parity_inputs=checked or None)
