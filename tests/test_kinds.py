@@ -177,7 +177,10 @@ def _separable_pair() -> None:
     def keras_net(config):
         return keras.Sequential([keras.Input((6, 6, 4)),
                                  keras.layers.SeparableConv2D(5, 3, padding="same",
-                                                              depth_multiplier=2)])
+                                                              depth_multiplier=2, name="sep")],
+                                # named: a rebuilt unnamed model gets new auto names, which
+                                # the graph pairing of a Keras source does not yet map
+                                name="separable")
 
     _register("kinds-separable", torch_net, keras_net)
 
@@ -246,8 +249,9 @@ def _variables_pair() -> None:
 
     def keras_net(config):
         inputs = keras.Input((5, 8))
-        x = AddPosition()(ClassToken()(inputs))
-        return keras.Model(inputs, ChannelScale()(keras.layers.Dense(8)(x)))
+        x = AddPosition(name="position")(ClassToken(name="token")(inputs))
+        x = keras.layers.Dense(8, name="proj")(x)
+        return keras.Model(inputs, ChannelScale(name="scale")(x), name="tokens")
 
     _register("kinds-variables", torch_net, keras_net)
 
