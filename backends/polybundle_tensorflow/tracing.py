@@ -55,10 +55,11 @@ def _resized(axes: Axes | None, shape: Sequence[int]) -> Axes | None:
     return tuple(out)
 
 
-def _layer_name(layer: Any) -> str:
-    """The ``layer`` its tensors are described with: the variables' path without the name."""
+def _layer_name(layer: Any) -> str | None:
+    """The ``layer`` its tensors are described with (the variables' path without the
+    variable's name); None for a layer without weights."""
     weights = list(getattr(layer, "weights", ()) or ())
-    return str(weights[0].path).rpartition("/")[0] if weights else ""
+    return str(weights[0].path).rpartition("/")[0] if weights else None
 
 
 def _image(shape: Sequence[int], channels_last: bool) -> Axes:
@@ -144,7 +145,8 @@ def trace(model: Any, inputs: dict[str, np.ndarray]) -> OpGraph | None:
             name = _layer_name(layer)
             kind = type(layer).__name__
             ops.append(Op(op_id, name, kind, tuple(produced[id(t)][0] for t in tensors), shape,
-                          out, read if name else None, in_axes if name else None))
+                          out, read if name is not None else None,
+                          in_axes if name is not None else None))
             for output in outputs:
                 produced[id(output)] = (op_id, out)
     outputs = [produced[id(t)][0] for t in graph.outputs if id(t) in produced]
@@ -156,7 +158,9 @@ def layer_outputs(model: Any, inputs: dict[str, np.ndarray],
     """Return the output of each layer named in ``layers`` (called once) on ``inputs``.
 
     Works on functional (and Sequential) models: a model with the same inputs
-    whose outputs are those layers' is run in inference mode.
+    whose outputs are those layers' inputs is run in inference mode, then each
+    layer on its input with its fused activation (``Dense(..., activation=)``)
+    left out, as other frameworks compute it in a separate op.
 
     Example:
         >>> import keras
@@ -174,15 +178,31 @@ def layer_outputs(model: Any, inputs: dict[str, np.ndarray],
     for layer in graph.operations:
         name = _layer_name(layer)
         if name in layers and len(getattr(layer, "_inbound_nodes", ())) == 1:
-            wanted[name] = layer.output
+            wanted[name] = layer
     if not wanted:
         return {}
-    probe = keras.Model(graph.inputs, list(wanted.values()))
+    probe = keras.Model(graph.inputs, [layer.input for layer in wanted.values()])
     args = [np.asarray(inputs[k]) for k in input_names(inputs)]
-    outputs = probe(args, training=False)
-    if len(wanted) == 1 and not isinstance(outputs, (list, tuple)):
-        outputs = [outputs]
-    return {name: np.asarray(out) for name, out in zip(wanted, outputs, strict=True)}
+    layer_inputs = probe(args, training=False)
+    if len(wanted) == 1 and not isinstance(layer_inputs, (list, tuple)):
+        layer_inputs = [layer_inputs]
+    return {name: _without_activation(layer, value)
+            for (name, layer), value in zip(wanted.items(), layer_inputs, strict=True)}
+
+
+def _without_activation(layer: Any, value: Any) -> np.ndarray:
+    """``layer``'s output on ``value`` before its fused activation (what another framework's
+    layer of the same kind computes; the activation is its own op there)."""
+    import keras
+
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return np.asarray(layer(value, training=False))
+    layer.activation = keras.activations.linear
+    try:
+        return np.asarray(layer(value, training=False))
+    finally:
+        layer.activation = activation
 
 
 def sample_inputs(model: Any, batch: int = 2) -> dict[str, np.ndarray] | None:

@@ -6,8 +6,9 @@ sample input, which sees every call (modules, ``torch.flatten``, ``x.view``,
 every layer. A model ``torch.fx`` cannot trace (data-dependent control flow)
 is run once with forward hooks on its modules instead: they give the calls in
 execution order, their shapes and which module produced each tensor a module
-reads; what happens between modules (a functional ``flatten``) is then unknown,
-and the graph says so (``None`` axes), so the core refuses rather than guesses.
+reads (a tensor made between modules is linked to the call that ran last);
+what happens between modules (a functional ``flatten``) is then unknown, and
+the graph says so (``None`` axes), so the core refuses rather than guesses.
 
 Example:
     >>> import torch
@@ -248,6 +249,8 @@ def _trace_hooks(model: Any, args: list[Any], note: str) -> OpGraph:
             if not tensors or not isinstance(output, torch.Tensor):
                 return
             sources = tuple(produced[id(t)][0] for t in tensors if id(t) in produced)
+            if not sources:  # made by code between modules the hooks cannot see: the
+                sources = (ops[-1].id,)  # call before it is the nearest that ran
             first = produced.get(id(tensors[0]))
             in_axes = first[1] if first is not None else None
             op_id = len(ops)

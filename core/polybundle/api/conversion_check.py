@@ -34,7 +34,7 @@ from polybundle.format.arrays import load_arrays
 from polybundle.format.manifest import verify_members
 from polybundle.format.parity import as_inputs, input_names
 from polybundle.model.backend import Backend
-from polybundle.model.graph import OpGraph, layout_tag
+from polybundle.model.graph import OpGraph, image_tag
 
 DEFAULT_RTOL = 1e-5
 """Relative tolerance of the check (of the output's largest magnitude)."""
@@ -328,7 +328,7 @@ def first_divergence(sides: Sides) -> tuple[str, int]:
             continue
         b = _as_source_axes(np.asarray(b), target_ops[target_name].axes,
                             source_ops[source_name].axes)
-        if b is None or b.shape != np.shape(a):
+        if b.shape != np.shape(a):
             continue
         compared += 1
         scale = float(np.max(np.abs(a))) or 1.0
@@ -337,17 +337,13 @@ def first_divergence(sides: Sides) -> tuple[str, int]:
     return "", compared
 
 
-def _as_source_axes(array: np.ndarray, target_axes: Any, source_axes: Any) -> np.ndarray | None:
-    """``array`` (laid out as ``target_axes``) transposed to ``source_axes``' order."""
-    if target_axes is None or source_axes is None:
+def _as_source_axes(array: np.ndarray, target_axes: Any, source_axes: Any) -> np.ndarray:
+    """``array`` (a layer output laid out as ``target_axes``) in ``source_axes``' order:
+    an image is transposed as the two traces' tags say; anything else is taken as is."""
+    source_tag, target_tag = image_tag(source_axes), image_tag(target_axes)
+    if not source_tag or not target_tag or source_tag == target_tag:
         return array
-    source_tag, target_tag = layout_tag(source_axes), layout_tag(target_axes)
-    if source_tag == target_tag:
-        return array
-    source_names, target_names = source_tag.split(","), target_tag.split(",")
-    if sorted(source_names) != sorted(target_names) or array.ndim != len(target_names):
-        return None
-    return np.transpose(array, [target_names.index(n) for n in source_names])
+    return retag(array, target_tag, source_tag)
 
 
 def as_sample(value: Any) -> dict[str, np.ndarray]:

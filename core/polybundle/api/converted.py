@@ -120,6 +120,48 @@ def _refuse_unordered_features(graph: OpGraph, where: str) -> None:
             )
 
 
+def _declared_sample(source: Backend, target: Backend, source_model: Any, model: Any,
+                     notes: list[str]) -> tuple[dict[str, Any] | None, OpGraph | None]:
+    """A sample input in the source's layout from a model that declares its input shapes
+    (the source's, else the target's moved as the traces confirm), and the target's graph
+    on its own sample when that is all there is."""
+    if source_model is not None:
+        sample = source.sample_inputs(source_model)
+        if sample is not None:
+            return sample, None
+    own = target.sample_inputs(model)
+    graph = target.trace(model, own) if own is not None else None
+    if graph is not None and source_model is not None:
+        sample, _, why = target_sample(source, source_model, own, target, graph.input_layouts())
+        if sample is not None:
+            return sample, None
+        notes.append(why)
+    if own is None:
+        notes.append("no sample input: save with parity_inputs=, pass example_inputs=, or "
+                     "build with a model that declares its input shape")
+    return None, graph
+
+
+def _traced_sides(role: str, source: Backend, target: Backend, source_model: Any, model: Any,
+                  sample: dict[str, Any] | None, source_specs: list[TensorSpec],
+                  notes: list[str]) -> Sides | None:
+    """Trace both models on ``sample`` (the target's laid out as its trace confirms)."""
+    if sample is None:
+        return None
+    source_graph = None
+    if source_model is not None:
+        source_graph = _as_stored(source.trace(source_model, sample),
+                                  source.describe(source_model), source_specs)
+    target_inputs, target_graph, why = target_sample(
+        target, model, sample, source,
+        source_graph.input_layouts() if source_graph is not None else None)
+    if target_inputs is None:
+        notes.append(why)
+        return None
+    return Sides(role, source, target, model, target_inputs, target_graph, source_model,
+                 source_graph, sample)
+
+
 def converted_model(
     archive: ArchiveReader, entry: dict[str, Any], source: Backend, target: Backend,
     given: Any | None = None, *, check: bool = True, example_inputs: Any = None,
@@ -169,42 +211,29 @@ def converted_model(
         reference = None
     else:
         sample, reference = stored if stored is not None else (None, None)
-    sides = None
-    notes = []
-    source_model, source_graph = None, None
-    if sample is None:  # a source model that declares its input shapes gives one
-        source_model, why = _source_model(archive, entry, source, source_specs)
-        sample = source.sample_inputs(source_model) if source_model is not None else None
-    if sample is not None:
-        if source_model is None:
-            source_model, why = _source_model(archive, entry, source, source_specs)
-        if source_model is not None:
-            source_graph = _as_stored(source.trace(source_model, sample),
-                                      source.describe(source_model), source_specs)
-        else:
-            notes.append(why)
-        target_inputs, target_graph, why = target_sample(
-            target, model, sample, source,
-            source_graph.input_layouts() if source_graph is not None else None)
-        if target_inputs is not None:
-            sides = Sides(role, source, target, model, target_inputs, target_graph,
-                          source_model, source_graph, sample)
-        else:
-            notes.append(why)
-    else:
-        notes.append("no sample input: save with parity_inputs=, pass example_inputs=, or "
-                     "register a source builder whose model declares its input shape")
+    notes: list[str] = []
+    source_model, why = _source_model(archive, entry, source, source_specs)
+    if source_model is None:
+        notes.append(why)
+    target_only = None
+    if sample is None:
+        sample, target_only = _declared_sample(source, target, source_model, model, notes)
+    sides = _traced_sides(role, source, target, source_model, model, sample, source_specs,
+                          notes)
     if sides is not None and sides.source_graph is not None and sides.target_graph is not None:
         pairing, reorders = graph_pairing(sides.source_graph, sides.target_graph, source_specs,
                                           target_specs,
                                           pinned=_pins(mapping, source_specs, target_specs))
         sides.pairs = pairing.pairs
         how = f"dataflow graph ({sides.source_graph.note}; {sides.target_graph.note})"
+        if pairing.by_order:
+            how += f"; {pairing.by_order} layers it left unmatched by definition order"
         plan = plan_conversion(source_specs, target_specs, mapping=mapping, pairs=pairing.pairs,
                                reorders=reorders)
     else:
-        if sides is not None and sides.target_graph is not None:
-            _refuse_unordered_features(sides.target_graph, context)
+        target_graph = sides.target_graph if sides is not None else target_only
+        if target_graph is not None:
+            _refuse_unordered_features(target_graph, context)
         how = "definition order (" + ("; ".join(notes) or "the source model was not traced") + ")"
         plan = plan_conversion(source_specs, target_specs, mapping=mapping)
     plan.check(context=context)

@@ -19,7 +19,7 @@ Example:
     >>> conv = Op(1, "features.0", "conv2d", (0,), (2, 4, 8, 8),
     ...           image_axes(2, 4, (8, 8), channels_first=True))
     >>> flat = Op(2, None, "flatten", (1,), (2, 256), flatten_axes(conv.axes))
-    >>> dense = Op(3, "fc", "dense", (2,), (2, 10), None)
+    >>> dense = Op(3, "fc", "dense", (2,), (2, 10), None, input_axes=flat.axes)
     >>> graph = OpGraph([Op(0, None, "input", (), (2, 4, 8, 8), None), conv, flat, dense])
     >>> [atom for atom, _ in graph.feature_atoms(3)]
     ['c', 'h', 'w']
@@ -280,12 +280,7 @@ class OpGraph:
             >>> OpGraph([Op(0, None, "input", (), (2, 4), None), dense]).feature_atoms(1)
             (('f', 4),)
         """
-        op = self._by_id[op_id]
-        if op.input_axes is not None:
-            return op.input_axes[-1]
-        if not op.inputs or op.inputs[0] not in self._by_id:
-            return None
-        axes = self._by_id[op.inputs[0]].axes
+        axes = self._by_id[op_id].input_axes
         return None if axes is None else axes[-1]
 
     def input_layouts(self) -> list[str]:
@@ -317,7 +312,7 @@ class OpGraph:
                 atoms = [axis[0][0] if len(axis) == 1 else "" for axis in op.incoming]
                 if not own & set(atoms):
                     continue
-                tag = _image_tag(op.input_axes)
+                tag = image_tag(op.input_axes)
                 if tag and set(atoms) == own and len(atoms) == rank:
                     names = tag.split(",")
                     layout = ",".join(names[atoms.index(input_atom(index, k))]
@@ -336,11 +331,16 @@ class OpGraph:
             ...         outputs=[1]).output_layouts()
             ['n,h,w,c']
         """
-        return [_image_tag(self._by_id[op_id].axes) for op_id in self.outputs]
+        return [image_tag(self._by_id[op_id].axes) for op_id in self.outputs]
 
 
-def _image_tag(axes: Axes | None) -> str:
-    """The layout tag of an image activation (a ``c`` axis and a spatial one), else ``""``."""
+def image_tag(axes: Axes | None) -> str:
+    """Return the layout tag of an image activation (a ``c`` axis and a spatial one), else ``""``.
+
+    Example:
+        >>> image_tag(image_axes(1, 3, (4, 4), channels_first=True)), image_tag(None)
+        ('n,c,h,w', '')
+    """
     if axes is None or len(axes) < 3:
         return ""
     names = [axis[0][0] for axis in axes if len(axis) == 1]

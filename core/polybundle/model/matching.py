@@ -59,7 +59,7 @@ class Pairing:
     ties: int = 0
     """How many pairs only definition order decided (structurally identical layers)."""
     by_order: int = 0
-    """How many layers no trace showed, paired in definition order (same kinds and sizes)."""
+    """How many layers the graphs left unmatched, then paired in definition order."""
 
 
 def _refine(graph: OpGraph, start: dict[int, int]) -> tuple[dict[int, list[int]],
@@ -234,21 +234,22 @@ def _atoms_text(atoms: tuple[tuple[str, int], ...] | None) -> str:
     return "(" + ",".join(f"{a}={n}" for a, n in atoms) + ")"
 
 
-def _pair_untraced(pairing: Pairing, source: OpGraph, target: OpGraph,
-                   source_signatures: Mapping[str, Signature],
-                   target_signatures: Mapping[str, Signature]) -> None:
-    """Pair, in definition order, layers neither trace shows (never called, or reached only
-    through code the trace could not see), when both sides have the same such layers."""
-    traced = ({op.name for op in source.weighted_ops()}, {op.name for op in target.weighted_ops()})
-    left = [name for name in source_signatures if name not in traced[0]]
-    right = [name for name in target_signatures if name not in traced[1]]
+def _pair_leftovers(pairing: Pairing, source_signatures: Mapping[str, Signature],
+                    target_signatures: Mapping[str, Signature]) -> None:
+    """Pair, in definition order, the layers the graphs left unmatched (never called, reached
+    through code a trace could not see, or placed differently), when both sides have the
+    same such layers; the conversion's numerical check verifies the result."""
+    left = [name for name in source_signatures if name in set(pairing.unmatched_source)
+            or name not in {s for s, _ in pairing.pairs}]
+    right = [name for name in target_signatures if name in set(pairing.unmatched_target)
+             or name not in {t for _, t in pairing.pairs}]
+    pairing.unmatched_source, pairing.unmatched_target = left, right
     if not left or len(left) != len(right) or any(
             source_signatures[a] != target_signatures[b] for a, b in zip(left, right, strict=True)):
-        pairing.unmatched_source += [n for n in left if n not in pairing.unmatched_source]
-        pairing.unmatched_target += [n for n in right if n not in pairing.unmatched_target]
         return
     pairing.pairs += list(zip(left, right, strict=True))
     pairing.by_order = len(left)
+    pairing.unmatched_source, pairing.unmatched_target = [], []
 
 
 def graph_pairing(
@@ -273,7 +274,7 @@ def graph_pairing(
     source = source.with_parts(list(source_signatures))
     target = target.with_parts(list(target_signatures))
     pairing = match_graphs(source, target, source_signatures, target_signatures, pinned=pinned)
-    _pair_untraced(pairing, source, target, source_signatures, target_signatures)
+    _pair_leftovers(pairing, source_signatures, target_signatures)
     source_ops = {op.name: op for op in source.weighted_ops()}
     target_ops = {op.name: op for op in target.weighted_ops()}
     reorders = {}
