@@ -11,6 +11,7 @@ Usage::
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -51,3 +52,44 @@ def randomize(model: Any, seed: int = 0) -> Any:
             arrays[spec.name] = (0.2 * rng.standard_normal(spec.shape)).astype(spec.dtype)
     backend.assign(model, arrays)
     return model
+
+
+def image_inputs(backend: str, size: int, batch: int = 2, seed: int = 0) -> np.ndarray:
+    """Return one logical batch of images in ``backend``'s layout (NCHW torch, NHWC Keras).
+
+    Usage::
+
+        image_inputs("torch", 32).shape  # (2, 3, 32, 32)
+    """
+    images = np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, 3)).astype("float32")
+    return images.transpose(0, 3, 1, 2) if backend == "torch" else images
+
+
+def convert(
+    path: Any, name: str, config: dict[str, Any], source: str, target: str, seed: int = 0
+) -> tuple[float, float, Any]:
+    """Build ``name`` in ``source``, randomize, save with parity inputs, load into ``target``.
+
+    The load runs polybundle's own check (it raises ConversionMismatchError on a
+    wrong conversion); this compares the outputs again independently. Returns
+    ``(max relative error, seconds the conversion took, the load's check of the role)``.
+
+    Usage::
+
+        convert(tmp_path / "m.bundle", "zoo-vgg16", {"size": 64, "classes": 5}, "torch", "tf")
+    """
+    from polybundle.tools.parity import errors
+
+    model = randomize(polybundle.build(name, config, backend=source), seed=seed)
+    inputs = {b: image_inputs(b, config["size"]) for b in (source, target)}
+    polybundle.save(path, {"net": model}, architectures={"net": (name, config)},
+                    parity_inputs=inputs[source])
+    start = time.perf_counter()
+    bundle = polybundle.load(path, backend=target)
+    seconds = time.perf_counter() - start
+    converted = bundle.models["net"]
+    expected = polybundle.get_backend(source).predict(model, {"input": inputs[source]})["output"]
+    got = polybundle.get_backend(target).predict(converted, {"input": inputs[target]})["output"]
+    if np.std(expected) < 1e-3:
+        raise AssertionError(f"{name}: the source outputs are nearly constant; weights too small")
+    return errors(got, expected)[1], seconds, bundle.checks.get("net")
