@@ -16,7 +16,8 @@ import pytest
 
 import polybundle
 from polybundle.api.conversion_check import UncheckedConversionWarning
-from polybundle.errors import ConversionError, ConversionMismatchError
+from polybundle.api.transfer import plan_bundle
+from polybundle.errors import ConversionError, ConversionMismatchError, PolybundleError
 from polybundle.hooks.registry import scoped_declarations
 from polybundle.model.conversion import plan_conversion
 from tests.conftest import needs_tensorflow, needs_torch
@@ -250,3 +251,27 @@ def test_explicit_map_covers_buffers_and_pins_the_rest(tmp_path, registered):
     assert moves["layer1.bn1.num_batches_tracked"].action == "drop"
     assert moves["layer1.bn2.running_var"].target == "bn2/moving_variance"
     assert bundle.checks["net"].max_rel < 1e-5
+
+
+def test_plan_builds_the_target_and_names_real_layers(tmp_path, registered):
+    _torch_bundle(tmp_path / "pt.bundle", "g-resnet")
+    role = plan_bundle(tmp_path / "pt.bundle", "tensorflow")["roles"][0]
+    assert role["built"] and not role["refused"] and "dataflow graph" in role["pairing"]
+    assert role["check"].startswith("role 'net': checked against the stored parity outputs")
+    rows = {row["source"]: row for row in role["rows"]}
+    assert rows["layer1.downsample.0.weight"]["target"] == "down_conv/kernel"
+    assert rows["layer1.downsample.0.weight"]["detail"] == "transpose (2, 3, 1, 0)"
+    assert rows["layer1.bn1.num_batches_tracked"]["action"] == "drop"
+
+    _torch_bundle(tmp_path / "eps.bundle", "g-resnet", {"epsilon": 1e-3})
+    broken = plan_bundle(tmp_path / "eps.bundle", "tensorflow")["roles"][0]
+    assert "layer1.downsample.1 -> down_bn" in broken["refused"]
+
+
+def test_parity_feeds_each_framework_its_own_layout(tmp_path, registered):
+    _torch_bundle(tmp_path / "vgg.bundle", "g-vgg")
+    report = polybundle.parity.compare(tmp_path / "vgg.bundle", backends=["torch", "tensorflow"])
+    assert report.passed, report.table()
+    nhwc = np.moveaxis(X, 1, -1)  # the writer's model cannot read it: a typed error, not raw
+    with pytest.raises(PolybundleError, match=r"the torch model failed on inputs input \(2, 8"):
+        polybundle.parity.compare(tmp_path / "vgg.bundle", nhwc, backends=["tensorflow"])

@@ -139,23 +139,24 @@ def retag(array: np.ndarray, source: str, target: str) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(array, [names.index(n) for n in wanted]))
 
 
-def _consistent(graph: OpGraph, inputs: dict[str, np.ndarray], tags: list[str]) -> bool:
-    """Does the traced graph read each input with the layout the sample was given in?"""
+def _consistent(graph: OpGraph, inputs: dict[str, np.ndarray], tags: list[str] | None) -> bool:
+    """Does the traced graph read each input with the shape, and the layout (``tags``; None:
+    any), the sample was given in?"""
     layouts = graph.input_layouts()
-    if len(layouts) != len(tags):
+    if len(layouts) != len(inputs):
         return False
-    for name, input_id, layout, tag in zip(input_names(inputs), graph.inputs, layouts, tags,
-                                           strict=True):
+    for index, (name, input_id) in enumerate(zip(input_names(inputs), graph.inputs,
+                                                 strict=True)):
         if graph.op(input_id).shape and tuple(graph.op(input_id).shape) != inputs[name].shape:
             return False
-        if layout != tag:
+        if tags is not None and layouts[index] is not None and layouts[index] != tags[index]:
             return False
     return True
 
 
 def target_sample(
     target: Backend, model: Any, inputs: dict[str, np.ndarray], source: Backend,
-    source_layouts: list[str] | None = None,
+    source_layouts: list[str | None] | None = None,
 ) -> tuple[dict[str, np.ndarray] | None, OpGraph | None, str]:
     """Lay the source-layout sample ``inputs`` out for ``target``'s ``model``; trace it there.
 
@@ -170,10 +171,10 @@ def target_sample(
     """
     names = input_names(inputs)
     ranks = [np.ndim(inputs[name]) for name in names]
-    if source_layouts is None or len(source_layouts) != len(names):
+    if source_layouts is None or len(source_layouts) != len(names) or None in source_layouts:
         guesses = [[convention_tag(source.image_layout, r) for r in ranks], [""] * len(names)]
     else:
-        guesses = [list(source_layouts)]
+        guesses = [[tag or "" for tag in source_layouts]]
     candidates: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
     for tags in guesses:
         moved = [convention_tag(target.image_layout, r) if tag else "" for tag, r in
@@ -183,7 +184,10 @@ def target_sample(
             if key not in candidates:
                 candidates[key] = ({name: retag(inputs[name], tag, new) for name, tag, new in
                                     zip(names, tags, wanted, strict=True)}, wanted)
+    if len(guesses) > 1:  # the source's layout unknown: as given, in whatever layout fits
+        candidates[(), ()] = (dict(inputs), None)
     problems = []
+    fitting = []
     for arrays, wanted in candidates.values():
         try:
             graph = target.trace(model, arrays)
@@ -191,19 +195,33 @@ def target_sample(
             problems.append(f"{type(exc).__name__}: {str(exc)[:120]}")
             continue
         if graph is None:
-            if any(wanted) or any(r >= 3 for r in ranks):
+            if any(wanted or ()) or any(r >= 3 for r in ranks):
                 return None, None, (f"the {target.name!r} model cannot be traced, so which "
                                     "inputs are images in which layout is unknown")
             return arrays, None, f"the {target.name!r} model cannot be traced"
         if _consistent(graph, arrays, wanted):
-            return arrays, graph, ""
-    return None, None, ("the sample input fits the converted model in no layout the trace "
-                        f"confirms ({'; '.join(problems) or 'inconsistent graph'})")
+            if wanted is not None and None not in graph.input_layouts():
+                return arrays, graph, ""
+            fitting.append((arrays, graph))
+    if len(fitting) == 1:  # the trace cannot tell, but only one layout runs at all
+        return fitting[0][0], fitting[0][1], ""
+    why = "several layouts run and the trace cannot tell which is meant" if fitting else (
+        "; ".join(problems) or "inconsistent graph")
+    return None, None, f"the sample input fits the converted model in no layout the trace " \
+                       f"confirms ({why})"
 
 
-def _output_moves(names: list[str], target_graph: OpGraph | None,
+def output_moves(names: list[str], target_graph: OpGraph | None,
                   source_graph: OpGraph | None, source: Backend) -> dict[str, tuple[str, str]]:
-    """Per image output: its (target, source) layout tags, to compare it in the source's."""
+    """Return, per image output, its (target, source) layout tags, to compare it in the source's.
+
+    Without the source's graph, the source's tag is its backend's convention; with one
+    that cannot tell (outputs made by code the trace did not see), nothing is moved.
+
+    Example:
+        >>> output_moves(["output"], None, None, polybundle.get_backend("torch"))
+        {}
+    """
     if target_graph is None or len(target_graph.outputs) != len(names):
         return {}
     target_tags = target_graph.output_layouts()
@@ -214,6 +232,8 @@ def _output_moves(names: list[str], target_graph: OpGraph | None,
         tag = target_tags[index]
         if not tag:
             continue
+        if source_graph is not None and source_tags is None:
+            continue  # traced, yet the trace cannot tell: compared as it is
         source_tag = (source_tags[index] if source_tags is not None
                       else convention_tag(source.image_layout, len(tag.split(","))))
         if source_tag and source_tag != tag:
@@ -252,7 +272,7 @@ def check_outputs(
     """
     got = sides.target.predict(sides.model, sides.target_inputs)
     names = _ordered(reference)
-    moves = _output_moves(names, sides.target_graph, sides.source_graph, sides.source)
+    moves = output_moves(names, sides.target_graph, sides.source_graph, sides.source)
     worst = ("", 0.0, "")
     for name in names:
         ref = np.asarray(reference[name], dtype=np.float64)
@@ -287,7 +307,7 @@ def check_outputs(
         detail = "" if why == "FAIL" else f" ({why})"
         raise ConversionMismatchError(
             f"role {sides.role!r} converted from {sides.source.name} to {sides.target.name} "
-            f"computes something else: output {name!r} differs from the {reference_name} by "
+            f"computes something else: output {name!r} differs from {reference_name} by "
             f"max_rel {rel:.2e}{detail} (tolerance {atol:g} + {rtol:g} * max|reference|; layers "
             f"paired by {pairing}).{where} Expected the same architecture, with the same "
             "settings (epsilon, padding, flatten order), in both frameworks; fix the builder, "

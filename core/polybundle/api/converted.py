@@ -195,7 +195,7 @@ def converted_model(
         ...     model, plan, check = converted_model(archive, manifest["models"][0],
         ...                                          torch_backend, torch_backend)
         >>> model.out_features, [move.detail for move in plan.moves], check.reference
-        (3, ['identity', 'identity'], 'stored parity outputs')
+        (3, ['identity', 'identity'], 'the stored parity outputs')
     """
     architecture = entry["architecture"]
     role = entry["role"]
@@ -248,7 +248,7 @@ def converted_model(
         reference = source.predict(source_model, sample or {})
         reference_name = f"the source {source.name} model"
     else:
-        reference_name = "stored parity outputs"
+        reference_name = "the stored parity outputs"
     if sides is None or reference is None:
         why = "; ".join(notes) or "no reference outputs"
         result = ConversionCheck(role, False, pairing=how, note=why)

@@ -283,13 +283,14 @@ class OpGraph:
         axes = self._by_id[op_id].input_axes
         return None if axes is None else axes[-1]
 
-    def input_layouts(self) -> list[str]:
+    def input_layouts(self) -> list[str | None]:
         """Return, per model input, its layout tag as the first layer reading it sees it.
 
         ``n,c,h,w`` for a channels-first image, ``n,h,w,c`` for a channels-last
         one (whatever permutes lie between the input and the layer); ``""``
         when no convolution reads the input as an image (features last: the
-        same in every framework).
+        same in every framework); None when the trace cannot tell (a layer
+        reads a tensor made by code the trace did not see).
 
         Example:
             >>> x = tuple(((input_atom(0, k), n),) for k, n in enumerate((1, 8, 8, 3)))
@@ -301,11 +302,12 @@ class OpGraph:
             ...          conv]).input_layouts()
             ['n,h,w,c']
         """
-        layouts = []
+        blind = any(op.weighted and op.incoming is None for op in self.ops)
+        layouts: list[str | None] = []
         for index, input_id in enumerate(self.inputs):
             rank = len(self._by_id[input_id].shape)
             own = {input_atom(index, k) for k in range(rank)}
-            layout = ""
+            layout: str | None = None if blind else ""
             for op in self.ops:
                 if not op.weighted or op.incoming is None or op.input_axes is None:
                     continue
@@ -313,6 +315,7 @@ class OpGraph:
                 if not own & set(atoms):
                     continue
                 tag = image_tag(op.input_axes)
+                layout = ""
                 if tag and set(atoms) == own and len(atoms) == rank:
                     names = tag.split(",")
                     layout = ",".join(names[atoms.index(input_atom(index, k))]

@@ -244,12 +244,17 @@ def _pair_leftovers(pairing: Pairing, source_signatures: Mapping[str, Signature]
     right = [name for name in target_signatures if name in set(pairing.unmatched_target)
              or name not in {t for _, t in pairing.pairs}]
     pairing.unmatched_source, pairing.unmatched_target = left, right
-    if not left or len(left) != len(right) or any(
-            source_signatures[a] != target_signatures[b] for a, b in zip(left, right, strict=True)):
+    if not left or len(left) != len(right) or any(  # same kinds: sizes the plan checks
+            _kind(source_signatures[a]) != _kind(target_signatures[b])
+            for a, b in zip(left, right, strict=True)):
         return
     pairing.pairs += list(zip(left, right, strict=True))
     pairing.by_order = len(left)
     pairing.unmatched_source, pairing.unmatched_target = [], []
+
+
+def _kind(signature: Signature) -> Hashable:
+    return signature[0] if isinstance(signature, tuple) else signature
 
 
 def graph_pairing(
