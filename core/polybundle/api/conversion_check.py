@@ -134,7 +134,7 @@ def retag(array: np.ndarray, source: str, target: str) -> np.ndarray:
         (1, 3, 5, 6)
     """
     if not source or not target or source == target:
-        return np.asarray(array)
+        return array
     names, wanted = source.split(","), target.split(",")
     return np.ascontiguousarray(np.transpose(array, [names.index(n) for n in wanted]))
 
