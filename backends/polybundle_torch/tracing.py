@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -177,7 +179,8 @@ def _trace_fx(model: Any, args: list[Any]) -> OpGraph:
     from torch.fx.passes.shape_prop import ShapeProp
 
     module = torch.fx.symbolic_trace(model)
-    ShapeProp(module).propagate(*args)
+    with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints what it re-raises
+        ShapeProp(module).propagate(*args)
     ops: list[Op] = []
     ids: dict[Any, int] = {}
     axes: dict[Any, Axes | None] = {}

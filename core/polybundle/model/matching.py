@@ -211,7 +211,7 @@ def feature_reorder(
             f"features (source {_atoms_text(source)}, target {_atoms_text(target)}); a "
             "flattened feature map must be reordered exactly or not at all, and polybundle does "
             "not guess. Trace both models (register the source builder, pass example_inputs=), "
-            "flatten with a traceable op (nn.Flatten, torch.flatten, keras Flatten), or "
+            "flatten with an op the framework's trace sees (a Flatten layer or function), or "
             "register an explicit map with the permuted kernel."
         )
     if len(src) <= 1 and len(dst) <= 1:
