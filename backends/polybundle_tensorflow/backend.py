@@ -58,7 +58,7 @@ from polybundle_tensorflow.keras_file import (
     read_stored,
 )
 from polybundle_tensorflow.keras_writer import write_keras
-from polybundle_tensorflow.layers import keras_canonical
+from polybundle_tensorflow.layers import layer_canonical
 from polybundle_tensorflow.layers import native_layout as keras_native_layout
 from polybundle_tensorflow.tensors import adopt
 
@@ -120,14 +120,10 @@ def _specs(model: Any) -> list[TensorSpec]:
         name = variable.path if variable.path not in seen else key
         seen.add(name)
         shape = tuple(int(d) for d in variable.shape)
-        kernel = tuple(getattr(getattr(layer, "kernel", None), "shape", ()) or ())
-        canonical = keras_canonical(
-            type(layer).__name__, variable.name, shape,
-            groups=int(getattr(layer, "groups", 1) or 1),
-            group_channels=int(kernel[-2]) if len(kernel) >= 2 else 0,
-        )
+        canonical = layer_canonical(layer, variable.name, shape)
         layout = canonical.layout if canonical.kind else _layout(layer, variable.name, len(shape))
         owner = variable.path.rpartition("/")[0] if canonical.kind else ""
+        owner = f"{owner}/{canonical.part}".lstrip("/") if canonical.part else owner
         specs.append(
             TensorSpec(name, key, shape, str(variable.dtype), layout, canonical.kind, owner,
                        canonical.slot)
@@ -151,6 +147,7 @@ class TensorFlowBackend(Backend):
     distribution = "keras"
     weights_member = "model.keras"
     plain_format = "keras-file"
+    image_layout = "channels_last"
 
     def framework_version(self) -> str:
         """Return ``"tensorflow <v>, keras <v>"`` from the installed distributions."""
@@ -288,7 +285,10 @@ class TensorFlowBackend(Backend):
             TensorSpec(
                 w.name, w.key, w.shape, w.dtype,
                 w.canonical.layout if w.canonical.kind else (OPAQUE if w.shape else SCALAR),
-                w.canonical.kind, w.layer if w.canonical.kind else "", w.canonical.slot,
+                w.canonical.kind,
+                (f"{w.layer}/{w.canonical.part}".lstrip("/") if w.canonical.part else w.layer)
+                if w.canonical.kind else "",
+                w.canonical.slot,
             )
             for w, _ in read_keras_weights(source, with_arrays=False)
         ]
@@ -312,10 +312,31 @@ class TensorFlowBackend(Backend):
             )
         for name, (spec, variable) in own.items():
             variable.assign(np.asarray(arrays[name], dtype=spec.dtype))
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            if callable(getattr(layer, "finalize_state", None)):
+                layer.finalize_state()  # state derived from variables (Normalization's mean)
 
     def native_layout(self, kind: str, slot: str, source_layout: str = "") -> str | None:
         """Return the layout tag Keras's standard layer of ``kind`` gives ``slot``."""
         return keras_native_layout(kind, slot, source_layout)
+
+    def trace(self, model: Any, inputs: dict[str, np.ndarray]) -> Any:
+        """Return ``model``'s dataflow graph (see :mod:`polybundle_tensorflow.tracing`)."""
+        from polybundle_tensorflow.tracing import trace
+
+        return trace(model, inputs)
+
+    def sample_inputs(self, model: Any) -> Any:
+        """Return a seeded sample of the model's declared inputs (see :mod:`.tracing`)."""
+        from polybundle_tensorflow.tracing import sample_inputs
+
+        return sample_inputs(model)
+
+    def layer_outputs(self, model: Any, inputs: dict[str, np.ndarray], layers: Any) -> Any:
+        """Return the named layers' outputs (see :mod:`polybundle_tensorflow.tracing`)."""
+        from polybundle_tensorflow.tracing import layer_outputs
+
+        return layer_outputs(model, inputs, layers)
 
     def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call ``model(..., training=False)`` on ``inputs``; outputs as arrays."""

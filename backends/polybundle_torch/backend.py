@@ -29,8 +29,8 @@ from polybundle.model.optimizer import OptimizerState
 from polybundle.model.optimizer_conversion import NeutralOptimizer
 from polybundle_torch import optim as torch_optim
 from polybundle_torch.arrays import copy_tensor, from_numpy, to_numpy
+from polybundle_torch.layers import module_canonical
 from polybundle_torch.layers import native_layout as torch_native_layout
-from polybundle_torch.layers import torch_canonical
 from polybundle_torch.pickle_vocabulary import UNTYPED
 from polybundle_torch.pth_reader import describe_pth, fill_pth, read_pth
 
@@ -62,11 +62,7 @@ def _layout(module: Any, attribute: str, ndim: int) -> str:
 
 def _canonical(module: Any, attribute: str, shape: tuple[int, ...]) -> Canonical:
     """Return the canonical kind, slot and layout of ``module.<attribute>``."""
-    groups = int(getattr(module, "groups", 1) or 1)
-    in_channels = int(getattr(module, "in_channels", 0) or 0)
-    return torch_canonical(
-        type(module).__name__, attribute, shape, groups=groups, group_channels=in_channels // groups
-    )
+    return module_canonical(module, attribute, shape)
 
 
 def _torch_dtype(name: str) -> Any:
@@ -116,6 +112,7 @@ class TorchBackend(Backend):
     weights_member = "model.pth"
     plain_format = "torch-file"
     reads_front_to_back = True
+    image_layout = "channels_first"
 
     def owns(self, model: Any) -> bool:
         """Return True for a ``torch.nn.Module`` (never imports torch)."""
@@ -133,9 +130,10 @@ class TorchBackend(Backend):
             layout = _layout(modules.get(owner), attribute, len(shape))
             layout = canonical.layout if canonical.kind else layout
             dtype = str(tensor.dtype).removeprefix("torch.")
+            layer = f"{owner}.{canonical.part}".lstrip(".") if canonical.part else owner
             specs.append(
                 TensorSpec(key, key, shape, dtype, layout, canonical.kind,
-                           owner if canonical.kind else "", canonical.slot)
+                           layer if canonical.kind else "", canonical.slot)
             )
         return specs
 
@@ -331,6 +329,18 @@ class TorchBackend(Backend):
     def native_layout(self, kind: str, slot: str, source_layout: str = "") -> str | None:
         """Return the layout tag PyTorch's standard layer of ``kind`` gives ``slot``."""
         return torch_native_layout(kind, slot, source_layout)
+
+    def trace(self, model: Any, inputs: dict[str, np.ndarray]) -> Any:
+        """Return ``model``'s dataflow graph (see :mod:`polybundle_torch.tracing`)."""
+        from polybundle_torch.tracing import trace
+
+        return trace(model, inputs)
+
+    def layer_outputs(self, model: Any, inputs: dict[str, np.ndarray], layers: Any) -> Any:
+        """Return the named layers' outputs (see :mod:`polybundle_torch.tracing`)."""
+        from polybundle_torch.tracing import layer_outputs
+
+        return layer_outputs(model, inputs, layers)
 
     def predict(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``model.eval()`` under ``torch.no_grad()`` on ``inputs``; outputs as arrays."""

@@ -1,8 +1,17 @@
-"""PyTorch's standard layers as canonical kinds, slots and layout tags.
+"""PyTorch's layers as canonical kinds, slots and layout tags.
 
-:func:`torch_canonical` says what a tensor of a ``torch.nn`` module is, from
-the module's class name, the tensor's attribute and its shape; it needs no
-PyTorch, so the framework-free ``.pth`` reader uses it too.
+A module's kind is decided by what it *is*, not by its class name:
+:func:`module_kind` asks the rules registered with :func:`register_kind`
+(a class, checked with ``isinstance``, or a predicate), then whether the module
+is an instance of one of ``torch.nn``'s standard layers -- so a subclass such
+as timm's ``BatchNormAct2d`` (a ``BatchNorm2d``) or torchvision's ``LayerNorm2d``
+(a ``LayerNorm``) is a batch norm or a layer norm. A tensor held directly by a
+module of the user's own class (a class token, a position embedding, a
+LayerScale gamma) is a plain ``variable``. :func:`module_canonical` gives the
+canonical form of a live module's tensor.
+
+:func:`torch_canonical` says the same from a class *name* (one of ``torch.nn``'s
+standard layers) and needs no PyTorch, for readers that see only names.
 :func:`native_layout` says which layout PyTorch's layer of a canonical kind
 gives each slot, so a conversion can be planned without building a model.
 
@@ -11,11 +20,28 @@ Example:
     Canonical(kind='dense', slot='kernel', layout='out,in')
     >>> native_layout("conv2d_transpose", "kernel")
     'in,out,h,w'
+    >>> import torch
+    >>> class BatchNormAct2d(torch.nn.BatchNorm2d):
+    ...     pass
+    >>> module_canonical(BatchNormAct2d(4), "running_var", (4,))
+    Canonical(kind='batchnorm', slot='moving_variance', layout='c')
 """
 
 from __future__ import annotations
 
-from polybundle.model.canonical import KINDS, Canonical, conv_spatial, shared_layout
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from polybundle.errors import ConversionError
+from polybundle.model.canonical import (
+    KINDS,
+    Canonical,
+    conv_spatial,
+    shared_layout,
+    variable_tag,
+)
 from polybundle.model.layouts import SCALAR, conv_tag
 
 SLOTS: dict[str, dict[str, str]] = {
@@ -25,8 +51,10 @@ SLOTS: dict[str, dict[str, str]] = {
     },
     "layernorm": {"weight": "gamma", "bias": "beta"},
     "groupnorm": {"weight": "gamma", "bias": "beta"},
+    "normalization": {"mean": "mean", "variance": "variance", "count": "count"},
 }
-"""Normalisation kinds: ``{kind: {module attribute: canonical slot}}``."""
+"""Kinds of per-channel tensors: ``{kind: {module attribute: canonical slot}}``
+(``normalization`` is the default naming for a module registered as one)."""
 
 KIND_OF_CLASS: dict[str, str] = {
     "Linear": "dense", "Embedding": "embedding", "PReLU": "prelu", "LayerNorm": "layernorm",
@@ -36,6 +64,121 @@ KIND_OF_CLASS: dict[str, str] = {
     **{f"ConvTranspose{n}d": f"conv{n}d_transpose" for n in (1, 2, 3)},
 }
 """``torch.nn`` class name -> canonical kind (grouped convolutions are refined by shape)."""
+
+OWN_MODULES = "torch."
+"""Prefix of the modules defining PyTorch's own classes: a tensor held directly by a
+module of a class defined elsewhere, of no kind, is a plain ``variable``."""
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """A registered rule: modules it matches are layers of ``kind``.
+
+    ``match`` is a class (checked with ``isinstance``) or a predicate on the
+    module; ``slots`` maps the module's attributes to canonical slots when they
+    differ from the standard layer's (:data:`SLOTS`).
+
+    Example:
+        >>> KindRule(lambda module: False, "dense").kind
+        'dense'
+    """
+
+    match: type | Callable[[Any], bool]
+    kind: str
+    slots: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, module: Any) -> bool:
+        """Return True when ``module`` is a layer of this rule's kind.
+
+        Example:
+            >>> KindRule(int, "dense").matches(3), KindRule(int, "dense").matches("3")
+            (True, False)
+        """
+        if isinstance(self.match, type):
+            return isinstance(module, self.match)
+        return bool(self.match(module))
+
+
+_RULES: list[KindRule] = []
+
+
+def register_kind(
+    match: type | Callable[[Any], bool], kind: str, *, slots: Mapping[str, str] | None = None
+) -> KindRule:
+    """Declare that modules matching ``match`` (a class or a predicate) are layers of ``kind``.
+
+    Rules registered later are asked first, before ``torch.nn``'s standard
+    layers. ``slots`` maps attribute names to the kind's canonical slots
+    (``{"matrix": "kernel"}``; default: the standard layer's attribute names,
+    e.g. :data:`SLOTS`). Returns the rule, for
+    :func:`unregister_kind`. Raises :class:`ConversionError` for an unknown kind.
+
+    Example:
+        >>> import torch
+        >>> class Standardize(torch.nn.Module):  # a user's twin of Keras' Normalization
+        ...     def __init__(self, channels):
+        ...         super().__init__()
+        ...         self.register_buffer("mu", torch.zeros(channels))
+        ...         self.register_buffer("var", torch.ones(channels))
+        ...         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+        >>> rule = register_kind(Standardize, "normalization",
+        ...                      slots={"mu": "mean", "var": "variance", "count": "count"})
+        >>> module_canonical(Standardize(3), "var", (3,))
+        Canonical(kind='normalization', slot='variance', layout='c')
+        >>> unregister_kind(rule)
+    """
+    if kind not in KINDS:
+        raise ConversionError(
+            f"cannot register modules as kind {kind!r}: it is not a canonical kind; expected "
+            f"one of {', '.join(sorted(KINDS))}. Pass one of those."
+        )
+    rule = KindRule(match, kind, dict(slots or {}))
+    _RULES.insert(0, rule)
+    return rule
+
+
+def unregister_kind(rule: KindRule) -> None:
+    """Remove a rule returned by :func:`register_kind` (nothing if it is gone).
+
+    Example:
+        >>> unregister_kind(KindRule(int, "dense"))
+    """
+    if rule in _RULES:
+        _RULES.remove(rule)
+
+
+def module_kind(module: Any) -> tuple[str, Mapping[str, str]]:
+    """Return ``module``'s canonical kind (``""`` if none) and its attribute -> slot names.
+
+    Registered rules first, then ``isinstance`` against ``torch.nn``'s standard
+    layers (:data:`KIND_OF_CLASS`), so subclasses of them keep their kind.
+
+    Example:
+        >>> import torch
+        >>> class LayerNorm2d(torch.nn.LayerNorm):  # torchvision's, channels-first
+        ...     pass
+        >>> module_kind(LayerNorm2d(8))[0], module_kind(torch.nn.ReLU())[0]
+        ('layernorm', '')
+    """
+    for rule in _RULES:
+        if rule.matches(module):
+            return rule.kind, rule.slots or SLOTS.get(rule.kind, {})
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        for name, kind in KIND_OF_CLASS.items():
+            if isinstance(module, getattr(torch.nn, name)):
+                return kind, SLOTS.get(kind, {})
+    return "", {}
+
+
+_STANDARD_ATTRIBUTE = {"kernel": "weight", "bias": "bias", "embeddings": "weight",
+                       "alpha": "weight"}
+"""Canonical slot -> the attribute ``torch.nn``'s standard layers keep it in."""
+
+
+def _statistic_layout(shape: tuple[int, ...]) -> str:
+    """Tag of a normalisation statistic: ``c`` for a vector, else kept axis by axis."""
+    return "c" if len(shape) == 1 else variable_tag(len(shape))
 
 
 def torch_canonical(
@@ -55,10 +198,54 @@ def torch_canonical(
         >>> torch_canonical("BatchNorm2d", "num_batches_tracked", ()).slot
         'count'
     """
-    kind = KIND_OF_CLASS.get(class_name, "")
+    return _kind_canonical(KIND_OF_CLASS.get(class_name, ""), attribute, shape, groups=groups,
+                           group_channels=group_channels)
+
+
+def module_canonical(module: Any, attribute: str, shape: tuple[int, ...]) -> Canonical:
+    """Return the canonical form of the live ``module``'s tensor ``attribute``.
+
+    The kind comes from :func:`module_kind`; a tensor held directly by a module
+    of no kind whose class is the user's own (not PyTorch's) is a ``variable``.
+
+    Example:
+        >>> import torch
+        >>> class ViTStem(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, 8))
+        >>> module_canonical(ViTStem(), "cls_token", (1, 1, 8))
+        Canonical(kind='variable', slot='value', layout='v0,v1,v2')
+        >>> module_canonical(torch.nn.GRU(2, 2), "weight_ih_l0", (6, 2)).kind
+        ''
+    """
+    kind, slots = module_kind(module)
+    if not kind:
+        if module is None or type(module).__module__.startswith(OWN_MODULES):
+            return Canonical.unknown(shape)
+        return Canonical("variable", "value", variable_tag(len(shape)), part=attribute)
+    if kind not in SLOTS and slots:  # a registered layer's names: as the standard layer's
+        attribute = _STANDARD_ATTRIBUTE.get(slots.get(attribute, ""), "")
+    groups = int(getattr(module, "groups", 1) or 1)
+    in_channels = int(getattr(module, "in_channels", 0) or 0)
+    return _kind_canonical(kind, attribute, shape, groups=groups,
+                           group_channels=in_channels // groups, slots=slots)
+
+
+def _kind_canonical(
+    kind: str, attribute: str, shape: tuple[int, ...], *, groups: int, group_channels: int,
+    slots: Mapping[str, str] | None = None,
+) -> Canonical:
+    """Return the canonical form of tensor ``attribute`` of a layer of ``kind``."""
     ndim = len(shape)
+    names = slots if slots else SLOTS.get(kind, {})
+    if kind == "normalization":
+        slot = names.get(attribute)
+        if slot is None:
+            return Canonical.unknown(shape)
+        return Canonical(kind, slot, SCALAR if slot == "count" else _statistic_layout(shape))
     if kind in SLOTS:
-        slot = SLOTS[kind].get(attribute)
+        slot = names.get(attribute)
         if slot is None or (kind == "layernorm" and ndim != 1):
             return Canonical.unknown(shape)
         return Canonical(kind, slot, SCALAR if ndim == 0 else "c")
@@ -107,7 +294,7 @@ def native_layout(kind: str, slot: str, source_layout: str = "") -> str | None:
     if slot == "count":
         return SCALAR
     shared = shared_layout(slot, source_layout)
-    if shared is not None:
+    if shared is not None or kind in ("normalization", "variable"):
         return shared
     if kind == "dense":
         return "out,in"

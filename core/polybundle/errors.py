@@ -224,6 +224,29 @@ class ConversionError(PolybundleError):
     """
 
 
+class ConversionMismatchError(ConversionError):
+    """A converted model computes something other than its reference on the same input.
+
+    Raised by the check every cross-framework load and convert runs (see
+    :mod:`polybundle.api.conversion_check`): ``output`` is the worst output,
+    ``max_rel`` its error relative to the reference's scale, and ``layer`` the
+    first paired layer whose activations diverge ("" when no trace could tell).
+
+    Example:
+        >>> err = ConversionMismatchError("role 'net': 'output' differs", output="output",
+        ...                               max_rel=0.9, layer="classifier.0")
+        >>> isinstance(err, ConversionError), err.layer
+        (True, 'classifier.0')
+    """
+
+    def __init__(self, message: str, *, output: str = "", max_rel: float = float("inf"),
+                 layer: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+        self.max_rel = max_rel
+        self.layer = layer
+
+
 class ConversionUnavailableError(BackendMismatchError):
     """A bundle cannot be loaded into the requested backend: no builder exists there.
 

@@ -69,6 +69,9 @@ class Bundle:
     """True when opened with ``load(..., lazy=True)``: no models, mapped tensors."""
     conversions: dict[str, ConversionPlan] = field(default_factory=dict)
     """The weights' conversion plan of each role loaded in a framework other than the writer's."""
+    checks: dict[str, Any] = field(default_factory=dict)
+    """What checked each converted role (:class:`~polybundle.api.conversion_check.ConversionCheck`:
+    against what, the error, or why it could not be checked)."""
     _verified: dict[str, tuple[int, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )

@@ -398,6 +398,8 @@ def load(
     max_bytes: int | None = None,
     storage_options: dict[str, Any] | None = None,
     filesystem: Any = None,
+    check: bool = True,
+    example_inputs: Any = None,
 ) -> Bundle:
     """Load the bundle at ``path``, whichever registered backend wrote it.
 
@@ -407,6 +409,12 @@ def load(
     (see :mod:`polybundle.api.transfer`); without such a builder
     :class:`~polybundle.errors.ConversionUnavailableError` (a
     :class:`~polybundle.errors.BackendMismatchError`) names both backends.
+    A converted model is checked (``check=True``): run on a sample input --
+    ``example_inputs`` (in the writer framework's layout) or the stored parity
+    inputs -- against the stored parity outputs or the source model, a
+    difference raises :class:`~polybundle.errors.ConversionMismatchError`;
+    what checked each role is in ``bundle.checks``, and a conversion nothing
+    could check warns (:mod:`polybundle.api.conversion_check`).
     ``roles`` limits which models are built. ``into`` gives
     ready instances to load weights into; other roles are rebuilt with the
     registered builder of their architecture, or (Keras) from the ``.keras``
@@ -477,13 +485,14 @@ def load(
     options = {
         "backend": backend, "roles": roles, "into": into, "lazy": lazy,
         "check": not lazy if verify is None else verify, "progress": progress,
+        "check_conversion": check, "example_inputs": example_inputs,
     }
     path = locate(path, storage_options, filesystem) or path
     with budget.limit(max_bytes):
         if is_sharded(path):
             bundle: Bundle = load_sharded(
                 Path(path), backend=backend, roles=roles, into=into, lazy=lazy,
-                check=options["check"],
+                check=options["check"], check_conversion=check, example_inputs=example_inputs,
             )
         else:
             bundle = _load_archive(path, options, trust_code)
@@ -529,6 +538,8 @@ def _load_bundle(
     lazy: bool,
     check: bool,
     progress: bool,
+    check_conversion: bool = True,
+    example_inputs: Any = None,
 ) -> Bundle:
     """Load a format-2 bundle, or a plain framework file (``detection`` None) seen as one."""
     path = archive.path
@@ -567,14 +578,14 @@ def _load_bundle(
         archive.on_read = advance
         if check and (into or lazy) and not in_pass:  # caller's models change after the check
             verify_members(archive, manifest)
-        models, plans, params = _load_checked(
+        models, plans, params, checks = _load_checked(
             archive, manifest, archived, requested, selected, into,
             verify=check and not lazy and (in_pass or not into), lazy=lazy, plain=plain,
-            in_pass=in_pass,
+            in_pass=in_pass, check_conversion=check_conversion, example_inputs=example_inputs,
         )
     kind = PlainBundle if plain else Bundle
     return kind(path, manifest, params, requested.name, models, lazy=lazy,
-                conversions=plans)
+                conversions=plans, checks=checks)
 
 
 def _verifiable_in_pass(
@@ -613,7 +624,9 @@ def _load_checked(
     lazy: bool,
     plain: bool = False,
     in_pass: bool = False,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    check_conversion: bool = True,
+    example_inputs: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Read params and build the selected roles' models, hashing alongside when asked.
 
     With ``in_pass`` the selected roles' weights are verified as the backend
@@ -627,14 +640,17 @@ def _load_checked(
         check = MemberCheck(archive, manifest, [n for n in manifest["members"] if n not in weights])
         try:
             built = _load_models(archive, manifest, archived, requested, selected, into,
-                                 verify=False, lazy=lazy, plain=plain, check=check)
+                                 verify=False, lazy=lazy, plain=plain, check=check,
+                                 check_conversion=check_conversion,
+                                 example_inputs=example_inputs)
         except BaseException as exc:
             check.wait_quietly(exc)  # a damaged member is the likelier cause: it wins
             raise
         check.wait()
         return built
     return _load_models(archive, manifest, archived, requested, selected, into,
-                        verify=verify, lazy=lazy, plain=plain)
+                        verify=verify, lazy=lazy, plain=plain,
+                        check_conversion=check_conversion, example_inputs=example_inputs)
 
 
 def _load_models(
@@ -649,8 +665,13 @@ def _load_models(
     lazy: bool,
     plain: bool = False,
     check: MemberCheck | None = None,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Read params and build the selected roles' models (``verify``: hash beside in a thread)."""
+    check_conversion: bool = True,
+    example_inputs: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Read params and build the selected roles' models (``verify``: hash beside in a thread).
+
+    Returns the models, conversion plans, params and conversion checks.
+    """
     with verifying_members(archive, manifest, enabled=verify):
         params: dict[str, Any] = {}
         if not plain:
@@ -659,17 +680,20 @@ def _load_models(
             requested.require()
         models: dict[str, Any] = LegacyModels({}) if plain else {}
         plans: dict[str, Any] = {}
+        checks: dict[str, Any] = {}
         for role in [] if lazy else selected:
             entry = model_entry(manifest, role)
             try:
                 if requested is archived:
                     models[role] = _build_model(archive, archived, entry, into.get(role), check)
                 else:
-                    models[role], plans[role] = converted_model(
-                        archive, entry, archived, requested, into.get(role)
+                    models[role], plans[role], checks[role] = converted_model(
+                        archive, entry, archived, requested, into.get(role),
+                        check=check_conversion, example_inputs=example_inputs,
+                        members=manifest["members"],
                     )
             except UnknownArchitectureError as exc:
                 if not plain or role in into or requested is not archived:
                     raise
                 models.reasons[role] = _plain_reason(role, archived, exc)
-    return models, plans, params
+    return models, plans, params, checks

@@ -99,12 +99,16 @@ def _builder(entry: dict[str, Any], backend: Backend) -> Any:
 
 def _build(
     folder: ShardedFolder, entry: dict[str, Any], archived: Backend, requested: Backend,
-    given: Any | None,
-) -> tuple[Any, Any]:
-    """Build (or take ``given``) ``entry``'s model and load its assembled tensors."""
+    given: Any | None, *, check_conversion: bool = True, example_inputs: Any = None,
+) -> tuple[Any, Any, Any]:
+    """Build (or take ``given``) ``entry``'s model and load its assembled tensors.
+
+    Returns the model, and a converted one's plan and check (else ``None``s).
+    """
     if requested is not archived:
         return converted_from_arrays(
-            lambda: folder.role_tensors(entry["role"]), entry, archived, requested, given
+            lambda: folder.role_tensors(entry["role"]), entry, archived, requested, given,
+            check=check_conversion, example_inputs=example_inputs,
         )
     model = given if given is not None else _builder(entry, archived)(
         entry["architecture"]["config"]
@@ -113,7 +117,7 @@ def _build(
     if entry["architecture"]:
         remember_architecture(model, entry["architecture"]["name"],
                               entry["architecture"]["config"])
-    return model, None
+    return model, None, None
 
 
 def _verified(folder: ShardedFolder, enabled: bool) -> Any:
@@ -147,8 +151,13 @@ def load_sharded(
     into: dict[str, Any],
     lazy: bool,
     check: bool,
+    check_conversion: bool = True,
+    example_inputs: Any = None,
 ) -> ShardedBundle:
     """Load the sharded bundle in folder ``path`` (see :func:`polybundle.load`).
+
+    ``check`` checks the digests; ``check_conversion`` and ``example_inputs``
+    are :func:`polybundle.load`'s ``check`` and ``example_inputs``.
 
     Example:
         >>> bundle = load_sharded(Path("sharded"), backend=None, roles=None, into={},
@@ -183,19 +192,23 @@ def load_sharded(
     join = _verified(folder, check and not into)
     models: dict[str, Any] = {}
     plans: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
     try:
         params = folder.params()
         if not lazy:
             requested.require()
         for role in [] if lazy else selected:
             entry = model_entry(manifest, role)
-            models[role], plan = _build(folder, entry, archived, requested, into.get(role))
+            models[role], plan, checked = _build(
+                folder, entry, archived, requested, into.get(role),
+                check_conversion=check_conversion, example_inputs=example_inputs,
+            )
             if plan is not None:
-                plans[role] = plan
+                plans[role], checks[role] = plan, checked
     except BaseException:
         join()  # a damaged part is the likelier cause of any failure: report it first
         raise
     join()
     return ShardedBundle(Path(path), manifest, params, requested.name, models, lazy=lazy,
-                         conversions=plans)
+                         conversions=plans, checks=checks)
 

@@ -1,10 +1,11 @@
-"""Convert bundles between backends, and plan conversions without building a model.
+"""Convert bundles between backends, and plan conversions.
 
 :func:`convert` loads a bundle into another backend (:func:`polybundle.load`
 with ``backend=``, which builds the target models and loads the converted
 weights through :mod:`polybundle.api.converted`) and writes it as a native
-bundle; :func:`plan_bundle` says what a conversion would do, asking the target
-backend for its layers' layouts (:meth:`Backend.native_layout`).
+bundle; :func:`plan_bundle` says what a conversion would do: it builds the
+target as a load would where it can, else asks the target backend for its
+layers' layouts (:meth:`Backend.native_layout`).
 
 Example:
     >>> [row["detail"] for row in plan_bundle("run.bundle", "tensorflow")["roles"][0]["rows"]]
@@ -14,12 +15,15 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 
+from polybundle.api.conversion_check import UncheckedConversionWarning
 from polybundle.api.loading import detect, load
 from polybundle.api.saving import save
+from polybundle.errors import ConversionError, TensorMismatchError
 from polybundle.format.archive import ArchiveReader
 from polybundle.format.digests import DEFAULT, algorithm
 from polybundle.format.manifest import read_manifest
@@ -28,7 +32,7 @@ from polybundle.format.storage import Location, locate
 from polybundle.hooks.registry import get_backend, get_registry, tensor_map
 from polybundle.model.backend import Backend, TensorSpec
 from polybundle.model.canonical import FILL_SLOTS, KINDS, infer_shape
-from polybundle.model.conversion import plan_conversion, plan_rows
+from polybundle.model.conversion import ConversionPlan, plan_conversion, plan_rows
 from polybundle.model.layouts import SCALAR
 from polybundle.safety.budget import limit
 
@@ -82,10 +86,17 @@ def plan_bundle(
 ) -> dict[str, Any]:
     """Say how each tensor of the bundle at ``path`` (a file or a sharded folder) would convert.
 
-    Builds no model and imports no framework: target tensors are those the
-    target framework's standard layers hold (named ``#<layer> <kind>.<slot>``).
+    Where ``to``'s framework is installed and a builder is registered for a
+    role's architecture, the target model is built and converted exactly as
+    :func:`polybundle.load` would (layers paired through both models' traced
+    graphs, the numerical check run when a sample and reference exist): rows
+    name real tensors on both sides, ``pairing`` says how layers were paired,
+    ``check`` what the check found, and ``refused`` the error a load would
+    raise. Otherwise nothing is built and no framework imported: target
+    tensors are those ``to``'s standard layers hold (``#<layer> <kind>.<slot>``).
     Returns ``{"source", "target", "roles": [{role, architecture, builder,
-    rows, missing, unexpected, unmapped, misaligned, mismatched}]}``.
+    built, rows, missing, unexpected, unmapped, misaligned, mismatched,
+    pairing, check, refused}]}``.
     ``path`` may be a URL with ``storage_options`` or a ready fsspec
     ``filesystem`` (see :func:`polybundle.load`); it is read by byte range.
 
@@ -95,10 +106,11 @@ def plan_bundle(
         ('0.weight', 'dense', 'out,in -> in,out', [4, 3])
     """
     target = get_backend(to)
+    path = locate(path, storage_options, filesystem) or path
     if is_sharded(path):
         manifest = ShardedFolder(path).manifest
     else:
-        with ArchiveReader(locate(path, storage_options, filesystem) or path) as archive:
+        with ArchiveReader(path) as archive:
             detect(archive)
             manifest = read_manifest(archive)
     source = manifest["backend"]
@@ -107,21 +119,42 @@ def plan_bundle(
         specs = [TensorSpec.from_json(t) for t in entry["tensors"]]
         architecture = entry["architecture"]
         name = architecture["name"] if architecture else None
-        targets, unsized = _synthetic_targets(specs, target)
-        plan = plan_conversion(specs, targets, mapping=tensor_map(name, source, target.name),
-                               unsized=unsized)
-        roles.append({
-            "role": entry["role"],
-            "architecture": name,
-            "builder": bool(name) and get_registry().has_builder(name, target.name),
-            "rows": plan_rows(plan),
-            "missing": plan.missing,
-            "unexpected": plan.unexpected,
-            "unmapped": plan.unmapped,
-            "misaligned": plan.misaligned,
-            "mismatched": plan.mismatched,
-        })
+        builder = bool(name) and get_registry().has_builder(name, target.name)
+        row: dict[str, Any] = {"role": entry["role"], "architecture": name, "builder": builder,
+                               "built": False, "pairing": "", "check": "", "refused": ""}
+        built = _built_plan(path, entry["role"], target) if builder else None
+        if built is not None:
+            row.update(built)
+        else:
+            targets, unsized = _synthetic_targets(specs, target)
+            plan = plan_conversion(specs, targets, mapping=tensor_map(name, source, target.name),
+                                   unsized=unsized)
+            row.update(_plan_fields(plan), pairing="definition order (no target model built)")
+        roles.append(row)
     return {"source": source, "target": target.name, "roles": roles}
+
+
+def _plan_fields(plan: ConversionPlan) -> dict[str, Any]:
+    return {"rows": plan_rows(plan), "missing": plan.missing, "unexpected": plan.unexpected,
+            "unmapped": plan.unmapped, "misaligned": plan.misaligned,
+            "mismatched": plan.mismatched}
+
+
+def _built_plan(path: str | os.PathLike[str] | Location, role: str, target: Backend
+                ) -> dict[str, Any] | None:
+    """Convert ``role`` as a load would; None when ``target``'s framework is not installed."""
+    if not target.is_available():
+        return None
+    empty = _plan_fields(ConversionPlan())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UncheckedConversionWarning)  # reported in the row
+            bundle = load(path, backend=target.name, roles=[role])
+    except (ConversionError, TensorMismatchError) as exc:
+        return {**empty, "built": True, "refused": str(exc)}
+    check = bundle.checks[role]
+    return {**_plan_fields(bundle.conversions[role]), "built": True, "pairing": check.pairing,
+            "check": check.summary()}
 
 
 def convert(
@@ -137,8 +170,11 @@ def convert(
     """Write the bundle at ``source`` as a native bundle of ``backend`` at ``destination``.
 
     Models are rebuilt with ``backend``'s builders and loaded with the
-    converted weights; params and architectures are kept, and optimizer state
-    is converted with the same pairing when the bundle has it. Needs only the
+    converted weights, checked as :func:`polybundle.load` checks them; params
+    and architectures are kept, optimizer state is converted with the same
+    pairing when the bundle has it, and each checked role's sample input is
+    stored as its parity input (laid out for ``backend``), so the new bundle
+    can be checked in turn. Needs only the
     target framework. Returns the manifest written. ``source`` may be a plain
     framework file too (see :func:`polybundle.load`). ``max_bytes`` caps the
     memory read from the source's declared sizes (:mod:`polybundle.safety.budget`);
@@ -180,5 +216,7 @@ def _convert(
         role: bundle.converted_optimizer_state(role) for role in bundle.roles
         if bundle.has_optimizer(role)
     }
+    checked = {role: check.inputs for role, check in bundle.checks.items()
+               if check.inputs is not None}
     return save(destination, bundle.models, params=bundle.params, architectures=architectures,
-                optimizers=optimizers, digest=digest)
+                optimizers=optimizers, parity_inputs=checked or None, digest=digest)

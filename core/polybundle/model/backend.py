@@ -52,6 +52,7 @@ from polybundle.safety.dtypes import dtype_label as dtype_label
 from polybundle.safety.dtypes import resolve_dtype as resolve_dtype
 
 if TYPE_CHECKING:
+    from polybundle.model.graph import OpGraph
     from polybundle.model.optimizer import OptimizerState
     from polybundle.model.optimizer_conversion import NeutralOptimizer
 
@@ -220,6 +221,11 @@ class Backend(ABC):
     weights file (``torch.save``, ``model.save``) when this backend reads one as a one-role
     bundle; ``""`` when it reads none. Its plugin detects such files (``polybundle_detect_archive``,
     ``trylast``) and :meth:`describe_stored` describes them."""
+    image_layout: str = ""
+    """Where the framework's standard convolutions want an image's channel axis:
+    ``"channels_first"`` (``n,c,h,w``) or ``"channels_last"`` (``n,h,w,c``); ``""`` when the
+    backend does not say. A conversion moves a sample image between two backends' layouts
+    only where the traced graph shows a convolution reads it."""
     quiet_environment: tuple[tuple[str, str], ...] = ()
     """Environment variables, as ``(name, value)`` pairs, that keep the framework's own log
     lines (C++ start-up notices) off a command's output. The ``polybundle`` command sets each
@@ -511,6 +517,42 @@ class Backend(ABC):
         Example: ``backend.predict(model, {"input": x})["output"].shape``.
         """
         raise BackendError(f"the {self.name!r} backend cannot run models for parity checks.")
+
+    def trace(self, model: Any, inputs: dict[str, np.ndarray]) -> OpGraph | None:
+        """Return ``model``'s dataflow graph on the sample ``inputs``, or None when untraceable.
+
+        ``inputs`` are named as :meth:`predict` takes them, in this framework's
+        own layout. The graph (:class:`~polybundle.model.graph.OpGraph`) names
+        each weighted op as :meth:`describe` names its tensors' ``layer``, so
+        conversions pair layers through it (:mod:`polybundle.model.matching`)
+        and derive layout changes (a dense layer after a channels-first
+        ``Flatten``) from it. The default, None, makes conversions into or
+        out of this backend pair layers in definition order, and says so.
+        Example: ``backend.trace(model, {"input": x}).input_layouts() == ["n,c,h,w"]``.
+        """
+        return None
+
+    def sample_inputs(self, model: Any) -> dict[str, np.ndarray] | None:
+        """Return a small sample input ``model`` declares the shape of, or None.
+
+        Named as :meth:`predict` takes them, in this framework's layout, seeded
+        (so the same every time). Used to check a conversion when the bundle
+        stores no parity inputs and none are given. The default: None (a
+        framework whose models do not declare their input shapes).
+        Example: ``backend.sample_inputs(keras_model)["input"].shape == (2, 32, 32, 3)``.
+        """
+        return None
+
+    def layer_outputs(
+        self, model: Any, inputs: dict[str, np.ndarray], layers: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs`` in inference mode; return the output of each named layer.
+
+        ``layers`` are names as :meth:`describe` gives tensors' ``layer``. Used to
+        name the first layer where a converted model diverges from its source.
+        The default refuses. Example: ``backend.layer_outputs(model, {"input": x}, ["fc"])``.
+        """
+        raise BackendError(f"the {self.name!r} backend cannot give its layers' outputs.")
 
     def load_standalone(self, source: BinaryIO, specs: list[TensorSpec] | None = None) -> Any:
         """Rebuild a model from the weights file alone, when its format allows it.

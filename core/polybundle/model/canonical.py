@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,8 +45,18 @@ KINDS: dict[str, tuple[str, ...]] = {
     "groupnorm": ("gamma", "beta"),
     "embedding": ("embeddings",),
     "prelu": ("alpha",),
+    "normalization": ("mean", "variance", "count"),
+    "variable": ("value",),
 }
-"""Each canonical kind and the slots its tensors may fill."""
+"""Each canonical kind and the slots its tensors may fill.
+
+``normalization`` holds the statistics of an input-normalisation layer
+(Keras ``Normalization``: ``(x - mean) / sqrt(variance)``, and the number of
+samples they were adapted on). ``variable`` is a plain learned tensor owned by
+no layer of a known kind -- a class token, a position embedding, a LayerScale
+gamma -- stored alike everywhere (:func:`variable_tag`), so it pairs by graph
+position and shape only.
+"""
 
 FILL_SLOTS: dict[tuple[str, str], float] = {("batchnorm", "count"): 0}
 """Slots some frameworks' layers have and others lack, with the value used to fill them.
@@ -69,6 +79,12 @@ class Canonical:
     kind: str
     slot: str
     layout: str
+    part: str = field(default="", repr=False)
+    """The canonical layer this tensor belongs to inside its framework layer, when
+    one framework layer holds several canonical ones (Keras ``SeparableConv2D`` is
+    a ``depthwise`` and a ``pointwise`` convolution; each plain ``variable`` of a
+    layer is a layer of its own, named after the variable); ``""`` when it is the
+    layer. Backends append it to the layer's name."""
 
     @classmethod
     def unknown(cls, shape: tuple[int, ...]) -> Canonical:
@@ -97,6 +113,19 @@ def conv_spatial(kind: str) -> int:
     return int(base[4])
 
 
+def variable_tag(ndim: int) -> str:
+    """Return the layout tag of a plain ``variable`` of ``ndim`` axes (``v0,v1,...``).
+
+    Every framework stores such a tensor with its axes as the model uses them,
+    so both sides carry the same tag and convert unchanged.
+
+    Example:
+        >>> variable_tag(3), variable_tag(0)
+        ('v0,v1,v2', 'scalar')
+    """
+    return SCALAR if ndim == 0 else ",".join(f"v{axis}" for axis in range(ndim))
+
+
 def is_unit(tag: str) -> bool:
     """Return True when every axis of ``tag`` is a unit axis (``1`` or ``1,1,1``).
 
@@ -118,15 +147,20 @@ def shared_layout(slot: str, source_layout: str = "") -> str | None:
     """Return the layout ``slot`` has in every framework, or None when frameworks differ.
 
     Per-channel vectors, biases, embeddings and PReLU slopes are stored alike
-    everywhere (a slope of one value stays ``1``); kernels and the batch-norm
-    count are each backend's own answer in :meth:`Backend.native_layout`.
+    everywhere (a slope of one value stays ``1``), and so are plain variables
+    and normalisation statistics (they keep the source's tag); kernels and the
+    batch-norm count are each backend's own answer in :meth:`Backend.native_layout`.
 
     Example:
         >>> shared_layout("moving_mean"), shared_layout("alpha", "1"), shared_layout("kernel")
         ('c', '1', None)
+        >>> shared_layout("value", "v0,v1,v2")
+        'v0,v1,v2'
     """
     if slot == "alpha":
         return "1" if is_unit(source_layout) else "c"
+    if slot in ("value", "mean", "variance", "count") and source_layout:
+        return source_layout  # plain variables and normalisation statistics keep their axes
     return VECTOR_SLOTS.get(slot)
 
 

@@ -24,7 +24,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,8 +35,10 @@ from polybundle.model.backend import TensorSpec
 from polybundle.model.canonical import FILL_SLOTS, check_relayout, describe_relayout, relayout
 from polybundle.model.layouts import OPAQUE
 
-TensorMap = dict[str, "str | tuple[str, str, str]"]
-"""``{source name: target name}`` or ``{source name: (target name, source tag, target tag)}``."""
+TensorMap = dict[str, "str | tuple[str, str, str] | None"]
+"""``{source name: target name}`` or ``{source name: (target name, source tag, target tag)}``;
+None drops the tensor, and a key ``"re:<regex>"`` maps every name it matches
+(:func:`expand_mapping`)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,30 @@ class TensorMove:
     target_shape: tuple[int, ...] | None
     detail: str
     target_dtype: str = "float32"
+    reorder: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    """A dense kernel's ``in`` axis holds merged atoms (a flattened feature map) that the
+    target orders differently: their sizes in source order, and the order to move them to."""
+
+    def convert(self, array: np.ndarray, *, name: str = "") -> np.ndarray:
+        """Return ``array`` (the source tensor, or a slot of it) as the target holds it.
+
+        Example:
+            >>> move = TensorMove("relayout", "fc.weight", "d/kernel", "dense", "kernel",
+            ...                   "out,in", "in,out", (4, 1), "", reorder=((2, 2), (1, 0)))
+            >>> move.convert(np.arange(4.0).reshape(1, 4)).ravel().tolist()
+            [0.0, 2.0, 1.0, 3.0]
+        """
+        array = np.asarray(array)
+        if self.reorder is not None:
+            sizes, order = self.reorder
+            axis = self.source_layout.split(",").index("in")
+            shape = array.shape
+            split = array.reshape(*shape[:axis], *sizes, *shape[axis + 1:])
+            moved = np.transpose(split, (*range(axis), *(axis + i for i in order),
+                                         *range(axis + len(sizes), split.ndim)))
+            array = np.ascontiguousarray(moved).reshape(shape)
+        return relayout(array, self.source_layout, self.target_layout, self.target_shape or (),
+                        name=name or str(self.source))
 
 
 @dataclass
@@ -136,10 +163,7 @@ class ConversionPlan:
                         "so its shape is unknown; expected a plan made from the built model. "
                         "Plan with the model's own tensor specs to apply it."
                     )
-                out[move.target] = relayout(
-                    np.asarray(arrays[move.source]), move.source_layout, move.target_layout,
-                    move.target_shape or (), name=move.source,
-                )
+                out[move.target] = move.convert(arrays[move.source])
             elif move.action == "fill":
                 assert move.target is not None
                 value = FILL_SLOTS[(move.kind, move.slot)]
@@ -195,12 +219,20 @@ def _relayout_move(source: TensorSpec, target: TensorSpec, plan: ConversionPlan,
 
 
 def _pair_layer(
-    source: _Layer, target: _Layer, plan: ConversionPlan, unsized: frozenset[str]
+    source: _Layer, target: _Layer, plan: ConversionPlan, unsized: frozenset[str],
+    reorder: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> None:
     for slot in [*source.slots, *(s for s in target.slots if s not in source.slots)]:
         src, dst = source.slots.get(slot), target.slots.get(slot)
         if src is not None and dst is not None:
             _relayout_move(src, dst, plan, sized=dst.name not in unsized)
+            if reorder is not None and slot == "kernel" and plan.moves and (
+                    plan.moves[-1].source == src.name):
+                sizes, order = reorder
+                plan.moves[-1] = replace(
+                    plan.moves[-1], reorder=reorder,
+                    detail=f"{plan.moves[-1].detail}; input features reordered "
+                    f"{'x'.join(map(str, sizes))} by {order}")
         elif src is not None and (source.kind, slot) in FILL_SLOTS:
             plan.moves.append(TensorMove("drop", src.name, None, src.kind, slot, src.layout, "",
                                          None, "no counterpart in the target; dropped"))
@@ -215,12 +247,77 @@ def _pair_layer(
             plan.missing.append(dst.name)
 
 
+PATTERN = "re:"
+"""Prefix of an explicit map's key that is a regular expression over source tensor names."""
+
+
+def expand_mapping(mapping: TensorMap | None, source: list[TensorSpec]) -> TensorMap:
+    r"""Return ``mapping`` with its pattern entries resolved against the ``source`` names.
+
+    A key ``"re:<regex>"`` maps every source tensor whose name the regex
+    matches whole (and that no plain key names) to its value with the groups
+    filled in (``\1``); a value of None drops the tensor (a buffer the target
+    has no counterpart for, such as ``num_batches_tracked``).
+
+    Example:
+        >>> specs = [TensorSpec(n, n, (2,), "float32", "out") for n in ("a.bias", "b.bias")]
+        >>> expand_mapping({r"re:(\w)\.bias": r"\1/bias", "b.bias": None}, specs)
+        {'b.bias': None, 'a.bias': 'a/bias'}
+    """
+    mapping = dict(mapping or {})
+    plain = {key: value for key, value in mapping.items() if not key.startswith(PATTERN)}
+    patterns = [(re.compile(key[len(PATTERN):]), value) for key, value in mapping.items()
+                if key.startswith(PATTERN)]
+    for spec in source:
+        if spec.name in plain:
+            continue
+        for pattern, value in patterns:
+            found = pattern.fullmatch(spec.name)
+            if found is None:
+                continue
+            if value is None or isinstance(value, str):
+                plain[spec.name] = value if value is None else found.expand(value)
+            else:
+                plain[spec.name] = (found.expand(value[0]), value[1], value[2])
+            break
+    return plain
+
+
+def _leftover_fills(layers: list[_Layer], touched: set[str], plan: ConversionPlan, *,
+                    source: bool) -> list[_Layer]:
+    """Drop or fill the lone fill-slots of layers an explicit map took; return the others."""
+    kept = []
+    for layer in layers:
+        if layer.name in touched and all((layer.kind, slot) in FILL_SLOTS for slot in layer.slots):
+            for slot, spec in layer.slots.items():
+                if source:
+                    plan.moves.append(TensorMove("drop", spec.name, None, spec.kind, slot,
+                                                 spec.layout, "", None,
+                                                 "no counterpart in the target; dropped"))
+                else:
+                    plan.moves.append(TensorMove(
+                        "fill", None, spec.name, spec.kind, slot, "", spec.layout, spec.shape,
+                        f"no counterpart in the source; filled with "
+                        f"{FILL_SLOTS[(spec.kind, slot)]}", spec.dtype))
+            continue
+        kept.append(layer)
+    return kept
+
+
 def plan_conversion(
     source: list[TensorSpec], target: list[TensorSpec], *, mapping: TensorMap | None = None,
     unsized: frozenset[str] = frozenset(),
+    pairs: list[tuple[str, str]] | None = None,
+    reorders: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
 ) -> ConversionPlan:
     """Pair ``source`` tensors with ``target`` tensors by structure; list every problem.
 
+    ``pairs`` gives the layer pairs (source layer, target layer), as the graph
+    matcher found them (:mod:`polybundle.model.matching`); without it, layers
+    pair in model order. ``reorders`` gives, per source dense layer, how its
+    kernel's input features move (a flattened feature map, see
+    :attr:`TensorMove.reorder`). ``mapping`` pins tensors explicitly (see
+    :func:`expand_mapping`); the tensors it leaves pair as above.
     ``unsized`` names target tensors whose shape is not known (a plan made
     without building the target model): only their axes are checked, and
     their move has no target shape, so such a plan is shown, never applied.
@@ -231,13 +328,23 @@ def plan_conversion(
         >>> dst = [TensorSpec("d/kernel", "k", (3, 4), "float32", "in,out", "dense", "d", "kernel")]
         >>> plan_conversion(src, dst).moves[0].detail
         'transpose (1, 0)'
+        >>> plan_conversion(src, dst, pairs=[]).misaligned
+        ["source layer 'fc' (dense) has no counterpart in the target", \
+"target layer 'd' (dense) has no counterpart in the source"]
     """
     plan = ConversionPlan()
-    mapping = dict(mapping or {})
+    explicit = expand_mapping(mapping, source)
+    sources = {spec.name: spec for spec in source}
     targets = {spec.name: spec for spec in target}
-    mapped_targets = set()
-    for name, entry in mapping.items():
-        src = next((s for s in source if s.name == name), None)
+    mapped_targets: set[str] = set()
+    touched: set[str] = set()
+    for name, entry in explicit.items():
+        src = sources.get(name)
+        if src is not None and entry is None:
+            touched.add(src.layer)
+            plan.moves.append(TensorMove("drop", src.name, None, src.kind, src.slot, src.layout,
+                                         "", None, "dropped by the explicit map"))
+            continue
         target_name, tags = (entry, None) if isinstance(entry, str) else (entry[0], entry[1:])
         dst = targets.get(target_name)
         if src is None or dst is None:
@@ -245,11 +352,40 @@ def plan_conversion(
                                    "that does not exist")
             continue
         mapped_targets.add(dst.name)
+        touched.update((src.layer, dst.layer))
         _relayout_move(src, dst, plan, tags)
-    source_layers, source_unknown = _layers([s for s in source if s.name not in mapping])
+    source_layers, source_unknown = _layers([s for s in source if s.name not in explicit])
     target_layers, target_unknown = _layers([t for t in target if t.name not in mapped_targets])
+    source_layers = _leftover_fills(source_layers, touched, plan, source=True)
+    target_layers = _leftover_fills(target_layers, touched, plan, source=False)
     plan.unmapped.extend(s.name for s in source_unknown)
     plan.missing.extend(t.name for t in target_unknown)
+    if pairs is None:
+        _pair_in_order(source_layers, target_layers, plan, unsized)
+        return plan
+    by_source = {layer.name: layer for layer in source_layers}
+    by_target = {layer.name: layer for layer in target_layers}
+    for source_name, target_name in pairs:
+        src, dst = by_source.pop(source_name, None), by_target.pop(target_name, None)
+        if src is None or dst is None:
+            continue
+        if src.kind != dst.kind:
+            plan.misaligned.append(f"source {src.name!r} is {src.kind}, its partner in the "
+                                   f"target's graph {dst.name!r} is {dst.kind}")
+            continue
+        _pair_layer(src, dst, plan, unsized, (reorders or {}).get(src.name))
+    for src in by_source.values():
+        plan.misaligned.append(f"source layer {src.name!r} ({src.kind}) has no counterpart in "
+                               "the target")
+    for dst in by_target.values():
+        plan.misaligned.append(f"target layer {dst.name!r} ({dst.kind}) has no counterpart in "
+                               "the source")
+    return plan
+
+
+def _pair_in_order(source_layers: list[_Layer], target_layers: list[_Layer],
+                   plan: ConversionPlan, unsized: frozenset[str]) -> None:
+    """Pair layers in model order (no graph): the i-th with the i-th, of the same kind."""
     for index, (src, dst) in enumerate(zip(source_layers, target_layers, strict=False)):
         if src.kind != dst.kind:
             plan.misaligned.append(
@@ -262,7 +398,6 @@ def plan_conversion(
         plan.misaligned.append(f"source layer {src.name!r} ({src.kind}) has no target layer")
     for dst in target_layers[len(source_layers):]:
         plan.misaligned.append(f"target layer {dst.name!r} ({dst.kind}) has no source layer")
-    return plan
 
 
 def plan_rows(plan: ConversionPlan) -> list[dict[str, Any]]:

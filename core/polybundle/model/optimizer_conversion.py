@@ -43,7 +43,6 @@ import numpy as np
 
 from polybundle.errors import ConversionError, OptimizerMismatchError, UnsupportedOptimizerError
 from polybundle.model.backend import TensorSpec
-from polybundle.model.canonical import relayout
 from polybundle.model.conversion import ConversionPlan, TensorMove
 from polybundle.model.optimizer import OptimizerState
 
@@ -278,8 +277,7 @@ def move_slots(
     def moved(name: str, array: np.ndarray) -> np.ndarray:
         move = moves[name]
         assert move.source is not None
-        return relayout(np.asarray(array), move.source_layout, move.target_layout,
-                        move.target_shape or (), name=f"optimizer slot of {move.source}")
+        return move.convert(array, name=f"optimizer slot of {move.source}")
 
     order = {spec.name: index for index, spec in enumerate(target_specs)}
     targets = {name: str(moves[name].target) for name in moves}

@@ -512,6 +512,8 @@ def run_plan(args: argparse.Namespace, console: Console) -> int:
     for role in plan["roles"]:
         issues = [(label, role[label]) for label in
                   ("missing", "unexpected", "unmapped", "misaligned", "mismatched") if role[label]]
+        if role.get("refused"):
+            issues.append(("refused", [role["refused"]]))
         if role["architecture"] is None:
             issues.append(("builder", [
                 f"the bundle records no architecture for role {role['role']!r}, so no "
@@ -535,6 +537,9 @@ def run_plan(args: argparse.Namespace, console: Console) -> int:
                      row["layout"], shape or "()", row["detail"])
             table.add_row(*map(_plain, cells))
         console.print(table)
+        for label in ("pairing", "check"):
+            if role.get(label):
+                console.print(f"  {label}: {markup_safe(role[label])}", soft_wrap=True)
         for label, items in issues:
             console.print(f"  [red]{label}[/red]: {markup_safe(', '.join(map(str, items)))}",
                           soft_wrap=True)

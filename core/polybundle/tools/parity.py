@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from polybundle.api.bundle import model_entry
+from polybundle.api.conversion_check import output_moves, retag, target_sample
 from polybundle.api.inspection import inspect
 from polybundle.api.loading import load
 from polybundle.errors import (
@@ -60,6 +61,7 @@ from polybundle.format.parity import input_names as input_names
 from polybundle.format.parity import per_role_inputs
 from polybundle.format.writer import atomic_write_bytes
 from polybundle.hooks.registry import get_backend, get_registry
+from polybundle.model.backend import Backend
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-6
@@ -252,7 +254,7 @@ def compare(
         native = load(path, roles=selected)
         backend = get_backend(writer)
         for role in selected:
-            outputs = backend.predict(native.models[role], per_role[role])
+            outputs = run_in_layout(backend, backend, native.models[role], per_role[role])
             references[role] = (per_role[role], outputs)
         reference = f"{writer!r} outputs on the given inputs"
     rows: list[ParityRow] = []
@@ -262,7 +264,8 @@ def compare(
         backend = get_backend(name)
         try:
             backend.require()
-            bundle = load(path, backend=backend.name, roles=selected)
+            bundle = load(path, backend=backend.name, roles=selected,
+                          check=False)  # the harness compares, and reports, itself
         except BackendUnavailableError as exc:
             skipped[backend.name] = str(exc)
             continue
@@ -273,7 +276,13 @@ def compare(
             continue
         for role in selected:
             role_inputs, expected = references[role]
-            outputs = backend.predict(bundle.models[role], role_inputs)
+            try:
+                outputs = run_in_layout(backend, get_backend(writer), bundle.models[role],
+                                        role_inputs)
+            except PolybundleError as exc:
+                rows.extend(ParityRow(role, output, backend.name, float("inf"), float("inf"),
+                                      False, str(exc)[:300]) for output in expected)
+                continue
             for output, ref in expected.items():
                 got = outputs.get(output)
                 if got is None:
@@ -288,6 +297,51 @@ def compare(
                                       max_abs <= atol + rtol * scale))
     return ParityReport(rows, rtol=rtol, atol=atol, reference=reference, skipped=skipped,
                         samples=samples)
+
+
+def run_in_layout(backend: Backend, writer: Backend, model: Any,
+                  inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``backend``'s ``model`` on ``inputs`` given in the ``writer``'s layout.
+
+    The same logical input is fed in each framework's layout: an image the
+    traced graph shows a convolution reading is moved to ``backend``'s
+    channel layout (NCHW for PyTorch, NHWC for Keras), and image outputs are
+    moved back, so outputs are compared in one layout
+    (:func:`polybundle.api.conversion_check.target_sample`). Whatever the
+    framework raises becomes a :class:`PolybundleError` naming the input shapes.
+
+    Example:
+        >>> net = torch.nn.Conv2d(3, 2, 1)
+        >>> x = np.ones((1, 4, 4, 3), "f4")  # the Keras writer's NHWC image
+        >>> out = run_in_layout(polybundle.get_backend("torch"),
+        ...                     polybundle.get_backend("tensorflow"), net, {"input": x})
+        >>> out["output"].shape  # back in NHWC
+        (1, 4, 4, 2)
+    """
+    if backend.name == writer.name:
+        laid_out, graph = inputs, None
+    else:
+        laid_out, graph, why = target_sample(backend, model, inputs, writer)
+        if laid_out is None:
+            raise PolybundleError(f"the inputs {_shapes(inputs)} cannot be laid out for the "
+                                  f"{backend.name} model: {why}")
+    try:
+        outputs = backend.predict(model, laid_out)
+    except PolybundleError:
+        raise
+    except Exception as exc:  # a framework's own error (Keras ValueError) never escapes raw
+        raise PolybundleError(
+            f"the {backend.name} model failed on inputs {_shapes(laid_out)}: "
+            f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    names = sorted(outputs, key=lambda n: (len(n), n))
+    moved = any(laid_out[name] is not inputs[name] for name in inputs)
+    moves = output_moves(names, graph, None, writer) if moved else {}  # as given: as given
+    return {name: retag(value, *moves[name]) if name in moves else value
+            for name, value in outputs.items()}
+
+
+def _shapes(inputs: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{name} {tuple(np.shape(value))}" for name, value in inputs.items())
 
 
 _MARKERS = ("o", "x", "+", "^", "s", "v")

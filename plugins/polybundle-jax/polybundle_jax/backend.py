@@ -119,6 +119,7 @@ class JaxBackend(Backend):
     modules = ("jax", "flax", "optax")
     distribution = "jax"
     weights_member = WEIGHTS_MEMBER
+    image_layout = "channels_last"  # flax.nnx.Conv reads n,h,w,c; no trace (paired by order)
 
     def framework_version(self) -> str:
         """Return ``"jax <v>, flax <v>, optax <v>"`` from the installed distributions.

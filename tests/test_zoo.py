@@ -1,0 +1,58 @@
+"""The zoo: naturally written models convert across frameworks, and broken twins are caught.
+
+keras.applications models (``weights=None``, small inputs) against PyTorch twins
+(tests/zoo_torch.py). Each converts through a bundle saved with parity inputs, so
+polybundle's own check runs on the load; the outputs are compared again here,
+within 1e-5. A twin with one deliberate mistake that keeps every shape (average
+instead of max pooling, symmetric padding where Keras pads one side) must be
+refused with ConversionMismatchError, never converted silently. Every model in
+both directions, with times, is measured by benchmarks/zoo_table.py; the suite
+keeps a few cases for its time budget.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import polybundle
+from polybundle.errors import ConversionMismatchError
+from tests.conftest import needs_tensorflow, needs_torch
+from tests.zoo_weights import convert, image_inputs, randomize
+
+pytestmark = [needs_torch, needs_tensorflow]
+
+MAX_REL = 1e-5
+CASES = [
+    ("zoo-vgg16", {"size": 64, "classes": 5}, "torch", "tensorflow"),  # Flatten head: 2x2x512
+]
+"""Model, config, source, target: each direction of every model is in benchmarks/zoo_table.py;
+the suite keeps the Flatten head (the case that was silently wrong) for its time budget."""
+BROKEN = [
+    ("zoo-vgg16", {"size": 64, "classes": 5, "broken": "pool"}),
+    ("zoo-mobilenet_v2", {"size": 32, "classes": 5, "broken": "padding"}),
+]
+"""PyTorch twins with one mistake that keeps every shape (see tests/zoo_torch.py)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _zoo() -> None:
+    import tests.zoo_keras  # noqa: F401  (registers the tensorflow builders)
+    import tests.zoo_torch  # noqa: F401  (registers the torch builders)
+
+
+@pytest.mark.parametrize("name,config,source,target", CASES)
+def test_zoo_model_converts(tmp_path, name, config, source, target):
+    max_rel, seconds, _ = convert(tmp_path / "zoo.bundle", name, config, source, target)
+    print(f"{name} {source}->{target}: max_rel={max_rel:.2e} in {seconds:.1f}s")
+    assert max_rel <= MAX_REL
+
+
+@pytest.mark.parametrize("name,config", BROKEN)
+def test_broken_twin_is_caught(tmp_path, name, config):
+    model = randomize(polybundle.build(name, config, backend="torch"), seed=0)
+    polybundle.save(tmp_path / "broken.bundle", {"net": model},
+                    architectures={"net": (name, config)},
+                    parity_inputs=image_inputs("torch", config["size"]))
+    with pytest.raises(ConversionMismatchError) as info:
+        polybundle.load(tmp_path / "broken.bundle", backend="tensorflow")
+    assert info.value.max_rel > MAX_REL and np.isfinite(info.value.max_rel)
