@@ -244,8 +244,15 @@ if kind == "legacy":
     attempt("migrate", lambda: str(polybundle.migrate(path, out)))
 else:
     attempt("tensors", lambda: materialise(polybundle.load(path, roles=[]).tensors(role)))
-    if kind == "format2-into":  # torch.load, after polybundle's checks
-        model = torch.nn.Linear(3, 2)
+    if kind == "format2-into":  # the victim's own model, with the names the bundle declares
+        from polybundle.format.archive import ArchiveReader
+        from polybundle.format.manifest import read_manifest
+        with ArchiveReader(path) as archive:
+            entry = [e for e in read_manifest(archive)["models"] if e["role"] == role][0]
+        model = torch.nn.Module()
+        for spec in entry["tensors"]:  # on the meta device: the model itself takes no memory
+            model.register_parameter(spec["name"], torch.nn.Parameter(
+                torch.empty(spec["shape"], device="meta"), requires_grad=False))
         attempt("into", lambda: str(polybundle.load(path, into={role: model}).models))
 attempt("lazy", lambda: materialise(polybundle.load(path, lazy=True).tensors(role)))
 
@@ -411,6 +418,18 @@ def test_offset_past_the_storage_end_is_refused_on_every_path(tmp_path, empty):
     assert not report.ok and "element 1000" in " ".join(report.problems)
 
 
+def _model_of(declared: dict[str, tuple[tuple[int, ...], str]]) -> Any:
+    """A caller's own model that fits the manifest: its tensors have the declared names and
+    shapes, so a load into it reaches the file's own checks."""
+    import torch
+
+    model = torch.nn.Module()
+    for name, (shape, dtype) in declared.items():
+        model.register_parameter(name, torch.nn.Parameter(
+            torch.zeros(shape, dtype=getattr(torch, dtype)), requires_grad=False))
+    return model
+
+
 def test_storage_member_larger_than_declared_is_refused(tmp_path):
     """The member must hold exactly the declared bytes (torch.load requires it too)."""
     import torch
@@ -422,7 +441,7 @@ def test_storage_member_larger_than_declared_is_refused(tmp_path):
     for read in (
         lambda: polybundle.load(path, roles=[]).tensors("net"),
         lambda: polybundle.load(path, lazy=True).tensors("net"),
-        lambda: polybundle.load(path, into={"net": torch.nn.Linear(3, 2)}),
+        lambda: polybundle.load(path, into={"net": _model_of({"w": ((7,), "float32")})}),
     ):
         with pytest.raises(FormatError, match="holds 400 bytes"):
             read()
@@ -452,7 +471,6 @@ def _manifest_case(kind: str) -> tuple[dict[str, Any], dict[str, tuple[tuple[int
     "kind", ["transposed_shape", "dtype", "extra_in_file", "missing_from_file"]
 )
 def test_tensors_that_differ_from_the_manifest_are_refused_before_reading(tmp_path, kind):
-    import torch
 
     from polybundle.errors import IntegrityError
 
@@ -462,8 +480,8 @@ def test_tensors_that_differ_from_the_manifest_are_refused_before_reading(tmp_pa
         polybundle.load(path, roles=[]).tensors("net")
     with pytest.raises(IntegrityError, match="manifest"):
         polybundle.load(path, lazy=True).tensors("net")
-    with pytest.raises(IntegrityError, match="manifest"):  # a model that fits the file
-        polybundle.load(path, into={"net": torch.nn.Linear(3, 4)})
+    with pytest.raises(IntegrityError, match="manifest"):  # a model that fits the manifest
+        polybundle.load(path, into={"net": _model_of(declared)})
     report = polybundle.verify(path)
     assert not report.ok and report.problems
 

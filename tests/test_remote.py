@@ -299,7 +299,7 @@ def test_memory_lazy_tensors_hash_the_weights_unless_verify_false(torch_net):
     data = bytearray(locate(url).read_bytes(limit=1 << 30))
     data[middle] ^= 0xFF  # inside the 1 MiB of 2.weight: the zips still read
     locate(url).write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="sha256"):
+    with pytest.raises(IntegrityError, match="digest"):
         polybundle.load(url, lazy=True).tensors("net")
     unchecked = polybundle.load(url, lazy=True, verify=False).tensors("net")
     assert unchecked["0.weight"].shape == (512, 256)  # read as asked: nothing hashed

@@ -269,8 +269,9 @@ def graph_pairing(
     Example:
         >>> from polybundle.model.graph import Op, OpGraph
         >>> spec = TensorSpec("w", "w", (2, 4), "float32", "out,in", "dense", "fc", "kernel")
-        >>> one = OpGraph([Op(0, None, "input", (), (1, 4), ((("n", 1),), (("x0", 4),))),
-        ...                Op(1, "fc", "Linear", (0,), (1, 2), None)])
+        >>> axes = ((("n", 1),), (("x0", 4),))
+        >>> one = OpGraph([Op(0, None, "input", (), (1, 4), axes),
+        ...                Op(1, "fc", "Linear", (0,), (1, 2), None, input_axes=axes)])
         >>> graph_pairing(one, one, [spec], [spec])[0].pairs
         [('fc', 'fc')]
     """
