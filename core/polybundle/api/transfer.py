@@ -142,7 +142,8 @@ def _plan_fields(plan: ConversionPlan) -> dict[str, Any]:
 
 def _built_plan(path: str | os.PathLike[str] | Location, role: str, target: Backend
                 ) -> dict[str, Any] | None:
-    """Convert ``role`` as a load would; None when ``target``'s framework is not installed."""
+    """Convert ``role`` as a load would; None when ``target``'s framework is not installed or
+    is the writer's (then nothing converts)."""
     if not target.is_available():
         return None
     empty = _plan_fields(ConversionPlan())
@@ -152,6 +153,8 @@ def _built_plan(path: str | os.PathLike[str] | Location, role: str, target: Back
             bundle = load(path, backend=target.name, roles=[role])
     except (ConversionError, TensorMismatchError) as exc:
         return {**empty, "built": True, "refused": str(exc)}
+    if role not in bundle.conversions:  # the writer's own framework: nothing converts
+        return None
     check = bundle.checks[role]
     return {**_plan_fields(bundle.conversions[role]), "built": True, "pairing": check.pairing,
             "check": check.summary()}

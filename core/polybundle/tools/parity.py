@@ -307,8 +307,10 @@ def run_in_layout(backend: Backend, writer: Backend, model: Any,
     traced graph shows a convolution reading is moved to ``backend``'s
     channel layout (NCHW for PyTorch, NHWC for Keras), and image outputs are
     moved back, so outputs are compared in one layout
-    (:func:`polybundle.api.conversion_check.target_sample`). Whatever the
-    framework raises becomes a :class:`PolybundleError` naming the input shapes.
+    (:func:`polybundle.api.conversion_check.target_sample`). A backend that
+    traces nothing (:meth:`~polybundle.model.backend.Backend.trace` not
+    implemented) gets the inputs as given. Whatever the framework raises
+    becomes a :class:`PolybundleError` naming the input shapes.
 
     Example:
         >>> net = torch.nn.Conv2d(3, 2, 1)
@@ -318,7 +320,9 @@ def run_in_layout(backend: Backend, writer: Backend, model: Any,
         >>> out["output"].shape  # back in NHWC
         (1, 4, 4, 2)
     """
-    if backend.name == writer.name:
+    if backend.name == writer.name or type(backend).trace is Backend.trace:
+        # the writer's own layout, or a backend with no tracing to move images by: as given
+        # (a wrong layout then shows as a failing row, never as a pass)
         laid_out, graph = inputs, None
     else:
         laid_out, graph, why = target_sample(backend, model, inputs, writer)
