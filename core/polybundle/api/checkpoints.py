@@ -219,6 +219,24 @@ def index_problem(document: Any) -> str | None:
     return None
 
 
+def parse_index(data: bytes) -> tuple[dict[str, Any], str | None]:
+    """Return ``(index, None)`` from the bytes of ``checkpoints.json``, or ``(empty index,
+    what is wrong)`` when they are not a valid index.
+
+    Example:
+        >>> parse_index(json.dumps(_empty_index()).encode())[1] is None
+        True
+        >>> parse_index(b"[]")[1]
+        "expected format 'polybundle-checkpoints' with checkpoints and history lists"
+    """
+    try:
+        document = load_json(data, where=INDEX_NAME)
+    except FormatError as exc:
+        return _empty_index(), str(exc)
+    problem = index_problem(document)
+    return (document, None) if problem is None else (_empty_index(), problem)
+
+
 def _check_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
     if metrics is None:
         return {}
@@ -397,12 +415,7 @@ class CheckpointManager:
             return _empty_index(), f"it cannot be read ({exc.strerror or exc})"
         finally:
             os.close(fd)
-        try:
-            document = load_json(data, where=INDEX_NAME)
-        except FormatError as exc:
-            return _empty_index(), str(exc)
-        problem = index_problem(document)
-        return (document, None) if problem is None else (_empty_index(), problem)
+        return parse_index(data)
 
     def _scan(self) -> list[dict[str, Any]]:
         """Return index records of the directory's checkpoint bundles that pass verify."""

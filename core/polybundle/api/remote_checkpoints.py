@@ -35,12 +35,11 @@ from polybundle.api.checkpoints import (
     MAX_INDEX_BYTES,
     CheckpointManager,
     _empty_index,
-    index_problem,
+    parse_index,
 )
 from polybundle.api.verify import verify
-from polybundle.errors import FormatError, StorageError
+from polybundle.errors import StorageError
 from polybundle.format.digests import DEFAULT
-from polybundle.format.jsondoc import load_json
 from polybundle.format.storage import Location, locate
 
 
@@ -95,12 +94,7 @@ class RemoteCheckpointManager(CheckpointManager):
             if "at most" in str(exc):
                 return _empty_index(), f"it is more than {MAX_INDEX_BYTES} bytes"
             raise
-        try:
-            document = load_json(data, where=INDEX_NAME)
-        except FormatError as exc:
-            return _empty_index(), str(exc)
-        problem = index_problem(document)
-        return (document, None) if problem is None else (_empty_index(), problem)
+        return parse_index(data)
 
     def _scan(self) -> list[dict[str, Any]]:
         """Return index records of the prefix's checkpoint bundles that pass verify."""
