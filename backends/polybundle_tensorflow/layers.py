@@ -50,7 +50,7 @@ KIND_OF_CLASS: dict[str, str] = {
     **{f"Conv{n}D": f"conv{n}d" for n in (1, 2, 3)},
     **{f"Conv{n}DTranspose": f"conv{n}d_transpose" for n in (1, 2, 3)},
     "SeparableConv1D": "separable_conv1d", "SeparableConv2D": "separable_conv2d",
-    "Normalization": "normalization",
+    "Normalization": "normalization", "MultiHeadAttention": "attention",
 }
 """Keras layer class name -> canonical kind (grouped convolutions are refined by shape;
 ``separable_conv{n}d`` is split into a depthwise and a pointwise convolution)."""
@@ -189,6 +189,39 @@ def layer_canonical(layer: Any, variable: str, shape: tuple[int, ...]) -> Canoni
         group_channels=int(kernel[-2]) if len(kernel) >= 2 else 0,
     )
 
+ATTENTION: dict[str, tuple[str, str]] = {
+    "query/kernel": ("query_kernel", "in,head,dim"), "key/kernel": ("key_kernel", "in,head,dim"),
+    "value/kernel": ("value_kernel", "in,head,dim"), "query/bias": ("query_bias", "head,dim"),
+    "key/bias": ("key_bias", "head,dim"), "value/bias": ("value_bias", "head,dim"),
+    "attention_output/kernel": ("output_kernel", "head,dim,out"),
+    "attention_output/bias": ("output_bias", "out"),
+}
+"""``MultiHeadAttention``'s variables (``<projection>/<variable>``, as their paths end):
+canonical slot and layout (``in`` the input axis, ``head`` heads, ``dim`` head size)."""
+
+
+def variable_place(layer: Any, path: str, name: str) -> tuple[str, str]:
+    """Return the canonical layer (a path) a variable at ``path`` belongs to, and its name there.
+
+    ``layer`` owns the variable. A variable of a multi-head attention layer's
+    projections belongs to the attention layer, named ``<projection>/<variable>``;
+    any other to its own layer, named ``name``.
+
+    Example:
+        >>> variable_place(None, "vit/block0_attn/query/kernel", "kernel")
+        ('vit/block0_attn/query', 'kernel')
+        >>> import keras
+        >>> variable_place(keras.layers.MultiHeadAttention(2, 4),
+        ...                "block0_attn/query/kernel", "kernel")
+        ('block0_attn', 'query/kernel')
+    """
+    if layer_kind(layer)[0] == "attention":
+        parts = path.rsplit("/", 2)
+        owner = parts[0] if len(parts) == 3 else ""
+        return owner, "/".join(parts[-2:])
+    return path.rpartition("/")[0], name
+
+
 NORM_SLOTS = frozenset({"gamma", "beta", "moving_mean", "moving_variance"})
 """Variable names of Keras' normalisation layers; each is also the canonical slot."""
 
@@ -243,6 +276,11 @@ def _kind_canonical(
 ) -> Canonical:
     """Return the canonical form of variable ``variable`` of a layer of ``kind``."""
     ndim = len(shape)
+    if kind == "attention":
+        slot, layout = ATTENTION.get(variable, ("", ""))
+        if not slot or len(layout.split(",")) != ndim:
+            return Canonical.unknown(shape)
+        return Canonical(kind, slot, layout)
     if kind.startswith("separable_"):
         return _separable(kind, variable, shape)
     if kind == "normalization":
@@ -300,6 +338,8 @@ def native_layout(kind: str, slot: str, source_layout: str = "") -> str | None:
     shared = shared_layout(slot, source_layout)
     if shared is not None or kind in ("normalization", "variable"):
         return shared
+    if kind == "attention":
+        return dict(ATTENTION.values()).get(slot)  # None for a fused slot
     if kind == "dense":
         return "in,out"
     spatial = conv_spatial(kind)

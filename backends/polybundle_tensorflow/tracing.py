@@ -38,6 +38,7 @@ from polybundle.model.graph import (
     permute_axes,
 )
 from polybundle.tools.parity import input_names
+from polybundle_tensorflow.layers import variable_place
 
 
 def _resized(axes: Axes | None, shape: Sequence[int]) -> Axes | None:
@@ -59,7 +60,7 @@ def _layer_name(layer: Any) -> str | None:
     """The ``layer`` its tensors are described with (the variables' path without the
     variable's name); None for a layer without weights."""
     weights = list(getattr(layer, "weights", ()) or ())
-    return str(weights[0].path).rpartition("/")[0] if weights else None
+    return variable_place(layer, str(weights[0].path), weights[0].name)[0] if weights else None
 
 
 def _image(shape: Sequence[int], channels_last: bool) -> Axes:

@@ -62,8 +62,21 @@ KIND_OF_CLASS: dict[str, str] = {
     "BatchNorm3d": "batchnorm",
     **{f"Conv{n}d": f"conv{n}d" for n in (1, 2, 3)},
     **{f"ConvTranspose{n}d": f"conv{n}d_transpose" for n in (1, 2, 3)},
+    "MultiheadAttention": "attention",
 }
 """``torch.nn`` class name -> canonical kind (grouped convolutions are refined by shape)."""
+
+ATTENTION: dict[str, tuple[str, str]] = {
+    "in_proj_weight": ("qkv_kernel", "n*head*dim,in"), "in_proj_bias": ("qkv_bias", "n*head*dim"),
+    "q_proj_weight": ("query_kernel", "head*dim,in"),
+    "k_proj_weight": ("key_kernel", "head*dim,in"),
+    "v_proj_weight": ("value_kernel", "head*dim,in"),
+    "out_proj.weight": ("output_kernel", "out,head*dim"), "out_proj.bias": ("output_bias", "out"),
+}
+"""``nn.MultiheadAttention``'s tensors (as named from the attention module): canonical
+slot and layout. ``in_proj_weight`` stacks the query, key and value projections
+(``n``: the parts axis); ``q/k/v_proj_weight`` are used instead when ``kdim`` or
+``vdim`` differ from the embedding size."""
 
 OWN_MODULES = "torch."
 """Prefix of the modules defining PyTorch's own classes: a tensor held directly by a
@@ -171,6 +184,27 @@ def module_kind(module: Any) -> tuple[str, Mapping[str, str]]:
     return "", {}
 
 
+def tensor_owner(modules: Mapping[str, Any], key: str) -> tuple[str, str]:
+    """Return the layer (module path) owning state-dict entry ``key``, and its name there.
+
+    A tensor of a submodule of an attention layer (``out_proj``) belongs to the
+    attention layer, as one canonical layer; any other belongs to its module.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2))
+        >>> tensor_owner(dict(net.named_modules()), "0.out_proj.weight")
+        ('0', 'out_proj.weight')
+        >>> tensor_owner(dict(net.named_modules()), "0.in_proj_bias")
+        ('0', 'in_proj_bias')
+    """
+    owner, _, attribute = key.rpartition(".")
+    parent, _, child = owner.rpartition(".")
+    if child and module_kind(modules.get(parent))[0] == "attention":
+        return parent, f"{child}.{attribute}"
+    return owner, attribute
+
+
 _STANDARD_ATTRIBUTE = {"kernel": "weight", "bias": "bias", "embeddings": "weight",
                        "alpha": "weight"}
 """Canonical slot -> the attribute ``torch.nn``'s standard layers keep it in."""
@@ -239,6 +273,11 @@ def _kind_canonical(
     """Return the canonical form of tensor ``attribute`` of a layer of ``kind``."""
     ndim = len(shape)
     names = slots if slots else SLOTS.get(kind, {})
+    if kind == "attention":
+        slot, layout = ATTENTION.get(attribute, ("", ""))
+        if not slot or len(layout.split(",")) != ndim:
+            return Canonical.unknown(shape)
+        return Canonical(kind, slot, layout)
     if kind == "normalization":
         slot = names.get(attribute)
         if slot is None:
@@ -296,6 +335,8 @@ def native_layout(kind: str, slot: str, source_layout: str = "") -> str | None:
     shared = shared_layout(slot, source_layout)
     if shared is not None or kind in ("normalization", "variable"):
         return shared
+    if kind == "attention":
+        return dict(ATTENTION.values()).get(slot, "head*dim")  # or a bias of one part
     if kind == "dense":
         return "out,in"
     spatial = conv_spatial(kind)
