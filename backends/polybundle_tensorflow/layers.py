@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from polybundle.errors import ConversionError
 from polybundle.model.canonical import (
     KINDS,
     Canonical,
@@ -40,6 +38,7 @@ from polybundle.model.canonical import (
     shared_layout,
     variable_tag,
 )
+from polybundle.model.kind_rules import KindRule, KindRules
 from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
 
 KIND_OF_CLASS: dict[str, str] = {
@@ -61,36 +60,8 @@ kind whose class is defined elsewhere (the user's, or in Keras but outside
 ``keras.layers``, as ConvNeXt's ``LayerScale``) is a plain ``variable``."""
 
 
-@dataclass(frozen=True)
-class KindRule:
-    """A registered rule: layers it matches are of ``kind``.
-
-    ``match`` is a class (checked with ``isinstance``) or a predicate on the
-    layer; ``slots`` maps the layer's variable names to canonical slots when
-    they differ from the kind's slot names.
-
-    Example:
-        >>> KindRule(lambda layer: False, "dense").kind
-        'dense'
-    """
-
-    match: type | Callable[[Any], bool]
-    kind: str
-    slots: Mapping[str, str] = field(default_factory=dict)
-
-    def matches(self, layer: Any) -> bool:
-        """Return True when ``layer`` is of this rule's kind.
-
-        Example:
-            >>> KindRule(int, "dense").matches(3), KindRule(int, "dense").matches("3")
-            (True, False)
-        """
-        if isinstance(self.match, type):
-            return isinstance(layer, self.match)
-        return bool(self.match(layer))
-
-
-_RULES: list[KindRule] = []
+RULES = KindRules("layers")
+"""The kinds registered by :func:`register_kind`, asked before the standard layers."""
 
 
 def register_kind(
@@ -115,14 +86,7 @@ def register_kind(
         Canonical(kind='dense', slot='kernel', layout='in,out')
         >>> unregister_kind(rule)
     """
-    if kind not in KINDS:
-        raise ConversionError(
-            f"cannot register layers as kind {kind!r}: it is not a canonical kind; expected "
-            f"one of {', '.join(sorted(KINDS))}. Pass one of those."
-        )
-    rule = KindRule(match, kind, dict(slots or {}))
-    _RULES.insert(0, rule)
-    return rule
+    return RULES.register(match, kind, slots=slots)
 
 
 def unregister_kind(rule: KindRule) -> None:
@@ -131,8 +95,7 @@ def unregister_kind(rule: KindRule) -> None:
     Example:
         >>> unregister_kind(KindRule(int, "dense"))
     """
-    if rule in _RULES:
-        _RULES.remove(rule)
+    RULES.unregister(rule)
 
 
 def layer_kind(layer: Any) -> tuple[str, Mapping[str, str]]:
@@ -148,9 +111,9 @@ def layer_kind(layer: Any) -> tuple[str, Mapping[str, str]]:
         >>> layer_kind(FrozenBatchNorm())[0], layer_kind(keras.layers.ReLU())[0]
         ('batchnorm', '')
     """
-    for rule in _RULES:
-        if rule.matches(layer):
-            return rule.kind, rule.slots
+    rule = RULES.find(layer)
+    if rule is not None:
+        return rule.kind, rule.slots
     keras = sys.modules.get("keras")
     if keras is not None:
         for name, kind in KIND_OF_CLASS.items():

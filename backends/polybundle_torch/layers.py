@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from polybundle.errors import ConversionError
 from polybundle.model.canonical import (
     KINDS,
     Canonical,
@@ -42,6 +40,7 @@ from polybundle.model.canonical import (
     shared_layout,
     variable_tag,
 )
+from polybundle.model.kind_rules import KindRule, KindRules
 from polybundle.model.layouts import SCALAR, conv_tag
 
 SLOTS: dict[str, dict[str, str]] = {
@@ -83,36 +82,8 @@ OWN_MODULES = "torch."
 module of a class defined elsewhere, of no kind, is a plain ``variable``."""
 
 
-@dataclass(frozen=True)
-class KindRule:
-    """A registered rule: modules it matches are layers of ``kind``.
-
-    ``match`` is a class (checked with ``isinstance``) or a predicate on the
-    module; ``slots`` maps the module's attributes to canonical slots when they
-    differ from the standard layer's (:data:`SLOTS`).
-
-    Example:
-        >>> KindRule(lambda module: False, "dense").kind
-        'dense'
-    """
-
-    match: type | Callable[[Any], bool]
-    kind: str
-    slots: Mapping[str, str] = field(default_factory=dict)
-
-    def matches(self, module: Any) -> bool:
-        """Return True when ``module`` is a layer of this rule's kind.
-
-        Example:
-            >>> KindRule(int, "dense").matches(3), KindRule(int, "dense").matches("3")
-            (True, False)
-        """
-        if isinstance(self.match, type):
-            return isinstance(module, self.match)
-        return bool(self.match(module))
-
-
-_RULES: list[KindRule] = []
+RULES = KindRules("modules")
+"""The kinds registered by :func:`register_kind`, asked before the standard layers."""
 
 
 def register_kind(
@@ -140,14 +111,7 @@ def register_kind(
         Canonical(kind='normalization', slot='variance', layout='c')
         >>> unregister_kind(rule)
     """
-    if kind not in KINDS:
-        raise ConversionError(
-            f"cannot register modules as kind {kind!r}: it is not a canonical kind; expected "
-            f"one of {', '.join(sorted(KINDS))}. Pass one of those."
-        )
-    rule = KindRule(match, kind, dict(slots or {}))
-    _RULES.insert(0, rule)
-    return rule
+    return RULES.register(match, kind, slots=slots)
 
 
 def unregister_kind(rule: KindRule) -> None:
@@ -156,8 +120,7 @@ def unregister_kind(rule: KindRule) -> None:
     Example:
         >>> unregister_kind(KindRule(int, "dense"))
     """
-    if rule in _RULES:
-        _RULES.remove(rule)
+    RULES.unregister(rule)
 
 
 def module_kind(module: Any) -> tuple[str, Mapping[str, str]]:
@@ -173,9 +136,9 @@ def module_kind(module: Any) -> tuple[str, Mapping[str, str]]:
         >>> module_kind(LayerNorm2d(8))[0], module_kind(torch.nn.ReLU())[0]
         ('layernorm', '')
     """
-    for rule in _RULES:
-        if rule.matches(module):
-            return rule.kind, rule.slots or SLOTS.get(rule.kind, {})
+    rule = RULES.find(module)
+    if rule is not None:
+        return rule.kind, rule.slots or SLOTS.get(rule.kind, {})
     torch = sys.modules.get("torch")
     if torch is not None:
         for name, kind in KIND_OF_CLASS.items():
