@@ -134,6 +134,16 @@ def _walk(graph: Any, ops: list[Op], produced: dict[int, tuple[int, Axes | None]
     A nested functional or Sequential model (ConvNeXt's stem) is walked through, its
     inputs standing for the tensors it is called with: its layers are ops of their own,
     named as their tensors are (``stem/stem_conv``), as the other framework's are.
+
+    Example:
+        >>> import keras
+        >>> stem = keras.Sequential([keras.layers.Conv2D(4, 2, name="conv"),
+        ...                          keras.layers.LayerNormalization(name="norm")], name="stem")
+        >>> inputs = keras.Input((8, 8, 3))
+        >>> net = keras.Model(inputs, keras.layers.Dense(2, name="head")(stem(inputs)))
+        >>> graph = trace(net, {"input": np.zeros((1, 8, 8, 3), "f4")})
+        >>> [op.name for op in graph.weighted_ops()], graph.input_layouts()
+        (['stem/conv', 'stem/norm', 'head'], ['n,h,w,c'])
     """
     for layer in graph.operations:
         for node in getattr(layer, "_inbound_nodes", ()):

@@ -190,7 +190,17 @@ def _symbolic_trace(model: Any) -> Any:
     """``torch.fx``'s symbolic trace of ``model`` that keeps every module of a canonical kind
     whole (one ``call_module`` node), even a user's subclass with its own ``forward`` (timm's
     ``Conv2dSame``, torchvision's ``LayerNorm2d``): its tensors are then that node's, as the
-    tensor specs name them, and what it does inside does not split it into loose calls."""
+    tensor specs name them, and what it does inside does not split it into loose calls.
+
+    Example:
+        >>> import torch
+        >>> class PaddedConv(torch.nn.Conv2d):  # a user's subclass with its own forward
+        ...     def forward(self, x):
+        ...         return super().forward(torch.nn.functional.pad(x, [0, 1, 0, 1]))
+        >>> traced = _symbolic_trace(torch.nn.Sequential(PaddedConv(3, 4, 3, 2)))
+        >>> [(node.op, node.target) for node in traced.graph.nodes][1]
+        ('call_module', '0')
+    """
     import torch
 
     class KindLeaves(torch.fx.Tracer):
