@@ -58,7 +58,7 @@ from polybundle_tensorflow.keras_file import (
     read_stored,
 )
 from polybundle_tensorflow.keras_writer import write_keras
-from polybundle_tensorflow.layers import layer_canonical
+from polybundle_tensorflow.layers import layer_canonical, layer_kind, variable_place
 from polybundle_tensorflow.layers import native_layout as keras_native_layout
 from polybundle_tensorflow.tensors import adopt
 
@@ -96,8 +96,9 @@ def _variables(model: Any) -> list[tuple[str, Any, Any]]:
     weights = {id(v) for v in model.weights}
     owners: dict[int, Any] = {}
     for layer in model._flatten_layers(include_self=True, recursive=True):
-        for variable in layer._trainable_variables + layer._non_trainable_variables:
-            owners.setdefault(id(variable), layer)
+        own = layer._trainable_variables + layer._non_trainable_variables
+        for variable in layer.weights if layer_kind(layer)[0] == "attention" else own:
+            owners.setdefault(id(variable), layer)  # an attention layer owns its projections
     entries = []
     for path, slots in keras_compat.saved_variable_slots(model).items():
         prefix = "" if path == "__root__" else f"{path}/"
@@ -120,9 +121,10 @@ def _specs(model: Any) -> list[TensorSpec]:
         name = variable.path if variable.path not in seen else key
         seen.add(name)
         shape = tuple(int(d) for d in variable.shape)
-        canonical = layer_canonical(layer, variable.name, shape)
+        place, in_layer = variable_place(layer, variable.path, variable.name)
+        canonical = layer_canonical(layer, in_layer, shape)
         layout = canonical.layout if canonical.kind else _layout(layer, variable.name, len(shape))
-        owner = variable.path.rpartition("/")[0] if canonical.kind else ""
+        owner = place if canonical.kind else ""
         owner = f"{owner}/{canonical.part}".lstrip("/") if canonical.part else owner
         specs.append(
             TensorSpec(name, key, shape, str(variable.dtype), layout, canonical.kind, owner,

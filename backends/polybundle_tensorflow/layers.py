@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from polybundle.errors import ConversionError
 from polybundle.model.canonical import (
     KINDS,
     Canonical,
@@ -40,6 +38,7 @@ from polybundle.model.canonical import (
     shared_layout,
     variable_tag,
 )
+from polybundle.model.kind_rules import KindRule, KindRules
 from polybundle.model.layouts import OPAQUE, SCALAR, conv_tag
 
 KIND_OF_CLASS: dict[str, str] = {
@@ -50,7 +49,7 @@ KIND_OF_CLASS: dict[str, str] = {
     **{f"Conv{n}D": f"conv{n}d" for n in (1, 2, 3)},
     **{f"Conv{n}DTranspose": f"conv{n}d_transpose" for n in (1, 2, 3)},
     "SeparableConv1D": "separable_conv1d", "SeparableConv2D": "separable_conv2d",
-    "Normalization": "normalization",
+    "Normalization": "normalization", "MultiHeadAttention": "attention",
 }
 """Keras layer class name -> canonical kind (grouped convolutions are refined by shape;
 ``separable_conv{n}d`` is split into a depthwise and a pointwise convolution)."""
@@ -61,36 +60,8 @@ kind whose class is defined elsewhere (the user's, or in Keras but outside
 ``keras.layers``, as ConvNeXt's ``LayerScale``) is a plain ``variable``."""
 
 
-@dataclass(frozen=True)
-class KindRule:
-    """A registered rule: layers it matches are of ``kind``.
-
-    ``match`` is a class (checked with ``isinstance``) or a predicate on the
-    layer; ``slots`` maps the layer's variable names to canonical slots when
-    they differ from the kind's slot names.
-
-    Example:
-        >>> KindRule(lambda layer: False, "dense").kind
-        'dense'
-    """
-
-    match: type | Callable[[Any], bool]
-    kind: str
-    slots: Mapping[str, str] = field(default_factory=dict)
-
-    def matches(self, layer: Any) -> bool:
-        """Return True when ``layer`` is of this rule's kind.
-
-        Example:
-            >>> KindRule(int, "dense").matches(3), KindRule(int, "dense").matches("3")
-            (True, False)
-        """
-        if isinstance(self.match, type):
-            return isinstance(layer, self.match)
-        return bool(self.match(layer))
-
-
-_RULES: list[KindRule] = []
+RULES = KindRules("layers")
+"""The kinds registered by :func:`register_kind`, asked before the standard layers."""
 
 
 def register_kind(
@@ -115,14 +86,7 @@ def register_kind(
         Canonical(kind='dense', slot='kernel', layout='in,out')
         >>> unregister_kind(rule)
     """
-    if kind not in KINDS:
-        raise ConversionError(
-            f"cannot register layers as kind {kind!r}: it is not a canonical kind; expected "
-            f"one of {', '.join(sorted(KINDS))}. Pass one of those."
-        )
-    rule = KindRule(match, kind, dict(slots or {}))
-    _RULES.insert(0, rule)
-    return rule
+    return RULES.register(match, kind, slots=slots)
 
 
 def unregister_kind(rule: KindRule) -> None:
@@ -131,8 +95,7 @@ def unregister_kind(rule: KindRule) -> None:
     Example:
         >>> unregister_kind(KindRule(int, "dense"))
     """
-    if rule in _RULES:
-        _RULES.remove(rule)
+    RULES.unregister(rule)
 
 
 def layer_kind(layer: Any) -> tuple[str, Mapping[str, str]]:
@@ -148,9 +111,9 @@ def layer_kind(layer: Any) -> tuple[str, Mapping[str, str]]:
         >>> layer_kind(FrozenBatchNorm())[0], layer_kind(keras.layers.ReLU())[0]
         ('batchnorm', '')
     """
-    for rule in _RULES:
-        if rule.matches(layer):
-            return rule.kind, rule.slots
+    rule = RULES.find(layer)
+    if rule is not None:
+        return rule.kind, rule.slots
     keras = sys.modules.get("keras")
     if keras is not None:
         for name, kind in KIND_OF_CLASS.items():
@@ -188,6 +151,39 @@ def layer_canonical(layer: Any, variable: str, shape: tuple[int, ...]) -> Canoni
         groups=int(getattr(layer, "groups", 1) or 1),
         group_channels=int(kernel[-2]) if len(kernel) >= 2 else 0,
     )
+
+ATTENTION: dict[str, tuple[str, str]] = {
+    "query/kernel": ("query_kernel", "in,head,dim"), "key/kernel": ("key_kernel", "in,head,dim"),
+    "value/kernel": ("value_kernel", "in,head,dim"), "query/bias": ("query_bias", "head,dim"),
+    "key/bias": ("key_bias", "head,dim"), "value/bias": ("value_bias", "head,dim"),
+    "attention_output/kernel": ("output_kernel", "head,dim,out"),
+    "attention_output/bias": ("output_bias", "out"),
+}
+"""``MultiHeadAttention``'s variables (``<projection>/<variable>``, as their paths end):
+canonical slot and layout (``in`` the input axis, ``head`` heads, ``dim`` head size)."""
+
+
+def variable_place(layer: Any, path: str, name: str) -> tuple[str, str]:
+    """Return the canonical layer (a path) a variable at ``path`` belongs to, and its name there.
+
+    ``layer`` owns the variable. A variable of a multi-head attention layer's
+    projections belongs to the attention layer, named ``<projection>/<variable>``;
+    any other to its own layer, named ``name``.
+
+    Example:
+        >>> variable_place(None, "vit/block0_attn/query/kernel", "kernel")
+        ('vit/block0_attn/query', 'kernel')
+        >>> import keras
+        >>> variable_place(keras.layers.MultiHeadAttention(2, 4),
+        ...                "block0_attn/query/kernel", "kernel")
+        ('block0_attn', 'query/kernel')
+    """
+    if layer_kind(layer)[0] == "attention":
+        parts = path.rsplit("/", 2)
+        owner = parts[0] if len(parts) == 3 else ""
+        return owner, "/".join(parts[-2:])
+    return path.rpartition("/")[0], name
+
 
 NORM_SLOTS = frozenset({"gamma", "beta", "moving_mean", "moving_variance"})
 """Variable names of Keras' normalisation layers; each is also the canonical slot."""
@@ -243,6 +239,11 @@ def _kind_canonical(
 ) -> Canonical:
     """Return the canonical form of variable ``variable`` of a layer of ``kind``."""
     ndim = len(shape)
+    if kind == "attention":
+        slot, layout = ATTENTION.get(variable, ("", ""))
+        if not slot or len(layout.split(",")) != ndim:
+            return Canonical.unknown(shape)
+        return Canonical(kind, slot, layout)
     if kind.startswith("separable_"):
         return _separable(kind, variable, shape)
     if kind == "normalization":
@@ -300,6 +301,8 @@ def native_layout(kind: str, slot: str, source_layout: str = "") -> str | None:
     shared = shared_layout(slot, source_layout)
     if shared is not None or kind in ("normalization", "variable"):
         return shared
+    if kind == "attention":
+        return dict(ATTENTION.values()).get(slot)  # None for a fused slot
     if kind == "dense":
         return "in,out"
     spatial = conv_spatial(kind)

@@ -38,6 +38,7 @@ from polybundle.model.graph import (
     permute_axes,
 )
 from polybundle.tools.parity import input_names
+from polybundle_tensorflow.layers import variable_place
 
 
 def _resized(axes: Axes | None, shape: Sequence[int]) -> Axes | None:
@@ -59,7 +60,7 @@ def _layer_name(layer: Any) -> str | None:
     """The ``layer`` its tensors are described with (the variables' path without the
     variable's name); None for a layer without weights."""
     weights = list(getattr(layer, "weights", ()) or ())
-    return str(weights[0].path).rpartition("/")[0] if weights else None
+    return variable_place(layer, str(weights[0].path), weights[0].name)[0] if weights else None
 
 
 def _image(shape: Sequence[int], channels_last: bool) -> Axes:
@@ -94,7 +95,22 @@ def _layer_axes(layer: Any, op_id: int, in_axes: Axes | None, in_shape: Sequence
         return in_axes, flatten_axes(in_axes, 1) if len(shape) == 2 else None
     if name.startswith("Global") and in_axes is not None and not getattr(layer, "keepdims", False):
         return in_axes, (in_axes[0], in_axes[-1] if channels_last else in_axes[1])
+    if isinstance(layer, (keras.layers.Normalization, keras.layers.BatchNormalization)):
+        return _statistics_axes(layer, in_axes, in_shape), _resized(in_axes, shape)
     return in_axes, _resized(in_axes, shape)
+
+
+def _statistics_axes(layer: Any, in_axes: Axes | None, in_shape: Sequence[int]) -> Axes | None:
+    """How a layer of per-channel statistics (``Normalization``, ``BatchNormalization``) reads
+    its input: an image whose channels are its one ``axis`` when that is the last or the
+    second axis of an input of rank 3 or more (so a model input it reads first has a known
+    layout), else as traced."""
+    axis = layer.axis
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    rank = len(in_shape)
+    if rank < 3 or len(axes) != 1 or axes[0] % rank not in (1, rank - 1):
+        return in_axes
+    return _image(in_shape, channels_last=axes[0] % rank == rank - 1)
 
 
 def _graph_model(model: Any) -> Any | None:
@@ -108,6 +124,54 @@ def _graph_model(model: Any) -> Any | None:
             model, "_nodes_by_depth"):
         return model
     return None
+
+
+def _walk(graph: Any, ops: list[Op], produced: dict[int, tuple[int, Axes | None]],
+          sized: Any) -> None:
+    """Append to ``ops`` one op per layer call of the functional ``graph`` whose inputs are
+    ``produced`` (tensor id -> (op id, axes)), recording what each call produces.
+
+    A nested functional or Sequential model (ConvNeXt's stem) is walked through, its
+    inputs standing for the tensors it is called with: its layers are ops of their own,
+    named as their tensors are (``stem/stem_conv``), as the other framework's are.
+
+    Example:
+        >>> import keras
+        >>> stem = keras.Sequential([keras.layers.Conv2D(4, 2, name="conv"),
+        ...                          keras.layers.LayerNormalization(name="norm")], name="stem")
+        >>> inputs = keras.Input((8, 8, 3))
+        >>> net = keras.Model(inputs, keras.layers.Dense(2, name="head")(stem(inputs)))
+        >>> graph = trace(net, {"input": np.zeros((1, 8, 8, 3), "f4")})
+        >>> [op.name for op in graph.weighted_ops()], graph.input_layouts()
+        (['stem/conv', 'stem/norm', 'head'], ['n,h,w,c'])
+    """
+    for layer in graph.operations:
+        for node in getattr(layer, "_inbound_nodes", ()):
+            tensors = list(node.input_tensors)
+            if not tensors or any(id(t) not in produced for t in tensors):
+                continue  # an input layer, or a call from another model
+            outputs = list(node.output_tensors)
+            inner = _graph_model(layer)
+            if inner is not None and len(inner.inputs) == len(tensors) and len(
+                    inner.outputs) == len(outputs):
+                for inner_input, tensor in zip(inner.inputs, tensors, strict=True):
+                    produced[id(inner_input)] = produced[id(tensor)]
+                _walk(inner, ops, produced, sized)
+                if all(id(t) in produced for t in inner.outputs):
+                    for output, inner_output in zip(outputs, inner.outputs, strict=True):
+                        produced[id(output)] = produced[id(inner_output)]
+                    continue
+            in_axes = produced[id(tensors[0])][1]
+            op_id = len(ops)
+            shape = sized(outputs[0])
+            read, out = _layer_axes(layer, op_id, in_axes, sized(tensors[0]), shape)
+            name = _layer_name(layer)
+            kind = type(layer).__name__
+            ops.append(Op(op_id, name, kind, tuple(produced[id(t)][0] for t in tensors), shape,
+                          out, read if name is not None else None,
+                          in_axes if name is not None else None))
+            for output in outputs:
+                produced[id(output)] = (op_id, out)
 
 
 def trace(model: Any, inputs: dict[str, np.ndarray]) -> OpGraph | None:
@@ -132,23 +196,7 @@ def trace(model: Any, inputs: dict[str, np.ndarray]) -> OpGraph | None:
         axes = input_axes_of(index, shape)
         ops.append(Op(len(ops), None, INPUT, (), shape, axes))
         produced[id(tensor)] = (ops[-1].id, axes)
-    for layer in graph.operations:
-        for node in getattr(layer, "_inbound_nodes", ()):
-            tensors = list(node.input_tensors)
-            if not tensors or any(id(t) not in produced for t in tensors):
-                continue  # an input layer, or a call from another model
-            outputs = list(node.output_tensors)
-            in_axes = produced[id(tensors[0])][1]
-            op_id = len(ops)
-            shape = sized(outputs[0])
-            read, out = _layer_axes(layer, op_id, in_axes, sized(tensors[0]), shape)
-            name = _layer_name(layer)
-            kind = type(layer).__name__
-            ops.append(Op(op_id, name, kind, tuple(produced[id(t)][0] for t in tensors), shape,
-                          out, read if name is not None else None,
-                          in_axes if name is not None else None))
-            for output in outputs:
-                produced[id(output)] = (op_id, out)
+    _walk(graph, ops, produced, sized)
     outputs = [produced[id(t)][0] for t in graph.outputs if id(t) in produced]
     return OpGraph(ops, note="keras functional graph", outputs=outputs)
 

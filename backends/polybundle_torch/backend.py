@@ -29,7 +29,7 @@ from polybundle.model.optimizer import OptimizerState
 from polybundle.model.optimizer_conversion import NeutralOptimizer
 from polybundle_torch import optim as torch_optim
 from polybundle_torch.arrays import copy_tensor, from_numpy, to_numpy
-from polybundle_torch.layers import module_canonical
+from polybundle_torch.layers import module_canonical, tensor_owner
 from polybundle_torch.layers import native_layout as torch_native_layout
 from polybundle_torch.pickle_vocabulary import UNTYPED
 from polybundle_torch.pth_reader import describe_pth, fill_pth, read_pth
@@ -124,7 +124,7 @@ class TorchBackend(Backend):
         modules = dict(model.named_modules())
         specs = []
         for key, tensor in model.state_dict().items():
-            owner, _, attribute = key.rpartition(".")
+            owner, attribute = tensor_owner(modules, key)
             shape = tuple(tensor.shape)
             canonical = _canonical(modules.get(owner), attribute, shape)
             layout = _layout(modules.get(owner), attribute, len(shape))

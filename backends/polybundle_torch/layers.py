@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from polybundle.errors import ConversionError
 from polybundle.model.canonical import (
     KINDS,
     Canonical,
@@ -42,6 +40,7 @@ from polybundle.model.canonical import (
     shared_layout,
     variable_tag,
 )
+from polybundle.model.kind_rules import KindRule, KindRules
 from polybundle.model.layouts import SCALAR, conv_tag
 
 SLOTS: dict[str, dict[str, str]] = {
@@ -62,44 +61,29 @@ KIND_OF_CLASS: dict[str, str] = {
     "BatchNorm3d": "batchnorm",
     **{f"Conv{n}d": f"conv{n}d" for n in (1, 2, 3)},
     **{f"ConvTranspose{n}d": f"conv{n}d_transpose" for n in (1, 2, 3)},
+    "MultiheadAttention": "attention",
 }
 """``torch.nn`` class name -> canonical kind (grouped convolutions are refined by shape)."""
+
+ATTENTION: dict[str, tuple[str, str]] = {
+    "in_proj_weight": ("qkv_kernel", "n*head*dim,in"), "in_proj_bias": ("qkv_bias", "n*head*dim"),
+    "q_proj_weight": ("query_kernel", "head*dim,in"),
+    "k_proj_weight": ("key_kernel", "head*dim,in"),
+    "v_proj_weight": ("value_kernel", "head*dim,in"),
+    "out_proj.weight": ("output_kernel", "out,head*dim"), "out_proj.bias": ("output_bias", "out"),
+}
+"""``nn.MultiheadAttention``'s tensors (as named from the attention module): canonical
+slot and layout. ``in_proj_weight`` stacks the query, key and value projections
+(``n``: the parts axis); ``q/k/v_proj_weight`` are used instead when ``kdim`` or
+``vdim`` differ from the embedding size."""
 
 OWN_MODULES = "torch."
 """Prefix of the modules defining PyTorch's own classes: a tensor held directly by a
 module of a class defined elsewhere, of no kind, is a plain ``variable``."""
 
 
-@dataclass(frozen=True)
-class KindRule:
-    """A registered rule: modules it matches are layers of ``kind``.
-
-    ``match`` is a class (checked with ``isinstance``) or a predicate on the
-    module; ``slots`` maps the module's attributes to canonical slots when they
-    differ from the standard layer's (:data:`SLOTS`).
-
-    Example:
-        >>> KindRule(lambda module: False, "dense").kind
-        'dense'
-    """
-
-    match: type | Callable[[Any], bool]
-    kind: str
-    slots: Mapping[str, str] = field(default_factory=dict)
-
-    def matches(self, module: Any) -> bool:
-        """Return True when ``module`` is a layer of this rule's kind.
-
-        Example:
-            >>> KindRule(int, "dense").matches(3), KindRule(int, "dense").matches("3")
-            (True, False)
-        """
-        if isinstance(self.match, type):
-            return isinstance(module, self.match)
-        return bool(self.match(module))
-
-
-_RULES: list[KindRule] = []
+RULES = KindRules("modules")
+"""The kinds registered by :func:`register_kind`, asked before the standard layers."""
 
 
 def register_kind(
@@ -127,14 +111,7 @@ def register_kind(
         Canonical(kind='normalization', slot='variance', layout='c')
         >>> unregister_kind(rule)
     """
-    if kind not in KINDS:
-        raise ConversionError(
-            f"cannot register modules as kind {kind!r}: it is not a canonical kind; expected "
-            f"one of {', '.join(sorted(KINDS))}. Pass one of those."
-        )
-    rule = KindRule(match, kind, dict(slots or {}))
-    _RULES.insert(0, rule)
-    return rule
+    return RULES.register(match, kind, slots=slots)
 
 
 def unregister_kind(rule: KindRule) -> None:
@@ -143,8 +120,7 @@ def unregister_kind(rule: KindRule) -> None:
     Example:
         >>> unregister_kind(KindRule(int, "dense"))
     """
-    if rule in _RULES:
-        _RULES.remove(rule)
+    RULES.unregister(rule)
 
 
 def module_kind(module: Any) -> tuple[str, Mapping[str, str]]:
@@ -160,15 +136,36 @@ def module_kind(module: Any) -> tuple[str, Mapping[str, str]]:
         >>> module_kind(LayerNorm2d(8))[0], module_kind(torch.nn.ReLU())[0]
         ('layernorm', '')
     """
-    for rule in _RULES:
-        if rule.matches(module):
-            return rule.kind, rule.slots or SLOTS.get(rule.kind, {})
+    rule = RULES.find(module)
+    if rule is not None:
+        return rule.kind, rule.slots or SLOTS.get(rule.kind, {})
     torch = sys.modules.get("torch")
     if torch is not None:
         for name, kind in KIND_OF_CLASS.items():
             if isinstance(module, getattr(torch.nn, name)):
                 return kind, SLOTS.get(kind, {})
     return "", {}
+
+
+def tensor_owner(modules: Mapping[str, Any], key: str) -> tuple[str, str]:
+    """Return the layer (module path) owning state-dict entry ``key``, and its name there.
+
+    A tensor of a submodule of an attention layer (``out_proj``) belongs to the
+    attention layer, as one canonical layer; any other belongs to its module.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2))
+        >>> tensor_owner(dict(net.named_modules()), "0.out_proj.weight")
+        ('0', 'out_proj.weight')
+        >>> tensor_owner(dict(net.named_modules()), "0.in_proj_bias")
+        ('0', 'in_proj_bias')
+    """
+    owner, _, attribute = key.rpartition(".")
+    parent, _, child = owner.rpartition(".")
+    if child and module_kind(modules.get(parent))[0] == "attention":
+        return parent, f"{child}.{attribute}"
+    return owner, attribute
 
 
 _STANDARD_ATTRIBUTE = {"kernel": "weight", "bias": "bias", "embeddings": "weight",
@@ -239,6 +236,11 @@ def _kind_canonical(
     """Return the canonical form of tensor ``attribute`` of a layer of ``kind``."""
     ndim = len(shape)
     names = slots if slots else SLOTS.get(kind, {})
+    if kind == "attention":
+        slot, layout = ATTENTION.get(attribute, ("", ""))
+        if not slot or len(layout.split(",")) != ndim:
+            return Canonical.unknown(shape)
+        return Canonical(kind, slot, layout)
     if kind == "normalization":
         slot = names.get(attribute)
         if slot is None:
@@ -296,6 +298,8 @@ def native_layout(kind: str, slot: str, source_layout: str = "") -> str | None:
     shared = shared_layout(slot, source_layout)
     if shared is not None or kind in ("normalization", "variable"):
         return shared
+    if kind == "attention":
+        return dict(ATTENTION.values()).get(slot, "head*dim")  # or a bias of one part
     if kind == "dense":
         return "out,in"
     spatial = conv_spatial(kind)

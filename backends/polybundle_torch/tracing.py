@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import operator
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,15 @@ from polybundle.model.graph import (
 )
 from polybundle.tools.parity import input_names
 from polybundle_torch.arrays import from_numpy
+from polybundle_torch.layers import module_canonical, module_kind
+
+RESAMPLING = re.compile(r"_?((adaptive_)?(max|avg|lp)_pool[123]d(_with_indices)?|interpolate"
+                        r"|upsample(_nearest|_bilinear)?)")
+"""Functions that resize the trailing (spatial) axes and keep every other axis as it is."""
+
+CHANNEL_STATISTICS = ("batchnorm", "normalization")
+"""Kinds whose per-channel statistics read axis 1 of an input of rank 3 or more, as PyTorch
+defines them: such a layer reading a model input says the input is channels-first."""
 
 
 def _weighted(module: Any) -> bool:
@@ -84,14 +94,15 @@ def _module_axes(module: Any, op_id: int, in_axes: Axes | None, in_shape: Sequen
         return in_axes, None
     if isinstance(module, torch.nn.Embedding):
         return in_axes, None
+    if module_kind(module)[0] in CHANNEL_STATISTICS and len(in_shape) >= 3:
+        read = image_axes(in_shape[0], in_shape[1], in_shape[2:], channels_first=True)
+        return read, _resized(in_axes, out_shape)
     return in_axes, _resized(in_axes, out_shape)
 
 
 def _call_axes(target: Any, args: Sequence[Any], kwargs: dict[str, Any], in_axes: Axes | None,
                in_shape: Sequence[int], out_shape: Sequence[int]) -> Axes | None:
     """What the output axes of a function or method call mean (None: unknown)."""
-    import torch
-
     name = target if isinstance(target, str) else getattr(target, "__name__", "")
     rank = len(in_shape)
     if name == "flatten":
@@ -121,8 +132,9 @@ def _call_axes(target: Any, args: Sequence[Any], kwargs: dict[str, Any], in_axes
             return _resized(in_axes, out_shape)
         dims = {d % rank for d in ((dims,) if isinstance(dims, int) else dims)}
         return tuple(axis for i, axis in enumerate(in_axes) if i not in dims)
-    if target in (torch.flatten,):
-        return None
+    if RESAMPLING.fullmatch(name) and len(out_shape) == rank and (
+            tuple(out_shape[:2]) == tuple(in_shape[:2])):
+        return _resized(in_axes, out_shape)
     if tuple(out_shape) == tuple(in_shape):
         return in_axes
     return None
@@ -174,13 +186,42 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(int(n) for n in meta.shape) if meta is not None and hasattr(meta, "shape") else ()
 
 
+def _symbolic_trace(model: Any) -> Any:
+    """``torch.fx``'s symbolic trace of ``model`` that keeps every module of a canonical kind
+    whole (one ``call_module`` node), even a user's subclass with its own ``forward`` (timm's
+    ``Conv2dSame``, torchvision's ``LayerNorm2d``): its tensors are then that node's, as the
+    tensor specs name them, and what it does inside does not split it into loose calls.
+
+    Example:
+        >>> import torch
+        >>> class PaddedConv(torch.nn.Conv2d):  # a user's subclass with its own forward
+        ...     def forward(self, x):
+        ...         return super().forward(torch.nn.functional.pad(x, [0, 1, 0, 1]))
+        >>> traced = _symbolic_trace(torch.nn.Sequential(PaddedConv(3, 4, 3, 2)))
+        >>> [(node.op, node.target) for node in traced.graph.nodes][1]
+        ('call_module', '0')
+    """
+    import torch
+
+    class KindLeaves(torch.fx.Tracer):
+        def is_leaf_module(self, module: Any, qualified_name: str) -> bool:
+            return bool(module_kind(module)[0]) or super().is_leaf_module(module,
+                                                                          qualified_name)
+
+    return torch.fx.GraphModule(model, KindLeaves().trace(model))
+
+
 def _trace_fx(model: Any, args: list[Any]) -> OpGraph:
     import torch
     from torch.fx.passes.shape_prop import ShapeProp
 
-    module = torch.fx.symbolic_trace(model)
+    module = _symbolic_trace(model)
     with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints what it re-raises
         ShapeProp(module).propagate(*args)
+    stored = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    # a constant not stored (a non-persistent buffer) is no layer's tensor: the call
+    # reading it is an ordinary op
+    modules = dict(model.named_modules())
     ops: list[Op] = []
     ids: dict[Any, int] = {}
     axes: dict[Any, Axes | None] = {}
@@ -189,7 +230,7 @@ def _trace_fx(model: Any, args: list[Any]) -> OpGraph:
         if node.op == "output":
             outputs = [ids[n] for n in _leaves(node.args) if n in ids]
             continue
-        params = [a for a in node.all_input_nodes if a.op == "get_attr"]
+        params = [a for a in node.all_input_nodes if a.op == "get_attr" and a.target in stored]
         data = [a for a in node.all_input_nodes if a.op != "get_attr"]
         sources = [a for a in data if a in ids]
         first = data[0] if data else None
@@ -214,7 +255,7 @@ def _trace_fx(model: Any, args: list[Any]) -> OpGraph:
         else:
             kind = _kind_of_call(node.target)
             if params:  # a call reading a module's own tensors is that module's op
-                name = str(params[0].target).rpartition(".")[0]
+                name = _tensor_layer(modules, str(params[0].target), stored)
                 read, out = _functional_axes(kind, op_id, in_axes, in_shape, shape)
             else:
                 out = _call_axes(node.target, node.args, dict(node.kwargs), in_axes, in_shape,
@@ -224,6 +265,14 @@ def _trace_fx(model: Any, args: list[Any]) -> OpGraph:
         ops.append(Op(op_id, name, kind, tuple(ids[s] for s in sources), shape, out,
                       read if name is not None else None, in_axes if name is not None else None))
     return OpGraph(ops, note="torch.fx", outputs=outputs)
+
+
+def _tensor_layer(modules: dict[str, Any], key: str, stored: dict[str, tuple[int, ...]]) -> str:
+    """The layer the tensor specs put state-dict entry ``key`` in: its module, or for a plain
+    variable (a LayerScale ``gamma``, a class token) the variable itself (``blocks.0.gamma``)."""
+    owner, _, attribute = key.rpartition(".")
+    part = module_canonical(modules.get(owner), attribute, stored[key]).part
+    return f"{owner}.{part}".lstrip(".") if part else owner
 
 
 def _leaves(value: Any) -> list[Any]:

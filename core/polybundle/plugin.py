@@ -3,7 +3,8 @@
 A backend plugin imports only :mod:`polybundle` and this module. It gets:
 
 - the backend contract: :class:`Backend`, :class:`TensorSpec`, the canonical
-  layer kinds (:data:`KINDS`, :class:`Canonical`, :data:`FILL_SLOTS`) and the
+  layer kinds (:data:`KINDS`, :class:`Canonical`, :data:`FILL_SLOTS`; :class:`KindRules`
+  for layers of a kind by ``isinstance`` or a predicate) and the
   layout tags and helpers (:data:`OPAQUE`, :data:`SCALAR`, :func:`conv_tag`,
   :func:`axes`, :func:`permutation`, :func:`relayout`, :func:`check_relayout`,
   :func:`describe_relayout`, :func:`infer_shape`, :func:`conv_spatial`,
@@ -97,6 +98,7 @@ from polybundle.model.canonical import (
     relayout,
     shared_layout,
 )
+from polybundle.model.kind_rules import KindRule, KindRules
 from polybundle.model.layouts import OPAQUE, SCALAR, axes, conv_tag, permutation
 from polybundle.model.optimizer import OptimizerState
 from polybundle.model.optimizer_conversion import NeutralOptimizer
@@ -128,6 +130,8 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "KINDS",
+    "KindRule",
+    "KindRules",
     "Leaf",
     "LegacyContent",
     "LegacyRole",

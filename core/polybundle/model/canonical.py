@@ -47,6 +47,9 @@ KINDS: dict[str, tuple[str, ...]] = {
     "prelu": ("alpha",),
     "normalization": ("mean", "variance", "count"),
     "variable": ("value",),
+    "attention": ("query_kernel", "key_kernel", "value_kernel", "output_kernel",
+                  "query_bias", "key_bias", "value_bias", "output_bias", "qkv_kernel",
+                  "qkv_bias"),
 }
 """Each canonical kind and the slots its tensors may fill.
 
@@ -55,8 +58,53 @@ KINDS: dict[str, tuple[str, ...]] = {
 samples they were adapted on). ``variable`` is a plain learned tensor owned by
 no layer of a known kind -- a class token, a position embedding, a LayerScale
 gamma -- stored alike everywhere (:func:`variable_tag`), so it pairs by graph
-position and shape only.
+position and shape only. ``attention`` is multi-head attention: a projection
+per query, key and value (``*_kernel`` tagged with ``in`` for the input axis and
+``head``, ``dim`` for heads and head size) and an output projection; a framework that
+keeps the three input projections in one tensor fills a fused slot
+(:data:`FUSED_SLOTS`) instead.
 """
+
+FUSED_SLOTS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("attention", "qkv_kernel"): ("query_kernel", "key_kernel", "value_kernel"),
+    ("attention", "qkv_bias"): ("query_bias", "key_bias", "value_bias"),
+}
+"""Slots holding several slots' tensors stacked along their first axis, in this order.
+
+A fused tensor's layout tag is its parts' tag with the parts axis ``n`` merged in
+front (:data:`PARTS`): PyTorch's ``in_proj_weight`` is ``n*head*dim,in``. Converting to
+a framework that keeps the parts apart splits it; the other way merges them.
+"""
+
+PARTS = "n"
+"""The atom of a fused tensor's layout tag that counts its parts (:data:`FUSED_SLOTS`)."""
+
+
+def part_layout(tag: str) -> str:
+    """Return the layout tag of one part of a fused tensor tagged ``tag``.
+
+    Example:
+        >>> part_layout("n*head*dim,in"), part_layout("n*head*dim")
+        ('head*dim,in', 'head*dim')
+    """
+    first, _, rest = tag.partition(",")
+    part = first.removeprefix(f"{PARTS}*")
+    return f"{part},{rest}" if rest else part
+
+
+def slot_sizes(kind: str, slot: str, size: int) -> list[tuple[str, int]]:
+    """Return the slots a tensor of ``size`` elements fills: a fused one's parts, split evenly.
+
+    Example:
+        >>> slot_sizes("attention", "qkv_bias", 12)
+        [('query_bias', 4), ('key_bias', 4), ('value_bias', 4)]
+        >>> slot_sizes("dense", "kernel", 12)
+        [('kernel', 12)]
+    """
+    parts = FUSED_SLOTS.get((kind, slot))
+    if parts is None:
+        return [(slot, size)]
+    return [(part, size // len(parts)) for part in parts]
 
 FILL_SLOTS: dict[tuple[str, str], float] = {("batchnorm", "count"): 0}
 """Slots some frameworks' layers have and others lack, with the value used to fill them.
@@ -138,7 +186,7 @@ def is_unit(tag: str) -> bool:
 
 VECTOR_SLOTS: dict[str, str] = {
     "gamma": "c", "beta": "c", "moving_mean": "c", "moving_variance": "c",
-    "bias": "out", "embeddings": "vocab,dim",
+    "bias": "out", "embeddings": "vocab,dim", "output_bias": "out",
 }
 """Slots whose layout is the same in every framework, and that layout."""
 

@@ -5,7 +5,9 @@ structure: layers (tensors sharing a ``layer``) are taken in model order and
 must have the same canonical kind; inside a layer, tensors pair by slot; the
 layout tags give the rearrangement. Names are never compared. A slot only one
 framework has (a batch norm's update ``count``) is dropped or filled as
-:data:`polybundle.model.canonical.FILL_SLOTS` says. Anything else -- a layer of no
+:data:`polybundle.model.canonical.FILL_SLOTS` says; a fused slot (PyTorch's stacked
+query, key and value projections, :data:`~polybundle.model.canonical.FUSED_SLOTS`)
+is split into the target's parts, or merged from the source's. Anything else -- a layer of no
 canonical kind, layers that do not line up, a shape that does not fit -- is a
 problem the plan lists, and :meth:`ConversionPlan.check` raises on before any
 model is touched. An architecture can register an explicit map for tensors
@@ -32,7 +34,14 @@ import numpy as np
 
 from polybundle.errors import ConversionError, TensorMismatchError
 from polybundle.model.backend import TensorSpec
-from polybundle.model.canonical import FILL_SLOTS, check_relayout, describe_relayout, relayout
+from polybundle.model.canonical import (
+    FILL_SLOTS,
+    FUSED_SLOTS,
+    check_relayout,
+    describe_relayout,
+    part_layout,
+    relayout,
+)
 from polybundle.model.layouts import OPAQUE
 
 TensorMap = dict[str, "str | tuple[str, str, str] | None"]
@@ -43,7 +52,8 @@ None drops the tensor, and a key ``"re:<regex>"`` maps every name it matches
 
 @dataclass(frozen=True)
 class TensorMove:
-    """What happens to one tensor: ``relayout`` (source -> target), ``fill`` or ``drop``.
+    """What happens to one tensor: ``relayout`` (source -> target), ``fill``, ``drop``,
+    ``split`` (one part of a fused source) or ``merge`` (several sources into one fused target).
 
     Example:
         >>> TensorMove("relayout", "fc.weight", "fc/kernel", "dense", "kernel",
@@ -64,17 +74,43 @@ class TensorMove:
     reorder: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     """A dense kernel's ``in`` axis holds merged atoms (a flattened feature map) that the
     target orders differently: their sizes in source order, and the order to move them to."""
+    part: tuple[int, int] | None = None
+    """For ``split``: (index, count) -- the source stacks ``count`` equal parts along its
+    first axis (a fused slot, :data:`~polybundle.model.canonical.FUSED_SLOTS`) and this
+    move takes part ``index``; ``source_layout`` is then one part's tag."""
+    merged: tuple[str, ...] = ()
+    """For ``merge``: the source tensors, in order (the first is ``source``), whose
+    converted forms stack along the target's first axis into one fused tensor."""
 
     def convert(self, array: np.ndarray, *, name: str = "") -> np.ndarray:
         """Return ``array`` (the source tensor, or a slot of it) as the target holds it.
+
+        A ``split`` move takes its part of ``array`` first. A ``merge`` move needs
+        all its sources: use :meth:`merge`.
 
         Example:
             >>> move = TensorMove("relayout", "fc.weight", "d/kernel", "dense", "kernel",
             ...                   "out,in", "in,out", (4, 1), "", reorder=((2, 2), (1, 0)))
             >>> move.convert(np.arange(4.0).reshape(1, 4)).ravel().tolist()
             [0.0, 2.0, 1.0, 3.0]
+            >>> key = TensorMove("split", "in_proj_bias", "key/bias", "attention", "key_bias",
+            ...                  "head*dim", "head,dim", (2, 1), "", part=(1, 3))
+            >>> key.convert(np.arange(6.0)).tolist()
+            [[2.0], [3.0]]
         """
+        if self.action == "merge":
+            raise ConversionError(
+                f"{self.target} is made of several source tensors {list(self.merged)}, but one "
+                "array was given; expected all of them. Convert it with TensorMove.merge."
+            )
         array = np.asarray(array)
+        if self.part is not None:
+            index, count = self.part
+            if not array.shape or array.shape[0] % count:
+                raise TensorMismatchError(mismatched=[
+                    f"{name or self.source} (shape {array.shape} does not hold {count} equal "
+                    "parts along its first axis)"])
+            array = np.split(array, count, axis=0)[index]
         if self.reorder is not None:
             sizes, order = self.reorder
             axis = self.source_layout.split(",").index("in")
@@ -85,6 +121,31 @@ class TensorMove:
             array = np.ascontiguousarray(moved).reshape(shape)
         return relayout(array, self.source_layout, self.target_layout, self.target_shape or (),
                         name=name or str(self.source))
+
+    def merge(self, arrays: list[np.ndarray], *, name: str = "") -> np.ndarray:
+        """Return the fused target tensor of a ``merge`` move from its sources' ``arrays``.
+
+        Each source is rearranged into one part of the target, and the parts
+        are stacked along the target's first axis.
+
+        Example:
+            >>> move = TensorMove("merge", "q/bias", "in_proj_bias", "attention", "qkv_bias",
+            ...                   "head,dim", "head*dim", (6,), "",
+            ...                   merged=("q/bias", "k/bias", "v/bias"))
+            >>> move.merge([np.full((2, 1), n) for n in (0.0, 1.0, 2.0)]).tolist()
+            [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+        """
+        shape = tuple(self.target_shape or ())
+        count = len(self.merged)
+        if len(arrays) != count or not shape or shape[0] % count:
+            raise TensorMismatchError(mismatched=[
+                f"{name or self.target} (shape {shape} cannot stack the {len(arrays)} arrays "
+                f"given as {count} equal parts)"])
+        part = (shape[0] // count, *shape[1:])
+        return np.concatenate([
+            relayout(np.asarray(array), self.source_layout, self.target_layout, part,
+                     name=source)
+            for array, source in zip(arrays, self.merged, strict=True)], axis=0)
 
 
 @dataclass
@@ -155,7 +216,7 @@ class ConversionPlan:
         self.check()
         out: dict[str, np.ndarray] = {}
         for move in self.moves:
-            if move.action == "relayout":
+            if move.action in ("relayout", "split"):
                 assert move.source is not None and move.target is not None
                 if move.target_shape is None:
                     raise ConversionError(
@@ -164,6 +225,9 @@ class ConversionPlan:
                         "Plan with the model's own tensor specs to apply it."
                     )
                 out[move.target] = move.convert(arrays[move.source])
+            elif move.action == "merge":
+                assert move.target is not None
+                out[move.target] = move.merge([arrays[source] for source in move.merged])
             elif move.action == "fill":
                 assert move.target is not None
                 value = FILL_SLOTS[(move.kind, move.slot)]
@@ -192,8 +256,12 @@ def _layers(specs: list[TensorSpec]) -> tuple[list[_Layer], list[TensorSpec]]:
 
 
 def _relayout_move(source: TensorSpec, target: TensorSpec, plan: ConversionPlan,
-                   tags: tuple[str, str] | None = None, *, sized: bool = True) -> None:
+                   tags: tuple[str, str] | None = None, *, sized: bool = True,
+                   source_shape: tuple[int, ...] | None = None,
+                   target_shape: tuple[int, ...] | None = None) -> None:
     source_tag, target_tag = tags or (source.layout, target.layout)
+    source_shape = source.shape if source_shape is None else source_shape
+    target_shape = target.shape if target_shape is None else target_shape
     if not sized:  # planned without a model: the axes must match, the sizes are not known
         detail = describe_relayout(source_tag, target_tag)
         if OPAQUE in (source_tag, target_tag) or detail == "impossible":
@@ -207,22 +275,72 @@ def _relayout_move(source: TensorSpec, target: TensorSpec, plan: ConversionPlan,
         )
         return
     try:
-        check_relayout(source_tag, target_tag, source.shape, target.shape, name=source.name)
+        check_relayout(source_tag, target_tag, source_shape, target_shape, name=source.name)
     except TensorMismatchError as exc:
         plan.mismatched.extend(f"{source.name} -> {target.name}: {m}" for m in exc.mismatched)
         return
     plan.moves.append(
         TensorMove("relayout", source.name, target.name, target.kind or source.kind,
-                   target.slot or source.slot, source_tag, target_tag, target.shape,
+                   target.slot or source.slot, source_tag, target_tag, target_shape,
                    describe_relayout(source_tag, target_tag), target.dtype)
     )
+
+
+def _fused_moves(source: _Layer, target: _Layer, plan: ConversionPlan,
+                 unsized: frozenset[str]) -> set[str]:
+    """Split each fused source slot whose parts the target keeps apart, merge the other
+    way; return the slots (of either side) these moves consumed."""
+    done: set[str] = set()
+    for (kind, fused), parts in FUSED_SLOTS.items():
+        if kind != source.kind:
+            continue
+        src, dst = source.slots.get(fused), target.slots.get(fused)
+        if src is not None and dst is None and all(p in target.slots for p in parts):
+            for index, part in enumerate(parts):
+                before = len(plan.moves)
+                _relayout_move(src, target.slots[part], plan,
+                               (part_layout(src.layout), target.slots[part].layout),
+                               sized=target.slots[part].name not in unsized,
+                               source_shape=_part_shape(src.shape, len(parts)))
+                if len(plan.moves) > before:
+                    plan.moves[-1] = replace(plan.moves[-1], action="split",
+                                             part=(index, len(parts)),
+                                             detail=f"part {index + 1} of {len(parts)}, "
+                                             f"{plan.moves[-1].detail}")
+            done.update((fused, *parts))
+        elif dst is not None and src is None and all(p in source.slots for p in parts):
+            first = source.slots[parts[0]]
+            before = len(plan.moves)
+            for part in parts:  # every part must fit one part of the target
+                _relayout_move(source.slots[part], dst, plan,
+                               (first.layout, part_layout(dst.layout)),
+                               sized=dst.name not in unsized,
+                               target_shape=_part_shape(dst.shape, len(parts)))
+            if len(plan.moves) == before + len(parts):
+                del plan.moves[before + 1:]
+                names = tuple(source.slots[part].name for part in parts)
+                plan.moves[-1] = replace(
+                    plan.moves[-1], action="merge", merged=names,
+                    target_layout=part_layout(dst.layout),
+                    target_shape=dst.shape if dst.name not in unsized else None,
+                    detail=f"{len(parts)} parts stacked, each {plan.moves[-1].detail}")
+            done.update((fused, *parts))
+    return done
+
+
+def _part_shape(shape: tuple[int, ...], count: int) -> tuple[int, ...]:
+    """The shape of one of ``count`` parts stacked along the first axis of ``shape``."""
+    return (shape[0] // count, *shape[1:]) if shape else shape
 
 
 def _pair_layer(
     source: _Layer, target: _Layer, plan: ConversionPlan, unsized: frozenset[str],
     reorder: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> None:
+    fused = _fused_moves(source, target, plan, unsized)
     for slot in [*source.slots, *(s for s in target.slots if s not in source.slots)]:
+        if slot in fused:
+            continue
         src, dst = source.slots.get(slot), target.slots.get(slot)
         if src is not None and dst is not None:
             _relayout_move(src, dst, plan, sized=dst.name not in unsized)

@@ -37,7 +37,7 @@ import numpy as np
 
 from polybundle.errors import ConversionError
 from polybundle.model.backend import TensorSpec
-from polybundle.model.canonical import FILL_SLOTS
+from polybundle.model.canonical import FILL_SLOTS, slot_sizes
 from polybundle.model.graph import INPUT, OpGraph
 
 Signature = Hashable
@@ -174,7 +174,8 @@ def layer_signatures(specs: list[TensorSpec]) -> dict[str, Signature]:
                 kinds.setdefault(spec.layer, spec.kind)
             continue
         kinds.setdefault(spec.layer, spec.kind)
-        slots.setdefault(spec.layer, {})[spec.slot] = int(np.prod(spec.shape, dtype=np.int64))
+        size = int(np.prod(spec.shape, dtype=np.int64))
+        slots.setdefault(spec.layer, {}).update(slot_sizes(spec.kind, spec.slot, size))
     return {layer: (kind, tuple(sorted(slots.get(layer, {}).items())))
             for layer, kind in kinds.items()}
 

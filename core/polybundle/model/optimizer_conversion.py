@@ -233,6 +233,15 @@ def _moves_by_source(neutral: NeutralOptimizer, plan: ConversionPlan) -> dict[st
     """Return the weight move of every tensor the optimizer updates; raise when one has none."""
     moves = {move.source: move for move in plan.moves if move.source is not None}
     names = list(dict.fromkeys([*neutral.parameters, *neutral.slots]))
+    fused = {name for move in plan.moves if move.action in ("split", "merge")
+             for name in (move.source, *move.merged)}
+    if fused & set(names):
+        raise ConversionError(
+            f"optimizer state is kept for {sorted(fused & set(names))[:5]}, tensors that "
+            "convert split or merged (fused attention projections); polybundle does not "
+            "convert optimizer slots of those yet. Convert the weights alone (without the "
+            "optimizer), or train the target from a fresh optimizer."
+        )
     unknown = [name for name in names if name not in moves]
     if unknown or len(set(neutral.parameters)) != len(neutral.parameters):
         raise OptimizerMismatchError(
