@@ -36,24 +36,10 @@ from polybundle.model.graph import (
     image_axes,
     input_axes_of,
     permute_axes,
+    resized_axes,
 )
 from polybundle.tools.parity import input_names
 from polybundle_tensorflow.layers import variable_place
-
-
-def _resized(axes: Axes | None, shape: Sequence[int]) -> Axes | None:
-    """``axes`` with each single-atom axis resized to ``shape`` (same rank, same meaning)."""
-    if axes is None or len(axes) != len(shape):
-        return None
-    out = []
-    for axis, size in zip(axes, shape, strict=True):
-        if len(axis) == 1:
-            out.append(((axis[0][0], int(size)),))
-        elif int(np.prod([n for _, n in axis])) == size:
-            out.append(axis)
-        else:
-            return None
-    return tuple(out)
 
 
 def _layer_name(layer: Any) -> str | None:
@@ -96,8 +82,8 @@ def _layer_axes(layer: Any, op_id: int, in_axes: Axes | None, in_shape: Sequence
     if name.startswith("Global") and in_axes is not None and not getattr(layer, "keepdims", False):
         return in_axes, (in_axes[0], in_axes[-1] if channels_last else in_axes[1])
     if isinstance(layer, (keras.layers.Normalization, keras.layers.BatchNormalization)):
-        return _statistics_axes(layer, in_axes, in_shape), _resized(in_axes, shape)
-    return in_axes, _resized(in_axes, shape)
+        return _statistics_axes(layer, in_axes, in_shape), resized_axes(in_axes, shape)
+    return in_axes, resized_axes(in_axes, shape)
 
 
 def _statistics_axes(layer: Any, in_axes: Axes | None, in_shape: Sequence[int]) -> Axes | None:

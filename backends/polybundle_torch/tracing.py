@@ -41,6 +41,7 @@ from polybundle.model.graph import (
     image_axes,
     input_axes_of,
     permute_axes,
+    resized_axes,
 )
 from polybundle.tools.parity import input_names
 from polybundle_torch.arrays import from_numpy
@@ -59,21 +60,6 @@ def _weighted(module: Any) -> bool:
     """A module that holds tensors itself (not only through children)."""
     return any(True for _ in module.parameters(recurse=False)) or any(
         True for _ in module.buffers(recurse=False))
-
-
-def _resized(axes: Axes | None, shape: Sequence[int]) -> Axes | None:
-    """``axes`` with each single-atom axis resized to ``shape`` (same rank, same meaning)."""
-    if axes is None or len(axes) != len(shape):
-        return None
-    out = []
-    for axis, size in zip(axes, shape, strict=True):
-        if len(axis) == 1:
-            out.append(((axis[0][0], int(size)),))
-        elif int(np.prod([n for _, n in axis])) == size:
-            out.append(axis)
-        else:
-            return None
-    return tuple(out)
 
 
 def _module_axes(module: Any, op_id: int, in_axes: Axes | None, in_shape: Sequence[int],
@@ -96,8 +82,8 @@ def _module_axes(module: Any, op_id: int, in_axes: Axes | None, in_shape: Sequen
         return in_axes, None
     if module_kind(module)[0] in CHANNEL_STATISTICS and len(in_shape) >= 3:
         read = image_axes(in_shape[0], in_shape[1], in_shape[2:], channels_first=True)
-        return read, _resized(in_axes, out_shape)
-    return in_axes, _resized(in_axes, out_shape)
+        return read, resized_axes(in_axes, out_shape)
+    return in_axes, resized_axes(in_axes, out_shape)
 
 
 def _call_axes(target: Any, args: Sequence[Any], kwargs: dict[str, Any], in_axes: Axes | None,
@@ -129,12 +115,12 @@ def _call_axes(target: Any, args: Sequence[Any], kwargs: dict[str, Any], in_axes
         dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
         keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
         if dims is None or keep:
-            return _resized(in_axes, out_shape)
+            return resized_axes(in_axes, out_shape)
         dims = {d % rank for d in ((dims,) if isinstance(dims, int) else dims)}
         return tuple(axis for i, axis in enumerate(in_axes) if i not in dims)
     if RESAMPLING.fullmatch(name) and len(out_shape) == rank and (
             tuple(out_shape[:2]) == tuple(in_shape[:2])):
-        return _resized(in_axes, out_shape)
+        return resized_axes(in_axes, out_shape)
     if tuple(out_shape) == tuple(in_shape):
         return in_axes
     return None
@@ -150,7 +136,8 @@ def _functional_axes(kind: str, op_id: int, in_axes: Axes | None, in_shape: Sequ
         if in_axes is None or len(out_shape) != len(in_axes):
             return in_axes, None
         return in_axes, (*in_axes[:-1], ((f"f{op_id}", int(out_shape[-1])),))
-    return in_axes, _resized(in_axes, out_shape) if tuple(in_shape) == tuple(out_shape) else None
+    same = tuple(in_shape) == tuple(out_shape)
+    return in_axes, resized_axes(in_axes, out_shape) if same else None
 
 
 def _kind_of_call(target: Any) -> str:

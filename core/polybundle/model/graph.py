@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -80,6 +81,29 @@ def permute_axes(axes: Axes | None, order: Sequence[int]) -> Axes | None:
     if axes is None or sorted(order) != list(range(len(axes))):
         return None
     return tuple(axes[i] for i in order)
+
+
+def resized_axes(axes: Axes | None, shape: Sequence[int]) -> Axes | None:
+    """Return ``axes`` with each single-atom axis resized to ``shape`` (same rank, same
+    meaning); None when the rank differs or a merged axis no longer fits.
+
+    Example:
+        >>> resized_axes(image_axes(1, 3, (8, 8), channels_first=True), (1, 16, 4, 4))[1:]
+        ((('c', 16),), (('h', 4),), (('w', 4),))
+        >>> resized_axes(image_axes(1, 3, (8, 8), channels_first=True), (1, 16)) is None
+        True
+    """
+    if axes is None or len(axes) != len(shape):
+        return None
+    out = []
+    for axis, size in zip(axes, shape, strict=True):
+        if len(axis) == 1:
+            out.append(((axis[0][0], int(size)),))
+        elif math.prod(n for _, n in axis) == size:
+            out.append(axis)
+        else:
+            return None
+    return tuple(out)
 
 
 def input_atom(index: int, axis: int) -> str:
