@@ -50,6 +50,7 @@ from polybundle.errors import FormatError, IntegrityError, PolybundleError, Unsa
 from polybundle.format.archive import MAX_JSON_BYTES, MemberRange, NestedZip, local_data_start
 from polybundle.format.arrays import read_array
 from polybundle.format.jsondoc import load_json
+from polybundle.format.seekable import SeekableReader
 from polybundle.format.tensor_check import check_stored
 from polybundle.model.backend import TensorSpec, resolve_dtype
 from polybundle.model.canonical import Canonical
@@ -314,30 +315,13 @@ def _container(source: Source) -> BinaryIO | MemberRange:
     return source
 
 
-class _BytesWindow(io.RawIOBase):
+class _BytesWindow(SeekableReader):
     """A read-only, seekable window of bytes in memory: a STORED member of an in-memory zip."""
 
     def __init__(self, view: memoryview, name: str) -> None:
-        super().__init__()
+        super().__init__(len(view))
         self._view = view
-        self._pos = 0
         self.name = name
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        if base + offset < 0:
-            raise OSError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
 
     def readinto(self, buffer: Any) -> int:  # type: ignore[override]
         target = memoryview(buffer).cast("B")

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from polybundle.errors import FormatError, UnsafeContentError
 from polybundle.format import digests
+from polybundle.format.seekable import SeekableReader
 from polybundle.format.storage import Location, RemoteFile, locate
 
 MAX_MEMBERS = 10_000
@@ -523,7 +524,7 @@ class DeflatedMember(io.RawIOBase):
         super().close()
 
 
-class MemberRange(io.RawIOBase):
+class MemberRange(SeekableReader):
     """A read-only, seekable window ``[start, start + size)`` of an open file.
 
     Reads go straight to the outer file with ``os.pread``, so several ranges
@@ -539,41 +540,12 @@ class MemberRange(io.RawIOBase):
     """
 
     def __init__(self, fd: int | RemoteFile, start: int, size: int, name: str = "") -> None:
-        super().__init__()
+        super().__init__(size)
         self._fd = fd
         self._start = start
-        self._size = size
-        self._pos = 0
         self.name = name
         self.on_read: Callable[[int], None] | None = None
         """Called with each read's byte count (a progress bar); sub-ranges inherit it."""
-
-    def readable(self) -> bool:
-        """Return True: a range is always readable."""
-        return True
-
-    def seekable(self) -> bool:
-        """Return True: a range is always seekable."""
-        return True
-
-    def tell(self) -> int:
-        """Return the position inside the range."""
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move inside the range, like :meth:`io.IOBase.seek`."""
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._pos + offset
-        elif whence == io.SEEK_END:
-            target = self._size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if target < 0:
-            raise OSError(f"negative seek position {target}")
-        self._pos = target
-        return target
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         """Fill ``buffer`` from the current position; return the byte count."""

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import secrets
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from polybundle.errors import StorageError
+from polybundle.format.seekable import SeekableReader
 
 REMOTE_EXTRA = "pip install 'polybundle[remote]'"
 """What a user without fsspec is told to run."""
@@ -412,7 +412,7 @@ def _fetched(location: Location, size: int, etag: str) -> _Fetched:
     return found
 
 
-class RemoteFile(io.RawIOBase):
+class RemoteFile(SeekableReader):
     """A read-only, seekable view of an object, fetched by byte range when first read.
 
     Fetched bytes go to a private, sparse temporary file of the object's
@@ -438,17 +438,15 @@ class RemoteFile(io.RawIOBase):
     """
 
     def __init__(self, location: Location) -> None:
-        super().__init__()
+        details = location.details()
+        super().__init__(int(details["size"]))
         self.location = location
         self.name = location.url
-        details = location.details()
-        size = int(details["size"])
+        size = self._size
         etag = str(details.get("ETag") or details.get("etag") or "")
         self.identity = (size, etag or str(details.get("mtime") or ""))
         """``(size, ETag or modification time)`` of the object when it was opened."""
         self._fetched = _fetched(location, size, etag)
-        self._size = size
-        self._pos = 0
         self._ahead = MIN_READ
         self._last_end = -1
 
@@ -514,26 +512,6 @@ class RemoteFile(io.RawIOBase):
         """Return up to ``count`` bytes from ``offset`` (a zip reader's ``pread``)."""
         buffer = bytearray(max(0, min(count, self._size - offset)))
         return bytes(buffer[: self.readinto_at(buffer, offset)])
-
-    def readable(self) -> bool:
-        """Return True: the object reads."""
-        return True
-
-    def seekable(self) -> bool:
-        """Return True: reads go by range."""
-        return True
-
-    def tell(self) -> int:
-        """Return the position in the object."""
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move in the object, like :meth:`io.IOBase.seek`."""
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise OSError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
 
     def readinto(self, buffer: Any) -> int:  # type: ignore[override]
         """Fill ``buffer`` from the current position; return the count."""
